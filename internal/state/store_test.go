@@ -1,0 +1,386 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoalhq/shoal/internal/api"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func svc(id, name string) *api.Service {
+	return &api.Service{Id: id, Spec: &api.ServiceSpec{Name: name, Mode: &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: 1}}}}
+}
+
+func task(id, service string, slot uint64, node string) *api.Task {
+	return &api.Task{Id: id, ServiceId: service, Slot: slot, NodeId: node, DesiredState: api.TaskState_TASK_STATE_RUNNING,
+		Status: &api.TaskStatus{State: api.TaskState_TASK_STATE_NEW}}
+}
+
+func TestCreateGetAndVersion(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
+	var got *api.Service
+	s.View(func(tx ReadTx) { got = tx.GetService("s1") })
+	require.NotNil(t, got)
+	assert.Equal(t, "web", got.Spec.Name)
+	assert.Equal(t, uint64(1), got.Meta.Version)
+	assert.NotZero(t, got.Meta.CreatedAt)
+
+	// Reads are copies: modifying one does not change the store.
+	got.Spec.Name = "changed"
+	s.View(func(tx ReadTx) { assert.Equal(t, "web", tx.GetService("s1").Spec.Name) })
+
+	// Update with the current version succeeds and bumps it.
+	got.Spec.Name = "web2"
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.UpdateService(got) }))
+	s.View(func(tx ReadTx) {
+		cur := tx.GetService("s1")
+		assert.Equal(t, "web2", cur.Spec.Name)
+		assert.Equal(t, uint64(2), cur.Meta.Version)
+	})
+	// A second update from the stale copy fails with ErrConflict and changes nothing.
+	got.Spec.Name = "web3"
+	err := s.Update(ctx, func(tx WriteTx) error { return tx.UpdateService(got) })
+	require.ErrorIs(t, err, ErrConflict)
+	s.View(func(tx ReadTx) { assert.Equal(t, "web2", tx.GetService("s1").Spec.Name) })
+}
+
+func TestErrors(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
+	tests := []struct {
+		name string
+		fn   func(tx WriteTx) error
+		want error
+	}{
+		{"duplicate id", func(tx WriteTx) error { return tx.CreateService(svc("s1", "other")) }, ErrExist},
+		{"duplicate name any case", func(tx WriteTx) error { return tx.CreateService(svc("s2", "WEB")) }, ErrExist},
+		{"update missing", func(tx WriteTx) error { return tx.UpdateService(svc("nope", "x")) }, ErrNotFound},
+		{"delete missing", func(tx WriteTx) error { return tx.DeleteTask("nope") }, ErrNotFound},
+		{"missing id", func(tx WriteTx) error { return tx.CreateTask(&api.Task{}) }, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := s.Update(ctx, tc.fn)
+			require.Error(t, err)
+			if tc.want != nil {
+				assert.ErrorIs(t, err, tc.want)
+			}
+		})
+	}
+	// Nothing was written by the failed transactions.
+	s.View(func(tx ReadTx) {
+		all, err := tx.FindServices(All())
+		require.NoError(t, err)
+		assert.Len(t, all, 1)
+	})
+}
+
+func TestTransactionIsAtomicAtApply(t *testing.T) {
+	// Two transactions read the same version; the second to apply conflicts
+	// and none of its changes (including creates) become visible.
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
+	var stale *api.Service
+	s.View(func(tx ReadTx) { stale = tx.GetService("s1") })
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		cur := tx.GetService("s1")
+		cur.Spec.Labels = map[string]string{"a": "1"}
+		return tx.UpdateService(cur)
+	}))
+	// Propose directly an action list built from the stale version.
+	err := s.Update(ctx, func(tx WriteTx) error {
+		if err := tx.CreateTask(task("t1", "s1", 1, "")); err != nil {
+			return err
+		}
+		return tx.UpdateService(stale)
+	})
+	require.ErrorIs(t, err, ErrConflict)
+	s.View(func(tx ReadTx) { assert.Nil(t, tx.GetTask("t1")) })
+}
+
+func TestApplyChecksVersions(t *testing.T) {
+	// The apply path itself rejects stale versions, as a follower or a racing
+	// proposer would produce them.
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
+	req := &api.StoreRequest{Actions: []*api.StoreAction{{
+		Kind:   api.StoreAction_KIND_UPDATE,
+		Target: &api.StoreAction_Service{Service: &api.Service{Id: "s1", Meta: &api.Meta{Version: 99}, Spec: &api.ServiceSpec{Name: "x"}}},
+	}}}
+	data, err := proto.Marshal(req)
+	require.NoError(t, err)
+	res := s.Apply(100, data)
+	require.ErrorIs(t, res.(error), ErrConflict)
+	assert.Equal(t, uint64(100), s.Index())
+	s.View(func(tx ReadTx) { assert.Equal(t, "web", tx.GetService("s1").Spec.Name) })
+	// Garbage entries are reported, not fatal.
+	res = s.Apply(101, []byte{0xff, 0xff, 0xff})
+	require.Error(t, res.(error))
+}
+
+func TestReadYourWritesInTx(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		for i := 1; i <= 3; i++ {
+			if err := tx.CreateTask(task(fmt.Sprintf("t%d", i), "s1", uint64(i), "n1")); err != nil {
+				return err
+			}
+		}
+		ts, err := tx.FindTasks(ByServiceID("s1"))
+		require.NoError(t, err)
+		assert.Len(t, ts, 3)
+		// Update a task created in this same transaction, then delete another.
+		t1 := tx.GetTask("t1")
+		t1.NodeId = "n2"
+		if err := tx.UpdateTask(t1); err != nil {
+			return err
+		}
+		return tx.DeleteTask("t3")
+	}))
+	s.View(func(tx ReadTx) {
+		assert.Equal(t, "n2", tx.GetTask("t1").NodeId)
+		assert.Nil(t, tx.GetTask("t3"))
+		onN1, err := tx.FindTasks(ByNodeID("n1"))
+		require.NoError(t, err)
+		assert.Len(t, onN1, 1)
+	})
+}
+
+func TestFindSelectors(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		for _, tk := range []*api.Task{task("a1", "sa", 1, "n1"), task("a2", "sa", 2, "n2"), task("b1", "sb", 1, "n1")} {
+			if err := tx.CreateTask(tk); err != nil {
+				return err
+			}
+		}
+		n := &api.Node{Id: "n1", Role: api.NodeRole_NODE_ROLE_MANAGER, Description: &api.NodeDescription{Hostname: "Host-1"}}
+		return tx.CreateNode(n)
+	}))
+	s.View(func(tx ReadTx) {
+		tests := []struct {
+			by   By
+			want int
+		}{
+			{All(), 3}, {ByIDPrefix("a"), 2}, {ByServiceID("sa"), 2}, {ByNodeID("n1"), 2},
+			{BySlot("sa", 2), 1}, {BySlot("sb", 2), 0},
+			{ByDesiredState(api.TaskState_TASK_STATE_RUNNING), 3},
+			{ByTaskState(api.TaskState_TASK_STATE_NEW), 3},
+			{Or(ByServiceID("sa"), ByNodeID("n1")), 3},
+		}
+		for _, tc := range tests {
+			got, err := tx.FindTasks(tc.by)
+			require.NoError(t, err)
+			assert.Len(t, got, tc.want, "%+v", tc.by)
+		}
+		_, err := tx.FindNodes(ByServiceID("sa"))
+		assert.Error(t, err, "service selector does not apply to nodes")
+		nodes, err := tx.FindNodes(ByName("host-1"))
+		require.NoError(t, err)
+		assert.Len(t, nodes, 1)
+		nodes, err = tx.FindNodes(ByRole(api.NodeRole_NODE_ROLE_MANAGER))
+		require.NoError(t, err)
+		assert.Len(t, nodes, 1)
+	})
+}
+
+func TestTaskStateNeverMovesBackward(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateTask(task("t1", "s", 1, "n")) }))
+	setState := func(st api.TaskState) {
+		require.NoError(t, s.UpdateRetry(ctx, 3, func(tx WriteTx) error {
+			cur := tx.GetTask("t1")
+			cur.Status = &api.TaskStatus{State: st, Message: st.String()}
+			return tx.UpdateTask(cur)
+		}))
+	}
+	setState(api.TaskState_TASK_STATE_RUNNING)
+	setState(api.TaskState_TASK_STATE_ASSIGNED) // late report: ignored
+	s.View(func(tx ReadTx) {
+		assert.Equal(t, api.TaskState_TASK_STATE_RUNNING, tx.GetTask("t1").Status.State)
+	})
+	setState(api.TaskState_TASK_STATE_FAILED)
+	setState(api.TaskState_TASK_STATE_RUNNING)
+	s.View(func(tx ReadTx) {
+		assert.Equal(t, api.TaskState_TASK_STATE_FAILED, tx.GetTask("t1").Status.State)
+	})
+}
+
+func TestWatchEvents(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	w := s.Watch(KindIs(KindTask))
+	defer w.Cancel()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		if err := tx.CreateService(svc("s1", "web")); err != nil {
+			return err
+		}
+		return tx.CreateTask(task("t1", "s1", 1, ""))
+	}))
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		cur := tx.GetTask("t1")
+		cur.NodeId = "n1"
+		return tx.UpdateTask(cur)
+	}))
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.DeleteTask("t1") }))
+
+	want := []Action{ActionCreate, ActionUpdate, ActionDelete}
+	for i, a := range want {
+		select {
+		case e := <-w.C:
+			assert.Equal(t, a, e.Action, "event %d", i)
+			assert.Equal(t, KindTask, e.Kind)
+			assert.Equal(t, "t1", e.Task().Id)
+			if a == ActionUpdate {
+				assert.Equal(t, "", e.Old.(*api.Task).NodeId)
+				assert.Equal(t, "n1", e.Task().NodeId)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no event %d", i)
+		}
+	}
+	w.Cancel()
+	_, ok := <-w.C
+	assert.False(t, ok, "channel closes on cancel")
+	assert.ErrorIs(t, w.Err(), ErrWatchCancelled)
+}
+
+func TestViewAndWatchMissesNothing(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	const n = 300
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < n; i++ {
+			_ = s.Update(ctx, func(tx WriteTx) error { return tx.CreateTask(task(fmt.Sprintf("t%04d", i), "s", uint64(i), "")) })
+		}
+	}()
+	time.Sleep(time.Millisecond) // let some writes land before the snapshot
+	seen := map[string]bool{}
+	w := s.ViewAndWatch(func(tx ReadTx) {
+		ts, err := tx.FindTasks(All())
+		require.NoError(t, err)
+		for _, tk := range ts {
+			seen[tk.Id] = true
+		}
+	})
+	defer w.Cancel()
+	for len(seen) < n {
+		select {
+		case e := <-w.C:
+			require.False(t, seen[e.Task().Id], "task %s seen twice", e.Task().Id)
+			seen[e.Task().Id] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d tasks seen", len(seen), n)
+		}
+	}
+	wg.Wait()
+}
+
+func TestWatchOverflowClosesWatcher(t *testing.T) {
+	s := NewInMemory(Config{WatchBuffer: 10})
+	ctx := context.Background()
+	w := s.Watch()
+	defer w.Cancel()
+	// The reader never reads: after the channel's own buffer and 10 queued
+	// events, the watcher is closed.
+	for i := 0; i < 200; i++ {
+		require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateTask(task(fmt.Sprintf("t%d", i), "s", 1, "")) }))
+	}
+	require.Eventually(t, func() bool { return errors.Is(w.Err(), ErrWatchOverflow) }, 5*time.Second, time.Millisecond)
+	for range w.C {
+	}
+}
+
+func TestSnapshotRestore(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		if err := tx.CreateService(svc("s1", "web")); err != nil {
+			return err
+		}
+		if err := tx.CreateNode(&api.Node{Id: "n1"}); err != nil {
+			return err
+		}
+		if err := tx.CreateCluster(&api.Cluster{Id: "c1", Spec: &api.ClusterSpec{Name: "default"}}); err != nil {
+			return err
+		}
+		for i := 0; i < 50; i++ {
+			if err := tx.CreateTask(task(fmt.Sprintf("t%d", i), "s1", uint64(i), "n1")); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	data, err := s.Snapshot()
+	require.NoError(t, err)
+
+	s2 := New(Config{})
+	w := s2.Watch()
+	require.NoError(t, s2.Restore(s.Index(), data))
+	_, ok := <-w.C
+	assert.False(t, ok, "watchers are reset by a restore")
+	assert.ErrorIs(t, w.Err(), ErrWatchReset)
+
+	data2, err := s2.Snapshot()
+	require.NoError(t, err)
+	assert.Equal(t, data, data2, "restored state snapshots identically")
+	assert.Equal(t, s.Index(), s2.Index())
+	s2.View(func(tx ReadTx) {
+		ts, err := tx.FindTasks(ByServiceID("s1"))
+		require.NoError(t, err)
+		assert.Len(t, ts, 50)
+		assert.NotNil(t, tx.GetCluster("c1"))
+	})
+	require.Error(t, s2.Restore(1, []byte{0xff}), "garbage snapshot is refused")
+	s2.View(func(tx ReadTx) { assert.NotNil(t, tx.GetService("s1"), "refused restore keeps the state") })
+}
+
+func TestNoLog(t *testing.T) {
+	s := New(Config{})
+	err := s.Update(context.Background(), func(tx WriteTx) error { return tx.CreateNode(&api.Node{Id: "n"}) })
+	assert.ErrorIs(t, err, ErrNoLog)
+}
+
+func TestCloseEndsWatchers(t *testing.T) {
+	s := NewInMemory(Config{})
+	w := s.Watch()
+	s.Close()
+	_, ok := <-w.C
+	assert.False(t, ok)
+	assert.ErrorIs(t, w.Err(), ErrStoreClosed)
+	w.Cancel() // safe after close
+}
+
+func BenchmarkUpdateInMemory(b *testing.B) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		id := fmt.Sprintf("t%d", i)
+		if err := s.Update(ctx, func(tx WriteTx) error { return tx.CreateTask(task(id, "s", 1, "n")) }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
