@@ -1,0 +1,676 @@
+package shoal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/errdefs"
+)
+
+// Client is the control API of a cluster: services, tasks, nodes and cluster
+// settings. Get one from a manager node (Node.Client) or over the network
+// (Dial). A Client is safe for concurrent use. Every method takes a context
+// and returns errors that match the package's sentinels (ErrNotFound,
+// ErrConflict, ErrInvalidSpec, ...) with errors.Is.
+type Client struct {
+	ctl   api.ControlClient
+	conn  *grpc.ClientConn // closed by Close when owned
+	owned bool
+	err   error // set for clients that cannot work (a worker's Client)
+}
+
+func newClient(conn *grpc.ClientConn, owned bool) *Client {
+	return &Client{ctl: api.NewControlClient(conn), conn: conn, owned: owned}
+}
+
+// Close releases the client's connection. Clients from Node.Client share the
+// node's connection; closing them does nothing.
+func (c *Client) Close() error {
+	if c.owned && c.conn != nil {
+		return c.conn.Close()
+	}
+	return nil
+}
+
+// retries is how many times read-modify-write helpers (ScaleService,
+// UpdateNode) retry after a conflict with another writer.
+const retries = 10
+
+func (c *Client) check() error { return c.err }
+
+// CreateService creates a service. The spec is validated first; an invalid
+// spec writes nothing and returns an error naming the field and the rule.
+func (c *Client) CreateService(ctx context.Context, spec ServiceSpec) (*Service, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	as, err := toAPIServiceSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.ctl.CreateService(ctx, &api.CreateServiceRequest{Spec: as})
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	return fromAPIService(resp.Service), nil
+}
+
+// GetService returns a service by ID, name or unique ID prefix.
+func (c *Client) GetService(ctx context.Context, ref string) (*Service, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	resp, err := c.ctl.GetService(ctx, &api.GetRequest{Id: ref})
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	return fromAPIService(resp.Service), nil
+}
+
+// ListServices returns every service, sorted by name.
+func (c *Client) ListServices(ctx context.Context) ([]*Service, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	resp, err := c.ctl.ListServices(ctx, &api.ListServicesRequest{})
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	out := make([]*Service, 0, len(resp.Services))
+	for _, s := range resp.Services {
+		out = append(out, fromAPIService(s))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Spec.Name < out[j].Spec.Name })
+	return out, nil
+}
+
+// UpdateService replaces a service's spec. version must be the service's
+// current Meta.Version (from GetService), else ErrConflict. A change to
+// spec.Task replaces the service's tasks according to spec.Update.
+func (c *Client) UpdateService(ctx context.Context, ref string, version Version, spec ServiceSpec) (*Service, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	as, err := toAPIServiceSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.ctl.UpdateService(ctx, &api.UpdateServiceRequest{Id: ref, Version: uint64(version), Spec: as})
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	return fromAPIService(resp.Service), nil
+}
+
+// ScaleService sets a replicated service's replica count, retrying if the
+// service is changed concurrently.
+func (c *Client) ScaleService(ctx context.Context, ref string, replicas int) (*Service, error) {
+	if replicas < 0 {
+		return nil, fmt.Errorf("ServiceSpec.Replicas: must be >= 0, got %d: %w", replicas, ErrInvalidSpec)
+	}
+	var lastErr error
+	for i := 0; i < retries; i++ {
+		svc, err := c.GetService(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		if svc.Spec.Mode != Replicated {
+			return nil, fmt.Errorf("ServiceSpec.Replicas: service %s is global and cannot be scaled: %w", svc.Spec.Name, ErrInvalidSpec)
+		}
+		spec := svc.Spec
+		spec.Replicas = replicas
+		out, err := c.UpdateService(ctx, svc.ID, svc.Version, spec)
+		if !errors.Is(err, ErrConflict) {
+			return out, err
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+// RemoveService removes a service; its tasks are stopped and removed.
+func (c *Client) RemoveService(ctx context.Context, ref string) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	_, err := c.ctl.RemoveService(ctx, &api.RemoveRequest{Id: ref})
+	return errdefs.FromGRPC(err)
+}
+
+// GetTask returns a task by ID.
+func (c *Client) GetTask(ctx context.Context, id string) (*Task, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	resp, err := c.ctl.GetTask(ctx, &api.GetRequest{Id: id})
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	return fromAPITask(resp.Task), nil
+}
+
+// ListTasks returns the tasks that match f, sorted by service name, slot (or
+// node), then newest first.
+func (c *Client) ListTasks(ctx context.Context, f TaskFilter) ([]*Task, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	req := &api.ListTasksRequest{}
+	if f.Service != "" {
+		req.ServiceIds = []string{f.Service}
+	}
+	if f.Node != "" {
+		req.NodeIds = []string{f.Node}
+	}
+	for _, s := range f.DesiredStates {
+		req.DesiredStates = append(req.DesiredStates, api.TaskState(s))
+	}
+	if f.Slot != 0 {
+		req.Slots = []uint64{f.Slot}
+	}
+	resp, err := c.ctl.ListTasks(ctx, req)
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	out := make([]*Task, 0, len(resp.Tasks))
+	for _, t := range resp.Tasks {
+		out = append(out, fromAPITask(t))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.ServiceName != b.ServiceName {
+			return a.ServiceName < b.ServiceName
+		}
+		if a.Slot != b.Slot {
+			return a.Slot < b.Slot
+		}
+		if a.Slot == 0 && a.NodeID != b.NodeID {
+			return a.NodeID < b.NodeID
+		}
+		if !a.CreatedAt.Equal(b.CreatedAt) {
+			return a.CreatedAt.After(b.CreatedAt)
+		}
+		return a.ID < b.ID
+	})
+	return out, nil
+}
+
+// GetNode returns a node by ID, hostname or unique ID prefix.
+func (c *Client) GetNode(ctx context.Context, ref string) (*NodeInfo, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	resp, err := c.ctl.GetNode(ctx, &api.GetRequest{Id: ref})
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	return fromAPINode(resp.Node), nil
+}
+
+// ListNodes returns every node, sorted by hostname then ID.
+func (c *Client) ListNodes(ctx context.Context) ([]*NodeInfo, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	resp, err := c.ctl.ListNodes(ctx, &api.ListNodesRequest{})
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	out := make([]*NodeInfo, 0, len(resp.Nodes))
+	for _, n := range resp.Nodes {
+		out = append(out, fromAPINode(n))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Hostname != out[j].Hostname {
+			return out[i].Hostname < out[j].Hostname
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// UpdateNode changes a node's availability or labels, retrying if the node is
+// changed concurrently (heartbeats change node status often).
+func (c *Client) UpdateNode(ctx context.Context, ref string, u NodeUpdate) (*NodeInfo, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	if u.Availability != 0 && (u.Availability < Active || u.Availability > Drain) {
+		return nil, fmt.Errorf("NodeUpdate.Availability: must be Active, Pause or Drain, got %d: %w", int(u.Availability), ErrInvalidSpec)
+	}
+	var lastErr error
+	for i := 0; i < retries; i++ {
+		resp, err := c.ctl.GetNode(ctx, &api.GetRequest{Id: ref})
+		if err != nil {
+			return nil, errdefs.FromGRPC(err)
+		}
+		n := resp.Node
+		spec := n.Spec
+		if spec == nil {
+			spec = &api.NodeSpec{DesiredRole: n.Role}
+		}
+		if u.Availability != 0 {
+			spec.Availability = api.NodeAvailability(u.Availability - 1)
+		}
+		if u.Labels != nil {
+			spec.Labels = copyMap(u.Labels)
+		}
+		up, err := c.ctl.UpdateNode(ctx, &api.UpdateNodeRequest{Id: n.Id, Version: n.Meta.GetVersion(), Spec: spec})
+		err = errdefs.FromGRPC(err)
+		if err == nil {
+			return fromAPINode(up.Node), nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return nil, err
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
+// RemoveNode removes a worker from the cluster. A node that is not down is
+// refused unless force is true.
+func (c *Client) RemoveNode(ctx context.Context, ref string, force bool) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	_, err := c.ctl.RemoveNode(ctx, &api.RemoveRequest{Id: ref, Force: force})
+	return errdefs.FromGRPC(err)
+}
+
+// Cluster returns the cluster's settings and join tokens.
+func (c *Client) Cluster(ctx context.Context) (*ClusterInfo, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	resp, err := c.ctl.GetCluster(ctx, &api.GetRequest{})
+	if err != nil {
+		return nil, errdefs.FromGRPC(err)
+	}
+	return fromAPICluster(resp.Cluster), nil
+}
+
+// ObjectKind names the kind of object an Event is about.
+type ObjectKind int
+
+// Object kinds.
+const (
+	KindService ObjectKind = iota + 1
+	KindTask
+	KindNode
+	KindCluster
+)
+
+func (k ObjectKind) String() string {
+	switch k {
+	case KindService:
+		return "service"
+	case KindTask:
+		return "task"
+	case KindNode:
+		return "node"
+	case KindCluster:
+		return "cluster"
+	}
+	return fmt.Sprintf("ObjectKind(%d)", int(k))
+}
+
+// EventAction is what happened to an object.
+type EventAction int
+
+// Event actions.
+const (
+	Created EventAction = iota + 1
+	Updated
+	Removed
+)
+
+func (a EventAction) String() string {
+	switch a {
+	case Created:
+		return "created"
+	case Updated:
+		return "updated"
+	case Removed:
+		return "removed"
+	}
+	return fmt.Sprintf("EventAction(%d)", int(a))
+}
+
+// Event is one change in the cluster's state. Exactly one of Service, Task,
+// Node and Cluster is set: the object after the change (before it, when
+// removed). For updates the matching Old field holds the object before.
+type Event struct {
+	Action  EventAction
+	Kind    ObjectKind
+	Version Version
+
+	Service *Service
+	Task    *Task
+	Node    *NodeInfo
+	Cluster *ClusterInfo
+
+	OldService *Service
+	OldTask    *Task
+	OldNode    *NodeInfo
+}
+
+// WatchFilter selects events; empty fields match everything.
+type WatchFilter struct {
+	// Kinds limits events to these kinds of object.
+	Kinds []ObjectKind
+	// IDs limits events to these objects.
+	IDs []string
+	// Services limits events to these services (by ID) and their tasks.
+	Services []string
+	// Nodes limits events to these nodes and the tasks on them.
+	Nodes []string
+}
+
+// Watch streams the changes that match f, from the moment Watch returns.
+// The channel is closed when ctx is done or the connection to the manager
+// breaks; watch again (and list to catch up) to continue.
+func (c *Client) Watch(ctx context.Context, f WatchFilter) (<-chan Event, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	req := &api.WatchRequest{Ids: f.IDs, ServiceIds: f.Services, NodeIds: f.Nodes}
+	for _, k := range f.Kinds {
+		switch k {
+		case KindService:
+			req.Kinds = append(req.Kinds, api.ObjectKind_OBJECT_KIND_SERVICE)
+		case KindTask:
+			req.Kinds = append(req.Kinds, api.ObjectKind_OBJECT_KIND_TASK)
+		case KindNode:
+			req.Kinds = append(req.Kinds, api.ObjectKind_OBJECT_KIND_NODE)
+		case KindCluster:
+			req.Kinds = append(req.Kinds, api.ObjectKind_OBJECT_KIND_CLUSTER)
+		default:
+			return nil, fmt.Errorf("WatchFilter.Kinds: unknown kind %d: %w", int(k), ErrInvalidSpec)
+		}
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := c.ctl.Watch(sctx, req)
+	if err != nil {
+		cancel()
+		return nil, errdefs.FromGRPC(err)
+	}
+	// The first message says the watch is established.
+	if _, err := stream.Recv(); err != nil {
+		cancel()
+		return nil, errdefs.FromGRPC(err)
+	}
+	out := make(chan Event, 64)
+	go func() {
+		defer cancel()
+		defer close(out)
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				if err != io.EOF && sctx.Err() == nil {
+					_ = err // the stream broke; closing the channel says so
+				}
+				return
+			}
+			for _, e := range msg.Events {
+				ev, ok := fromAPIEvent(e)
+				if !ok {
+					continue
+				}
+				select {
+				case out <- ev:
+				case <-sctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// ---- conversions between the public types and internal/api ----
+
+func copyMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func specError(field, rule string, args ...any) error {
+	return fmt.Errorf("%s: %s: %w", field, fmt.Sprintf(rule, args...), ErrInvalidSpec)
+}
+
+// toAPIServiceSpec checks what only the public types can get wrong (negative
+// counts, unknown enum values) and converts; the manager validates the rest.
+func toAPIServiceSpec(s ServiceSpec) (*api.ServiceSpec, error) {
+	out := &api.ServiceSpec{Name: s.Name, Labels: copyMap(s.Labels)}
+	switch s.Mode {
+	case Replicated:
+		if s.Replicas < 0 {
+			return nil, specError("ServiceSpec.Replicas", "must be >= 0, got %d", s.Replicas)
+		}
+		out.Mode = &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: uint64(s.Replicas)}}
+	case Global:
+		if s.Replicas != 0 {
+			return nil, specError("ServiceSpec.Replicas", "must be 0 for a global service, got %d", s.Replicas)
+		}
+		out.Mode = &api.ServiceSpec_Global{Global: &api.GlobalService{}}
+	default:
+		return nil, specError("ServiceSpec.Mode", "must be Replicated or Global, got %d", int(s.Mode))
+	}
+	ts, err := toAPITaskSpec(s.Task)
+	if err != nil {
+		return nil, err
+	}
+	out.Task = ts
+	u := s.Update
+	if u.Parallelism < 0 {
+		return nil, specError("ServiceSpec.Update.Parallelism", "must be >= 0, got %d", u.Parallelism)
+	}
+	if u.Order != StopFirst && u.Order != StartFirst {
+		return nil, specError("ServiceSpec.Update.Order", "must be StopFirst or StartFirst, got %d", int(u.Order))
+	}
+	out.Update = &api.UpdateConfig{Parallelism: uint64(u.Parallelism), Delay: int64(u.Delay), Order: api.UpdateOrder(u.Order)}
+	return out, nil
+}
+
+func toAPITaskSpec(t TaskSpec) (*api.TaskSpec, error) {
+	if t.MaxReplicasPerNode < 0 {
+		return nil, specError("ServiceSpec.Task.MaxReplicasPerNode", "must be >= 0, got %d", t.MaxReplicasPerNode)
+	}
+	r := t.Restart
+	if r.MaxAttempts < 0 {
+		return nil, specError("ServiceSpec.Task.Restart.MaxAttempts", "must be >= 0, got %d", r.MaxAttempts)
+	}
+	if r.Condition < RestartAny || r.Condition > RestartNever {
+		return nil, specError("ServiceSpec.Task.Restart.Condition", "must be RestartAny, RestartOnFailure or RestartNever, got %d", int(r.Condition))
+	}
+	out := &api.TaskSpec{
+		Command:         append([]string(nil), t.Command...),
+		Env:             append([]string(nil), t.Env...),
+		Dir:             t.Dir,
+		StopSignal:      t.StopSignal,
+		StopGracePeriod: int64(t.StopGracePeriod),
+		Resources: &api.ResourceRequirements{
+			Reservations: &api.Resources{NanoCpus: t.Reservations.NanoCPUs, MemoryBytes: t.Reservations.MemoryBytes},
+			Limits:       &api.Resources{NanoCpus: t.Limits.NanoCPUs, MemoryBytes: t.Limits.MemoryBytes},
+		},
+		Placement: &api.Placement{Constraints: append([]string(nil), t.Constraints...), MaxReplicasPerNode: uint64(t.MaxReplicasPerNode)},
+		Restart: &api.RestartPolicy{Condition: api.RestartCondition(r.Condition), Delay: int64(r.Delay),
+			MaxAttempts: uint64(r.MaxAttempts), Window: int64(r.Window)},
+		ForceUpdate: t.ForceUpdate,
+	}
+	return out, nil
+}
+
+func fromAPITaskSpec(t *api.TaskSpec) TaskSpec {
+	if t == nil {
+		return TaskSpec{}
+	}
+	res := t.GetResources()
+	return TaskSpec{
+		Command:            append([]string(nil), t.Command...),
+		Env:                append([]string(nil), t.Env...),
+		Dir:                t.Dir,
+		StopSignal:         t.StopSignal,
+		StopGracePeriod:    time.Duration(t.StopGracePeriod),
+		Reservations:       Resources{NanoCPUs: res.GetReservations().GetNanoCpus(), MemoryBytes: res.GetReservations().GetMemoryBytes()},
+		Limits:             Resources{NanoCPUs: res.GetLimits().GetNanoCpus(), MemoryBytes: res.GetLimits().GetMemoryBytes()},
+		Constraints:        append([]string(nil), t.GetPlacement().GetConstraints()...),
+		MaxReplicasPerNode: int(t.GetPlacement().GetMaxReplicasPerNode()),
+		Restart: RestartPolicy{
+			Condition:   RestartCondition(t.GetRestart().GetCondition()),
+			Delay:       time.Duration(t.GetRestart().GetDelay()),
+			MaxAttempts: int(t.GetRestart().GetMaxAttempts()),
+			Window:      time.Duration(t.GetRestart().GetWindow()),
+		},
+		ForceUpdate: t.ForceUpdate,
+	}
+}
+
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+func fromAPIMeta(m *api.Meta) Meta {
+	return Meta{Version: Version(m.GetVersion()), CreatedAt: unixTime(m.GetCreatedAt()), UpdatedAt: unixTime(m.GetUpdatedAt())}
+}
+
+func fromAPIService(s *api.Service) *Service {
+	if s == nil {
+		return nil
+	}
+	spec := s.GetSpec()
+	out := &Service{
+		ID:          s.Id,
+		Meta:        fromAPIMeta(s.Meta),
+		SpecVersion: s.SpecVersion,
+		Spec: ServiceSpec{
+			Name:   spec.GetName(),
+			Labels: copyMap(spec.GetLabels()),
+			Task:   fromAPITaskSpec(spec.GetTask()),
+			Update: UpdatePolicy{
+				Parallelism: int(spec.GetUpdate().GetParallelism()),
+				Delay:       time.Duration(spec.GetUpdate().GetDelay()),
+				Order:       UpdateOrder(spec.GetUpdate().GetOrder()),
+			},
+		},
+		UpdateStatus: UpdateStatus{
+			State:       UpdateState(s.GetUpdateStatus().GetState()),
+			StartedAt:   unixTime(s.GetUpdateStatus().GetStartedAt()),
+			CompletedAt: unixTime(s.GetUpdateStatus().GetCompletedAt()),
+			Message:     s.GetUpdateStatus().GetMessage(),
+		},
+	}
+	switch m := spec.GetMode().(type) {
+	case *api.ServiceSpec_Replicated:
+		out.Spec.Mode = Replicated
+		out.Spec.Replicas = int(m.Replicated.GetReplicas())
+	case *api.ServiceSpec_Global:
+		out.Spec.Mode = Global
+	}
+	return out
+}
+
+func fromAPITask(t *api.Task) *Task {
+	if t == nil {
+		return nil
+	}
+	st := t.GetStatus()
+	return &Task{
+		ID:           t.Id,
+		Meta:         fromAPIMeta(t.Meta),
+		ServiceID:    t.ServiceId,
+		ServiceName:  t.ServiceName,
+		Slot:         t.Slot,
+		NodeID:       t.NodeId,
+		Spec:         fromAPITaskSpec(t.Spec),
+		SpecVersion:  t.SpecVersion,
+		DesiredState: TaskState(t.DesiredState),
+		Status: TaskStatus{
+			State:     TaskState(st.GetState()),
+			Timestamp: unixTime(st.GetTimestamp()),
+			Message:   st.GetMessage(),
+			Err:       st.GetErr(),
+			ExitCode:  int(st.GetExitCode()),
+		},
+	}
+}
+
+func fromAPINode(n *api.Node) *NodeInfo {
+	if n == nil {
+		return nil
+	}
+	d := n.GetDescription()
+	return &NodeInfo{
+		ID:           n.Id,
+		Meta:         fromAPIMeta(n.Meta),
+		Role:         NodeRole(n.Role),
+		Availability: Availability(n.GetSpec().GetAvailability() + 1),
+		Labels:       copyMap(n.GetSpec().GetLabels()),
+		Hostname:     d.GetHostname(),
+		Platform:     Platform{OS: d.GetPlatform().GetOs(), Arch: d.GetPlatform().GetArch()},
+		Resources:    Resources{NanoCPUs: d.GetResources().GetNanoCpus(), MemoryBytes: d.GetResources().GetMemoryBytes()},
+		State:        NodeState(n.GetStatus().GetState()),
+		StateMessage: n.GetStatus().GetMessage(),
+		Addr:         n.GetStatus().GetAddr(),
+		Leader:       n.GetManagerStatus().GetLeader(),
+	}
+}
+
+func fromAPICluster(c *api.Cluster) *ClusterInfo {
+	if c == nil {
+		return nil
+	}
+	return &ClusterInfo{
+		ID:               c.Id,
+		Meta:             fromAPIMeta(c.Meta),
+		Name:             c.GetSpec().GetName(),
+		TaskHistoryLimit: int(c.GetSpec().GetTaskHistoryLimit()),
+		HeartbeatPeriod:  time.Duration(c.GetSpec().GetHeartbeatPeriod()),
+		WorkerToken:      c.GetJoinTokens().GetWorker(),
+		ManagerToken:     c.GetJoinTokens().GetManager(),
+	}
+}
+
+func fromAPIEvent(e *api.WatchEvent) (Event, bool) {
+	ev := Event{Version: Version(e.Version)}
+	switch e.Action {
+	case api.StoreAction_KIND_CREATE:
+		ev.Action = Created
+	case api.StoreAction_KIND_UPDATE:
+		ev.Action = Updated
+	case api.StoreAction_KIND_DELETE:
+		ev.Action = Removed
+	default:
+		return ev, false
+	}
+	switch o := e.GetObject().GetTarget().(type) {
+	case *api.StoreAction_Service:
+		ev.Kind, ev.Service, ev.OldService = KindService, fromAPIService(o.Service), fromAPIService(e.GetOld().GetService())
+	case *api.StoreAction_Task:
+		ev.Kind, ev.Task, ev.OldTask = KindTask, fromAPITask(o.Task), fromAPITask(e.GetOld().GetTask())
+	case *api.StoreAction_Node:
+		ev.Kind, ev.Node, ev.OldNode = KindNode, fromAPINode(o.Node), fromAPINode(e.GetOld().GetNode())
+	case *api.StoreAction_Cluster:
+		ev.Kind, ev.Cluster = KindCluster, fromAPICluster(o.Cluster)
+	default:
+		return ev, false
+	}
+	return ev, true
+}

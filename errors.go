@@ -1,0 +1,27 @@
+package shoal
+
+import "github.com/shoalhq/shoal/internal/errdefs"
+
+// Sentinel errors. Errors returned by Shoal wrap these; match them with
+// errors.Is, never by their text. They match across the network too: an
+// error returned by a remote manager through Dial is matched the same way.
+var (
+	// ErrNotFound: no object with that ID (or name).
+	ErrNotFound = errdefs.ErrNotFound
+	// ErrConflict: the object was changed since it was read; read it again
+	// and retry.
+	ErrConflict = errdefs.ErrConflict
+	// ErrExist: an object with that ID or name already exists.
+	ErrExist = errdefs.ErrExist
+	// ErrInvalidSpec: a spec or request failed validation; the message names
+	// the field and the rule.
+	ErrInvalidSpec = errdefs.ErrInvalidSpec
+	// ErrNotLeader: the operation needs the leader manager.
+	ErrNotLeader = errdefs.ErrNotLeader
+	// ErrNotManager: the operation needs a manager node.
+	ErrNotManager = errdefs.ErrNotManager
+	// ErrStopped: the node has stopped.
+	ErrStopped = errdefs.ErrStopped
+	// ErrInvalidToken: the join token is malformed or was not accepted.
+	ErrInvalidToken = errdefs.ErrInvalidToken
+)

@@ -1,0 +1,279 @@
+package shoal
+
+import (
+	"fmt"
+	"time"
+)
+
+// ServiceMode says how many tasks a service runs.
+type ServiceMode int
+
+const (
+	// Replicated services run Replicas tasks, spread over the eligible nodes.
+	Replicated ServiceMode = iota
+	// Global services run one task on every eligible node, including nodes
+	// that join later.
+	Global
+)
+
+func (m ServiceMode) String() string {
+	switch m {
+	case Replicated:
+		return "replicated"
+	case Global:
+		return "global"
+	}
+	return fmt.Sprintf("ServiceMode(%d)", int(m))
+}
+
+// ServiceSpec declares a service: what to run and how many. The cluster keeps
+// it true.
+type ServiceSpec struct {
+	// Name is unique in the cluster (case-insensitive): letters, digits, '-',
+	// '_' and '.', starting with a letter or digit, at most 63 characters.
+	Name   string
+	Labels map[string]string
+	// Mode is Replicated (the zero value) or Global.
+	Mode ServiceMode
+	// Replicas is the number of tasks of a replicated service; ignored (and
+	// must be 0) for global services.
+	Replicas int
+	// Task is what every task of the service runs.
+	Task TaskSpec
+	// Update says how tasks are replaced when Task changes.
+	Update UpdatePolicy
+}
+
+// TaskSpec says what a task runs and where it may run.
+type TaskSpec struct {
+	// Command is the program and its arguments; Command[0] is looked up in
+	// PATH if it has no slash.
+	Command []string
+	// Env holds KEY=value pairs added to the task's environment.
+	Env []string
+	// Dir is the working directory; empty means a directory per task that the
+	// runtime creates.
+	Dir string
+	// StopSignal is sent to stop the task (default SIGTERM); after
+	// StopGracePeriod (default 10s) the task is killed.
+	StopSignal      string
+	StopGracePeriod time.Duration
+	// Reservations are resources the scheduler sets aside on the task's node.
+	Reservations Resources
+	// Limits cap what the task may use, where the runtime can enforce them.
+	Limits Resources
+	// Constraints restrict placement, e.g. "node.labels.zone==a",
+	// "node.role!=manager", "node.hostname==web-1", "node.platform.os==linux".
+	Constraints []string
+	// MaxReplicasPerNode caps the tasks of this service on one node (0: no cap).
+	MaxReplicasPerNode int
+	// Restart says when a task that ended is replaced.
+	Restart RestartPolicy
+	// ForceUpdate, changed to any other value, redeploys every task even if
+	// nothing else in the spec changed.
+	ForceUpdate uint64
+}
+
+// Resources are CPU and memory amounts.
+type Resources struct {
+	// NanoCPUs is CPU in units of 1e-9 CPUs (1e9 = one CPU).
+	NanoCPUs int64
+	// MemoryBytes is memory in bytes.
+	MemoryBytes int64
+}
+
+// RestartCondition says which endings of a task lead to a replacement.
+type RestartCondition int
+
+const (
+	// RestartAny replaces a task however it ends (the default).
+	RestartAny RestartCondition = iota
+	// RestartOnFailure replaces a task that failed (non-zero exit, rejected).
+	RestartOnFailure
+	// RestartNever never replaces a task that ended.
+	RestartNever
+)
+
+func (c RestartCondition) String() string {
+	switch c {
+	case RestartAny:
+		return "any"
+	case RestartOnFailure:
+		return "on-failure"
+	case RestartNever:
+		return "none"
+	}
+	return fmt.Sprintf("RestartCondition(%d)", int(c))
+}
+
+// RestartPolicy says when and how often a task that ended is replaced.
+type RestartPolicy struct {
+	Condition RestartCondition
+	// Delay is the wait between a task's end and its replacement's start.
+	Delay time.Duration
+	// MaxAttempts limits replacements within Window (0: no limit; Window 0:
+	// over the service's life).
+	MaxAttempts int
+	Window      time.Duration
+}
+
+// UpdateOrder says whether an old task stops before its replacement starts.
+type UpdateOrder int
+
+const (
+	// StopFirst stops the old task, then starts the new one (the default).
+	StopFirst UpdateOrder = iota
+	// StartFirst starts the new task before the old one stops.
+	StartFirst
+)
+
+func (o UpdateOrder) String() string {
+	if o == StartFirst {
+		return "start-first"
+	}
+	return "stop-first"
+}
+
+// UpdatePolicy says how a service's tasks are replaced when its TaskSpec
+// changes.
+type UpdatePolicy struct {
+	// Parallelism is how many tasks are replaced at once (0 means 1).
+	Parallelism int
+	// Delay is the wait between replacements.
+	Delay time.Duration
+	// Order is StopFirst (the default) or StartFirst.
+	Order UpdateOrder
+}
+
+// UpdateState is the progress of a service update.
+type UpdateState int
+
+// Update states.
+const (
+	UpdateNone UpdateState = iota
+	UpdateUpdating
+	UpdateCompleted
+	UpdatePaused
+)
+
+func (s UpdateState) String() string {
+	switch s {
+	case UpdateNone:
+		return "none"
+	case UpdateUpdating:
+		return "updating"
+	case UpdateCompleted:
+		return "completed"
+	case UpdatePaused:
+		return "paused"
+	}
+	return fmt.Sprintf("UpdateState(%d)", int(s))
+}
+
+// UpdateStatus reports a service update's progress.
+type UpdateStatus struct {
+	State       UpdateState
+	StartedAt   time.Time
+	CompletedAt time.Time
+	Message     string
+}
+
+// Version identifies one state of a stored object. Updates carry the version
+// they were made from; an update from a stale version fails with ErrConflict.
+type Version uint64
+
+// Meta is common to every stored object.
+type Meta struct {
+	Version   Version
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Service is a declared service as the cluster stores it.
+type Service struct {
+	ID string
+	Meta
+	Spec ServiceSpec
+	// SpecVersion increases each time Spec.Task changes; tasks record the
+	// SpecVersion they were made from.
+	SpecVersion  uint64
+	UpdateStatus UpdateStatus
+}
+
+// TaskState is a task's place in its life. States only move forward.
+type TaskState int
+
+// Task states, in order.
+const (
+	TaskNew TaskState = iota
+	TaskPending
+	TaskAssigned
+	TaskAccepted
+	TaskPreparing
+	TaskReady
+	TaskStarting
+	TaskRunning
+	TaskComplete
+	TaskShutdown
+	TaskFailed
+	TaskRejected
+	TaskOrphaned
+	TaskRemove
+)
+
+var taskStateNames = [...]string{"new", "pending", "assigned", "accepted", "preparing", "ready",
+	"starting", "running", "complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
+
+func (s TaskState) String() string {
+	if s >= 0 && int(s) < len(taskStateNames) {
+		return taskStateNames[s]
+	}
+	return fmt.Sprintf("TaskState(%d)", int(s))
+}
+
+// Terminal reports whether a task in this state has ended.
+func (s TaskState) Terminal() bool { return s >= TaskComplete }
+
+// TaskStatus is what is known of a task's actual state.
+type TaskStatus struct {
+	State     TaskState
+	Timestamp time.Time
+	Message   string
+	Err       string
+	ExitCode  int
+}
+
+// Task is one instance of a service, placed on one node.
+type Task struct {
+	ID string
+	Meta
+	ServiceID   string
+	ServiceName string
+	// Slot is the replica number of a replicated service's task (1-based); 0
+	// for global services.
+	Slot uint64
+	// NodeID is the node the task is assigned to ("" while pending).
+	NodeID       string
+	Spec         TaskSpec
+	SpecVersion  uint64
+	DesiredState TaskState
+	Status       TaskStatus
+}
+
+// Name returns the task's display name: service.slot (replicated) or
+// service.nodeID (global), like docker service ps.
+func (t *Task) Name() string {
+	if t.Slot > 0 {
+		return fmt.Sprintf("%s.%d", t.ServiceName, t.Slot)
+	}
+	return t.ServiceName + "." + t.NodeID
+}
+
+// TaskFilter selects tasks in ListTasks; empty fields match everything.
+type TaskFilter struct {
+	Service string // service ID or name
+	Node    string // node ID
+	// DesiredStates, if set, limits the tasks to these desired states.
+	DesiredStates []TaskState
+	Slot          uint64
+}
