@@ -2,14 +2,37 @@ package shoal
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	"github.com/shoalhq/shoal/dispatch"
+	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/controlapi"
+	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/internal/identity"
+	"github.com/shoalhq/shoal/internal/orchestrator"
+	"github.com/shoalhq/shoal/internal/schedule"
+	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/pki"
+	"github.com/shoalhq/shoal/raftstore"
 	"github.com/shoalhq/shoal/runtime"
+	"github.com/shoalhq/shoal/runtime/process"
 )
 
 // Config configures a node. The zero value of every field but StateDir means
@@ -57,6 +80,10 @@ type Config struct {
 	// TaskHistoryLimit is how many dead tasks are kept per slot for
 	// inspection. Set at Init; default 5, as in Docker.
 	TaskHistoryLimit int
+	// RestartDelay is the wait before a task that ended (or whose node went
+	// down) is replaced, when the service's restart policy says 0. Default
+	// 5s, as in Docker: a crash-looping task must not spin the control plane.
+	RestartDelay time.Duration
 
 	// Raft tunes the managers' replicated log.
 	Raft RaftConfig
@@ -151,6 +178,9 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatPeriod < 0 || (c.HeartbeatPeriod > 0 && c.HeartbeatPeriod < 10*time.Millisecond) {
 		return configError("HeartbeatPeriod", "must be at least 10ms")
+	}
+	if c.RestartDelay < 0 {
+		return configError("RestartDelay", "must be >= 0")
 	}
 	if c.TaskHistoryLimit < 0 {
 		return configError("TaskHistoryLimit", "must be >= 0")
@@ -286,4 +316,706 @@ type ClusterInfo struct {
 	// WorkerToken and ManagerToken admit new nodes in those roles.
 	WorkerToken  string
 	ManagerToken string
+}
+
+// identityFile is the node's identity under StateDir, written once at Init or
+// Join and read at every restart.
+const identityFile = "node.json"
+
+type nodeIdentity struct {
+	NodeID    string   `json:"node_id"`
+	ClusterID string   `json:"cluster_id"`
+	Role      NodeRole `json:"role"`
+	RaftID    uint64   `json:"raft_id,omitempty"`
+	Managers  []string `json:"managers"`
+}
+
+func loadIdentity(dir string) (*nodeIdentity, error) {
+	path := filepath.Join(dir, identityFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read node identity: %w", err)
+	}
+	var id nodeIdentity
+	if err := json.Unmarshal(data, &id); err != nil {
+		return nil, fmt.Errorf("node identity %s is corrupt: %w", path, err)
+	}
+	if !identity.Valid(id.NodeID) || !identity.Valid(id.ClusterID) {
+		return nil, fmt.Errorf("node identity %s is corrupt: invalid node or cluster ID", path)
+	}
+	return &id, nil
+}
+
+func saveIdentity(dir string, id *nodeIdentity) error {
+	data, err := json.MarshalIndent(id, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, identityFile+".tmp")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("write node identity: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write node identity: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write node identity: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write node identity: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(dir, identityFile))
+}
+
+type startMode int
+
+const (
+	modeRestart startMode = iota
+	modeInit
+	modeJoin
+)
+
+// Node is a running cluster member: a manager (replicated state, scheduler,
+// dispatcher, control API) or a worker (runs tasks), or both. Make one with
+// Init, Join, or New followed by Start (to restart a node from its StateDir).
+// A Node's methods are safe for concurrent use.
+type Node struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	started bool
+	stopped bool
+	ready   chan struct{}
+	done    chan struct{}
+	err     error
+
+	ident *nodeIdentity
+	addr  string
+	lis   net.Listener
+	srv   *grpc.Server
+
+	// Manager parts.
+	store    *state.Store
+	raft     *raftstore.Node
+	dispProx *dispatcherProxy
+	termMu   sync.Mutex
+	term     *leaderTerm
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+
+	agent    *dispatch.Agent
+	selfConn *grpc.ClientConn
+	client   *Client
+}
+
+// leaderTerm holds the components that run only on the Raft leader.
+type leaderTerm struct {
+	orch  *orchestrator.Orchestrator
+	sched *schedule.Driver
+	disp  *dispatch.Dispatcher
+}
+
+// New validates cfg and returns a node that has not started. Start restarts
+// it from its StateDir; for a new cluster use Init, to join one use Join.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := cfg.withDefaults()
+	return &Node{cfg: c, log: c.Logger, ready: make(chan struct{}), done: make(chan struct{})}, nil
+}
+
+// Start restarts the node from the identity and state in its StateDir (a
+// node made earlier by Init or Join). It returns once the node serves.
+func (n *Node) Start(ctx context.Context) error { return n.start(ctx, modeRestart, "", "") }
+
+// ID returns the node's ID (empty before it has started).
+func (n *Node) ID() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ident == nil {
+		return ""
+	}
+	return n.ident.NodeID
+}
+
+// ClusterID returns the ID of the node's cluster.
+func (n *Node) ClusterID() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ident == nil {
+		return ""
+	}
+	return n.ident.ClusterID
+}
+
+// Role returns the node's role.
+func (n *Node) Role() NodeRole {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ident == nil {
+		return Worker
+	}
+	return n.ident.Role
+}
+
+// Addr returns the address other nodes and clients reach this node at.
+func (n *Node) Addr() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.addr
+}
+
+// Ready is closed once the node serves: a manager has its state loaded and
+// a leader, and the node's agent (if any) has started.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Done is closed when the node has stopped.
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err says why the node stopped: nil after a clean Stop.
+func (n *Node) Err() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.err
+}
+
+// Client returns the control API of this node's cluster. On a worker every
+// call fails with ErrNotManager. The client shares the node's connection
+// and stops working when the node stops.
+func (n *Node) Client() *Client {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.client == nil {
+		return &Client{err: fmt.Errorf("node has not started: %w", ErrStopped)}
+	}
+	return n.client
+}
+
+func (n *Node) listen() (net.Listener, error) {
+	if n.cfg.Listener != nil {
+		return n.cfg.Listener, nil
+	}
+	lis, err := net.Listen("tcp", n.cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("Config.ListenAddr: %w", err)
+	}
+	return lis, nil
+}
+
+func (n *Node) dialOptions() []grpc.DialOption {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if n.cfg.Dial != nil {
+		opts = append(opts, grpc.WithContextDialer(n.cfg.Dial))
+	}
+	return opts
+}
+
+func (n *Node) description() *api.NodeDescription {
+	host := n.cfg.Hostname
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+	res := n.cfg.Resources
+	if res.NanoCPUs == 0 {
+		res.NanoCPUs = int64(goruntime.NumCPU()) * 1e9
+	}
+	if res.MemoryBytes == 0 {
+		res.MemoryBytes = totalMemory()
+	}
+	return &api.NodeDescription{
+		Hostname:  host,
+		Platform:  &api.Platform{Os: goruntime.GOOS, Arch: goruntime.GOARCH},
+		Resources: &api.Resources{NanoCpus: res.NanoCPUs, MemoryBytes: res.MemoryBytes},
+	}
+}
+
+// totalMemory reads the machine's memory from /proc/meminfo (0 if unknown:
+// tasks that reserve memory then do not fit, which is the safe answer).
+func totalMemory() int64 {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err == nil {
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}
+
+func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string) (err error) {
+	n.mu.Lock()
+	if n.started {
+		n.mu.Unlock()
+		return errors.New("shoal: node already started")
+	}
+	n.started = true
+	n.mu.Unlock()
+	defer func() {
+		if err != nil {
+			n.cleanup(context.Background())
+			n.mu.Lock()
+			n.stopped = true
+			n.err = err
+			n.mu.Unlock()
+			close(n.done)
+		}
+	}()
+
+	if err := os.MkdirAll(n.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("Config.StateDir: %w", err)
+	}
+	ident, err := loadIdentity(n.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	switch {
+	case mode == modeRestart && ident == nil:
+		return fmt.Errorf("Config.StateDir: %s holds no node; use Init to create a cluster or Join to join one", n.cfg.StateDir)
+	case mode != modeRestart && ident != nil:
+		return fmt.Errorf("Config.StateDir: %s already holds node %s of cluster %s; restart it with New(cfg) and Start: %w",
+			n.cfg.StateDir, ident.NodeID, ident.ClusterID, ErrExist)
+	}
+
+	lis, err := n.listen()
+	if err != nil {
+		return err
+	}
+	n.lis = lis
+	addr := n.cfg.AdvertiseAddr
+	if addr == "" {
+		addr = lis.Addr().String()
+	}
+	n.mu.Lock()
+	n.addr = addr
+	n.mu.Unlock()
+
+	switch mode {
+	case modeInit:
+		ident = &nodeIdentity{NodeID: identity.NewID(), ClusterID: identity.NewID(), Role: Manager, RaftID: 1}
+	case modeJoin:
+		if ident, err = n.join(ctx, joinAddr, token); err != nil {
+			return err
+		}
+	}
+	n.mu.Lock()
+	n.ident = ident
+	n.mu.Unlock()
+
+	n.srv = grpc.NewServer()
+	if ident.Role == Manager {
+		if err := n.startManager(ctx, mode == modeInit); err != nil {
+			return err
+		}
+	} else {
+		go func() { _ = n.srv.Serve(lis) }()
+	}
+	if mode == modeInit {
+		// Written last: a node whose Init failed leaves no identity behind.
+		if err := saveIdentity(n.cfg.StateDir, ident); err != nil {
+			return err
+		}
+	}
+	if err := n.startAgent(ctx); err != nil {
+		return err
+	}
+	close(n.ready)
+	n.log.Info("node started", "node", ident.NodeID, "role", ident.Role, "addr", addr)
+	return nil
+}
+
+// join asks the manager at addr to admit this node.
+func (n *Node) join(ctx context.Context, addr, token string) (*nodeIdentity, error) {
+	tok, err := pki.ParseToken(token)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr, n.dialOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("join %s: %w", addr, err)
+	}
+	defer conn.Close()
+	desc := n.description()
+	resp, err := api.NewJoinClient(conn).Join(ctx, &api.JoinRequest{
+		Token: token, Description: desc, Addr: n.addr, Labels: n.cfg.Labels,
+	}, grpc.WaitForReady(true))
+	if err != nil {
+		return nil, fmt.Errorf("join %s: %w", addr, errdefs.FromGRPC(err))
+	}
+	if pki.Digest([]byte(resp.ClusterId)) != tok.Digest {
+		return nil, fmt.Errorf("join %s: %w", addr, pki.ErrDigestMismatch)
+	}
+	if !identity.Valid(resp.NodeId) {
+		return nil, fmt.Errorf("join %s: manager returned an invalid node ID", addr)
+	}
+	ident := &nodeIdentity{NodeID: resp.NodeId, ClusterID: resp.ClusterId, Role: NodeRole(resp.Role), Managers: resp.Managers}
+	if len(ident.Managers) == 0 {
+		ident.Managers = []string{addr}
+	}
+	if err := saveIdentity(n.cfg.StateDir, ident); err != nil {
+		return nil, err
+	}
+	return ident, nil
+}
+
+func (n *Node) managerAddrs() []string { return []string{n.Addr()} }
+
+func (n *Node) startManager(ctx context.Context, initCluster bool) error {
+	n.store = state.New(state.Config{Logger: n.log})
+	rcfg := raftstore.DefaultConfig()
+	rcfg.ID = n.ident.RaftID
+	rcfg.Dir = filepath.Join(n.cfg.StateDir, "raft")
+	rcfg.StateMachine = n.store
+	rcfg.Logger = n.log
+	rcfg.Registerer = n.cfg.Metrics
+	rcfg.TickInterval = n.cfg.Raft.TickInterval
+	rcfg.ElectionTick = n.cfg.Raft.ElectionTicks
+	rcfg.SnapshotInterval = n.cfg.Raft.SnapshotInterval
+	rn, err := raftstore.New(rcfg)
+	if err != nil {
+		return err
+	}
+	if err := rn.Start(ctx); err != nil {
+		return err
+	}
+	n.raft = rn
+	n.store.SetLog(rn)
+	select {
+	case <-rn.Ready():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := n.ensureClusterObjects(ctx, initCluster); err != nil {
+		return err
+	}
+
+	n.dispProx = &dispatcherProxy{}
+	api.RegisterControlServer(n.srv, controlapi.New(n.store))
+	api.RegisterJoinServer(n.srv, controlapi.NewJoinServer(n.store, n.managerAddrs))
+	api.RegisterDispatcherServer(n.srv, n.dispProx)
+	go func() { _ = n.srv.Serve(n.lis) }()
+
+	conn, err := grpc.NewClient(n.addr, n.dialOptions()...)
+	if err != nil {
+		return err
+	}
+	n.selfConn = conn
+	n.mu.Lock()
+	n.client = newClient(conn, false)
+	n.mu.Unlock()
+
+	bgctx, cancel := context.WithCancel(context.Background())
+	n.bgCancel = cancel
+	n.bg.Add(1)
+	go n.leadershipLoop(bgctx)
+	return nil
+}
+
+// ensureClusterObjects creates the cluster object (with join tokens) and this
+// manager's node object if they are missing, and records the manager's
+// current address.
+func (n *Node) ensureClusterObjects(ctx context.Context, initCluster bool) error {
+	desc := n.description()
+	return n.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
+		if c := tx.GetCluster(n.ident.ClusterID); c == nil {
+			if !initCluster {
+				return fmt.Errorf("state of cluster %s is missing from %s", n.ident.ClusterID, n.cfg.StateDir)
+			}
+			digest := pki.Digest([]byte(n.ident.ClusterID))
+			wt, err := pki.NewToken(digest)
+			if err != nil {
+				return err
+			}
+			mt, err := pki.NewToken(digest)
+			if err != nil {
+				return err
+			}
+			if err := tx.CreateCluster(&api.Cluster{
+				Id: n.ident.ClusterID,
+				Spec: &api.ClusterSpec{Name: "default", TaskHistoryLimit: int64(n.cfg.TaskHistoryLimit),
+					HeartbeatPeriod: int64(n.cfg.HeartbeatPeriod)},
+				JoinTokens: &api.JoinTokens{Worker: wt.String(), Manager: mt.String()},
+			}); err != nil {
+				return err
+			}
+		}
+		me := tx.GetNode(n.ident.NodeID)
+		if me == nil {
+			return tx.CreateNode(&api.Node{
+				Id:            n.ident.NodeID,
+				Role:          api.NodeRole_NODE_ROLE_MANAGER,
+				Spec:          &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER, Labels: n.cfg.Labels},
+				Description:   desc,
+				Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: n.addr},
+				ManagerStatus: &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: true},
+			})
+		}
+		if me.GetManagerStatus().GetAddr() == n.addr && me.GetDescription().GetHostname() == desc.Hostname {
+			return nil
+		}
+		me.ManagerStatus = &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: true}
+		me.Description = desc
+		return tx.UpdateNode(me)
+	})
+}
+
+// leadershipLoop runs the leader-only components while this manager leads.
+func (n *Node) leadershipLoop(ctx context.Context) {
+	defer n.bg.Done()
+	ch, cancel := n.raft.LeadershipChanges()
+	defer cancel()
+	defer n.stopTerm()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leader, ok := <-ch:
+			if !ok {
+				return
+			}
+			if leader {
+				if err := n.startTerm(ctx); err != nil {
+					n.log.Error("cannot start leader components", "err", err)
+				}
+			} else {
+				n.stopTerm()
+			}
+		}
+	}
+}
+
+func (n *Node) clusterSettings() (heartbeat time.Duration) {
+	heartbeat = n.cfg.HeartbeatPeriod
+	n.store.View(func(tx state.ReadTx) {
+		if c := tx.GetCluster(n.ident.ClusterID); c != nil && c.GetSpec().GetHeartbeatPeriod() > 0 {
+			heartbeat = time.Duration(c.Spec.HeartbeatPeriod)
+		}
+	})
+	return heartbeat
+}
+
+func (n *Node) startTerm(ctx context.Context) error {
+	n.termMu.Lock()
+	defer n.termMu.Unlock()
+	if n.term != nil {
+		return nil
+	}
+	t := &leaderTerm{}
+	var err error
+	ocfg := orchestrator.DefaultConfig()
+	ocfg.Logger = n.log.With("component", "orchestrator")
+	if n.cfg.RestartDelay > 0 {
+		ocfg.DefaultRestartDelay = n.cfg.RestartDelay
+	}
+	if t.orch, err = orchestrator.New(n.store, ocfg); err != nil {
+		return err
+	}
+	if t.sched, err = schedule.New(n.store, schedule.Config{Logger: n.log.With("component", "scheduler")}); err != nil {
+		return err
+	}
+	dcfg := dispatch.DefaultDispatcherConfig()
+	dcfg.HeartbeatPeriod = n.clusterSettings()
+	dcfg.Managers = n.managerAddrs
+	dcfg.Logger = n.log.With("component", "dispatcher")
+	dcfg.Registerer = n.cfg.Metrics
+	if t.disp, err = dispatch.NewDispatcher(n.store, dcfg); err != nil {
+		return err
+	}
+	if err := t.disp.Start(ctx); err != nil {
+		return err
+	}
+	if err := t.sched.Start(ctx); err != nil {
+		_ = t.disp.Stop(context.Background())
+		return err
+	}
+	if err := t.orch.Start(ctx); err != nil {
+		_ = t.sched.Stop(context.Background())
+		_ = t.disp.Stop(context.Background())
+		return err
+	}
+	n.dispProx.set(t.disp)
+	n.term = t
+	return nil
+}
+
+func (n *Node) stopTerm() {
+	n.termMu.Lock()
+	defer n.termMu.Unlock()
+	t := n.term
+	if t == nil {
+		return
+	}
+	n.term = nil
+	n.dispProx.set(nil)
+	ctx := context.Background()
+	_ = t.orch.Stop(ctx)
+	_ = t.sched.Stop(ctx)
+	_ = t.disp.Stop(ctx)
+}
+
+func (n *Node) startAgent(ctx context.Context) error {
+	if n.ident.Role == Manager && n.cfg.DisableAgent {
+		return nil
+	}
+	rt := n.cfg.Runtime
+	if rt == nil {
+		prt, err := process.New(process.Config{Dir: filepath.Join(n.cfg.StateDir, "tasks"), Logger: n.log, KeepLogs: true})
+		if err != nil {
+			return err
+		}
+		rt = prt
+	}
+	managers := func() []string {
+		if n.Role() == Manager {
+			return n.managerAddrs()
+		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return append([]string(nil), n.ident.Managers...)
+	}
+	acfg := dispatch.DefaultAgentConfig()
+	acfg.NodeID = n.ident.NodeID
+	acfg.Managers = managers
+	acfg.Dial = n.cfg.Dial
+	acfg.Runtime = rt
+	acfg.Description = n.description()
+	acfg.Addr = n.addr
+	acfg.Logger = n.log.With("component", "agent")
+	a, err := dispatch.NewAgent(acfg)
+	if err != nil {
+		return err
+	}
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	n.agent = a
+	return nil
+}
+
+// Stop stops the node: its tasks are stopped (bounded by ctx), then its
+// control plane. It is idempotent; every goroutine the node started has
+// ended when it returns (unless ctx ended first, which it then returns).
+func (n *Node) Stop(ctx context.Context) error {
+	n.mu.Lock()
+	if !n.started || n.stopped {
+		n.mu.Unlock()
+		select {
+		case <-n.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		return nil
+	}
+	n.stopped = true
+	n.mu.Unlock()
+	err := n.cleanup(ctx)
+	close(n.done)
+	return err
+}
+
+// cleanup stops whatever has been started, in reverse order.
+func (n *Node) cleanup(ctx context.Context) error {
+	var errs []error
+	if n.agent != nil {
+		errs = append(errs, n.agent.Stop(ctx))
+	}
+	if n.bgCancel != nil {
+		n.bgCancel()
+		n.bg.Wait()
+	}
+	if n.selfConn != nil {
+		errs = append(errs, n.selfConn.Close())
+	}
+	if n.srv != nil {
+		stopped := make(chan struct{})
+		go func() { n.srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			n.srv.Stop()
+			<-stopped
+		case <-time.After(2 * time.Second):
+			// Streams (watches, sessions) do not end by themselves.
+			n.srv.Stop()
+			<-stopped
+		}
+	} else if n.lis != nil {
+		errs = append(errs, n.lis.Close())
+	}
+	if n.raft != nil {
+		errs = append(errs, n.raft.Stop(ctx))
+	}
+	if n.store != nil {
+		n.store.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// dispatcherProxy serves the Dispatcher API through whichever dispatcher the
+// current leader term runs; between terms it answers Unavailable, and agents
+// retry.
+type dispatcherProxy struct {
+	api.UnimplementedDispatcherServer
+	mu sync.RWMutex
+	d  *dispatch.Dispatcher
+}
+
+func (p *dispatcherProxy) set(d *dispatch.Dispatcher) {
+	p.mu.Lock()
+	p.d = d
+	p.mu.Unlock()
+}
+
+func (p *dispatcherProxy) get() (*dispatch.Dispatcher, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.d == nil {
+		return nil, status.Error(codes.Unavailable, "the dispatcher is not running on this manager (no leader yet)")
+	}
+	return p.d, nil
+}
+
+func (p *dispatcherProxy) Session(req *api.SessionRequest, stream grpc.ServerStreamingServer[api.SessionMessage]) error {
+	d, err := p.get()
+	if err != nil {
+		return err
+	}
+	return d.Session(req, stream)
+}
+
+func (p *dispatcherProxy) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	d, err := p.get()
+	if err != nil {
+		return nil, err
+	}
+	return d.Heartbeat(ctx, req)
+}
+
+func (p *dispatcherProxy) Assignments(req *api.AssignmentsRequest, stream grpc.ServerStreamingServer[api.AssignmentsMessage]) error {
+	d, err := p.get()
+	if err != nil {
+		return err
+	}
+	return d.Assignments(req, stream)
+}
+
+func (p *dispatcherProxy) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskStatusRequest) (*api.UpdateTaskStatusResponse, error) {
+	d, err := p.get()
+	if err != nil {
+		return nil, err
+	}
+	return d.UpdateTaskStatus(ctx, req)
 }

@@ -1102,7 +1102,9 @@ type JoinRequest struct {
 	NodeId      string           `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Description *NodeDescription `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// addr is the address the node listens on.
-	Addr          string `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`
+	Addr string `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`
+	// labels are the node's initial labels.
+	Labels        map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1163,6 +1165,13 @@ func (x *JoinRequest) GetAddr() string {
 		return x.Addr
 	}
 	return ""
+}
+
+func (x *JoinRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
 }
 
 type JoinResponse struct {
@@ -1299,12 +1308,16 @@ const file_control_proto_rawDesc = "" +
 	"\x03old\x18\x03 \x01(\v2\x16.shoal.api.StoreActionR\x03old\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\x04R\aversion\"=\n" +
 	"\fWatchMessage\x12-\n" +
-	"\x06events\x18\x01 \x03(\v2\x15.shoal.api.WatchEventR\x06events\"\x8e\x01\n" +
+	"\x06events\x18\x01 \x03(\v2\x15.shoal.api.WatchEventR\x06events\"\x85\x02\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12<\n" +
 	"\vdescription\x18\x03 \x01(\v2\x1a.shoal.api.NodeDescriptionR\vdescription\x12\x12\n" +
-	"\x04addr\x18\x04 \x01(\tR\x04addr\"\x8b\x01\n" +
+	"\x04addr\x18\x04 \x01(\tR\x04addr\x12:\n" +
+	"\x06labels\x18\x05 \x03(\v2\".shoal.api.JoinRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x01\n" +
 	"\fJoinResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
@@ -1353,7 +1366,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_control_proto_goTypes = []any{
 	(ObjectKind)(0),              // 0: shoal.api.ObjectKind
 	(*GetRequest)(nil),           // 1: shoal.api.GetRequest
@@ -1378,75 +1391,77 @@ var file_control_proto_goTypes = []any{
 	(*WatchMessage)(nil),         // 20: shoal.api.WatchMessage
 	(*JoinRequest)(nil),          // 21: shoal.api.JoinRequest
 	(*JoinResponse)(nil),         // 22: shoal.api.JoinResponse
-	(*ServiceSpec)(nil),          // 23: shoal.api.ServiceSpec
-	(*Service)(nil),              // 24: shoal.api.Service
-	(*Task)(nil),                 // 25: shoal.api.Task
-	(TaskState)(0),               // 26: shoal.api.TaskState
-	(*Node)(nil),                 // 27: shoal.api.Node
-	(NodeRole)(0),                // 28: shoal.api.NodeRole
-	(*NodeSpec)(nil),             // 29: shoal.api.NodeSpec
-	(*Cluster)(nil),              // 30: shoal.api.Cluster
-	(*ClusterSpec)(nil),          // 31: shoal.api.ClusterSpec
-	(StoreAction_Kind)(0),        // 32: shoal.api.StoreAction.Kind
-	(*StoreAction)(nil),          // 33: shoal.api.StoreAction
-	(*NodeDescription)(nil),      // 34: shoal.api.NodeDescription
+	nil,                          // 23: shoal.api.JoinRequest.LabelsEntry
+	(*ServiceSpec)(nil),          // 24: shoal.api.ServiceSpec
+	(*Service)(nil),              // 25: shoal.api.Service
+	(*Task)(nil),                 // 26: shoal.api.Task
+	(TaskState)(0),               // 27: shoal.api.TaskState
+	(*Node)(nil),                 // 28: shoal.api.Node
+	(NodeRole)(0),                // 29: shoal.api.NodeRole
+	(*NodeSpec)(nil),             // 30: shoal.api.NodeSpec
+	(*Cluster)(nil),              // 31: shoal.api.Cluster
+	(*ClusterSpec)(nil),          // 32: shoal.api.ClusterSpec
+	(StoreAction_Kind)(0),        // 33: shoal.api.StoreAction.Kind
+	(*StoreAction)(nil),          // 34: shoal.api.StoreAction
+	(*NodeDescription)(nil),      // 35: shoal.api.NodeDescription
 }
 var file_control_proto_depIdxs = []int32{
-	23, // 0: shoal.api.CreateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
-	24, // 1: shoal.api.ServiceResponse.service:type_name -> shoal.api.Service
-	24, // 2: shoal.api.ListServicesResponse.services:type_name -> shoal.api.Service
-	23, // 3: shoal.api.UpdateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
-	25, // 4: shoal.api.TaskResponse.task:type_name -> shoal.api.Task
-	26, // 5: shoal.api.ListTasksRequest.desired_states:type_name -> shoal.api.TaskState
-	25, // 6: shoal.api.ListTasksResponse.tasks:type_name -> shoal.api.Task
-	27, // 7: shoal.api.NodeResponse.node:type_name -> shoal.api.Node
-	28, // 8: shoal.api.ListNodesRequest.roles:type_name -> shoal.api.NodeRole
-	27, // 9: shoal.api.ListNodesResponse.nodes:type_name -> shoal.api.Node
-	29, // 10: shoal.api.UpdateNodeRequest.spec:type_name -> shoal.api.NodeSpec
-	30, // 11: shoal.api.ClusterResponse.cluster:type_name -> shoal.api.Cluster
-	31, // 12: shoal.api.UpdateClusterRequest.spec:type_name -> shoal.api.ClusterSpec
+	24, // 0: shoal.api.CreateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
+	25, // 1: shoal.api.ServiceResponse.service:type_name -> shoal.api.Service
+	25, // 2: shoal.api.ListServicesResponse.services:type_name -> shoal.api.Service
+	24, // 3: shoal.api.UpdateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
+	26, // 4: shoal.api.TaskResponse.task:type_name -> shoal.api.Task
+	27, // 5: shoal.api.ListTasksRequest.desired_states:type_name -> shoal.api.TaskState
+	26, // 6: shoal.api.ListTasksResponse.tasks:type_name -> shoal.api.Task
+	28, // 7: shoal.api.NodeResponse.node:type_name -> shoal.api.Node
+	29, // 8: shoal.api.ListNodesRequest.roles:type_name -> shoal.api.NodeRole
+	28, // 9: shoal.api.ListNodesResponse.nodes:type_name -> shoal.api.Node
+	30, // 10: shoal.api.UpdateNodeRequest.spec:type_name -> shoal.api.NodeSpec
+	31, // 11: shoal.api.ClusterResponse.cluster:type_name -> shoal.api.Cluster
+	32, // 12: shoal.api.UpdateClusterRequest.spec:type_name -> shoal.api.ClusterSpec
 	0,  // 13: shoal.api.WatchRequest.kinds:type_name -> shoal.api.ObjectKind
-	32, // 14: shoal.api.WatchEvent.action:type_name -> shoal.api.StoreAction.Kind
-	33, // 15: shoal.api.WatchEvent.object:type_name -> shoal.api.StoreAction
-	33, // 16: shoal.api.WatchEvent.old:type_name -> shoal.api.StoreAction
+	33, // 14: shoal.api.WatchEvent.action:type_name -> shoal.api.StoreAction.Kind
+	34, // 15: shoal.api.WatchEvent.object:type_name -> shoal.api.StoreAction
+	34, // 16: shoal.api.WatchEvent.old:type_name -> shoal.api.StoreAction
 	19, // 17: shoal.api.WatchMessage.events:type_name -> shoal.api.WatchEvent
-	34, // 18: shoal.api.JoinRequest.description:type_name -> shoal.api.NodeDescription
-	28, // 19: shoal.api.JoinResponse.role:type_name -> shoal.api.NodeRole
-	4,  // 20: shoal.api.Control.CreateService:input_type -> shoal.api.CreateServiceRequest
-	1,  // 21: shoal.api.Control.GetService:input_type -> shoal.api.GetRequest
-	6,  // 22: shoal.api.Control.ListServices:input_type -> shoal.api.ListServicesRequest
-	8,  // 23: shoal.api.Control.UpdateService:input_type -> shoal.api.UpdateServiceRequest
-	2,  // 24: shoal.api.Control.RemoveService:input_type -> shoal.api.RemoveRequest
-	1,  // 25: shoal.api.Control.GetTask:input_type -> shoal.api.GetRequest
-	10, // 26: shoal.api.Control.ListTasks:input_type -> shoal.api.ListTasksRequest
-	1,  // 27: shoal.api.Control.GetNode:input_type -> shoal.api.GetRequest
-	13, // 28: shoal.api.Control.ListNodes:input_type -> shoal.api.ListNodesRequest
-	15, // 29: shoal.api.Control.UpdateNode:input_type -> shoal.api.UpdateNodeRequest
-	2,  // 30: shoal.api.Control.RemoveNode:input_type -> shoal.api.RemoveRequest
-	1,  // 31: shoal.api.Control.GetCluster:input_type -> shoal.api.GetRequest
-	17, // 32: shoal.api.Control.UpdateCluster:input_type -> shoal.api.UpdateClusterRequest
-	18, // 33: shoal.api.Control.Watch:input_type -> shoal.api.WatchRequest
-	21, // 34: shoal.api.Join.Join:input_type -> shoal.api.JoinRequest
-	5,  // 35: shoal.api.Control.CreateService:output_type -> shoal.api.ServiceResponse
-	5,  // 36: shoal.api.Control.GetService:output_type -> shoal.api.ServiceResponse
-	7,  // 37: shoal.api.Control.ListServices:output_type -> shoal.api.ListServicesResponse
-	5,  // 38: shoal.api.Control.UpdateService:output_type -> shoal.api.ServiceResponse
-	3,  // 39: shoal.api.Control.RemoveService:output_type -> shoal.api.RemoveResponse
-	9,  // 40: shoal.api.Control.GetTask:output_type -> shoal.api.TaskResponse
-	11, // 41: shoal.api.Control.ListTasks:output_type -> shoal.api.ListTasksResponse
-	12, // 42: shoal.api.Control.GetNode:output_type -> shoal.api.NodeResponse
-	14, // 43: shoal.api.Control.ListNodes:output_type -> shoal.api.ListNodesResponse
-	12, // 44: shoal.api.Control.UpdateNode:output_type -> shoal.api.NodeResponse
-	3,  // 45: shoal.api.Control.RemoveNode:output_type -> shoal.api.RemoveResponse
-	16, // 46: shoal.api.Control.GetCluster:output_type -> shoal.api.ClusterResponse
-	16, // 47: shoal.api.Control.UpdateCluster:output_type -> shoal.api.ClusterResponse
-	20, // 48: shoal.api.Control.Watch:output_type -> shoal.api.WatchMessage
-	22, // 49: shoal.api.Join.Join:output_type -> shoal.api.JoinResponse
-	35, // [35:50] is the sub-list for method output_type
-	20, // [20:35] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	35, // 18: shoal.api.JoinRequest.description:type_name -> shoal.api.NodeDescription
+	23, // 19: shoal.api.JoinRequest.labels:type_name -> shoal.api.JoinRequest.LabelsEntry
+	29, // 20: shoal.api.JoinResponse.role:type_name -> shoal.api.NodeRole
+	4,  // 21: shoal.api.Control.CreateService:input_type -> shoal.api.CreateServiceRequest
+	1,  // 22: shoal.api.Control.GetService:input_type -> shoal.api.GetRequest
+	6,  // 23: shoal.api.Control.ListServices:input_type -> shoal.api.ListServicesRequest
+	8,  // 24: shoal.api.Control.UpdateService:input_type -> shoal.api.UpdateServiceRequest
+	2,  // 25: shoal.api.Control.RemoveService:input_type -> shoal.api.RemoveRequest
+	1,  // 26: shoal.api.Control.GetTask:input_type -> shoal.api.GetRequest
+	10, // 27: shoal.api.Control.ListTasks:input_type -> shoal.api.ListTasksRequest
+	1,  // 28: shoal.api.Control.GetNode:input_type -> shoal.api.GetRequest
+	13, // 29: shoal.api.Control.ListNodes:input_type -> shoal.api.ListNodesRequest
+	15, // 30: shoal.api.Control.UpdateNode:input_type -> shoal.api.UpdateNodeRequest
+	2,  // 31: shoal.api.Control.RemoveNode:input_type -> shoal.api.RemoveRequest
+	1,  // 32: shoal.api.Control.GetCluster:input_type -> shoal.api.GetRequest
+	17, // 33: shoal.api.Control.UpdateCluster:input_type -> shoal.api.UpdateClusterRequest
+	18, // 34: shoal.api.Control.Watch:input_type -> shoal.api.WatchRequest
+	21, // 35: shoal.api.Join.Join:input_type -> shoal.api.JoinRequest
+	5,  // 36: shoal.api.Control.CreateService:output_type -> shoal.api.ServiceResponse
+	5,  // 37: shoal.api.Control.GetService:output_type -> shoal.api.ServiceResponse
+	7,  // 38: shoal.api.Control.ListServices:output_type -> shoal.api.ListServicesResponse
+	5,  // 39: shoal.api.Control.UpdateService:output_type -> shoal.api.ServiceResponse
+	3,  // 40: shoal.api.Control.RemoveService:output_type -> shoal.api.RemoveResponse
+	9,  // 41: shoal.api.Control.GetTask:output_type -> shoal.api.TaskResponse
+	11, // 42: shoal.api.Control.ListTasks:output_type -> shoal.api.ListTasksResponse
+	12, // 43: shoal.api.Control.GetNode:output_type -> shoal.api.NodeResponse
+	14, // 44: shoal.api.Control.ListNodes:output_type -> shoal.api.ListNodesResponse
+	12, // 45: shoal.api.Control.UpdateNode:output_type -> shoal.api.NodeResponse
+	3,  // 46: shoal.api.Control.RemoveNode:output_type -> shoal.api.RemoveResponse
+	16, // 47: shoal.api.Control.GetCluster:output_type -> shoal.api.ClusterResponse
+	16, // 48: shoal.api.Control.UpdateCluster:output_type -> shoal.api.ClusterResponse
+	20, // 49: shoal.api.Control.Watch:output_type -> shoal.api.WatchMessage
+	22, // 50: shoal.api.Join.Join:output_type -> shoal.api.JoinResponse
+	36, // [36:51] is the sub-list for method output_type
+	21, // [21:36] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1461,7 +1476,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

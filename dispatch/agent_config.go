@@ -1,0 +1,132 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/runtime"
+)
+
+// AgentConfig configures an Agent.
+type AgentConfig struct {
+	// NodeID is this node's ID; the node must exist in the cluster store
+	// (the join path creates it). Required.
+	NodeID string
+	// Managers returns the dispatcher addresses to try; the agent rotates
+	// through them on failure. Required. When it returns an empty list the
+	// agent uses the manager list the last dispatcher sent.
+	Managers func() []string
+	// Dial opens a connection to a manager address. Default: a TCP
+	// net.Dialer; test harnesses inject a dialer that can cut connections.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// TransportCredentials secures the connection. Default: insecure, until
+	// the mTLS layer passes node certificates here.
+	TransportCredentials credentials.TransportCredentials
+	// DialOptions are extra gRPC dial options, applied after the agent's own.
+	DialOptions []grpc.DialOption
+	// Runtime runs the tasks. Required.
+	Runtime runtime.Runtime
+	// Description is what the node reports about itself on each session.
+	// Default nil: the manager keeps the description it has.
+	Description *api.NodeDescription
+	// Addr is the address the node advertises; empty lets the manager use
+	// the address it sees the connection come from.
+	Addr string
+	// Logger receives the agent's logs. Default: discard, because a library
+	// must not write to the host's logs unless asked.
+	Logger *slog.Logger
+	// Clock is the time source for heartbeats, back-off and status
+	// timestamps. Default: the wall clock.
+	Clock Clock
+	// BackoffMin is the delay before the first reconnection attempt.
+	// Default 100ms: a manager restart or leader change is retried almost at
+	// once.
+	BackoffMin time.Duration
+	// BackoffMax caps the delay between attempts (which doubles on each
+	// failure, with jitter). Default 5s: one heartbeat period, so a worker
+	// finds a new leader well within the 15s before it would be marked down.
+	BackoffMax time.Duration
+	// StatusBatchInterval is how long the agent collects task status changes
+	// before it sends them in one RPC. Default 10ms: a task's quick
+	// ACCEPTED→…→RUNNING sequence travels in one or two messages.
+	StatusBatchInterval time.Duration
+	// RPCTimeout bounds opening a session and each status report. Default
+	// 10s: generous for a loaded manager, short enough to fail over.
+	RPCTimeout time.Duration
+}
+
+// DefaultAgentConfig returns the configuration with every default set; the
+// required fields (NodeID, Managers, Runtime) are left empty.
+func DefaultAgentConfig() AgentConfig {
+	return AgentConfig{
+		Dial:                defaultDial,
+		Logger:              slog.New(slog.DiscardHandler),
+		Clock:               RealClock(),
+		BackoffMin:          100 * time.Millisecond,
+		BackoffMax:          5 * time.Second,
+		StatusBatchInterval: 10 * time.Millisecond,
+		RPCTimeout:          10 * time.Second,
+	}
+}
+
+func defaultDial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// withDefaults fills zero fields and validates; it works on a copy.
+func (c AgentConfig) withDefaults() (AgentConfig, error) {
+	d := DefaultAgentConfig()
+	if c.Dial == nil {
+		c.Dial = d.Dial
+	}
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	if c.Clock == nil {
+		c.Clock = d.Clock
+	}
+	if c.BackoffMin == 0 {
+		c.BackoffMin = d.BackoffMin
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = max(d.BackoffMax, c.BackoffMin)
+	}
+	if c.StatusBatchInterval == 0 {
+		c.StatusBatchInterval = d.StatusBatchInterval
+	}
+	if c.RPCTimeout == 0 {
+		c.RPCTimeout = d.RPCTimeout
+	}
+	var errs []error
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("AgentConfig.NodeID: must not be empty"))
+	}
+	if c.Managers == nil {
+		errs = append(errs, errors.New("AgentConfig.Managers: must not be nil"))
+	}
+	if c.Runtime == nil {
+		errs = append(errs, errors.New("AgentConfig.Runtime: must not be nil"))
+	}
+	if c.BackoffMin < 0 {
+		errs = append(errs, fmt.Errorf("AgentConfig.BackoffMin: must not be negative, got %v", c.BackoffMin))
+	}
+	if c.BackoffMax < c.BackoffMin {
+		errs = append(errs, fmt.Errorf("AgentConfig.BackoffMax: must be at least BackoffMin (%v), got %v", c.BackoffMin, c.BackoffMax))
+	}
+	if c.StatusBatchInterval < 0 {
+		errs = append(errs, fmt.Errorf("AgentConfig.StatusBatchInterval: must not be negative, got %v", c.StatusBatchInterval))
+	}
+	if c.RPCTimeout < 0 {
+		errs = append(errs, fmt.Errorf("AgentConfig.RPCTimeout: must not be negative, got %v", c.RPCTimeout))
+	}
+	return c, errors.Join(errs...)
+}

@@ -1,0 +1,71 @@
+package dispatch
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// Clock is the source of time for the dispatcher's deadlines and the agent's
+// heartbeats and back-off. It is injected so tests can control time; the
+// default is the wall clock. Implementations are safe for concurrent use.
+type Clock interface {
+	// Now returns the current time.
+	Now() time.Time
+	// NewTimer returns a timer that fires once, d from now.
+	NewTimer(d time.Duration) Timer
+}
+
+// Timer is a one-shot timer made by a Clock. Its methods are not safe for
+// concurrent use; one goroutine owns a timer.
+type Timer interface {
+	// C returns the channel on which the timer delivers its firing time.
+	C() <-chan time.Time
+	// Stop prevents the timer from firing; it reports whether it stopped it.
+	Stop() bool
+	// Reset changes the timer to fire d from now.
+	Reset(d time.Duration)
+}
+
+// RealClock returns a Clock backed by package time.
+func RealClock() Clock { return realClock{} }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
+
+type realTimer struct{ t *time.Timer }
+
+func (r realTimer) C() <-chan time.Time   { return r.t.C }
+func (r realTimer) Stop() bool            { return r.t.Stop() }
+func (r realTimer) Reset(d time.Duration) { r.t.Reset(d) }
+
+// jitter returns d moved by a uniformly random amount in [-frac*d, +frac*d].
+// frac <= 0 returns d unchanged.
+func jitter(d time.Duration, frac float64) time.Duration {
+	if frac <= 0 || d <= 0 {
+		return d
+	}
+	span := float64(d) * frac
+	return d + time.Duration((rand.Float64()*2-1)*span)
+}
+
+// backoff returns the delay before reconnection attempt n (0-based):
+// min·2ⁿ capped at max, with "equal jitter" (half fixed, half random) so a
+// crowd of agents that lost the same manager does not come back in lockstep,
+// yet no agent retries sooner than half the nominal delay.
+func backoff(n int, minD, maxD time.Duration) time.Duration {
+	d := minD
+	for i := 0; i < n && d < maxD; i++ {
+		d *= 2
+	}
+	if d > maxD {
+		d = maxD
+	}
+	if d <= 0 {
+		return 0
+	}
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}

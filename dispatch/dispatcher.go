@@ -1,0 +1,670 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/internal/identity"
+	"github.com/shoalhq/shoal/internal/state"
+)
+
+// storeRetries is how many times a dispatcher write is retried when another
+// writer changed the same objects in the meantime.
+const storeRetries = 10
+
+// HeartbeatFailureMessage is the node status message written when a node is
+// marked DOWN because it missed its heartbeat deadline.
+const HeartbeatFailureMessage = "heartbeat failure"
+
+// Dispatcher is the manager side of the manager<->worker protocol. It
+// implements api.DispatcherServer: the embedding node registers it on its
+// gRPC server. Only the Raft leader runs a dispatcher; the node makes a new
+// one each time it becomes leader and stops it when it loses leadership.
+//
+// Before Start and after Stop every RPC fails with codes.Unavailable.
+type Dispatcher struct {
+	api.UnimplementedDispatcherServer
+
+	store *state.Store
+	cfg   DispatcherConfig
+	log   *slog.Logger
+	m     *dispatcherMetrics
+
+	mu      sync.Mutex
+	phase   phase
+	ctx     context.Context
+	cancel  context.CancelFunc
+	nodes   map[string]*session // by node ID: the live session, or a reconnect grace entry
+	kick    chan struct{}       // wakes the expiry loop when a deadline may be earlier
+	stopped chan struct{}       // closed once every goroutine and RPC has returned
+
+	loops   sync.WaitGroup // the dispatcher's own goroutines
+	rpcs    sync.WaitGroup // RPC handlers in flight
+	batcher *statusBatcher
+}
+
+var _ api.DispatcherServer = (*Dispatcher)(nil)
+
+type phase int
+
+const (
+	phaseNew phase = iota
+	phaseRunning
+	phaseStopped
+)
+
+// session is a node's session, or (id == "") the grace entry of a node that
+// was READY when the dispatcher started and has not reconnected yet.
+type session struct {
+	nodeID   string
+	id       string
+	deadline time.Time // guarded by Dispatcher.mu
+	done     chan struct{}
+	err      error // why the session ended; set before done is closed
+}
+
+func (s *session) live() bool { return s.id != "" }
+
+// end ends the session with err. Call with Dispatcher.mu held.
+func (s *session) end(err error) {
+	select {
+	case <-s.done:
+	default:
+		s.err = err
+		close(s.done)
+	}
+}
+
+// NewDispatcher returns a dispatcher over store. It validates cfg and starts
+// nothing.
+func NewDispatcher(store *state.Store, cfg DispatcherConfig) (*Dispatcher, error) {
+	if store == nil {
+		return nil, errors.New("dispatch: NewDispatcher: store must not be nil")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: %w", err)
+	}
+	return &Dispatcher{
+		store:   store,
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "dispatcher"),
+		m:       newDispatcherMetrics(cfg.Registerer),
+		nodes:   map[string]*session{},
+		kick:    make(chan struct{}, 1),
+		stopped: make(chan struct{}),
+	}, nil
+}
+
+// Start starts the dispatcher: it accepts RPCs from then on, and gives every
+// node that is READY in the store a grace period (HeartbeatPeriod ×
+// GracePeriodMultiplier) to open a session here before marking it DOWN.
+// ctx only bounds Start itself. Start may be called once.
+func (d *Dispatcher) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch d.phase {
+	case phaseRunning:
+		return errors.New("dispatch: dispatcher already started")
+	case phaseStopped:
+		return fmt.Errorf("dispatch: dispatcher: %w", errdefs.ErrStopped)
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	deadline := d.cfg.Clock.Now().Add(d.cfg.deadline())
+	var ready []string
+	d.store.View(func(tx state.ReadTx) {
+		nodes, err := tx.FindNodes(state.All())
+		if err != nil {
+			return
+		}
+		for _, n := range nodes {
+			if n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY {
+				ready = append(ready, n.GetId())
+			}
+		}
+	})
+	for _, id := range ready {
+		d.nodes[id] = &session{nodeID: id, deadline: deadline, done: make(chan struct{})}
+	}
+	d.batcher = newStatusBatcher(d)
+	d.phase = phaseRunning
+	d.loops.Add(2)
+	go func() { defer d.loops.Done(); d.expiryLoop(d.ctx) }()
+	go func() { defer d.loops.Done(); d.batcher.run(d.ctx) }()
+	d.log.Info("dispatcher started", "heartbeat_period", d.cfg.HeartbeatPeriod, "nodes_in_grace", len(ready))
+	return nil
+}
+
+// Stop ends every session and stream and waits, bounded by ctx, for the
+// dispatcher's goroutines and in-flight RPCs to return. Queued status
+// reports that were not written fail; agents send them again to the next
+// leader. Stop is idempotent.
+func (d *Dispatcher) Stop(ctx context.Context) error {
+	d.mu.Lock()
+	switch d.phase {
+	case phaseNew:
+		d.phase = phaseStopped
+		close(d.stopped)
+		d.mu.Unlock()
+		return nil
+	case phaseRunning:
+		d.phase = phaseStopped
+		d.cancel()
+		for id, s := range d.nodes {
+			s.end(status.Error(codes.Unavailable, "dispatcher stopped"))
+			delete(d.nodes, id)
+		}
+		go func() {
+			d.loops.Wait()
+			d.rpcs.Wait()
+			close(d.stopped)
+		}()
+	}
+	d.mu.Unlock()
+	select {
+	case <-d.stopped:
+		d.m.sessions.Set(0)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// enter admits an RPC: it returns the dispatcher's context and the func the
+// handler must call when it returns.
+func (d *Dispatcher) enter() (context.Context, func(), error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.phase != phaseRunning {
+		return nil, nil, status.Error(codes.Unavailable, "dispatcher is not running on this manager")
+	}
+	d.rpcs.Add(1)
+	return d.ctx, d.rpcs.Done, nil
+}
+
+// lookup returns the live session of nodeID with ID sessionID.
+func (d *Dispatcher) lookup(nodeID, sessionID string) (*session, error) {
+	if nodeID == "" {
+		return nil, status.Error(codes.InvalidArgument, "node_id: must not be empty")
+	}
+	if sessionID == "" {
+		return nil, status.Error(codes.InvalidArgument, "session_id: must not be empty")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.nodes[nodeID]
+	if s == nil || !s.live() || s.id != sessionID {
+		return nil, status.Errorf(codes.NotFound, "node %s has no session %s: open a new session", nodeID, sessionID)
+	}
+	select {
+	case <-s.done:
+		return nil, status.Errorf(codes.NotFound, "session %s of node %s has ended: open a new session", sessionID, nodeID)
+	default:
+	}
+	return s, nil
+}
+
+// isLive reports whether nodeID has a live session.
+func (d *Dispatcher) isLive(nodeID string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.nodes[nodeID]
+	return s != nil && s.live()
+}
+
+func (d *Dispatcher) wakeExpiry() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+func rpcContextError(ctx, dctx context.Context) error {
+	if dctx.Err() != nil {
+		return status.Error(codes.Unavailable, "dispatcher stopped")
+	}
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+// Session opens a session for a node that exists in the store, marks the
+// node READY and streams session messages until the session ends: it is
+// replaced by a newer session of the same node, the node misses its
+// heartbeat deadline, or the dispatcher stops.
+func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamingServer[api.SessionMessage]) error {
+	dctx, exit, err := d.enter()
+	if err != nil {
+		return err
+	}
+	defer exit()
+	nodeID := req.GetNodeId()
+	if nodeID == "" {
+		return status.Error(codes.InvalidArgument, "node_id: must not be empty")
+	}
+	ctx := stream.Context()
+	s := &session{nodeID: nodeID, id: identity.NewID(), done: make(chan struct{})}
+
+	d.mu.Lock()
+	s.deadline = d.cfg.Clock.Now().Add(d.cfg.deadline())
+	if old := d.nodes[nodeID]; old != nil {
+		old.end(status.Error(codes.Aborted, "session replaced by a newer session of the same node"))
+	}
+	d.nodes[nodeID] = s
+	d.mu.Unlock()
+	d.wakeExpiry()
+
+	unregister := func() {
+		d.mu.Lock()
+		if d.nodes[nodeID] == s {
+			delete(d.nodes, nodeID)
+		}
+		s.end(status.Error(codes.Canceled, "session closed"))
+		d.mu.Unlock()
+	}
+
+	addr := req.GetAddr()
+	if addr == "" {
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			addr = p.Addr.String()
+		}
+	}
+	if err := d.markReady(dctx, nodeID, addr, req.GetDescription()); err != nil {
+		unregister()
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return status.Errorf(codes.NotFound, "node %s is not a member of the cluster: %v", nodeID, err)
+		}
+		if dctx.Err() != nil {
+			return status.Error(codes.Unavailable, "dispatcher stopped")
+		}
+		return status.Errorf(codes.Unavailable, "recording node %s as ready: %v", nodeID, err)
+	}
+	d.m.sessions.Inc()
+	defer d.m.sessions.Dec()
+	d.log.Info("node session opened", "node", nodeID, "session", s.id, "addr", addr)
+
+	managers := slices.Clone(d.cfg.Managers())
+	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers}
+	if err := stream.Send(msg); err != nil {
+		unregister()
+		return err
+	}
+	// The manager list can change while the session lasts (a manager joins or
+	// leaves); check it once per heartbeat period and send it when it did.
+	t := d.cfg.Clock.NewTimer(d.cfg.HeartbeatPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			d.log.Info("node session ended", "node", nodeID, "session", s.id, "reason", s.err)
+			return s.err
+		case <-dctx.Done():
+			return status.Error(codes.Unavailable, "dispatcher stopped")
+		case <-ctx.Done():
+			// The agent went away. Its deadline keeps running: it is marked DOWN
+			// unless it opens a new session in time.
+			return status.FromContextError(ctx.Err()).Err()
+		case <-t.C():
+			if cur := d.cfg.Managers(); !slices.Equal(cur, managers) {
+				managers = slices.Clone(cur)
+				msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers}
+				if err := stream.Send(msg); err != nil {
+					return err
+				}
+			}
+			t.Reset(d.cfg.HeartbeatPeriod)
+		}
+	}
+}
+
+// markReady records in the store that the node has a session.
+func (d *Dispatcher) markReady(ctx context.Context, nodeID, addr string, desc *api.NodeDescription) error {
+	return d.store.UpdateRetry(ctx, storeRetries, func(tx state.WriteTx) error {
+		n := tx.GetNode(nodeID)
+		if n == nil {
+			return fmt.Errorf("node %s: %w", nodeID, errdefs.ErrNotFound)
+		}
+		n.Status = &api.NodeStatus{
+			State:     api.NodeState_NODE_STATE_READY,
+			Addr:      addr,
+			Timestamp: d.cfg.Clock.Now().UnixNano(),
+		}
+		if desc != nil {
+			n.Description = desc
+		}
+		return tx.UpdateNode(n)
+	})
+}
+
+// Heartbeat extends the node's deadline and says when the next heartbeat
+// is due. An unknown or ended session gets codes.NotFound: the agent must
+// open a new session.
+func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	_, exit, err := d.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer exit()
+	if _, err := d.lookup(req.GetNodeId(), req.GetSessionId()); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	s := d.nodes[req.GetNodeId()]
+	if s == nil || s.id != req.GetSessionId() {
+		d.mu.Unlock()
+		return nil, status.Errorf(codes.NotFound, "session %s of node %s has ended: open a new session", req.GetSessionId(), req.GetNodeId())
+	}
+	s.deadline = d.cfg.Clock.Now().Add(d.cfg.deadline())
+	d.mu.Unlock()
+	d.m.heartbeats.Inc()
+	return &api.HeartbeatResponse{Period: int64(jitter(d.cfg.HeartbeatPeriod, d.cfg.HeartbeatJitter))}, nil
+}
+
+// expiryLoop marks nodes DOWN when their deadline passes.
+func (d *Dispatcher) expiryLoop(ctx context.Context) {
+	t := d.cfg.Clock.NewTimer(d.cfg.deadline())
+	defer t.Stop()
+	for {
+		now := d.cfg.Clock.Now()
+		var expired []*session
+		var next time.Time
+		d.mu.Lock()
+		for id, s := range d.nodes {
+			if !s.deadline.After(now) {
+				expired = append(expired, s)
+				delete(d.nodes, id)
+				s.end(status.Error(codes.DeadlineExceeded, "node missed its heartbeat deadline and was marked down"))
+			} else if next.IsZero() || s.deadline.Before(next) {
+				next = s.deadline
+			}
+		}
+		d.mu.Unlock()
+		if len(expired) > 0 {
+			d.markDown(ctx, expired)
+		}
+		wait := d.cfg.deadline()
+		if !next.IsZero() {
+			wait = next.Sub(now)
+		}
+		if !t.Stop() {
+			select {
+			case <-t.C():
+			default:
+			}
+		}
+		t.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+		case <-d.kick:
+		}
+	}
+}
+
+// markDown writes DOWN for the expired nodes, in one transaction, skipping
+// any that opened a new session meanwhile.
+func (d *Dispatcher) markDown(ctx context.Context, expired []*session) {
+	var marked []string
+	err := d.store.UpdateRetry(ctx, storeRetries, func(tx state.WriteTx) error {
+		marked = marked[:0]
+		now := d.cfg.Clock.Now().UnixNano()
+		for _, s := range expired {
+			if d.isLive(s.nodeID) {
+				continue
+			}
+			n := tx.GetNode(s.nodeID)
+			if n == nil || n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN {
+				continue
+			}
+			n.Status = &api.NodeStatus{
+				State:     api.NodeState_NODE_STATE_DOWN,
+				Message:   HeartbeatFailureMessage,
+				Addr:      n.GetStatus().GetAddr(),
+				Timestamp: now,
+			}
+			if err := tx.UpdateNode(n); err != nil {
+				return err
+			}
+			marked = append(marked, s.nodeID)
+		}
+		return nil
+	})
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("marking nodes down failed", "nodes", len(expired), "err", err)
+		}
+		return
+	}
+	for _, id := range marked {
+		d.m.nodesDown.Inc()
+		d.log.Warn("node marked down", "node", id, "reason", HeartbeatFailureMessage)
+	}
+}
+
+// assignable reports whether t belongs in nodeID's assignment set.
+func assignable(t *api.Task, nodeID string) bool {
+	if t == nil || t.GetNodeId() != nodeID {
+		return false
+	}
+	st := t.GetStatus().GetState()
+	if st < api.TaskState_TASK_STATE_ASSIGNED {
+		return false
+	}
+	dead := st >= api.TaskState_TASK_STATE_COMPLETE
+	return !(dead && t.GetDesiredState() >= api.TaskState_TASK_STATE_SHUTDOWN)
+}
+
+// Assignments streams the node's assignment set: a TYPE_COMPLETE message at
+// once, then TYPE_INCREMENTAL messages as tasks are added, changed or
+// removed. The stream ends with the session.
+func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream grpc.ServerStreamingServer[api.AssignmentsMessage]) error {
+	dctx, exit, err := d.enter()
+	if err != nil {
+		return err
+	}
+	defer exit()
+	s, err := d.lookup(req.GetNodeId(), req.GetSessionId())
+	if err != nil {
+		return err
+	}
+	for {
+		err := d.streamAssignments(dctx, s, stream)
+		if errors.Is(err, state.ErrWatchReset) || errors.Is(err, state.ErrWatchOverflow) {
+			// The store was restored or we fell behind: start over with a
+			// complete set, which the agent reconciles against.
+			d.log.Info("assignments watch restarted", "node", s.nodeID, "reason", err)
+			continue
+		}
+		if errors.Is(err, state.ErrStoreClosed) {
+			return status.Error(codes.Unavailable, "store closed")
+		}
+		return err
+	}
+}
+
+func (d *Dispatcher) streamAssignments(dctx context.Context, s *session, stream grpc.ServerStreamingServer[api.AssignmentsMessage]) error {
+	ctx := stream.Context()
+	nodeID := s.nodeID
+	var initial []*api.Task
+	filter := func(e state.Event) bool {
+		t := e.Task()
+		if t == nil {
+			return false
+		}
+		if t.GetNodeId() == nodeID {
+			return true
+		}
+		old, _ := e.Old.(*api.Task)
+		return old != nil && old.GetNodeId() == nodeID
+	}
+	w := d.store.ViewAndWatch(func(tx state.ReadTx) {
+		tasks, err := tx.FindTasks(state.ByNodeID(nodeID))
+		if err != nil {
+			return
+		}
+		for _, t := range tasks {
+			if assignable(t, nodeID) {
+				initial = append(initial, t)
+			}
+		}
+	}, filter)
+	defer w.Cancel()
+
+	sent := make(map[string]*api.Task, len(initial))
+	for _, t := range initial {
+		sent[t.GetId()] = t
+	}
+	if err := stream.Send(&api.AssignmentsMessage{Type: api.AssignmentsMessage_TYPE_COMPLETE, Update: initial}); err != nil {
+		return err
+	}
+
+	changes := map[string]*api.Task{} // nil value: remove
+	apply := func(e state.Event) {
+		t := e.Task()
+		id := t.GetId()
+		if e.Action == state.ActionDelete || !assignable(t, nodeID) {
+			if _, ok := sent[id]; ok {
+				delete(sent, id)
+				changes[id] = nil
+			}
+			return
+		}
+		prev, ok := sent[id]
+		if ok && prev.GetDesiredState() == t.GetDesiredState() && prev.GetSpecVersion() == t.GetSpecVersion() &&
+			proto.Equal(prev.GetSpec(), t.GetSpec()) {
+			return // only the status changed: the agent reported it itself
+		}
+		sent[id] = t
+		changes[id] = t
+	}
+	for {
+		select {
+		case <-s.done:
+			return s.err
+		case <-dctx.Done():
+			return status.Error(codes.Unavailable, "dispatcher stopped")
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case e, ok := <-w.C:
+			if !ok {
+				return w.Err()
+			}
+			apply(e)
+			// Take every event already delivered, so one transaction (or a burst
+			// of them) becomes one message.
+			closed := false
+		drain:
+			for {
+				select {
+				case e, ok := <-w.C:
+					if !ok {
+						closed = true
+						break drain
+					}
+					apply(e)
+				default:
+					break drain
+				}
+			}
+			if len(changes) > 0 {
+				msg := &api.AssignmentsMessage{Type: api.AssignmentsMessage_TYPE_INCREMENTAL}
+				ids := make([]string, 0, len(changes))
+				for id := range changes {
+					ids = append(ids, id)
+				}
+				sort.Strings(ids)
+				for _, id := range ids {
+					if t := changes[id]; t != nil {
+						msg.Update = append(msg.Update, t)
+					} else {
+						msg.Remove = append(msg.Remove, id)
+					}
+				}
+				clear(changes)
+				if err := stream.Send(msg); err != nil {
+					return err
+				}
+			}
+			if closed {
+				return w.Err()
+			}
+		}
+	}
+}
+
+// UpdateTaskStatus queues the reported statuses of the node's own tasks and
+// returns once they are written to the store (in a batch with other
+// reports). Reports for tasks that do not exist or are not assigned to the
+// reporting node are dropped and logged: a worker may only report its own
+// tasks. Reports that would move a task's state backward are ignored.
+func (d *Dispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskStatusRequest) (*api.UpdateTaskStatusResponse, error) {
+	dctx, exit, err := d.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer exit()
+	nodeID := req.GetNodeId()
+	if _, err := d.lookup(nodeID, req.GetSessionId()); err != nil {
+		return nil, err
+	}
+	now := d.cfg.Clock.Now().UnixNano()
+	var accepted []queuedStatus
+	d.store.View(func(tx state.ReadTx) {
+		for _, u := range req.GetUpdates() {
+			st := u.GetStatus()
+			if u.GetTaskId() == "" || st == nil || st.GetState() < api.TaskState_TASK_STATE_ACCEPTED ||
+				st.GetState() > api.TaskState_TASK_STATE_REJECTED {
+				d.m.statusUpdates.WithLabelValues("invalid").Inc()
+				d.log.Warn("dropping invalid task status report", "node", nodeID, "task", u.GetTaskId(), "state", st.GetState())
+				continue
+			}
+			t := tx.GetTask(u.GetTaskId())
+			if t == nil || t.GetNodeId() != nodeID {
+				d.m.statusUpdates.WithLabelValues("foreign").Inc()
+				d.log.Warn("dropping status report for a task not assigned to the reporting node",
+					"node", nodeID, "task", u.GetTaskId())
+				continue
+			}
+			st = proto.Clone(st).(*api.TaskStatus)
+			if st.Timestamp == 0 {
+				st.Timestamp = now
+			}
+			accepted = append(accepted, queuedStatus{taskID: u.GetTaskId(), nodeID: nodeID, status: st})
+		}
+	})
+	if len(accepted) == 0 {
+		return &api.UpdateTaskStatusResponse{}, nil
+	}
+	d.m.statusUpdates.WithLabelValues("queued").Add(float64(len(accepted)))
+	res := d.batcher.add(accepted)
+	select {
+	case <-res.done:
+		if res.err != nil {
+			if dctx.Err() != nil {
+				return nil, status.Error(codes.Unavailable, "dispatcher stopped before the status was written")
+			}
+			return nil, status.Errorf(codes.Unavailable, "writing task status: %v", res.err)
+		}
+		return &api.UpdateTaskStatusResponse{}, nil
+	case <-dctx.Done():
+		return nil, status.Error(codes.Unavailable, "dispatcher stopped before the status was written")
+	case <-ctx.Done():
+		return nil, rpcContextError(ctx, dctx)
+	}
+}

@@ -1,0 +1,272 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/runtime"
+)
+
+// taskRunner drives one task's controller through the task state machine
+// and reports every transition. It owns the controller; it ends when the
+// task is removed from the node's assignments or the agent stops.
+type taskRunner struct {
+	a  *Agent
+	id string
+
+	mu       sync.Mutex
+	task     *api.Task       // latest from the manager
+	reported api.TaskState   // most advanced state known to be reported
+	last     *api.TaskStatus // the status reported last by this runner
+
+	stopOnce   sync.Once
+	stopReq    chan struct{} // closed when the task must stop (desired ≥ SHUTDOWN, or removed)
+	removeOnce sync.Once
+	removeReq  chan struct{} // closed when the task left the assignments
+}
+
+func newTaskRunner(a *Agent, t *api.Task) *taskRunner {
+	r := &taskRunner{
+		a:         a,
+		id:        t.GetId(),
+		task:      t,
+		reported:  t.GetStatus().GetState(),
+		stopReq:   make(chan struct{}),
+		removeReq: make(chan struct{}),
+	}
+	if t.GetDesiredState() >= api.TaskState_TASK_STATE_SHUTDOWN {
+		r.requestStop()
+	}
+	return r
+}
+
+func (r *taskRunner) requestStop() { r.stopOnce.Do(func() { close(r.stopReq) }) }
+
+// update takes a newer version of the task from the manager.
+func (r *taskRunner) update(t *api.Task) {
+	r.mu.Lock()
+	r.task = t
+	r.mu.Unlock()
+	if t.GetDesiredState() >= api.TaskState_TASK_STATE_SHUTDOWN {
+		r.requestStop()
+	}
+}
+
+// remove asks the runner to stop the task, remove it and end.
+func (r *taskRunner) remove() {
+	r.requestStop()
+	r.removeOnce.Do(func() { close(r.removeReq) })
+}
+
+func (r *taskRunner) stopRequested() bool {
+	select {
+	case <-r.stopReq:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *taskRunner) agentStopping() bool {
+	select {
+	case <-r.a.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// report records a transition and queues it for the manager. A state that
+// is not past the last reported one is dropped: task state only moves
+// forward.
+func (r *taskRunner) report(state api.TaskState, msg, errStr string, exitCode int32) {
+	r.mu.Lock()
+	if state <= r.reported {
+		r.mu.Unlock()
+		return
+	}
+	st := &api.TaskStatus{
+		State:     state,
+		Timestamp: r.a.cfg.Clock.Now().UnixNano(),
+		Message:   msg,
+		Err:       errStr,
+		ExitCode:  exitCode,
+	}
+	r.reported = state
+	r.last = st
+	r.mu.Unlock()
+	r.a.log.Debug("task state", "task", r.id, "state", state, "msg", msg, "err", errStr)
+	r.a.reports.put(r.id, st)
+}
+
+// rereport queues the last status again if the manager's copy (in state
+// stored) lags behind it.
+func (r *taskRunner) rereport(stored api.TaskState) {
+	r.mu.Lock()
+	last := r.last
+	r.mu.Unlock()
+	if last != nil && last.GetState() > stored {
+		r.a.reports.put(r.id, proto.Clone(last).(*api.TaskStatus))
+	}
+}
+
+// step runs fn with a context that ends when the task must stop or the
+// agent stops.
+func (r *taskRunner) step(fn func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(r.a.taskCtx)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-r.stopReq:
+			cancel()
+		case <-r.a.stopping:
+			cancel()
+		case <-done:
+		}
+	}()
+	return fn(ctx)
+}
+
+// run is the task's state machine.
+func (r *taskRunner) run() {
+	r.mu.Lock()
+	t := r.task
+	r.mu.Unlock()
+	var ctl runtime.Controller
+	defer func() { r.cleanup(ctl) }()
+
+	if st := t.GetStatus().GetState(); st > api.TaskState_TASK_STATE_ASSIGNED {
+		// The manager says this node already ran the task, but this agent does
+		// not know it: the agent (or its host) restarted and the task is lost.
+		if r.stopRequested() {
+			r.report(api.TaskState_TASK_STATE_SHUTDOWN, "task shut down (lost by a restart of the worker)", "", 0)
+		} else {
+			r.report(api.TaskState_TASK_STATE_FAILED, "task lost", "the worker's agent restarted and no longer runs this task", 0)
+		}
+		r.waitEnd()
+		return
+	}
+	if r.stopRequested() {
+		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down before it started", "", 0)
+		r.waitEnd()
+		return
+	}
+	r.report(api.TaskState_TASK_STATE_ACCEPTED, "accepted", "", 0)
+	c, err := r.a.cfg.Runtime.Controller(runtimeTask(t))
+	if err != nil {
+		r.report(api.TaskState_TASK_STATE_REJECTED, "rejected by the runtime", err.Error(), 0)
+		r.waitEnd()
+		return
+	}
+	ctl = c
+
+	r.report(api.TaskState_TASK_STATE_PREPARING, "preparing", "", 0)
+	if err := r.step(ctl.Prepare); err != nil {
+		r.failed("prepare", err)
+		r.waitEnd()
+		return
+	}
+	r.report(api.TaskState_TASK_STATE_READY, "prepared", "", 0)
+	if r.stopRequested() {
+		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down before it started", "", 0)
+		r.waitEnd()
+		return
+	}
+	r.report(api.TaskState_TASK_STATE_STARTING, "starting", "", 0)
+	if err := r.step(ctl.Start); err != nil {
+		r.failed("start", err)
+		r.waitEnd()
+		return
+	}
+	r.report(api.TaskState_TASK_STATE_RUNNING, "started", "", 0)
+
+	type waitResult struct {
+		st  runtime.ExitStatus
+		err error
+	}
+	wctx, wcancel := context.WithCancel(r.a.taskCtx)
+	defer wcancel()
+	waitCh := make(chan waitResult, 1)
+	go func() {
+		st, err := ctl.Wait(wctx)
+		waitCh <- waitResult{st, err}
+	}()
+	var res waitResult
+	stopped := false
+	select {
+	case res = <-waitCh:
+	case <-r.stopReq:
+		stopped = true
+		if err := ctl.Shutdown(r.a.taskCtx); err != nil {
+			r.a.log.Warn("task shutdown failed", "task", r.id, "err", err)
+		}
+		res = <-waitCh
+	case <-r.a.stopping:
+		wcancel()
+		<-waitCh
+		return // the agent is stopping: cleanup shuts the task down
+	}
+	switch {
+	case res.err != nil && r.agentStopping():
+		return
+	case stopped && res.err == nil:
+		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down: "+res.st.String(), "", int32(res.st.Code))
+	case stopped:
+		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down", res.err.Error(), 0)
+	case res.err != nil:
+		r.report(api.TaskState_TASK_STATE_FAILED, "waiting for the task failed", res.err.Error(), 0)
+	case res.st.Success():
+		r.report(api.TaskState_TASK_STATE_COMPLETE, "finished: "+res.st.String(), "", 0)
+	default:
+		errStr := fmt.Sprintf("exit code %d", res.st.Code)
+		if res.st.Signal != "" {
+			errStr = "killed by " + res.st.Signal
+		}
+		r.report(api.TaskState_TASK_STATE_FAILED, "task failed: "+res.st.String(), errStr, int32(res.st.Code))
+	}
+	r.waitEnd()
+}
+
+// failed reports the failure of a Prepare or Start.
+func (r *taskRunner) failed(what string, err error) {
+	switch {
+	case r.agentStopping():
+		// Not the task's fault; the agent is going away.
+	case r.stopRequested() || errors.Is(err, runtime.ErrShutdown):
+		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down before it started", "", 0)
+	case errors.Is(err, runtime.ErrInvalidTask):
+		r.report(api.TaskState_TASK_STATE_REJECTED, what+" rejected the task", err.Error(), 0)
+	default:
+		r.report(api.TaskState_TASK_STATE_FAILED, what+" failed", err.Error(), 0)
+	}
+}
+
+// waitEnd waits, once the task ended, for it to leave the assignments or
+// for the agent to stop.
+func (r *taskRunner) waitEnd() {
+	select {
+	case <-r.removeReq:
+	case <-r.a.stopping:
+	}
+}
+
+// cleanup stops the task if it still runs and releases it in the runtime.
+func (r *taskRunner) cleanup(ctl runtime.Controller) {
+	if ctl == nil {
+		return
+	}
+	ctx := r.a.taskCtx
+	if err := ctl.Shutdown(ctx); err != nil {
+		r.a.log.Warn("task shutdown failed", "task", r.id, "err", err)
+	}
+	if err := ctl.Remove(ctx); err != nil {
+		r.a.log.Warn("task remove failed", "task", r.id, "err", err)
+	}
+}

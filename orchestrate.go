@@ -1,0 +1,129 @@
+// Package shoal embeds a swarm orchestrator in a Go program: the program
+// becomes a cluster node that runs declared services across many machines
+// and keeps them running, the way Docker swarm mode does, without a daemon.
+//
+// # Usage
+//
+// The first node creates the cluster with Init; others join it with a token:
+//
+//	mgr, err := shoal.Init(ctx, shoal.Config{StateDir: "/var/lib/app/shoal", ListenAddr: "10.0.0.1:4242"})
+//	cluster, err := mgr.Client().Cluster(ctx)          // cluster.WorkerToken admits workers
+//	w, err := shoal.Join(ctx, shoal.Config{StateDir: dir, ListenAddr: "10.0.0.2:4242"}, mgr.Addr(), cluster.WorkerToken)
+//
+// Services are declared through a Client (Node.Client on a manager, or Dial
+// from anywhere):
+//
+//	svc, err := c.CreateService(ctx, shoal.ServiceSpec{Name: "web", Replicas: 6,
+//		Task: shoal.TaskSpec{Command: []string{"/usr/bin/my-server", "--port", "8080"}}})
+//	c.ScaleService(ctx, svc.ID, 9)
+//	tasks, err := c.ListTasks(ctx, shoal.TaskFilter{Service: svc.ID})
+//	events, err := c.Watch(ctx, shoal.WatchFilter{Services: []string{svc.ID}})
+//
+// A node restarts from its StateDir with New(cfg) and Start. Every call takes
+// a context; Stop is bounded by its context and leaves no goroutine behind.
+//
+// # Roles
+//
+// Managers hold the cluster state in a Raft log persisted under StateDir,
+// and run the orchestrators (keep N replicas, one task per node for global
+// services, replace tasks of failed or drained nodes, roll out spec
+// changes), the scheduler (spread over the emptiest suitable nodes) and the
+// dispatcher (hands tasks to workers and watches their heartbeats). Workers
+// run tasks through a Runtime (by default plain processes; see
+// runtime/process) and report their status. Managers run tasks too unless
+// Config.DisableAgent is set.
+//
+// # Security
+//
+// Nodes are admitted only with a join token (SHLTKN-1-<digest>-<secret>);
+// the digest pins the cluster, so a node refuses a manager of another
+// cluster. In this version the token is the only credential and connections
+// are not encrypted: run clusters on trusted networks until certificate-based
+// mutual TLS lands (it slots into the same Init/Join calls).
+//
+// # Caveats
+//
+// This version runs one manager per cluster: joining with the manager token
+// is refused, and so are promotions. Tasks of the process runtime run as the
+// host program's user; resource limits are not enforced by it.
+package shoal
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/shoalhq/shoal/pki"
+)
+
+// Init creates a new cluster with this node as its first manager, and returns
+// once the node serves. Its StateDir must not hold a node already (restart
+// such a node with New and Start).
+func Init(ctx context.Context, cfg Config) (*Node, error) {
+	n, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.start(ctx, modeInit, "", ""); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Join adds this node to the cluster of the manager at addr, in the role the
+// token grants, and returns once the node serves. The token is checked
+// before anything is written: a malformed token fails with ErrInvalidToken
+// without contacting the manager.
+func Join(ctx context.Context, cfg Config, addr, token string) (*Node, error) {
+	if _, err := pki.ParseToken(token); err != nil {
+		return nil, err
+	}
+	if addr == "" {
+		return nil, fmt.Errorf("join: manager address is required: %w", ErrInvalidSpec)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.start(ctx, modeJoin, addr, token); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// DialOption configures Dial.
+type DialOption func(*dialOptions)
+
+type dialOptions struct {
+	grpc []grpc.DialOption
+}
+
+// WithGRPCDialOptions passes options to the underlying gRPC connection (for
+// example a custom dialer).
+func WithGRPCDialOptions(opts ...grpc.DialOption) DialOption {
+	return func(o *dialOptions) { o.grpc = append(o.grpc, opts...) }
+}
+
+// Dial connects a Client to the manager at addr. The connection is made
+// lazily and kept up; Close the client when done.
+func Dial(ctx context.Context, addr string, opts ...DialOption) (*Client, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("dial: address is required: %w", ErrInvalidSpec)
+	}
+	var o dialOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	gopts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, o.grpc...)
+	conn, err := grpc.NewClient(addr, gopts...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	if err := ctx.Err(); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return newClient(conn, true), nil
+}

@@ -1,0 +1,298 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// memNet is an in-process network for several members, with partitions. It shows the shape of
+// a real transport: Send queues without blocking, a receiver goroutine calls Step, and the sender
+// is told about MsgSnap delivery through ReportSnapshot.
+type memNet struct {
+	mu       sync.Mutex
+	nodes    map[uint64]*Node
+	isolated map[uint64]bool
+	queues   map[uint64]chan *pb.Message
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+func newMemNet(t *testing.T, ids ...uint64) *memNet {
+	mn := &memNet{
+		nodes:    map[uint64]*Node{},
+		isolated: map[uint64]bool{},
+		queues:   map[uint64]chan *pb.Message{},
+		stop:     make(chan struct{}),
+	}
+	for _, id := range ids {
+		q := make(chan *pb.Message, 4096)
+		mn.queues[id] = q
+		mn.wg.Go(func() { mn.deliver(id, q) })
+	}
+	t.Cleanup(func() {
+		close(mn.stop)
+		mn.wg.Wait()
+	})
+	return mn
+}
+
+func (mn *memNet) deliver(id uint64, q chan *pb.Message) {
+	for {
+		select {
+		case <-mn.stop:
+			return
+		case m := <-q:
+			mn.mu.Lock()
+			to, from := mn.nodes[id], mn.nodes[m.GetFrom()]
+			cut := mn.isolated[id] || mn.isolated[m.GetFrom()]
+			mn.mu.Unlock()
+			if to == nil || cut {
+				if m.GetType() == pb.MsgSnap && from != nil {
+					from.ReportSnapshot(id, false)
+				}
+				continue
+			}
+			err := to.Step(context.Background(), m)
+			if m.GetType() == pb.MsgSnap && from != nil {
+				from.ReportSnapshot(id, err == nil)
+			}
+		}
+	}
+}
+
+func (mn *memNet) transport(from uint64) Transport { return memTransport{mn: mn, from: from} }
+
+func (mn *memNet) setNode(id uint64, n *Node) {
+	mn.mu.Lock()
+	defer mn.mu.Unlock()
+	mn.nodes[id] = n
+}
+
+func (mn *memNet) isolate(id uint64, cut bool) {
+	mn.mu.Lock()
+	defer mn.mu.Unlock()
+	mn.isolated[id] = cut
+}
+
+type memTransport struct {
+	mn   *memNet
+	from uint64
+}
+
+func (t memTransport) Send(msgs []*pb.Message) {
+	t.mn.mu.Lock()
+	defer t.mn.mu.Unlock()
+	if t.mn.isolated[t.from] {
+		return
+	}
+	for _, m := range msgs {
+		q := t.mn.queues[m.GetTo()]
+		if q == nil || t.mn.isolated[m.GetTo()] {
+			continue
+		}
+		// In-process delivery must copy: the receiver's raft may modify what it is given,
+		// and the sender's raft still holds these messages.
+		select {
+		case q <- proto.Clone(m).(*pb.Message):
+		default: // full: drop, raft retransmits
+		}
+	}
+}
+
+type cluster struct {
+	t     *testing.T
+	net   *memNet
+	dirs  map[uint64]string
+	sms   map[uint64]*chainSM
+	nodes map[uint64]*Node
+	tune  func(*Config)
+}
+
+func newCluster(t *testing.T, size int, tune func(*Config)) *cluster {
+	var ids []uint64
+	for i := 1; i <= size; i++ {
+		ids = append(ids, uint64(i))
+	}
+	c := &cluster{t: t, net: newMemNet(t, ids...), dirs: map[uint64]string{}, sms: map[uint64]*chainSM{}, nodes: map[uint64]*Node{}, tune: tune}
+	for _, id := range ids {
+		c.dirs[id] = t.TempDir()
+	}
+	for _, id := range ids {
+		c.start(id, ids)
+	}
+	return c
+}
+
+func (c *cluster) start(id uint64, peers []uint64) {
+	sm := &chainSM{}
+	cfg := testConfig(c.t, c.dirs[id], sm)
+	cfg.ID = id
+	cfg.Peers = peers
+	cfg.Transport = c.net.transport(id)
+	cfg.UnsafeNoFsync = true
+	if c.tune != nil {
+		c.tune(&cfg)
+	}
+	n, err := New(cfg)
+	require.NoError(c.t, err)
+	c.net.setNode(id, n)
+	require.NoError(c.t, n.Start(context.Background()))
+	c.t.Cleanup(func() { stopNode(c.t, n) })
+	c.sms[id], c.nodes[id] = sm, n
+}
+
+// leader waits until exactly one member among those not excluded is leader and all of them
+// agree on it.
+func (c *cluster) leader(exclude ...uint64) *Node {
+	c.t.Helper()
+	var lead *Node
+	require.Eventually(c.t, func() bool {
+		lead = nil
+		var seen uint64
+	nodes:
+		for id, n := range c.nodes {
+			for _, x := range exclude {
+				if id == x {
+					continue nodes
+				}
+			}
+			if seen == 0 {
+				seen = n.Leader()
+			}
+			if seen == 0 || n.Leader() != seen {
+				return false
+			}
+			if n.IsLeader() {
+				lead = n
+			}
+		}
+		return lead != nil && lead.ID() == seen
+	}, waitFor, 5*time.Millisecond)
+	return lead
+}
+
+func (c *cluster) follower(lead *Node, exclude ...uint64) *Node {
+	for id, n := range c.nodes {
+		skip := id == lead.ID()
+		for _, x := range exclude {
+			skip = skip || id == x
+		}
+		if !skip {
+			return n
+		}
+	}
+	c.t.Fatal("no follower")
+	return nil
+}
+
+// converged waits until every member has applied the same entries.
+func (c *cluster) converged() {
+	c.t.Helper()
+	require.Eventually(c.t, func() bool {
+		var want [32]byte
+		first := true
+		for _, sm := range c.sms {
+			sum, _ := sm.state()
+			if first {
+				want, first = sum, false
+			} else if sum != want {
+				return false
+			}
+		}
+		return true
+	}, waitFor, 5*time.Millisecond)
+}
+
+func TestThreeMembersReplicate(t *testing.T) {
+	c := newCluster(t, 3, nil)
+	lead := c.leader()
+	for _, n := range c.nodes {
+		select {
+		case <-n.Ready():
+		case <-time.After(waitFor):
+			t.Fatalf("member %d not ready", n.ID())
+		}
+	}
+	proposeConcurrently(t, lead, 8, 200, payloadOf)
+	c.converged()
+
+	f := c.follower(lead)
+	_, err := f.Propose(context.Background(), []byte("on a follower"))
+	assert.ErrorIs(t, err, ErrNotLeader)
+
+	st, err := lead.Status(context.Background())
+	require.NoError(t, err)
+	assert.Len(t, st.Progress, 3)
+}
+
+func TestIsolatedLeaderStepsDownAndCatchesUp(t *testing.T) {
+	c := newCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotInterval = 50
+		cfg.SnapshotCatchUpEntries = 10
+	})
+	old := c.leader()
+	changes, cancel := old.LeadershipChanges()
+	defer cancel()
+	require.True(t, <-changes)
+	proposeN(t, old, 20, payloadOf)
+
+	c.net.isolate(old.ID(), true)
+	// Proposed on the isolated leader: can never commit there.
+	_, err := old.Propose(context.Background(), []byte("lost"))
+	require.Error(t, err)
+	assert.True(t, errorsIsAny(err, ErrLeadershipLost, ErrNotLeader), "got %v", err)
+
+	select {
+	case v := <-changes:
+		assert.False(t, v, "CheckQuorum makes the isolated leader step down")
+	case <-time.After(waitFor):
+		t.Fatal("no leadership change")
+	}
+
+	lead := c.leader(old.ID())
+	require.NotEqual(t, old.ID(), lead.ID())
+	// Enough writes that the old leader's missing entries are compacted away: it must catch up
+	// from a snapshot.
+	proposeN(t, lead, 200, func(i int) []byte { return payloadOf(1000 + i) })
+	c.net.isolate(old.ID(), false)
+	c.converged()
+	assert.Equal(t, lead.ID(), c.leader().ID())
+	_, count := c.sms[old.ID()].state()
+	assert.Equal(t, uint64(220), count, "the lost proposal never committed")
+	sm := c.sms[old.ID()]
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	assert.Equal(t, 1, sm.restores, "caught up by a snapshot sent over the Transport")
+}
+
+func TestClusterMemberRestartReplays(t *testing.T) {
+	c := newCluster(t, 3, nil)
+	lead := c.leader()
+	proposeN(t, lead, 50, payloadOf)
+	c.converged()
+	f := c.follower(lead)
+	id := f.ID()
+	stopNode(t, f)
+	proposeN(t, lead, 50, func(i int) []byte { return payloadOf(100 + i) })
+	c.start(id, nil) // Peers only matter for a new database
+	c.converged()
+	_, count := c.sms[id].state()
+	assert.Equal(t, uint64(100), count)
+}
+
+func errorsIsAny(err error, targets ...error) bool {
+	for _, target := range targets {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,191 @@
+package raftstore
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/raft/v3"
+	pb "go.etcd.io/raft/v3/raftpb"
+)
+
+// StateMachine is what the log applies committed entries to. All three methods are called from
+// one goroutine (the apply loop), never concurrently with each other.
+//
+// The state machine is in-memory state: the raft database is the only durable copy. On Start the
+// node calls Restore with the latest snapshot (if any) and then Apply for every committed entry
+// after it, so the StateMachine handed to New must be empty.
+type StateMachine interface {
+	// Apply applies one committed entry's data at log index idx. Its return value is handed to
+	// the Propose call that proposed this entry, if that call was made on this node and is still
+	// waiting. Apply must be deterministic: every member applies the same entries in the same
+	// order and must reach the same state. It must not retain data after it returns.
+	Apply(idx uint64, data []byte) any
+	// Snapshot returns the whole state, to be stored as a raft snapshot. The returned slice must
+	// not be modified afterwards.
+	Snapshot() ([]byte, error)
+	// Restore replaces the whole state with a snapshot's data taken at log index idx.
+	Restore(idx uint64, data []byte) error
+}
+
+// Transport delivers raft messages to other members. It is only needed when the cluster has more
+// than one member; a nil Transport means a single member with no network.
+type Transport interface {
+	// Send queues msgs for delivery to the members named in each message's To field. It is called
+	// from the raft loop, so it must not block: a transport queues and returns, and may drop
+	// messages (raft retransmits). Send must not modify the messages; it may keep them after it
+	// returns. Delivery on the far side is Node.Step.
+	Send(msgs []*pb.Message)
+}
+
+// Config configures a Node. Start from DefaultConfig and set ID, Dir and StateMachine.
+type Config struct {
+	// ID is this member's raft ID. It must be nonzero and is stored in the database: reopening a
+	// directory with a different ID is an error.
+	ID uint64
+	// Dir is the directory holding the database file (Dir/raft.db). It is created with mode 0700
+	// if missing.
+	Dir string
+	// StateMachine receives committed entries. Required.
+	StateMachine StateMachine
+	// Transport sends messages to other members. Nil means a single-member cluster.
+	Transport Transport
+	// Peers are the raft IDs of the initial voters, used only when the database is new and Join
+	// is false. Empty means a single-member cluster of ID alone. If non-empty it must contain ID.
+	Peers []uint64
+	// Join, when the database is new, starts the member with an empty log and no configuration:
+	// it waits for an existing cluster's leader to add it and send it the log.
+	Join bool
+	// Logger receives the node's logs, including raft's own (at debug level, except warnings and
+	// errors). Nil discards logs.
+	Logger *slog.Logger
+	// Registerer, if non-nil, receives the node's Prometheus metrics, labelled with raft_id.
+	Registerer prometheus.Registerer
+
+	// TickInterval is the length of one raft tick.
+	TickInterval time.Duration
+	// ElectionTick is the number of ticks without hearing from a leader after which a follower
+	// campaigns. Must be greater than HeartbeatTick.
+	ElectionTick int
+	// HeartbeatTick is the number of ticks between leader heartbeats.
+	HeartbeatTick int
+	// SnapshotInterval is how many applied entries trigger a new snapshot and log compaction.
+	SnapshotInterval uint64
+	// SnapshotCatchUpEntries is how many entries before a snapshot are kept in the log after
+	// compaction, so a slightly lagging follower can catch up without a full snapshot.
+	SnapshotCatchUpEntries uint64
+	// MaxSizePerMsg caps the bytes of entries in one append message (and in one batch of
+	// committed entries handed to the apply loop).
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs caps the append messages in flight to one follower.
+	MaxInflightMsgs int
+	// MaxProposalBatch caps how many queued proposals the loop takes into one Ready, i.e. into
+	// one fsync.
+	MaxProposalBatch int
+	// UnsafeNoFsync skips fsync on every write. A crash can then lose acknowledged writes or
+	// corrupt the log. Only for tests and benchmarks of code above this package.
+	UnsafeNoFsync bool
+}
+
+// DefaultConfig returns a Config with every tunable set to its default. ID, Dir and StateMachine
+// must still be set.
+func DefaultConfig() Config {
+	return Config{
+		// 100ms ticks make elections (ElectionTick ticks) take about a second, fast enough for a
+		// failover and slow enough that a loaded machine does not cause spurious elections.
+		TickInterval: 100 * time.Millisecond,
+		// 10 heartbeats per election timeout is raft's recommended ratio: a follower only starts
+		// an election after missing many heartbeats, which absorbs GC pauses and packet loss.
+		ElectionTick: 10,
+		// A heartbeat every tick (100ms) keeps followers' election timers well clear of firing.
+		HeartbeatTick: 1,
+		// 10000 entries of typical object-store writes (a few hundred bytes to a few KB) keep
+		// the log at tens of MB between snapshots while snapshotting rarely enough that its cost
+		// (serialising the whole state) is amortised over many writes.
+		SnapshotInterval: 10000,
+		// 5000 trailing entries let a follower that was briefly away (seconds of writes at a
+		// high rate) catch up from the log instead of receiving a whole snapshot.
+		SnapshotCatchUpEntries: 5000,
+		// 1 MiB per append message batches well on LANs without making a single message (or
+		// a single apply batch) big enough to stall heartbeats behind it.
+		MaxSizePerMsg: 1 << 20,
+		// 256 in-flight appends pipeline replication over a high-latency link; with
+		// MaxSizePerMsg this bounds per-follower buffering to 256 MiB in the worst case.
+		MaxInflightMsgs: 256,
+		// 4096 proposals per fsync is far more than a batch ever reaches in practice; the cap
+		// only keeps one Ready (and its memory) bounded under a flood of writes.
+		MaxProposalBatch: 4096,
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(field, rule string) {
+		errs = append(errs, fmt.Errorf("raftstore: invalid config: %s %s", field, rule))
+	}
+	if c.ID == 0 {
+		bad("ID", "must be nonzero")
+	} else if c.ID == raft.LocalAppendThread || c.ID == raft.LocalApplyThread {
+		bad("ID", "must not be a raft-reserved ID (math.MaxUint64, math.MaxUint64-1)")
+	}
+	if c.Dir == "" {
+		bad("Dir", "must be set")
+	}
+	if c.StateMachine == nil {
+		bad("StateMachine", "must be set")
+	}
+	if len(c.Peers) > 0 {
+		found := false
+		seen := make(map[uint64]bool, len(c.Peers))
+		for _, p := range c.Peers {
+			if p == 0 {
+				bad("Peers", "must not contain 0")
+			}
+			if seen[p] {
+				bad("Peers", fmt.Sprintf("must not repeat ID %d", p))
+			}
+			seen[p] = true
+			found = found || p == c.ID
+		}
+		if !found {
+			bad("Peers", fmt.Sprintf("must contain this member's ID %d", c.ID))
+		}
+		if c.Join {
+			bad("Peers", "must be empty when Join is set")
+		}
+		if len(c.Peers) > 1 && c.Transport == nil {
+			bad("Transport", "must be set when Peers has more than one member")
+		}
+	}
+	if c.Join && c.Transport == nil {
+		bad("Transport", "must be set when Join is set")
+	}
+	if c.TickInterval <= 0 {
+		bad("TickInterval", "must be positive")
+	}
+	if c.HeartbeatTick <= 0 {
+		bad("HeartbeatTick", "must be positive")
+	}
+	if c.ElectionTick <= c.HeartbeatTick {
+		bad("ElectionTick", "must be greater than HeartbeatTick")
+	}
+	if c.SnapshotInterval == 0 {
+		bad("SnapshotInterval", "must be positive")
+	}
+	if c.MaxSizePerMsg == 0 {
+		bad("MaxSizePerMsg", "must be positive")
+	}
+	if c.MaxInflightMsgs <= 0 {
+		bad("MaxInflightMsgs", "must be positive")
+	}
+	if c.MaxProposalBatch <= 0 {
+		bad("MaxProposalBatch", "must be positive")
+	}
+	if c.SnapshotCatchUpEntries > math.MaxUint64/2 {
+		bad("SnapshotCatchUpEntries", "must be at most MaxUint64/2")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,51 @@
+// Package process is Shoal's default runtime: it runs each task as a plain
+// host process with os/exec, needing no root and no container engine.
+//
+// # Task directory
+//
+// Every task gets Config.Dir/<taskID>/:
+//
+//	stdout.log   the task's standard output (appended; never truncated)
+//	stderr.log   the task's standard error
+//	work/        HOME, and the working directory unless Spec.Dir is set
+//
+// Remove deletes work/ always, and the log files too unless Config.KeepLogs
+// (the default keeps them). Spec.Dir, owned by the caller, is never deleted.
+// Task IDs must be safe as a file name: [A-Za-z0-9_.-], not starting with '.'.
+//
+// # Environment
+//
+// A task does not inherit the host's environment. It gets, in order (a
+// later entry with the same key wins):
+//
+//	the host variables named in Config.PassEnv (default: PATH only;
+//	    PATH=DefaultPath if the host has none)
+//	HOME=<work dir>
+//	SHOAL_TASK_ID, SHOAL_TASK_DIR (=<work dir>), SHOAL_SERVICE_ID,
+//	    SHOAL_SERVICE_NAME, SHOAL_TASK_SLOT, SHOAL_NODE_ID
+//	Spec.Env
+//
+// Command[0] without a slash is looked up in that environment's PATH
+// (absolute entries only), at Prepare; a relative path with a slash is
+// relative to the working directory.
+//
+// # Processes and signals
+//
+// The program runs in its own process group (Setpgid) with stdin from
+// /dev/null, and the group is the task: Shutdown sends Spec.StopSignal to
+// the whole group, waits Spec.StopGracePeriod, then sends SIGKILL to the
+// group; when the main process exits, whatever it left running in its group
+// is killed. A process that calls setsid or setpgid itself escapes the
+// group and is not tracked. Exactly one goroutine per started task waits
+// for the process; it ends when the process exits, and Remove waits for it,
+// so no goroutine outlives Remove.
+//
+// ExitStatus.Code is the exit code, or -1 with ExitStatus.Signal set when a
+// signal killed the process.
+//
+// # Limits
+//
+// Spec.Resources is accepted and ignored: plain processes have no cgroup
+// here. Log files grow without bound while the task runs. Use runtime/runc
+// for enforced limits and isolation.
+package process

@@ -1,0 +1,264 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Sentinel errors shared by every runtime. Implementations wrap them with
+// %w, so callers test for them with errors.Is.
+var (
+	// ErrNotPrepared is returned by Controller.Start (and Logs) when Prepare
+	// has not completed successfully yet.
+	ErrNotPrepared = errors.New("runtime: task not prepared")
+	// ErrNotStarted is returned by Controller.Wait when Start has not
+	// completed successfully yet: there is nothing to wait for.
+	ErrNotStarted = errors.New("runtime: task not started")
+	// ErrShutdown is returned by Controller.Start when Shutdown was called
+	// before the task was started: a task asked to stop is never started.
+	ErrShutdown = errors.New("runtime: task was shut down before it started")
+	// ErrAlreadyRemoved is returned by Prepare, Start and Logs (and by Wait
+	// when the task never exited) after Remove was called.
+	ErrAlreadyRemoved = errors.New("runtime: task already removed")
+	// ErrInvalidTask wraps every validation error of Task and Spec, so an
+	// agent can tell a task that can never run (reject it) from a transient
+	// failure (retry it).
+	ErrInvalidTask = errors.New("runtime: invalid task")
+)
+
+// DefaultStopSignal is the signal sent by Shutdown when Spec.StopSignal is
+// empty.
+const DefaultStopSignal = "SIGTERM"
+
+// DefaultStopGracePeriod is how long Shutdown waits after the stop signal
+// before killing the task when Spec.StopGracePeriod is 0. Ten seconds is the
+// Docker default, so programs written for Docker behave the same here.
+const DefaultStopGracePeriod = 10 * time.Second
+
+// Task is what a runtime is asked to run: plain Go types, no protobuf.
+type Task struct {
+	ID          string // task ID, unique in the cluster
+	ServiceID   string
+	ServiceName string
+	Slot        uint64 // replica slot (0 for global services)
+	NodeID      string
+	Spec        Spec
+}
+
+// Validate checks the task ID and the spec. Errors wrap ErrInvalidTask and
+// name the offending field and the rule it breaks.
+func (t Task) Validate() error {
+	if t.ID == "" {
+		return invalid("Task.ID", "must not be empty")
+	}
+	return t.Spec.Validate()
+}
+
+// Spec says what to run and how to stop it.
+type Spec struct {
+	// Command is the argv; Command[0] is the program, looked up in the
+	// task's PATH if it contains no slash.
+	Command []string
+	// Env holds "KEY=value" entries added after the runtime's base
+	// environment (each runtime documents its base); a later entry replaces
+	// an earlier one with the same key.
+	Env []string
+	// Dir is the working directory, an absolute path that must exist. ""
+	// means a per-task directory the runtime creates and removes.
+	Dir string
+	// StopSignal is the signal Shutdown sends first, e.g. "SIGTERM"
+	// (default), "SIGINT", "QUIT" or "3"; see ParseSignal.
+	StopSignal string
+	// StopGracePeriod is how long Shutdown waits after StopSignal before it
+	// kills the task; 0 means DefaultStopGracePeriod.
+	StopGracePeriod time.Duration
+	// Resources are limits; runtimes that cannot enforce them document so.
+	Resources Resources
+}
+
+// Resources are per-task limits. Zero means unlimited.
+type Resources struct {
+	NanoCPUs    int64 // CPU quota in units of 1e-9 CPUs
+	MemoryBytes int64 // memory limit in bytes
+}
+
+// Validate checks every field of the spec. Errors wrap ErrInvalidTask and
+// name the field and the rule, e.g. "Spec.Command: must not be empty".
+func (s Spec) Validate() error {
+	if len(s.Command) == 0 {
+		return invalid("Spec.Command", "must not be empty")
+	}
+	if s.Command[0] == "" {
+		return invalid("Spec.Command[0]", "program must not be empty")
+	}
+	for i, arg := range s.Command {
+		if strings.IndexByte(arg, 0) >= 0 {
+			return invalid(fmt.Sprintf("Spec.Command[%d]", i), "must not contain NUL bytes")
+		}
+	}
+	for i, kv := range s.Env {
+		field := fmt.Sprintf("Spec.Env[%d]", i)
+		k, _, ok := strings.Cut(kv, "=")
+		switch {
+		case !ok:
+			return invalid(field, "must have the form KEY=value")
+		case k == "":
+			return invalid(field, "key must not be empty")
+		case strings.IndexByte(kv, 0) >= 0:
+			return invalid(field, "must not contain NUL bytes")
+		}
+	}
+	if s.Dir != "" && !filepath.IsAbs(s.Dir) {
+		return invalid("Spec.Dir", "must be an absolute path or empty")
+	}
+	if s.StopSignal != "" {
+		if _, err := ParseSignal(s.StopSignal); err != nil {
+			return fmt.Errorf("%w: Spec.StopSignal: %w", ErrInvalidTask, err)
+		}
+	}
+	if s.StopGracePeriod < 0 {
+		return invalid("Spec.StopGracePeriod", "must not be negative")
+	}
+	if s.Resources.NanoCPUs < 0 {
+		return invalid("Spec.Resources.NanoCPUs", "must not be negative")
+	}
+	if s.Resources.MemoryBytes < 0 {
+		return invalid("Spec.Resources.MemoryBytes", "must not be negative")
+	}
+	return nil
+}
+
+// EffectiveStopSignal returns StopSignal in canonical form ("SIGTERM"),
+// or DefaultStopSignal when it is empty or invalid (Validate reports the
+// latter).
+func (s Spec) EffectiveStopSignal() string {
+	if s.StopSignal == "" {
+		return DefaultStopSignal
+	}
+	sig, err := ParseSignal(s.StopSignal)
+	if err != nil {
+		return DefaultStopSignal
+	}
+	return SignalName(sig)
+}
+
+// EffectiveStopGracePeriod returns StopGracePeriod, or
+// DefaultStopGracePeriod when it is not positive.
+func (s Spec) EffectiveStopGracePeriod() time.Duration {
+	if s.StopGracePeriod <= 0 {
+		return DefaultStopGracePeriod
+	}
+	return s.StopGracePeriod
+}
+
+func invalid(field, rule string) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalidTask, field, rule)
+}
+
+// Runtime makes controllers. Implementations are safe for concurrent use.
+type Runtime interface {
+	// Controller returns the controller of task t. It starts nothing and
+	// does no I/O beyond validation; an invalid task gets an error wrapping
+	// ErrInvalidTask. It may be called concurrently for different tasks.
+	Controller(t Task) (Controller, error)
+}
+
+// Controller drives one task through its lifecycle. The agent calls
+// Prepare, Start, then Wait; Shutdown may be called at any time and
+// concurrently with Wait; Remove last. Every method is idempotent and safe
+// for concurrent use; the agent owns the task state machine and decides
+// every transition, a controller only performs actions.
+type Controller interface {
+	// Prepare gets the task ready to start (resolve the program, create the
+	// task directory and log files). Calling it again after it succeeded is
+	// a no-op. Returns ErrAlreadyRemoved after Remove, ctx.Err() if ctx is
+	// done, or an error wrapping ErrInvalidTask if the task can never run.
+	Prepare(ctx context.Context) error
+	// Start starts the task and returns once it is started; it does not wait
+	// for it to exit. Calling it again after it succeeded is a no-op, even
+	// once the task has exited. Returns ErrNotPrepared before Prepare,
+	// ErrShutdown after Shutdown, ErrAlreadyRemoved after Remove.
+	Start(ctx context.Context) error
+	// Wait blocks until the task exits and returns its ExitStatus, or
+	// returns ctx.Err() when ctx is done first. It may be called many times
+	// and concurrently; every call gets the same ExitStatus. A non-zero exit
+	// is reported in ExitStatus, not as an error; the error is for failures
+	// of the runtime itself. Returns ErrNotStarted before Start.
+	Wait(ctx context.Context) (ExitStatus, error)
+	// Shutdown sends the stop signal, waits the grace period, then kills the
+	// task (its whole process group or container). It returns nil once the
+	// task has exited, or ctx.Err() if ctx ends first (the kill after the
+	// grace period still happens). Before Start it only records that the
+	// task must never start; after exit or Remove it is a no-op. Safe to
+	// call concurrently with Wait and with itself.
+	Shutdown(ctx context.Context) error
+	// Remove releases everything: kills the task if it still runs, deletes
+	// runtime-owned directories and, per the runtime's configuration, the
+	// logs. It returns ctx.Err() if ctx ends first; calling it again resumes
+	// the clean-up. Once it returned nil, every later call returns nil.
+	Remove(ctx context.Context) error
+}
+
+// ExitStatus describes how a task ended.
+type ExitStatus struct {
+	Code    int    // exit code; -1 if killed by a signal
+	Signal  string // signal name ("SIGKILL") if killed by one, else ""
+	Message string // human-readable, e.g. "exit code 3" or "killed by SIGKILL after 10s grace period"
+}
+
+// Success reports whether the task exited by itself with code 0.
+func (e ExitStatus) Success() bool { return e.Code == 0 && e.Signal == "" }
+
+// String returns Message, or a description built from Code and Signal.
+func (e ExitStatus) String() string {
+	if e.Message != "" {
+		return e.Message
+	}
+	if e.Signal != "" {
+		return "killed by " + e.Signal
+	}
+	return fmt.Sprintf("exit code %d", e.Code)
+}
+
+// LogStreamer is an optional capability of a Controller, found by type
+// assertion: it streams the task's output as kept by the runtime.
+type LogStreamer interface {
+	// Logs returns a reader of the task's output selected by opts. The
+	// reader must be closed; Close unblocks a pending Read. Safe for
+	// concurrent use, and several readers may be open at once. Returns
+	// ErrNotPrepared before Prepare and ErrAlreadyRemoved after Remove.
+	Logs(ctx context.Context, opts LogOptions) (io.ReadCloser, error)
+}
+
+// Log stream names for LogOptions.Stream.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+)
+
+// LogOptions selects what LogStreamer.Logs returns.
+type LogOptions struct {
+	// Stream is StreamStdout, StreamStderr, or "" for both. With "" the two
+	// streams are merged chunk by chunk as the runtime reads them: the
+	// order within each stream is kept, the order between them is only
+	// approximate because runtimes keep them apart without timestamps.
+	Stream string
+	// Follow keeps the reader open after the output kept so far, returning
+	// new output as it is written, until the task exits (then io.EOF once
+	// everything is read), the task is removed, or ctx ends (then ctx.Err()).
+	Follow bool
+}
+
+// Validate checks Stream.
+func (o LogOptions) Validate() error {
+	switch o.Stream {
+	case "", StreamStdout, StreamStderr:
+		return nil
+	}
+	return fmt.Errorf("LogOptions.Stream: must be %q, %q or empty, got %q", StreamStdout, StreamStderr, o.Stream)
+}
