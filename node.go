@@ -621,6 +621,9 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 		}
 	} else {
 		go func() { _ = n.srv.Serve(lis) }()
+		n.mu.Lock()
+		n.client = &Client{err: fmt.Errorf("node %s is a worker; use a manager's client or Dial a manager: %w", ident.NodeID, ErrNotManager)}
+		n.mu.Unlock()
 	}
 	if mode == modeInit {
 		// Written last: a node whose Init failed leaves no identity behind.

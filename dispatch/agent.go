@@ -242,9 +242,11 @@ func (a *Agent) session(ctx context.Context, addr string) (established bool, err
 	client := api.NewDispatcherClient(cc)
 
 	sctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		cancel(nil)
+		wg.Wait()
+	}()
 
 	opened := make(chan struct{})
 	wg.Go(func() {

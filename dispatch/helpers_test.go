@@ -107,7 +107,7 @@ type server struct {
 	done chan struct{}
 }
 
-func (s *server) stop(t *testing.T) {
+func (s *server) stop(t testing.TB) {
 	t.Helper()
 	s.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
@@ -119,7 +119,7 @@ func (s *server) stop(t *testing.T) {
 }
 
 // startServer starts a dispatcher on a fresh server. addr "" picks a port.
-func startServer(t *testing.T, st *state.Store, cfg DispatcherConfig, addr string) *server {
+func startServer(t testing.TB, st *state.Store, cfg DispatcherConfig, addr string) *server {
 	t.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -145,7 +145,7 @@ func startServer(t *testing.T, st *state.Store, cfg DispatcherConfig, addr strin
 	return s
 }
 
-func dial(t *testing.T, addr string) api.DispatcherClient {
+func dial(t testing.TB, addr string) api.DispatcherClient {
 	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

@@ -294,6 +294,9 @@ func (n *Node) Path() string { return filepath.Join(n.cfg.Dir, DBFileName) }
 // the result. Likewise an entry in flight when Stop is called may have been persisted and will
 // then be applied after the next Start. data is copied; the caller may reuse it.
 func (n *Node) Propose(ctx context.Context, data []byte) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // never propose under a context that is already done
+	}
 	if !n.running() {
 		return nil, ErrStopped
 	}

@@ -444,6 +444,8 @@ func (pl *planner) planUpdate(tasks []*api.Task) {
 	us := svc.GetUpdateStatus()
 	updating := us.GetState() == api.UpdateState_UPDATE_STATE_UPDATING
 	paused := us.GetState() == api.UpdateState_UPDATE_STATE_PAUSED
+	// Tasks created in this pass are starting too.
+	pl.inProgress += pl.p.count(opCreate)
 	if len(pl.outdated) > 0 && !paused {
 		cfg := svc.GetSpec().GetUpdate()
 		par := int(min(max(cfg.GetParallelism(), 1), 1<<20))

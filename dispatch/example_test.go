@@ -1,0 +1,98 @@
+package dispatch_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/shoalhq/shoal/dispatch"
+	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/runtime/runtimetest"
+)
+
+// A manager serves the dispatcher on its gRPC server, and a worker's agent
+// connects to it and runs the task assigned to its node.
+func Example() {
+	ctx := context.Background()
+	store := state.NewInMemory(state.Config{})
+	defer store.Close()
+	_ = store.Update(ctx, func(tx state.WriteTx) error {
+		if err := tx.CreateNode(&api.Node{Id: "worker1"}); err != nil {
+			return err
+		}
+		return tx.CreateTask(&api.Task{Id: "task1", NodeId: "worker1",
+			Spec:         &api.TaskSpec{Command: []string{"sleep", "60"}},
+			DesiredState: api.TaskState_TASK_STATE_RUNNING,
+			Status:       &api.TaskStatus{State: api.TaskState_TASK_STATE_ASSIGNED}})
+	})
+
+	// Manager side.
+	d, err := dispatch.NewDispatcher(store, dispatch.DefaultDispatcherConfig())
+	if err != nil {
+		panic(err)
+	}
+	_ = d.Start(ctx)
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := grpc.NewServer()
+	api.RegisterDispatcherServer(srv, d)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	defer func() { _ = d.Stop(ctx) }()
+
+	// Worker side.
+	rt := runtimetest.New()
+	cfg := dispatch.DefaultAgentConfig()
+	cfg.NodeID = "worker1"
+	cfg.Managers = func() []string { return []string{lis.Addr().String()} }
+	cfg.Runtime = rt
+	agent, err := dispatch.NewAgent(cfg)
+	if err != nil {
+		panic(err)
+	}
+	_ = agent.Start(ctx)
+	defer func() { _ = agent.Stop(ctx) }()
+
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_ = rt.WaitStarted(wctx, "task1")
+	for wctx.Err() == nil {
+		var st api.TaskState
+		store.View(func(tx state.ReadTx) { st = tx.GetTask("task1").GetStatus().GetState() })
+		if st == api.TaskState_TASK_STATE_RUNNING {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	fmt.Println("task1 running on worker1")
+	// Output: task1 running on worker1
+}
+
+func ExampleNewDispatcher() {
+	store := state.NewInMemory(state.Config{})
+	cfg := dispatch.DefaultDispatcherConfig()
+	cfg.HeartbeatPeriod = time.Second // nodes DOWN after 3s of silence
+	cfg.Managers = func() []string { return []string{"10.0.0.1:4242", "10.0.0.2:4242"} }
+	d, err := dispatch.NewDispatcher(store, cfg)
+	fmt.Println(d != nil, err)
+	// Output: true <nil>
+}
+
+func ExampleNewAgent() {
+	cfg := dispatch.DefaultAgentConfig()
+	cfg.NodeID = "worker1"
+	cfg.Managers = func() []string { return []string{"10.0.0.1:4242"} }
+	cfg.Runtime = runtimetest.New()
+	a, err := dispatch.NewAgent(cfg)
+	fmt.Println(a != nil, err)
+
+	_, err = dispatch.NewAgent(dispatch.AgentConfig{NodeID: "worker1"})
+	fmt.Println(err)
+	// Output:
+	// true <nil>
+	// dispatch: AgentConfig.Managers: must not be nil
+	// AgentConfig.Runtime: must not be nil
+}

@@ -1,0 +1,480 @@
+package shoaltest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoalhq/shoal"
+	"github.com/shoalhq/shoal/runtime"
+	"github.com/shoalhq/shoal/runtime/runtimetest"
+)
+
+// Options shapes a test cluster. Zero fields take the defaults noted.
+type Options struct {
+	// Managers is the number of managers; default 1. (This version of Shoal
+	// runs one manager per cluster.)
+	Managers int
+	// Workers is the number of worker nodes; default 0.
+	Workers int
+	// HeartbeatPeriod is the cluster's heartbeat period; default 100ms, so a
+	// stopped worker is noticed in about 300ms.
+	HeartbeatPeriod time.Duration
+	// RestartDelay is the default delay before a task is replaced; default
+	// 10ms, so tests of rescheduling run fast.
+	RestartDelay time.Duration
+	// ManagersRunTasks lets managers run tasks; default false, so that
+	// placement assertions in tests only involve the workers.
+	ManagersRunTasks bool
+	// Runtime makes each node's runtime; default a new runtimetest fake per
+	// node.
+	Runtime func(name string) runtime.Runtime
+	// Labels gives nodes their initial labels, by node name ("w1").
+	Labels map[string]map[string]string
+	// Resources gives nodes their capacity, by node name; default 4 CPUs and
+	// 8 GiB, so tests do not depend on the machine.
+	Resources map[string]shoal.Resources
+	// Configure, if set, edits each node's Config before it starts.
+	Configure func(name string, cfg *shoal.Config)
+	// Logger receives every node's logs; default discard (set
+	// slog.New(slog.NewTextHandler(os.Stderr, ...)) to debug a test).
+	Logger *slog.Logger
+	// Timeout bounds each start, join and stop; default 30s.
+	Timeout time.Duration
+}
+
+// Cluster is a Shoal cluster running in the test process, on an in-memory
+// network with fault injection. Make one with Start; it stops itself when
+// the test ends.
+type Cluster struct {
+	tb   testing.TB
+	opts Options
+	net  *Network
+	dir  string
+
+	mu       sync.Mutex
+	nodes    []*Node
+	nextPort int
+}
+
+// Node is one member of a test cluster.
+type Node struct {
+	// Name is the node's name in the test ("m1", "w2") and its hostname.
+	Name string
+	// Addr is the node's address on the test network.
+	Addr string
+	// StateDir is the node's state directory; it survives Stop and Crash so
+	// Restart brings the node back with its identity and state.
+	StateDir string
+	// Runtime is the node's runtime (a *runtimetest.Runtime by default; use
+	// Fake).
+	Runtime runtime.Runtime
+	// Manager says whether the node is a manager.
+	Manager bool
+
+	c    *Cluster
+	mu   sync.Mutex
+	node *shoal.Node
+}
+
+// Start starts a cluster of opts.Managers managers and opts.Workers workers
+// and waits until every node is READY. It fails the test on error.
+func Start(tb testing.TB, opts Options) *Cluster {
+	tb.Helper()
+	if opts.Managers == 0 {
+		opts.Managers = 1
+	}
+	if opts.HeartbeatPeriod == 0 {
+		opts.HeartbeatPeriod = 100 * time.Millisecond
+	}
+	if opts.RestartDelay == 0 {
+		opts.RestartDelay = 10 * time.Millisecond
+	}
+	if opts.Runtime == nil {
+		opts.Runtime = func(string) runtime.Runtime { return runtimetest.New() }
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	c := &Cluster{tb: tb, opts: opts, net: NewNetwork(), dir: tb.TempDir(), nextPort: 4242}
+	tb.Cleanup(c.Stop)
+	if opts.Managers != 1 {
+		tb.Fatalf("shoaltest: %d managers requested; this version supports exactly 1", opts.Managers)
+	}
+	if _, err := c.addNode(true); err != nil {
+		tb.Fatalf("shoaltest: start manager: %v", err)
+	}
+	for i := 0; i < opts.Workers; i++ {
+		if _, err := c.AddWorker(); err != nil {
+			tb.Fatalf("shoaltest: start worker: %v", err)
+		}
+	}
+	c.WaitFor("all nodes ready", func() bool {
+		ctx, cancel := c.ctx()
+		defer cancel()
+		nodes, err := c.Client().ListNodes(ctx)
+		if err != nil {
+			return false
+		}
+		ready := 0
+		for _, n := range nodes {
+			if n.State == shoal.NodeReady || (n.Role == shoal.Manager && !opts.ManagersRunTasks) {
+				ready++
+			}
+		}
+		return ready == len(c.Nodes())
+	})
+	return c
+}
+
+func (c *Cluster) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), c.opts.Timeout)
+}
+
+// Network returns the cluster's network, for fine-grained faults.
+func (c *Cluster) Network() *Network { return c.net }
+
+func (c *Cluster) config(n *Node) shoal.Config {
+	lis, err := c.net.Listen(n.Addr)
+	if err != nil {
+		c.tb.Fatalf("shoaltest: %v", err)
+	}
+	res, ok := c.opts.Resources[n.Name]
+	if !ok {
+		res = shoal.Resources{NanoCPUs: 4e9, MemoryBytes: 8 << 30}
+	}
+	cfg := shoal.Config{
+		StateDir:        n.StateDir,
+		Listener:        lis,
+		AdvertiseAddr:   n.Addr,
+		Dial:            c.net.Dialer(n.Addr),
+		Hostname:        n.Name,
+		Labels:          c.opts.Labels[n.Name],
+		Resources:       res,
+		Runtime:         n.Runtime,
+		DisableAgent:    n.Manager && !c.opts.ManagersRunTasks,
+		HeartbeatPeriod: c.opts.HeartbeatPeriod,
+		RestartDelay:    c.opts.RestartDelay,
+		Logger:          c.opts.Logger.With("node", n.Name),
+		Raft:            shoal.RaftConfig{TickInterval: 10 * time.Millisecond},
+	}
+	if c.opts.Configure != nil {
+		c.opts.Configure(n.Name, &cfg)
+	}
+	return cfg
+}
+
+func (c *Cluster) addNode(manager bool) (*Node, error) {
+	c.mu.Lock()
+	prefix, count := "w", 0
+	if manager {
+		prefix = "m"
+	}
+	for _, n := range c.nodes {
+		if n.Manager == manager {
+			count++
+		}
+	}
+	name := fmt.Sprintf("%s%d", prefix, count+1)
+	n := &Node{Name: name, Addr: fmt.Sprintf("127.0.0.1:%d", c.nextPort), StateDir: filepath.Join(c.dir, name),
+		Runtime: c.opts.Runtime(name), Manager: manager, c: c}
+	c.nextPort++
+	c.mu.Unlock()
+	cfg := c.config(n)
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
+	defer cancel()
+	var sn *shoal.Node
+	var err error
+	if manager {
+		sn, err = shoal.Init(ctx, cfg)
+	} else {
+		var ci *shoal.ClusterInfo
+		ci, err = c.Client().Cluster(ctx)
+		if err == nil {
+			sn, err = shoal.Join(ctx, cfg, c.Manager().Addr, ci.WorkerToken)
+		}
+	}
+	if err != nil {
+		_ = cfg.Listener.Close()
+		return nil, err
+	}
+	n.node = sn
+	c.mu.Lock()
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	return n, nil
+}
+
+// AddWorker joins a new worker with the cluster's worker token.
+func (c *Cluster) AddWorker() (*Node, error) { return c.addNode(false) }
+
+// Nodes returns every node, managers first.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := append([]*Node(nil), c.nodes...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Manager && !out[j].Manager })
+	return out
+}
+
+// Workers returns the worker nodes.
+func (c *Cluster) Workers() []*Node {
+	var out []*Node
+	for _, n := range c.Nodes() {
+		if !n.Manager {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Manager returns the (first) manager.
+func (c *Cluster) Manager() *Node {
+	for _, n := range c.Nodes() {
+		if n.Manager {
+			return n
+		}
+	}
+	return nil
+}
+
+// NodeByName returns the node with that name, or nil.
+func (c *Cluster) NodeByName(name string) *Node {
+	for _, n := range c.Nodes() {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// NodeByID returns the node with that cluster node ID, or nil.
+func (c *Cluster) NodeByID(id string) *Node {
+	for _, n := range c.Nodes() {
+		if n.ID() == id {
+			return n
+		}
+	}
+	return nil
+}
+
+// Client returns the control API client of a running manager.
+func (c *Cluster) Client() *shoal.Client {
+	m := c.Manager()
+	if m == nil || m.Shoal() == nil {
+		c.tb.Fatalf("shoaltest: no running manager")
+	}
+	return m.Shoal().Client()
+}
+
+// Shoal returns the running shoal.Node, or nil while the node is stopped.
+func (n *Node) Shoal() *shoal.Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.node
+}
+
+// ID returns the node's cluster ID.
+func (n *Node) ID() string {
+	if sn := n.Shoal(); sn != nil {
+		return sn.ID()
+	}
+	id, _ := readNodeID(n.StateDir)
+	return id
+}
+
+func readNodeID(dir string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "node.json"))
+	if err != nil {
+		return "", err
+	}
+	var id struct {
+		NodeID string `json:"node_id"`
+	}
+	if err := json.Unmarshal(data, &id); err != nil {
+		return "", err
+	}
+	return id.NodeID, nil
+}
+
+// Fake returns the node's runtime as the runtimetest fake (nil if the test
+// gave the node another runtime).
+func (n *Node) Fake() *runtimetest.Runtime {
+	f, _ := n.Runtime.(*runtimetest.Runtime)
+	return f
+}
+
+// Stop stops the node gracefully: its tasks are shut down and reported.
+func (n *Node) Stop() error {
+	n.mu.Lock()
+	sn := n.node
+	n.node = nil
+	n.mu.Unlock()
+	if sn == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.c.opts.Timeout)
+	defer cancel()
+	return sn.Stop(ctx)
+}
+
+// Crash stops the node as if its machine died: it is cut off from every
+// other node first, so nothing it does while going down reaches the cluster.
+func (n *Node) Crash() error {
+	for _, a := range n.c.net.Addrs() {
+		if a != n.Addr {
+			n.c.net.Cut(n.Addr, a)
+		}
+	}
+	err := n.Stop()
+	for _, a := range n.c.net.Addrs() {
+		if a != n.Addr {
+			n.c.net.Heal(n.Addr, a)
+		}
+	}
+	return err
+}
+
+// Restart starts a stopped node again from its StateDir, with its identity,
+// and, for a manager, all its state.
+func (n *Node) Restart() error {
+	n.mu.Lock()
+	running := n.node != nil
+	n.mu.Unlock()
+	if running {
+		return fmt.Errorf("shoaltest: %s is running", n.Name)
+	}
+	cfg := n.c.config(n)
+	sn, err := shoal.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.c.opts.Timeout)
+	defer cancel()
+	if err := sn.Start(ctx); err != nil {
+		_ = cfg.Listener.Close()
+		return err
+	}
+	n.mu.Lock()
+	n.node = sn
+	n.mu.Unlock()
+	return nil
+}
+
+// Partition cuts every link between the nodes of group a and those of b.
+func (c *Cluster) Partition(a, b []*Node) {
+	for _, x := range a {
+		for _, y := range b {
+			c.net.Cut(x.Addr, y.Addr)
+		}
+	}
+}
+
+// Isolate cuts n off from every other node.
+func (c *Cluster) Isolate(n *Node) {
+	var others []*Node
+	for _, o := range c.Nodes() {
+		if o != n {
+			others = append(others, o)
+		}
+	}
+	c.Partition([]*Node{n}, others)
+}
+
+// Heal removes every partition.
+func (c *Cluster) Heal() { c.net.HealAll() }
+
+// WaitFor polls cond until it holds, failing the test after the cluster's
+// timeout with what.
+func (c *Cluster) WaitFor(what string, cond func() bool) {
+	c.tb.Helper()
+	deadline := time.Now().Add(c.opts.Timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("shoaltest: timed out after %v waiting for %s", c.opts.Timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Tasks returns the tasks of a service (by ID or name).
+func (c *Cluster) Tasks(service string) []*shoal.Task {
+	c.tb.Helper()
+	ctx, cancel := c.ctx()
+	defer cancel()
+	ts, err := c.Client().ListTasks(ctx, shoal.TaskFilter{Service: service})
+	if err != nil {
+		c.tb.Fatalf("shoaltest: list tasks: %v", err)
+	}
+	return ts
+}
+
+// Running returns the service's tasks that are RUNNING and meant to run,
+// counted by node ID.
+func (c *Cluster) Running(service string) map[string]int {
+	out := map[string]int{}
+	for _, t := range c.Tasks(service) {
+		if t.Status.State == shoal.TaskRunning && t.DesiredState == shoal.TaskRunning {
+			out[t.NodeID]++
+		}
+	}
+	return out
+}
+
+// WaitRunning waits until exactly n tasks of the service are RUNNING (and
+// desired running), and no other task of it is still meant to run. It
+// returns the running tasks counted by node ID.
+func (c *Cluster) WaitRunning(service string, n int) map[string]int {
+	c.tb.Helper()
+	return c.WaitRunningWhere(service, n, nil)
+}
+
+// WaitRunningWhere is WaitRunning that also waits until ok accepts the
+// running tasks counted by node ID (nil accepts any placement).
+func (c *Cluster) WaitRunningWhere(service string, n int, ok func(perNode map[string]int) bool) map[string]int {
+	c.tb.Helper()
+	var last map[string]int
+	c.WaitFor(fmt.Sprintf("%d running tasks of %s", n, service), func() bool {
+		total, live := 0, 0
+		last = map[string]int{}
+		for _, t := range c.Tasks(service) {
+			if t.DesiredState <= shoal.TaskRunning {
+				live++
+				if t.Status.State == shoal.TaskRunning {
+					total++
+					last[t.NodeID]++
+				}
+			}
+		}
+		return total == n && live == n && (ok == nil || ok(last))
+	})
+	return last
+}
+
+// Stop stops every node (workers first). It runs at the end of the test.
+func (c *Cluster) Stop() {
+	nodes := c.Nodes()
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		if !n.Manager {
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = n.Stop() }()
+		}
+	}
+	wg.Wait()
+	for _, n := range nodes {
+		if n.Manager {
+			_ = n.Stop()
+		}
+	}
+}
