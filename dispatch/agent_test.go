@@ -95,7 +95,7 @@ func TestAgentRunsTaskLifecycle(t *testing.T) {
 	st := newStore(t)
 	createNode(t, st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
 	createTask(t, st, assignedTask("t1", "n1"))
-	s := startServer(t, st, fastConfig(), "")
+	s := startServer(t, st, agentServerConfig(), "")
 	rt := runtimetest.New()
 	a := startAgent(t, agentConfig("n1", newManagerList(s.addr).get, rt))
 	sv := storeView{st}
@@ -136,7 +136,7 @@ func TestAgentTaskExitCodes(t *testing.T) {
 	createTask(t, st, assignedTask("good", "n1"))
 	createTask(t, st, assignedTask("noprep", "n1"))
 	createTask(t, st, assignedTask("invalid", "n1", "")) // empty program: the runtime refuses it
-	s := startServer(t, st, fastConfig(), "")
+	s := startServer(t, st, agentServerConfig(), "")
 	startAgent(t, agentConfig("n1", newManagerList(s.addr).get, rt))
 	sv := storeView{st}
 
@@ -161,7 +161,7 @@ func TestAgentReconcilesAfterManagerOutage(t *testing.T) {
 	for _, id := range []string{"keep", "stop", "gone", "exits"} {
 		createTask(t, st, assignedTask(id, "n1"))
 	}
-	s1 := startServer(t, st, fastConfig(), "")
+	s1 := startServer(t, st, agentServerConfig(), "")
 	mgrs := newManagerList(s1.addr)
 	rt := runtimetest.New()
 	a := startAgent(t, agentConfig("n1", mgrs.get, rt))
@@ -183,7 +183,7 @@ func TestAgentReconcilesAfterManagerOutage(t *testing.T) {
 	createTask(t, st, assignedTask("new", "n1"))
 
 	// A new leader's dispatcher, on another address.
-	s2 := startServer(t, st, fastConfig(), "")
+	s2 := startServer(t, st, agentServerConfig(), "")
 	mgrs.set(s2.addr)
 	waitConnected(t, a)
 
@@ -261,7 +261,7 @@ func TestAgentPartitionMarksDownThenRecovers(t *testing.T) {
 func TestAgentRotatesManagers(t *testing.T) {
 	st := newStore(t)
 	createNode(t, st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
-	s := startServer(t, st, fastConfig(), "")
+	s := startServer(t, st, agentServerConfig(), "")
 	// A closed port first: the agent must move on to the next manager.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -276,7 +276,7 @@ func TestAgentStopShutsDownTasks(t *testing.T) {
 	createNode(t, st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
 	createTask(t, st, assignedTask("t1", "n1"))
 	createTask(t, st, assignedTask("t2", "n1"))
-	s := startServer(t, st, fastConfig(), "")
+	s := startServer(t, st, agentServerConfig(), "")
 	rt := runtimetest.New()
 	a, err := NewAgent(agentConfig("n1", newManagerList(s.addr).get, rt))
 	require.NoError(t, err)
@@ -302,7 +302,7 @@ func TestAgentStopBoundedByContext(t *testing.T) {
 	st := newStore(t)
 	createNode(t, st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
 	createTask(t, st, assignedTask("t1", "n1"))
-	s := startServer(t, st, fastConfig(), "")
+	s := startServer(t, st, agentServerConfig(), "")
 	rt := runtimetest.New()
 	rt.SetTaskBehavior("t1", runtimetest.Behavior{HangOnShutdown: true})
 	a, err := NewAgent(agentConfig("n1", newManagerList(s.addr).get, rt))

@@ -153,13 +153,23 @@ func dial(t testing.TB, addr string) api.DispatcherClient {
 	return api.NewDispatcherClient(cc)
 }
 
-// fastConfig is a dispatcher configuration for tests: short periods, but
-// with enough slack for a loaded machine.
+// fastConfig is a dispatcher configuration for tests whose clients do not
+// heartbeat: sessions never expire during the test, however loaded the
+// machine. Tests of expiry set their own periods.
 func fastConfig() DispatcherConfig {
 	cfg := DefaultDispatcherConfig()
-	cfg.HeartbeatPeriod = 100 * time.Millisecond
-	cfg.GracePeriodMultiplier = 5
+	cfg.HeartbeatPeriod = time.Hour
 	cfg.StatusBatchInterval = 5 * time.Millisecond
+	return cfg
+}
+
+// agentServerConfig is a dispatcher configuration for tests with real
+// agents: they heartbeat every 50ms, and a node is DOWN only after 2s of
+// silence, which a loaded machine does not reach by accident.
+func agentServerConfig() DispatcherConfig {
+	cfg := fastConfig()
+	cfg.HeartbeatPeriod = 50 * time.Millisecond
+	cfg.GracePeriodMultiplier = 40
 	return cfg
 }
 

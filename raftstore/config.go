@@ -37,7 +37,9 @@ type Transport interface {
 	// Send queues msgs for delivery to the members named in each message's To field. It is called
 	// from the raft loop, so it must not block: a transport queues and returns, and may drop
 	// messages (raft retransmits). Send must not modify the messages; it may keep them after it
-	// returns. Delivery on the far side is Node.Step.
+	// returns, but an in-process transport must deliver copies (proto.Clone), since raft may
+	// modify a message it steps. Delivery on the far side is Node.Step; for every MsgSnap the
+	// transport reports the outcome with Node.ReportSnapshot on the sending node.
 	Send(msgs []*pb.Message)
 }
 

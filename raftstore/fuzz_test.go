@@ -1,7 +1,6 @@
 package raftstore
 
 import (
-	"path/filepath"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -64,6 +63,5 @@ func FuzzOpenDisk(f *testing.F) {
 		if st.hard.GetCommit() > snapIndex+uint64(len(st.entries)) {
 			t.Fatalf("commit %d beyond log", st.hard.GetCommit())
 		}
-		_ = filepath.Join(dir, DBFileName)
 	})
 }

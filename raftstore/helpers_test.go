@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestMain(m *testing.M) {
@@ -189,7 +190,7 @@ type pbMessage = pb.Message
 // chainSM keeps a fixed-size state (a hash chain over every applied entry and a count), so its
 // snapshots do not grow and memory stays flat in long runs and benchmarks.
 type chainSM struct {
-	mu    sync.Mutex
+	mu       sync.Mutex
 	sum      [32]byte
 	count    uint64
 	restores int
@@ -231,3 +232,12 @@ func (s *chainSM) state() ([32]byte, uint64) {
 	defer s.mu.Unlock()
 	return s.sum, s.count
 }
+
+type pbConfState = pb.ConfState
+
+const (
+	pbMsgHeartbeatResp = pb.MsgHeartbeatResp
+	pbMsgHup           = pb.MsgHup
+)
+
+func unmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }

@@ -8,8 +8,8 @@ type subscription struct {
 // LeadershipChanges subscribes to this member's leadership: the channel receives true when this
 // member becomes leader and false when it stops being leader. If it is leader when subscribing,
 // true is delivered at once. The channel holds only the latest value: a slow reader misses
-// intermediate flips but always sees the current state last, and the raft loop never waits for
-// it. The channel is closed by cancel or when the node stops. cancel is idempotent.
+// intermediate flips (and may see the same value twice) but always sees the current state last,
+// and the raft loop never waits for it. The channel is closed by cancel or when the node stops. cancel is idempotent.
 func (n *Node) LeadershipChanges() (<-chan bool, func()) {
 	s := &subscription{ch: make(chan bool, 1)}
 	n.subMu.Lock()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -495,12 +496,18 @@ func (n *Node) run() {
 	defer func() {
 		if r := recover(); r != nil {
 			loopErr = fmt.Errorf("raftstore: raft loop panicked: %v", r)
+			n.logger.Error("raft loop panicked", "panic", r, "stack", string(debug.Stack()))
 		}
 		n.finish(loopErr)
 	}()
 	ticker := time.NewTicker(n.cfg.TickInterval)
 	defer ticker.Stop()
 	for {
+		select {
+		case <-n.stopc: // checked first so a long replay or a flood of work cannot delay Stop
+			return
+		default:
+		}
 		n.maybeCampaign()
 		if n.rn.HasReady() {
 			if err := n.handleReady(); err != nil {

@@ -476,3 +476,49 @@ func TestRaftLoggerPanicsStopNodeNotProcess(t *testing.T) {
 	assert.NotPanics(t, func() { l.Infof("x %d", 1); l.Warning("w"); l.Error("e") })
 	assert.True(t, errors.Is(ErrCorrupt, ErrCorrupt))
 }
+
+func TestDatabaseCreatedButNeverWrittenBootstraps(t *testing.T) {
+	dir := t.TempDir()
+	ds, st, err := openDisk(dir, 1, true) // as if the process died right after creating the file
+	require.NoError(t, err)
+	require.True(t, st.fresh)
+	require.NoError(t, ds.close())
+
+	sm := &listSM{}
+	n := startNode(t, testConfig(t, dir, sm))
+	res, err := n.Propose(context.Background(), []byte("x"))
+	require.NoError(t, err)
+	assert.Equal(t, 1, res)
+}
+
+func TestConfStatePersisted(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, testConfig(t, dir, &listSM{}))
+	stopNode(t, n)
+	db, err := bolt.Open(filepath.Join(dir, DBFileName), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	require.NoError(t, err)
+	defer db.Close()
+	cs := &pbConfState{}
+	require.NoError(t, db.View(func(tx *bolt.Tx) error {
+		return unmarshal(tx.Bucket(bucketState).Get(keyConf), cs)
+	}))
+	assert.Equal(t, []uint64{1}, cs.GetVoters())
+}
+
+func TestStartWithDoneContextAndStrayMessages(t *testing.T) {
+	n, err := New(testConfig(t, t.TempDir(), &listSM{}))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	assert.ErrorIs(t, n.Start(ctx), context.Canceled)
+	require.NoError(t, n.Stop(context.Background()))
+
+	n2 := startNode(t, testConfig(t, t.TempDir(), &listSM{}))
+	// Messages from members that do not exist are dropped by raft; the node keeps working.
+	require.NoError(t, n2.Step(context.Background(), &pbMessage{Type: pbMsgHeartbeatResp.Enum(), From: new(uint64(9)), To: new(uint64(1))}))
+	require.NoError(t, n2.Step(context.Background(), &pbMessage{Type: pbMsgHup.Enum(), From: new(uint64(9)), To: new(uint64(1))}))
+	assert.Error(t, n2.Step(context.Background(), nil))
+	_, err = n2.Propose(context.Background(), []byte("still fine"))
+	require.NoError(t, err)
+	assert.True(t, n2.IsLeader())
+}

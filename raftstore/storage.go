@@ -55,7 +55,7 @@ type diskStore struct {
 
 // loadedState is everything read back from disk at open.
 type loadedState struct {
-	fresh    bool
+	fresh    bool // nothing raft wrote is stored: bootstrap
 	hard     *pb.HardState
 	conf     *pb.ConfState
 	snapshot *pb.Snapshot // nil if none
@@ -203,6 +203,10 @@ func (d *diskStore) init(id uint64) (st *loadedState, err error) {
 		}
 		if k, _ := c.Last(); k != nil {
 			d.lastIndex = binary.BigEndian.Uint64(k)
+		}
+		if st.hard == nil && st.snapshot == nil && len(st.entries) == 0 {
+			// Created, but the process stopped before raft's first write: still new.
+			st.fresh = true
 		}
 		if commit := st.hard.GetCommit(); commit > snapIndex+uint64(len(st.entries)) {
 			return corrupt(d.path, "hard state commit %d beyond last entry %d", commit, snapIndex+uint64(len(st.entries)))
