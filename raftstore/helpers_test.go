@@ -28,15 +28,23 @@ type listSM struct {
 	restores []uint64
 	applies  int
 	err      error // first ordering violation seen
-	// block, if set, is waited on by Apply (to hold the apply loop).
-	block chan struct{}
+	// block, if set, is waited on by Apply (to hold the apply loop); Apply sends on entered
+	// (if set) first.
+	block   chan struct{}
+	entered chan struct{}
 }
 
 var _ StateMachine = (*listSM)(nil)
 
 func (s *listSM) Apply(idx uint64, data []byte) any {
-	if s.block != nil {
-		<-s.block
+	s.mu.Lock()
+	block, entered := s.block, s.entered
+	s.mu.Unlock()
+	if block != nil {
+		if entered != nil {
+			entered <- struct{}{}
+		}
+		<-block
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

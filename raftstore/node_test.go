@@ -326,16 +326,16 @@ func TestStopBoundedByContextWhileApplyIsStuck(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, n.Start(context.Background()))
 	<-n.Ready()
-	release := make(chan struct{})
+	release, entered := make(chan struct{}), make(chan struct{}, 1)
 	sm.mu.Lock()
-	sm.block = release
+	sm.block, sm.entered = release, entered
 	sm.mu.Unlock()
 	errc := make(chan error, 1)
 	go func() {
 		_, err := n.Propose(context.Background(), []byte("stuck"))
 		errc <- err
 	}()
-	require.Eventually(t, func() bool { return n.Stats().Proposals >= 1 }, waitFor, time.Millisecond)
+	<-entered // the loop is inside Apply
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	assert.ErrorIs(t, n.Stop(ctx), context.DeadlineExceeded)
