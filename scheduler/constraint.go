@@ -279,3 +279,16 @@ func (c *compiled) matches(n *Node) bool {
 	}
 	return eq
 }
+
+// Matches reports whether node n satisfies every constraint in cons, with
+// the same semantics the scheduler's filter uses. A constraint that does not
+// validate matches no node.
+func Matches(cons []Constraint, n *Node) bool {
+	for _, c := range cons {
+		cc, err := compileConstraint(c)
+		if err != nil || !cc.matches(n) {
+			return false
+		}
+	}
+	return true
+}

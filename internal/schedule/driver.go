@@ -198,14 +198,16 @@ func (d *Driver) handle(e state.Event) {
 	}
 }
 
-func (d *Driver) upsertNode(n *api.Node) {
+// SchedulerNode converts a stored node to the scheduler's description of it.
+// It is the one conversion every component that filters nodes uses.
+func SchedulerNode(n *api.Node) scheduler.Node {
 	role := scheduler.RoleWorker
-	if n.Role == api.NodeRole_NODE_ROLE_MANAGER {
+	if n.GetRole() == api.NodeRole_NODE_ROLE_MANAGER {
 		role = scheduler.RoleManager
 	}
 	desc := n.GetDescription()
-	err := d.sched.UpsertNode(scheduler.Node{
-		ID:           n.Id,
+	return scheduler.Node{
+		ID:           n.GetId(),
 		Hostname:     desc.GetHostname(),
 		Role:         role,
 		Labels:       n.GetSpec().GetLabels(),
@@ -214,8 +216,11 @@ func (d *Driver) upsertNode(n *api.Node) {
 		State:        scheduler.NodeState(n.GetStatus().GetState()),
 		Availability: scheduler.Availability(n.GetSpec().GetAvailability()),
 		Resources:    scheduler.Resources{NanoCPUs: desc.GetResources().GetNanoCpus(), MemoryBytes: desc.GetResources().GetMemoryBytes()},
-	})
-	if err != nil {
+	}
+}
+
+func (d *Driver) upsertNode(n *api.Node) {
+	if err := d.sched.UpsertNode(SchedulerNode(n)); err != nil {
 		d.cfg.Logger.Warn("schedule: node not usable", "node", n.Id, "err", err)
 	}
 }
