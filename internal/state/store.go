@@ -117,7 +117,10 @@ func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 	if l == nil {
 		return ErrNoLog
 	}
-	tx := &writeTx{readTx: readTx{txn: s.db.Txn(true)}, now: s.cfg.Now().UnixNano(), changes: map[changeKey]int{}}
+	// The callback runs on a private O(1) snapshot of the tables, so it sees
+	// its own writes through every index without holding the database's
+	// writer lock, which the apply path needs for every committed entry.
+	tx := &writeTx{readTx: readTx{txn: s.db.Snapshot().Txn(true)}, now: s.cfg.Now().UnixNano(), changes: map[changeKey]int{}}
 	err := fn(tx)
 	tx.txn.Abort()
 	if err != nil {
