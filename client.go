@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"time"
 
@@ -414,9 +413,8 @@ func (c *Client) Watch(ctx context.Context, f WatchFilter) (<-chan Event, error)
 		for {
 			msg, err := stream.Recv()
 			if err != nil {
-				if err != io.EOF && sctx.Err() == nil {
-					_ = err // the stream broke; closing the channel says so
-				}
+				// The stream ended (ctx done, or the manager went away):
+				// closing the channel says so.
 				return
 			}
 			for _, e := range msg.Events {

@@ -446,6 +446,18 @@ func TestRollingUpdateOneAtATimeStopFirst(t *testing.T) {
 	events, err := cl.Watch(ctx, shoal.WatchFilter{Services: []string{svc.ID}, Kinds: []shoal.ObjectKind{shoal.KindTask}})
 	require.NoError(t, err)
 
+	live := map[string]*shoal.Task{}
+	for _, tk := range c.Tasks(svc.ID) {
+		if tk.Status.State == shoal.TaskRunning && tk.DesiredState == shoal.TaskRunning {
+			live[tk.ID] = tk
+		}
+	}
+	if !assert.Len(t, live, 4) {
+		for _, tk := range c.Tasks(svc.ID) {
+			t.Logf("%s slot %d node %s desired %s state %s msg %q err %q", tk.ID, tk.Slot, tk.NodeID, tk.DesiredState, tk.Status.State, tk.Status.Message, tk.Status.Err)
+		}
+		t.FailNow()
+	}
 	cur, err := cl.GetService(ctx, svc.ID)
 	require.NoError(t, err)
 	spec := cur.Spec
@@ -457,13 +469,6 @@ func TestRollingUpdateOneAtATimeStopFirst(t *testing.T) {
 	// Track tasks that are "up" (running, or meant to run and started) per
 	// slot; stop-first with parallelism 1 means at most one slot is ever below
 	// strength and no slot ever has two.
-	live := map[string]*shoal.Task{}
-	for _, tk := range c.Tasks(svc.ID) {
-		if tk.Status.State == shoal.TaskRunning && tk.DesiredState == shoal.TaskRunning {
-			live[tk.ID] = tk
-		}
-	}
-	require.Len(t, live, 4)
 	maxPerSlot := 0
 	minLive := 4
 	deadline := time.After(30 * time.Second)

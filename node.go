@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shoalhq/shoal/dispatch"
 	"github.com/shoalhq/shoal/internal/api"
@@ -317,6 +318,9 @@ type ClusterInfo struct {
 	WorkerToken  string
 	ManagerToken string
 }
+
+// noAgentMessage is the status message of a manager that runs no agent.
+const noAgentMessage = "manager without an agent (Config.DisableAgent): runs no tasks"
 
 // identityFile is the node's identity under StateDir, written once at Init or
 // Join and read at every restart.
@@ -754,6 +758,12 @@ func (n *Node) ensureClusterObjects(ctx context.Context, initCluster bool) error
 				return err
 			}
 		}
+		// A manager without an agent never opens a session, so the dispatcher
+		// never marks it READY; its status says why instead.
+		status := &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: n.addr}
+		if n.cfg.DisableAgent {
+			status.Message = noAgentMessage
+		}
 		me := tx.GetNode(n.ident.NodeID)
 		if me == nil {
 			return tx.CreateNode(&api.Node{
@@ -761,15 +771,20 @@ func (n *Node) ensureClusterObjects(ctx context.Context, initCluster bool) error
 				Role:          api.NodeRole_NODE_ROLE_MANAGER,
 				Spec:          &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER, Labels: n.cfg.Labels},
 				Description:   desc,
-				Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: n.addr},
+				Status:        status,
 				ManagerStatus: &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: true},
 			})
 		}
-		if me.GetManagerStatus().GetAddr() == n.addr && me.GetDescription().GetHostname() == desc.Hostname {
+		ms := &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: true}
+		if proto.Equal(me.ManagerStatus, ms) && proto.Equal(me.Description, desc) &&
+			(!n.cfg.DisableAgent || proto.Equal(me.Status, status)) {
 			return nil
 		}
-		me.ManagerStatus = &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: true}
+		me.ManagerStatus = ms
 		me.Description = desc
+		if n.cfg.DisableAgent {
+			me.Status = status
+		}
 		return tx.UpdateNode(me)
 	})
 }
