@@ -613,3 +613,30 @@ func TestWorkerClientAndDial(t *testing.T) {
 	_, err := c.Workers()[0].Shoal().Client().ListServices(ctx)
 	assert.True(t, errors.Is(err, shoal.ErrNotManager), "a worker has no control API: %v", err)
 }
+
+func TestInitAndRestartRefuseWrongStateDirs(t *testing.T) {
+	ctx := ctxT(t)
+	dir := t.TempDir()
+	// Start (restart) on an empty StateDir: nothing to restart.
+	n, err := shoal.New(shoal.Config{StateDir: dir, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	err = n.Start(ctx)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "holds no node; use Init")
+	assert.Error(t, n.Err())
+
+	mgr, err := shoal.Init(ctx, shoal.Config{StateDir: dir, ListenAddr: "127.0.0.1:0", DisableAgent: true})
+	require.NoError(t, err)
+	require.NoError(t, mgr.Stop(ctx))
+	require.NoError(t, mgr.Stop(ctx), "Stop is idempotent")
+	_, err = shoal.Init(ctx, shoal.Config{StateDir: dir, ListenAddr: "127.0.0.1:0"})
+	assert.ErrorIs(t, err, shoal.ErrExist, "a second Init on the same StateDir is refused")
+
+	// Config validation names the field.
+	_, err = shoal.New(shoal.Config{ListenAddr: "127.0.0.1:0"})
+	assert.ErrorContains(t, err, "Config.StateDir: is required")
+	_, err = shoal.New(shoal.Config{StateDir: dir, ListenAddr: "nope"})
+	assert.ErrorContains(t, err, "Config.ListenAddr")
+	_, err = shoal.New(shoal.Config{StateDir: dir, ListenAddr: "127.0.0.1:0", HeartbeatPeriod: time.Millisecond})
+	assert.ErrorContains(t, err, "Config.HeartbeatPeriod: must be at least 10ms")
+}

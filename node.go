@@ -591,6 +591,13 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	case mode != modeRestart && ident != nil:
 		return fmt.Errorf("Config.StateDir: %s already holds node %s of cluster %s; restart it with New(cfg) and Start: %w",
 			n.cfg.StateDir, ident.NodeID, ident.ClusterID, ErrExist)
+	case mode != modeRestart:
+		// No identity but a Raft log: an Init that was interrupted. Its log
+		// is not this node's to reuse or to delete.
+		if _, err := os.Stat(filepath.Join(n.cfg.StateDir, "raft")); err == nil {
+			return fmt.Errorf("Config.StateDir: %s holds a Raft log but no node identity (an interrupted Init?); remove %s to start over: %w",
+				n.cfg.StateDir, filepath.Join(n.cfg.StateDir, "raft"), ErrExist)
+		}
 	}
 
 	lis, err := n.listen()
@@ -954,6 +961,10 @@ func (n *Node) cleanup(ctx context.Context) error {
 		n.bgCancel()
 		n.bg.Wait()
 	}
+	if n.store != nil {
+		// Ends the control API's watch streams, so the server stops promptly.
+		n.store.Close()
+	}
 	if n.selfConn != nil {
 		errs = append(errs, n.selfConn.Close())
 	}
@@ -975,9 +986,6 @@ func (n *Node) cleanup(ctx context.Context) error {
 	}
 	if n.raft != nil {
 		errs = append(errs, n.raft.Stop(ctx))
-	}
-	if n.store != nil {
-		n.store.Close()
 	}
 	return errors.Join(errs...)
 }

@@ -405,24 +405,6 @@ func (s *Server) Watch(req *api.WatchRequest, stream api.Control_WatchServer) er
 	}
 }
 
-func toAction(o state.Object, kind api.StoreAction_Kind) *api.StoreAction {
-	if o == nil {
-		return nil
-	}
-	a := &api.StoreAction{Kind: kind}
-	switch v := o.(type) {
-	case *api.Node:
-		a.Target = &api.StoreAction_Node{Node: v}
-	case *api.Service:
-		a.Target = &api.StoreAction_Service{Service: v}
-	case *api.Task:
-		a.Target = &api.StoreAction_Task{Task: v}
-	case *api.Cluster:
-		a.Target = &api.StoreAction_Cluster{Cluster: v}
-	}
-	return a
-}
-
 func toWatchEvent(e state.Event) *api.WatchEvent {
 	var kind api.StoreAction_Kind
 	switch e.Action {
@@ -433,7 +415,7 @@ func toWatchEvent(e state.Event) *api.WatchEvent {
 	case state.ActionDelete:
 		kind = api.StoreAction_KIND_DELETE
 	}
-	return &api.WatchEvent{Action: kind, Object: toAction(e.Object, kind), Old: toAction(e.Old, kind), Version: e.Index}
+	return &api.WatchEvent{Action: kind, Object: state.StoreAction(kind, e.Object), Old: state.StoreAction(kind, e.Old), Version: e.Index}
 }
 
 func watchFilter(req *api.WatchRequest) state.Filter {

@@ -184,20 +184,30 @@ func (tx *writeTx) request() *api.StoreRequest {
 		if c.kind == api.StoreAction_KIND_UNKNOWN {
 			continue
 		}
-		a := &api.StoreAction{Kind: c.kind}
-		switch v := c.obj.(type) {
-		case *api.Node:
-			a.Target = &api.StoreAction_Node{Node: v}
-		case *api.Service:
-			a.Target = &api.StoreAction_Service{Service: v}
-		case *api.Task:
-			a.Target = &api.StoreAction_Task{Task: v}
-		case *api.Cluster:
-			a.Target = &api.StoreAction_Cluster{Cluster: v}
-		}
-		req.Actions = append(req.Actions, a)
+		req.Actions = append(req.Actions, StoreAction(c.kind, c.obj))
 	}
 	return req
+}
+
+// StoreAction wraps an object in a store action of the given kind (nil for a
+// nil object). It is the one place objects become api.StoreAction, for log
+// entries and for watch events sent over the wire alike.
+func StoreAction(kind api.StoreAction_Kind, o Object) *api.StoreAction {
+	if o == nil {
+		return nil
+	}
+	a := &api.StoreAction{Kind: kind}
+	switch v := o.(type) {
+	case *api.Node:
+		a.Target = &api.StoreAction_Node{Node: v}
+	case *api.Service:
+		a.Target = &api.StoreAction_Service{Service: v}
+	case *api.Task:
+		a.Target = &api.StoreAction_Task{Task: v}
+	case *api.Cluster:
+		a.Target = &api.StoreAction_Cluster{Cluster: v}
+	}
+	return a
 }
 
 func (tx *writeTx) create(o Object) error {
