@@ -640,3 +640,36 @@ func TestInitAndRestartRefuseWrongStateDirs(t *testing.T) {
 	_, err = shoal.New(shoal.Config{StateDir: dir, ListenAddr: "127.0.0.1:0", HeartbeatPeriod: time.Millisecond})
 	assert.ErrorContains(t, err, "Config.HeartbeatPeriod: must be at least 10ms")
 }
+
+func TestWorkerLeavesAndJoinsAgain(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Workers: 2, HeartbeatPeriod: 5 * time.Second})
+	ctx := ctxT(t)
+	cl := c.Client()
+	svc, err := cl.CreateService(ctx, webSpec("web", 4))
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, 4)
+
+	w := c.Workers()[0]
+	oldID := w.ID()
+	require.NoError(t, w.Shoal().Leave(ctx))
+	// With 5s heartbeats, only the graceful leave can make this fast: the
+	// node is down at once and its tasks are replaced on the other worker.
+	n, err := cl.GetNode(ctx, oldID)
+	require.NoError(t, err)
+	assert.Equal(t, shoal.NodeDown, n.State)
+	per := c.WaitRunningWhere(svc.ID, 4, func(per map[string]int) bool { return per[oldID] == 0 })
+	assert.Equal(t, 4, per[c.Workers()[1].ID()])
+	for _, tk := range c.Tasks(svc.ID) {
+		if tk.NodeID == oldID {
+			assert.Equal(t, shoal.TaskShutdown, tk.Status.State, "the leaving node reported its tasks stopped")
+		}
+	}
+
+	// The manager cannot leave.
+	assert.ErrorIs(t, c.Manager().Shoal().Leave(ctx), shoal.ErrInvalidSpec)
+
+	// The node object stays until removed; the StateDir can join again.
+	require.NoError(t, cl.RemoveNode(ctx, oldID, false))
+	_, err = cl.GetNode(ctx, oldID)
+	assert.ErrorIs(t, err, shoal.ErrNotFound)
+}

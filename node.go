@@ -951,6 +951,28 @@ func (n *Node) Stop(ctx context.Context) error {
 	return err
 }
 
+// Leave takes a worker out of the cluster for good, like docker swarm leave:
+// the node stops gracefully (its tasks are stopped and reported, and the
+// managers mark it down at once), then its identity and task files are
+// deleted from StateDir, so the directory can be used to join again. The
+// cluster keeps listing the node as down until it is removed with
+// Client.RemoveNode. A manager cannot leave: this version runs one manager,
+// and it holds the cluster's state.
+func (n *Node) Leave(ctx context.Context) error {
+	if n.Role() == Manager {
+		return fmt.Errorf("node %s is the cluster's manager and holds its state; Stop it instead: %w", n.ID(), ErrInvalidSpec)
+	}
+	if err := n.Stop(ctx); err != nil {
+		return err
+	}
+	for _, p := range []string{identityFile, "tasks"} {
+		if err := os.RemoveAll(filepath.Join(n.cfg.StateDir, p)); err != nil {
+			return fmt.Errorf("leave: %w", err)
+		}
+	}
+	return nil
+}
+
 // cleanup stops whatever has been started, in reverse order.
 func (n *Node) cleanup(ctx context.Context) error {
 	var errs []error
@@ -1044,4 +1066,12 @@ func (p *dispatcherProxy) UpdateTaskStatus(ctx context.Context, req *api.UpdateT
 		return nil, err
 	}
 	return d.UpdateTaskStatus(ctx, req)
+}
+
+func (p *dispatcherProxy) Leave(ctx context.Context, req *api.LeaveRequest) (*api.LeaveResponse, error) {
+	d, err := p.get()
+	if err != nil {
+		return nil, err
+	}
+	return d.Leave(ctx, req)
 }

@@ -32,7 +32,9 @@ type Agent struct {
 	cancel   context.CancelFunc // ends the session loop
 	learned  []string           // managers sent by the last dispatcher
 	err      error
-	stopping chan struct{} // closed when Stop begins: tasks shut down
+	live     *liveSession  // the open session, nil while there is none
+	leaving  chan struct{} // closed when Stop begins: no new session opens
+	stopping chan struct{} // closed once Stop has sent Leave: tasks shut down
 	done     chan struct{} // closed when Stop has finished
 	loopDone chan struct{} // closed when the session loop returned
 	ready    chan struct{} // closed at the first complete assignment set
@@ -49,6 +51,14 @@ type Agent struct {
 	reports *reportQueue
 }
 
+// liveSession is the session the agent has open, for Stop to leave through
+// and flush its final reports over.
+type liveSession struct {
+	ctx    context.Context // ends with the session
+	client api.DispatcherClient
+	id     string
+}
+
 // NewAgent validates cfg and returns an agent; it starts nothing.
 func NewAgent(cfg AgentConfig) (*Agent, error) {
 	cfg, err := cfg.withDefaults()
@@ -58,6 +68,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	a := &Agent{
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "agent", "node", cfg.NodeID),
+		leaving:  make(chan struct{}),
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
 		loopDone: make(chan struct{}),
@@ -109,15 +120,28 @@ func (a *Agent) Err() error {
 	return a.err
 }
 
-// Stop shuts down and removes every task, bounded by ctx (when ctx ends,
-// controller calls still in flight are cancelled), then closes the session.
-// It is idempotent; later calls wait for the first to finish.
+// Stop leaves the cluster gracefully and stops the agent, bounded by ctx.
+//
+// If a session is open, Stop first tells the dispatcher with Leave (bounded
+// also by AgentConfig.RPCTimeout), which marks the node DOWN at once so the
+// manager replaces its tasks and places nothing more on it. Then it shuts
+// down and removes every task (when ctx ends, controller calls still in
+// flight are cancelled and Stop returns ctx.Err()). If the session is still
+// open, it then sends the tasks' final statuses (SHUTDOWN, or COMPLETE and
+// FAILED for tasks that ended meanwhile) and waits until the dispatcher
+// acknowledged them; it gives up quietly, with a log line, when ctx ends or
+// the session breaks. Last it closes the session. Without an open session
+// Stop does not wait for one: the tasks are shut down and the manager
+// learns of it from the missed heartbeats.
+//
+// Stop is idempotent; later calls wait for the first to finish.
 func (a *Agent) Stop(ctx context.Context) error {
 	a.mu.Lock()
 	switch a.phase {
 	case phaseNew:
 		a.phase = phaseStopped
 		a.err = errdefs.ErrStopped
+		close(a.leaving)
 		close(a.stopping)
 		a.taskCancel()
 		close(a.done)
@@ -133,10 +157,16 @@ func (a *Agent) Stop(ctx context.Context) error {
 		}
 	}
 	a.phase = phaseStopped
+	close(a.leaving) // under mu: no session registers as live after this
+	ls := a.live
+	a.mu.Unlock()
+
+	if ls != nil {
+		a.leave(ctx, ls)
+	}
 	a.tasksMu.Lock()
 	close(a.stopping) // under tasksMu: no runner starts after this
 	a.tasksMu.Unlock()
-	a.mu.Unlock()
 
 	tasksDone := make(chan struct{})
 	go func() { a.taskWG.Wait(); close(tasksDone) }()
@@ -149,6 +179,9 @@ func (a *Agent) Stop(ctx context.Context) error {
 		<-tasksDone
 	}
 	a.taskCancel()
+	if ls != nil && err == nil {
+		a.flush(ctx, ls)
+	}
 	a.cancel()
 	<-a.loopDone
 	a.connected.Store(false)
@@ -157,6 +190,53 @@ func (a *Agent) Stop(ctx context.Context) error {
 	a.mu.Unlock()
 	close(a.done)
 	return err
+}
+
+// leave tells the dispatcher of ls that the node is stopping. A failure is
+// logged, not returned: the node is then marked DOWN when its heartbeats
+// stop, as if it had crashed.
+func (a *Agent) leave(ctx context.Context, ls *liveSession) {
+	lctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ls.ctx, cancel) // the session broke: give up
+	defer stop()
+	if _, err := ls.client.Leave(lctx, &api.LeaveRequest{NodeId: a.cfg.NodeID, SessionId: ls.id}); err != nil {
+		a.log.Warn("leave failed; the manager will notice the missed heartbeats", "session", ls.id, "err", err)
+		return
+	}
+	a.log.Info("left the cluster; node marked down", "session", ls.id)
+}
+
+// flush waits until the dispatcher acknowledged every queued status report
+// (the session's sendReports goroutine sends them), or ctx ends, or the
+// session breaks.
+func (a *Agent) flush(ctx context.Context, ls *liveSession) {
+	if left := a.reports.waitEmpty(ctx, ls.ctx); left > 0 {
+		a.log.Warn("stopping without reporting every final task status", "unsent", left,
+			"ctx_err", ctx.Err(), "session_err", context.Cause(ls.ctx))
+		return
+	}
+	a.log.Debug("final task statuses reported", "session", ls.id)
+}
+
+// setLive records ls as the open session, unless Stop has begun; it
+// returns the func that clears it.
+func (a *Agent) setLive(ls *liveSession) (unset func(), ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	select {
+	case <-a.leaving:
+		return nil, false
+	default:
+	}
+	a.live = ls
+	return func() {
+		a.mu.Lock()
+		if a.live == ls {
+			a.live = nil
+		}
+		a.mu.Unlock()
+	}, true
 }
 
 func (a *Agent) managers() []string {
@@ -189,10 +269,17 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// loop keeps a session open until ctx ends.
+// loop keeps a session open until ctx ends. Once Stop has begun it opens no
+// new session: a node that is leaving must not be marked READY again.
 func (a *Agent) loop(ctx context.Context) {
 	attempt, idx := 0, 0
 	for ctx.Err() == nil {
+		select {
+		case <-a.leaving:
+			<-ctx.Done()
+			return
+		default:
+		}
 		addrs := a.managers()
 		if len(addrs) == 0 {
 			a.log.Warn("no manager address to connect to")
@@ -221,7 +308,10 @@ func (a *Agent) loop(ctx context.Context) {
 	}
 }
 
-var errSessionTimeout = errors.New("timed out opening the session")
+var (
+	errSessionTimeout = errors.New("timed out opening the session")
+	errLeaving        = errors.New("the agent is stopping")
+)
 
 // session runs one session with the dispatcher at addr until it fails or
 // ctx ends. established reports whether the session was opened.
@@ -274,6 +364,11 @@ func (a *Agent) session(ctx context.Context, addr string) (established bool, err
 		period = 5 * time.Second
 	}
 	a.setLearned(first.GetManagers())
+	clearLive, ok := a.setLive(&liveSession{ctx: sctx, client: client, id: sessionID})
+	if !ok {
+		return true, errLeaving
+	}
+	defer clearLive()
 	a.log.Info("session opened", "manager", addr, "session", sessionID, "heartbeat_period", period)
 
 	wg.Go(func() {
@@ -478,6 +573,7 @@ type reportQueue struct {
 	seq     uint64
 	pending map[string]queuedReport
 	kick    chan struct{}
+	emptied chan struct{} // closed (and cleared) when an ack empties the queue; nil without waiters
 }
 
 type queuedReport struct {
@@ -527,6 +623,35 @@ func (q *reportQueue) ack(seqs map[string]uint64) {
 	for id, seq := range seqs {
 		if r, ok := q.pending[id]; ok && r.seq == seq {
 			delete(q.pending, id)
+		}
+	}
+	if len(q.pending) == 0 && q.emptied != nil {
+		close(q.emptied)
+		q.emptied = nil
+	}
+}
+
+// waitEmpty waits until every queued report is acknowledged, or ctx or
+// session ends; it returns how many reports are left unacknowledged.
+func (q *reportQueue) waitEmpty(ctx, session context.Context) int {
+	for {
+		q.mu.Lock()
+		n := len(q.pending)
+		if n == 0 {
+			q.mu.Unlock()
+			return 0
+		}
+		if q.emptied == nil {
+			q.emptied = make(chan struct{})
+		}
+		ch := q.emptied
+		q.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return n
+		case <-session.Done():
+			return n
 		}
 	}
 }

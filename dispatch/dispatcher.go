@@ -30,6 +30,10 @@ const storeRetries = 10
 // marked DOWN because it missed its heartbeat deadline.
 const HeartbeatFailureMessage = "heartbeat failure"
 
+// NodeLeftMessage is the node status message written when a node is marked
+// DOWN because its agent said, with Leave, that it is stopping gracefully.
+const NodeLeftMessage = "node stopped"
+
 // Dispatcher is the manager side of the manager<->worker protocol. It
 // implements api.DispatcherServer: the embedding node registers it on its
 // gRPC server. Only the Raft leader runs a dispatcher; the node makes a new
@@ -73,6 +77,7 @@ type session struct {
 	nodeID   string
 	id       string
 	deadline time.Time // guarded by Dispatcher.mu
+	left     bool      // the node left (Leave): no expiry processing; guarded by Dispatcher.mu
 	done     chan struct{}
 	err      error // why the session ended; set before done is closed
 }
@@ -317,7 +322,15 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 			return status.Error(codes.Unavailable, "dispatcher stopped")
 		case <-ctx.Done():
 			// The agent went away. Its deadline keeps running: it is marked DOWN
-			// unless it opens a new session in time.
+			// unless it opens a new session in time. A node that left is DOWN
+			// already: closing the stream ends its session.
+			d.mu.Lock()
+			left := s.left
+			d.mu.Unlock()
+			if left {
+				unregister()
+				d.log.Info("node session closed after leave", "node", nodeID, "session", s.id)
+			}
 			return status.FromContextError(ctx.Err()).Err()
 		case <-t.C():
 			if cur := d.cfg.Managers(); !slices.Equal(cur, managers) {
@@ -375,6 +388,103 @@ func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (
 	return &api.HeartbeatResponse{Period: int64(jitter(d.cfg.HeartbeatPeriod, d.cfg.HeartbeatJitter))}, nil
 }
 
+// Leave records that the node is stopping gracefully: it marks the node
+// DOWN at once with NodeLeftMessage, so the orchestrator replaces its tasks
+// and the scheduler places nothing more on it, without waiting for the
+// heartbeat deadline. The session is exempt from heartbeat expiry from then
+// on but stays valid for UpdateTaskStatus (and Assignments), so the agent
+// can report the final status of the tasks it shuts down; it ends when the
+// agent closes its Session stream. A new Session of the node marks it READY
+// again. Leave is idempotent. An unknown or ended session gets the same
+// codes as Heartbeat: codes.InvalidArgument for a missing ID, and
+// codes.NotFound otherwise.
+func (d *Dispatcher) Leave(ctx context.Context, req *api.LeaveRequest) (*api.LeaveResponse, error) {
+	dctx, exit, err := d.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer exit()
+	nodeID, sessionID := req.GetNodeId(), req.GetSessionId()
+	s, err := d.lookup(nodeID, sessionID)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	ended := d.nodes[nodeID] != s
+	if !ended {
+		select {
+		case <-s.done:
+			ended = true
+		default:
+			s.left = true
+		}
+	}
+	d.mu.Unlock()
+	if ended {
+		return nil, status.Errorf(codes.NotFound, "session %s of node %s has ended: open a new session", sessionID, nodeID)
+	}
+
+	// The write is bounded by the caller and by the dispatcher's life.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(dctx, cancel)
+	defer stop()
+	marked := false
+	err = d.store.UpdateRetry(wctx, storeRetries, func(tx state.WriteTx) error {
+		marked = false
+		if !d.current(s) {
+			return nil // a newer session of the node marked it READY: it is back
+		}
+		n := tx.GetNode(nodeID)
+		if n == nil {
+			return fmt.Errorf("node %s: %w", nodeID, errdefs.ErrNotFound)
+		}
+		if n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN && n.GetStatus().GetMessage() == NodeLeftMessage {
+			return nil // a repeated Leave
+		}
+		n.Status = &api.NodeStatus{
+			State:     api.NodeState_NODE_STATE_DOWN,
+			Message:   NodeLeftMessage,
+			Addr:      n.GetStatus().GetAddr(),
+			Timestamp: d.cfg.Clock.Now().UnixNano(),
+		}
+		marked = true
+		return tx.UpdateNode(n)
+	})
+	if err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil, status.Errorf(codes.NotFound, "node %s is not a member of the cluster: %v", nodeID, err)
+		}
+		if dctx.Err() != nil {
+			return nil, status.Error(codes.Unavailable, "dispatcher stopped")
+		}
+		if ctx.Err() != nil {
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		return nil, status.Errorf(codes.Unavailable, "recording that node %s left: %v", nodeID, err)
+	}
+	if marked {
+		d.m.nodesLeft.Inc()
+		d.log.Info("node left; marked down", "node", nodeID, "session", sessionID, "reason", NodeLeftMessage)
+	}
+	return &api.LeaveResponse{}, nil
+}
+
+// current reports whether s is still its node's session and has not ended.
+func (d *Dispatcher) current(s *session) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.nodes[s.nodeID] != s {
+		return false
+	}
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // expiryLoop marks nodes DOWN when their deadline passes.
 func (d *Dispatcher) expiryLoop(ctx context.Context) {
 	t := d.cfg.Clock.NewTimer(d.cfg.deadline())
@@ -385,6 +495,11 @@ func (d *Dispatcher) expiryLoop(ctx context.Context) {
 		var next time.Time
 		d.mu.Lock()
 		for id, s := range d.nodes {
+			if s.left {
+				// DOWN already; the session lasts until the agent closes it
+				// (or a new session replaces it, or the dispatcher stops).
+				continue
+			}
 			if !s.deadline.After(now) {
 				expired = append(expired, s)
 				delete(d.nodes, id)

@@ -20,6 +20,14 @@
 // the latest status per task, and writes the queue in one store transaction
 // per StatusBatchInterval, answering each RPC once its reports are written.
 //
+// A worker that stops gracefully says so with Leave: the dispatcher marks
+// the node DOWN at once with the message NodeLeftMessage ("node stopped"),
+// so the orchestrator replaces its tasks and the scheduler places nothing
+// more on it without waiting for the heartbeat deadline. The session is no
+// longer subject to the deadline but stays valid for UpdateTaskStatus until
+// the agent closes it, so the agent can report how its tasks ended. A later
+// Session of the node (it restarted) marks it READY again.
+//
 // # Agent behaviour
 //
 // The agent drives each task's runtime.Controller through the task state
@@ -31,6 +39,13 @@
 // sent when a session opens again, and the new complete assignment set is
 // reconciled: tasks no longer assigned are stopped and removed, tasks to be
 // shut down are shut down, new tasks are started.
+//
+// Agent.Stop leaves gracefully: with a session open it calls Leave, shuts
+// every task down, sends the tasks' final statuses (SHUTDOWN for those it
+// stopped) and waits for the dispatcher to acknowledge them, all bounded by
+// Stop's context, then closes the session. From the moment Stop begins the
+// agent opens no new session. Without a session it only shuts the tasks
+// down; the manager then notices the missed heartbeats.
 //
 // # Leadership
 //

@@ -96,3 +96,58 @@ func ExampleNewAgent() {
 	// dispatch: AgentConfig.Managers: must not be nil
 	// AgentConfig.Runtime: must not be nil
 }
+
+// A worker that stops gracefully leaves: its node is DOWN with
+// NodeLeftMessage as soon as Stop returns, and its task's final status is
+// recorded, without waiting for the heartbeat deadline.
+func ExampleAgent_Stop() {
+	ctx := context.Background()
+	store := state.NewInMemory(state.Config{})
+	defer store.Close()
+	_ = store.Update(ctx, func(tx state.WriteTx) error {
+		if err := tx.CreateNode(&api.Node{Id: "worker1"}); err != nil {
+			return err
+		}
+		return tx.CreateTask(&api.Task{Id: "task1", NodeId: "worker1",
+			Spec:         &api.TaskSpec{Command: []string{"sleep", "60"}},
+			DesiredState: api.TaskState_TASK_STATE_RUNNING,
+			Status:       &api.TaskStatus{State: api.TaskState_TASK_STATE_ASSIGNED}})
+	})
+	d, err := dispatch.NewDispatcher(store, dispatch.DefaultDispatcherConfig())
+	if err != nil {
+		panic(err)
+	}
+	_ = d.Start(ctx)
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := grpc.NewServer()
+	api.RegisterDispatcherServer(srv, d)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	defer func() { _ = d.Stop(ctx) }()
+
+	rt := runtimetest.New()
+	cfg := dispatch.DefaultAgentConfig()
+	cfg.NodeID = "worker1"
+	cfg.Managers = func() []string { return []string{lis.Addr().String()} }
+	cfg.Runtime = rt
+	agent, err := dispatch.NewAgent(cfg)
+	if err != nil {
+		panic(err)
+	}
+	_ = agent.Start(ctx)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_ = rt.WaitStarted(wctx, "task1")
+
+	if err := agent.Stop(wctx); err != nil {
+		panic(err)
+	}
+	store.View(func(tx state.ReadTx) {
+		n, t := tx.GetNode("worker1"), tx.GetTask("task1")
+		fmt.Println(n.GetStatus().GetState(), n.GetStatus().GetMessage() == dispatch.NodeLeftMessage)
+		fmt.Println(t.GetStatus().GetState())
+	})
+	// Output:
+	// NODE_STATE_DOWN true
+	// TASK_STATE_SHUTDOWN
+}

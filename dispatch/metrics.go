@@ -12,6 +12,7 @@ type dispatcherMetrics struct {
 	sessions       prometheus.Gauge
 	heartbeats     prometheus.Counter
 	nodesDown      prometheus.Counter
+	nodesLeft      prometheus.Counter
 	statusUpdates  *prometheus.CounterVec
 	statusWrites   prometheus.Counter
 	statusBatchLen prometheus.Histogram
@@ -31,6 +32,10 @@ func newDispatcherMetrics(reg prometheus.Registerer) *dispatcherMetrics {
 			Namespace: "shoal", Subsystem: "dispatcher", Name: "nodes_down_total",
 			Help: "Nodes marked DOWN after missing their heartbeat deadline.",
 		}),
+		nodesLeft: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "shoal", Subsystem: "dispatcher", Name: "nodes_left_total",
+			Help: "Nodes marked DOWN because their agent left gracefully (Leave).",
+		}),
 		statusUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "shoal", Subsystem: "dispatcher", Name: "task_status_updates_total",
 			Help: "Task status reports received, by result (queued, foreign, invalid).",
@@ -49,6 +54,7 @@ func newDispatcherMetrics(reg prometheus.Registerer) *dispatcherMetrics {
 		m.sessions = register(reg, m.sessions)
 		m.heartbeats = register(reg, m.heartbeats)
 		m.nodesDown = register(reg, m.nodesDown)
+		m.nodesLeft = register(reg, m.nodesLeft)
 		m.statusUpdates = register(reg, m.statusUpdates)
 		m.statusWrites = register(reg, m.statusWrites)
 		m.statusBatchLen = register(reg, m.statusBatchLen)

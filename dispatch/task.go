@@ -200,6 +200,7 @@ func (r *taskRunner) run() {
 	}()
 	var res waitResult
 	stopped := false
+	why := "shut down" // the prefix of the SHUTDOWN status message
 	select {
 	case res = <-waitCh:
 	case <-r.stopReq:
@@ -209,17 +210,26 @@ func (r *taskRunner) run() {
 		}
 		res = <-waitCh
 	case <-r.a.stopping:
-		wcancel()
-		<-waitCh
-		return // the agent is stopping: cleanup shuts the task down
+		// The agent is stopping: shut the task down here rather than in
+		// cleanup, so that its final status is reported before the agent
+		// flushes its reports and leaves.
+		stopped = true
+		why = "shut down: the worker is stopping"
+		if err := ctl.Shutdown(r.a.taskCtx); err != nil {
+			r.a.log.Warn("task shutdown failed", "task", r.id, "err", err)
+			wcancel() // the task may never exit: stop waiting for it
+		}
+		res = <-waitCh
 	}
 	switch {
-	case res.err != nil && r.agentStopping():
+	case res.err != nil && r.a.taskCtx.Err() != nil:
+		// Stop's context ended while the task was shutting down: there is
+		// no final status to report, and no time left to report it.
 		return
 	case stopped && res.err == nil:
-		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down: "+res.st.String(), "", int32(res.st.Code))
+		r.report(api.TaskState_TASK_STATE_SHUTDOWN, why+": "+res.st.String(), "", int32(res.st.Code))
 	case stopped:
-		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down", res.err.Error(), 0)
+		r.report(api.TaskState_TASK_STATE_SHUTDOWN, why, res.err.Error(), 0)
 	case res.err != nil:
 		r.report(api.TaskState_TASK_STATE_FAILED, "waiting for the task failed", res.err.Error(), 0)
 	case res.st.Success():
@@ -238,7 +248,8 @@ func (r *taskRunner) run() {
 func (r *taskRunner) failed(what string, err error) {
 	switch {
 	case r.agentStopping():
-		// Not the task's fault; the agent is going away.
+		// Not the task's fault; the agent is going away, and so is the task.
+		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down before it started: the worker is stopping", "", 0)
 	case r.stopRequested() || errors.Is(err, runtime.ErrShutdown):
 		r.report(api.TaskState_TASK_STATE_SHUTDOWN, "shut down before it started", "", 0)
 	case errors.Is(err, runtime.ErrInvalidTask):

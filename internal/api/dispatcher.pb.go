@@ -548,6 +548,94 @@ func (*UpdateTaskStatusResponse) Descriptor() ([]byte, []int) {
 	return file_dispatcher_proto_rawDescGZIP(), []int{8}
 }
 
+type LeaveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	SessionId     string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveRequest) Reset() {
+	*x = LeaveRequest{}
+	mi := &file_dispatcher_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveRequest) ProtoMessage() {}
+
+func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
+func (*LeaveRequest) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LeaveRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *LeaveRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+type LeaveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveResponse) Reset() {
+	*x = LeaveResponse{}
+	mi := &file_dispatcher_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveResponse) ProtoMessage() {}
+
+func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dispatcher_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
+func (*LeaveResponse) Descriptor() ([]byte, []int) {
+	return file_dispatcher_proto_rawDescGZIP(), []int{10}
+}
+
 var File_dispatcher_proto protoreflect.FileDescriptor
 
 const file_dispatcher_proto_rawDesc = "" +
@@ -587,13 +675,19 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x125\n" +
 	"\aupdates\x18\x03 \x03(\v2\x1b.shoal.api.TaskStatusUpdateR\aupdates\"\x1a\n" +
-	"\x18UpdateTaskStatusResponse2\xc3\x02\n" +
+	"\x18UpdateTaskStatusResponse\"F\n" +
+	"\fLeaveRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\"\x0f\n" +
+	"\rLeaveResponse2\xff\x02\n" +
 	"\n" +
 	"Dispatcher\x12A\n" +
 	"\aSession\x12\x19.shoal.api.SessionRequest\x1a\x19.shoal.api.SessionMessage0\x01\x12F\n" +
 	"\tHeartbeat\x12\x1b.shoal.api.HeartbeatRequest\x1a\x1c.shoal.api.HeartbeatResponse\x12M\n" +
 	"\vAssignments\x12\x1d.shoal.api.AssignmentsRequest\x1a\x1d.shoal.api.AssignmentsMessage0\x01\x12[\n" +
-	"\x10UpdateTaskStatus\x12\".shoal.api.UpdateTaskStatusRequest\x1a#.shoal.api.UpdateTaskStatusResponseB'Z%github.com/shoalhq/shoal/internal/apib\x06proto3"
+	"\x10UpdateTaskStatus\x12\".shoal.api.UpdateTaskStatusRequest\x1a#.shoal.api.UpdateTaskStatusResponse\x12:\n" +
+	"\x05Leave\x12\x17.shoal.api.LeaveRequest\x1a\x18.shoal.api.LeaveResponseB'Z%github.com/shoalhq/shoal/internal/apib\x06proto3"
 
 var (
 	file_dispatcher_proto_rawDescOnce sync.Once
@@ -608,7 +702,7 @@ func file_dispatcher_proto_rawDescGZIP() []byte {
 }
 
 var file_dispatcher_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_dispatcher_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_dispatcher_proto_goTypes = []any{
 	(AssignmentsMessage_Type)(0),     // 0: shoal.api.AssignmentsMessage.Type
 	(*SessionRequest)(nil),           // 1: shoal.api.SessionRequest
@@ -620,26 +714,30 @@ var file_dispatcher_proto_goTypes = []any{
 	(*TaskStatusUpdate)(nil),         // 7: shoal.api.TaskStatusUpdate
 	(*UpdateTaskStatusRequest)(nil),  // 8: shoal.api.UpdateTaskStatusRequest
 	(*UpdateTaskStatusResponse)(nil), // 9: shoal.api.UpdateTaskStatusResponse
-	(*NodeDescription)(nil),          // 10: shoal.api.NodeDescription
-	(*Task)(nil),                     // 11: shoal.api.Task
-	(*TaskStatus)(nil),               // 12: shoal.api.TaskStatus
+	(*LeaveRequest)(nil),             // 10: shoal.api.LeaveRequest
+	(*LeaveResponse)(nil),            // 11: shoal.api.LeaveResponse
+	(*NodeDescription)(nil),          // 12: shoal.api.NodeDescription
+	(*Task)(nil),                     // 13: shoal.api.Task
+	(*TaskStatus)(nil),               // 14: shoal.api.TaskStatus
 }
 var file_dispatcher_proto_depIdxs = []int32{
-	10, // 0: shoal.api.SessionRequest.description:type_name -> shoal.api.NodeDescription
+	12, // 0: shoal.api.SessionRequest.description:type_name -> shoal.api.NodeDescription
 	0,  // 1: shoal.api.AssignmentsMessage.type:type_name -> shoal.api.AssignmentsMessage.Type
-	11, // 2: shoal.api.AssignmentsMessage.update:type_name -> shoal.api.Task
-	12, // 3: shoal.api.TaskStatusUpdate.status:type_name -> shoal.api.TaskStatus
+	13, // 2: shoal.api.AssignmentsMessage.update:type_name -> shoal.api.Task
+	14, // 3: shoal.api.TaskStatusUpdate.status:type_name -> shoal.api.TaskStatus
 	7,  // 4: shoal.api.UpdateTaskStatusRequest.updates:type_name -> shoal.api.TaskStatusUpdate
 	1,  // 5: shoal.api.Dispatcher.Session:input_type -> shoal.api.SessionRequest
 	3,  // 6: shoal.api.Dispatcher.Heartbeat:input_type -> shoal.api.HeartbeatRequest
 	5,  // 7: shoal.api.Dispatcher.Assignments:input_type -> shoal.api.AssignmentsRequest
 	8,  // 8: shoal.api.Dispatcher.UpdateTaskStatus:input_type -> shoal.api.UpdateTaskStatusRequest
-	2,  // 9: shoal.api.Dispatcher.Session:output_type -> shoal.api.SessionMessage
-	4,  // 10: shoal.api.Dispatcher.Heartbeat:output_type -> shoal.api.HeartbeatResponse
-	6,  // 11: shoal.api.Dispatcher.Assignments:output_type -> shoal.api.AssignmentsMessage
-	9,  // 12: shoal.api.Dispatcher.UpdateTaskStatus:output_type -> shoal.api.UpdateTaskStatusResponse
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
+	10, // 9: shoal.api.Dispatcher.Leave:input_type -> shoal.api.LeaveRequest
+	2,  // 10: shoal.api.Dispatcher.Session:output_type -> shoal.api.SessionMessage
+	4,  // 11: shoal.api.Dispatcher.Heartbeat:output_type -> shoal.api.HeartbeatResponse
+	6,  // 12: shoal.api.Dispatcher.Assignments:output_type -> shoal.api.AssignmentsMessage
+	9,  // 13: shoal.api.Dispatcher.UpdateTaskStatus:output_type -> shoal.api.UpdateTaskStatusResponse
+	11, // 14: shoal.api.Dispatcher.Leave:output_type -> shoal.api.LeaveResponse
+	10, // [10:15] is the sub-list for method output_type
+	5,  // [5:10] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -657,7 +755,7 @@ func file_dispatcher_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dispatcher_proto_rawDesc), len(file_dispatcher_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

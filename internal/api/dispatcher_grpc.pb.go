@@ -25,6 +25,7 @@ const (
 	Dispatcher_Heartbeat_FullMethodName        = "/shoal.api.Dispatcher/Heartbeat"
 	Dispatcher_Assignments_FullMethodName      = "/shoal.api.Dispatcher/Assignments"
 	Dispatcher_UpdateTaskStatus_FullMethodName = "/shoal.api.Dispatcher/UpdateTaskStatus"
+	Dispatcher_Leave_FullMethodName            = "/shoal.api.Dispatcher/Leave"
 )
 
 // DispatcherClient is the client API for Dispatcher service.
@@ -42,6 +43,15 @@ type DispatcherClient interface {
 	Assignments(ctx context.Context, in *AssignmentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AssignmentsMessage], error)
 	// UpdateTaskStatus reports the status of the node's own tasks.
 	UpdateTaskStatus(ctx context.Context, in *UpdateTaskStatusRequest, opts ...grpc.CallOption) (*UpdateTaskStatusResponse, error)
+	// Leave says that the node is stopping gracefully. The dispatcher marks it
+	// DOWN at once (status message "node stopped"), so its tasks are replaced
+	// without waiting for the heartbeat deadline, and no longer watches the
+	// session's heartbeat deadline. The session stays valid for
+	// UpdateTaskStatus until the agent closes it, so the agent can report the
+	// final status of the tasks it shuts down. An unknown or ended session gets
+	// the same codes as Heartbeat. A later Session of the same node marks it
+	// READY again.
+	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
 }
 
 type dispatcherClient struct {
@@ -110,6 +120,16 @@ func (c *dispatcherClient) UpdateTaskStatus(ctx context.Context, in *UpdateTaskS
 	return out, nil
 }
 
+func (c *dispatcherClient) Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaveResponse)
+	err := c.cc.Invoke(ctx, Dispatcher_Leave_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DispatcherServer is the server API for Dispatcher service.
 // All implementations must embed UnimplementedDispatcherServer
 // for forward compatibility.
@@ -125,6 +145,15 @@ type DispatcherServer interface {
 	Assignments(*AssignmentsRequest, grpc.ServerStreamingServer[AssignmentsMessage]) error
 	// UpdateTaskStatus reports the status of the node's own tasks.
 	UpdateTaskStatus(context.Context, *UpdateTaskStatusRequest) (*UpdateTaskStatusResponse, error)
+	// Leave says that the node is stopping gracefully. The dispatcher marks it
+	// DOWN at once (status message "node stopped"), so its tasks are replaced
+	// without waiting for the heartbeat deadline, and no longer watches the
+	// session's heartbeat deadline. The session stays valid for
+	// UpdateTaskStatus until the agent closes it, so the agent can report the
+	// final status of the tasks it shuts down. An unknown or ended session gets
+	// the same codes as Heartbeat. A later Session of the same node marks it
+	// READY again.
+	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
 	mustEmbedUnimplementedDispatcherServer()
 }
 
@@ -146,6 +175,9 @@ func (UnimplementedDispatcherServer) Assignments(*AssignmentsRequest, grpc.Serve
 }
 func (UnimplementedDispatcherServer) UpdateTaskStatus(context.Context, *UpdateTaskStatusRequest) (*UpdateTaskStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateTaskStatus not implemented")
+}
+func (UnimplementedDispatcherServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Leave not implemented")
 }
 func (UnimplementedDispatcherServer) mustEmbedUnimplementedDispatcherServer() {}
 func (UnimplementedDispatcherServer) testEmbeddedByValue()                    {}
@@ -226,6 +258,24 @@ func _Dispatcher_UpdateTaskStatus_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Dispatcher_Leave_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DispatcherServer).Leave(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Dispatcher_Leave_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DispatcherServer).Leave(ctx, req.(*LeaveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Dispatcher_ServiceDesc is the grpc.ServiceDesc for Dispatcher service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -240,6 +290,10 @@ var Dispatcher_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateTaskStatus",
 			Handler:    _Dispatcher_UpdateTaskStatus_Handler,
+		},
+		{
+			MethodName: "Leave",
+			Handler:    _Dispatcher_Leave_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
