@@ -154,16 +154,28 @@ func (d *Driver) run(ctx context.Context, w *state.Watcher) {
 				d.dirty = true
 			} else {
 				d.handle(e)
-				// Take everything already queued before a pass, so a
-				// transaction that created many tasks is placed as one group.
+				// Take the rest of the transaction (its events are already
+				// queued) and whatever else is queued, so a transaction that
+				// created many tasks is placed in one pass.
+				last := e.Last
 			drain:
 				for {
+					if !last {
+						e, ok := <-w.C
+						if !ok {
+							break drain
+						}
+						d.handle(e)
+						last = e.Last
+						continue
+					}
 					select {
 					case e, ok := <-w.C:
 						if !ok {
 							break drain
 						}
 						d.handle(e)
+						last = e.Last
 					default:
 						break drain
 					}
@@ -330,23 +342,25 @@ func (d *Driver) commit(ctx context.Context, decisions []scheduler.Decision, rea
 		chunk := work[start:min(start+d.cfg.BatchSize, len(work))]
 		err := d.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
 			for _, o := range chunk {
-				t := tx.GetTask(o.taskID)
-				if t == nil || !isPending(t) {
-					continue
-				}
-				if o.nodeID == "" {
-					if t.Status.GetMessage() == o.reason {
-						continue
+				err := tx.ModifyTask(o.taskID, func(t *api.Task) error {
+					if !isPending(t) {
+						return state.ErrSkip
 					}
-					t.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_PENDING, Timestamp: t.Status.GetTimestamp(), Message: o.reason}
-				} else {
+					if o.nodeID == "" {
+						if t.Status.GetMessage() == o.reason {
+							return state.ErrSkip
+						}
+						t.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_PENDING, Timestamp: t.Status.GetTimestamp(), Message: o.reason}
+						return nil
+					}
 					if t.NodeId != "" && t.NodeId != o.nodeID {
-						continue
+						return state.ErrSkip
 					}
 					t.NodeId = o.nodeID
 					t.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_ASSIGNED, Timestamp: now, Message: "scheduler assigned task to node"}
-				}
-				if err := tx.UpdateTask(t); err != nil {
+					return nil
+				})
+				if err != nil && !errors.Is(err, state.ErrNotFound) {
 					return err
 				}
 			}

@@ -3,11 +3,14 @@ package state
 import (
 	"context"
 	"sync"
+
+	"github.com/shoalhq/shoal/internal/api"
 )
 
 // memLog is an in-memory, single-node Log: Propose applies the entry at once,
-// in order, under a lock. It has no durability; it is for tests and for the
-// pure components' benchmarks.
+// in order, under a lock. It has no durability and needs no encoding: the
+// store hands it requests as they are (proposeRequest). It is for tests and
+// for the components' benchmarks; Propose serves callers that have bytes.
 type memLog struct {
 	mu  sync.Mutex
 	s   *Store
@@ -22,6 +25,17 @@ func (l *memLog) Propose(ctx context.Context, data []byte) (any, error) {
 	defer l.mu.Unlock()
 	l.idx++
 	return l.s.Apply(l.idx, data), nil
+}
+
+// proposeRequest applies the request without encoding it.
+func (l *memLog) proposeRequest(ctx context.Context, req *api.StoreRequest) (any, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.idx++
+	return l.s.applyRequest(l.idx, req), nil
 }
 
 // NewInMemory returns a store attached to an in-memory single-node log.

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	memdb "github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoalhq/shoal/internal/api"
@@ -20,14 +19,11 @@ const (
 
 // Index names. Not every table has every index; see schema().
 const (
-	indexID           = "id"
-	indexName         = "name"
-	indexServiceID    = "service_id"
-	indexNodeID       = "node_id"
-	indexSlot         = "slot"
-	indexDesiredState = "desired_state"
-	indexTaskState    = "task_state"
-	indexRole         = "role"
+	indexID        = "id"
+	indexName      = "name"
+	indexServiceID = "service_id"
+	indexNodeID    = "node_id"
+	indexRole      = "role"
 )
 
 // Kind names the type of a stored object.
@@ -92,102 +88,51 @@ func setMeta(o Object, m *api.Meta) {
 	}
 }
 
-// strIndexer indexes objects by a string key computed by fn. fn returns
-// false when the object has no value for the index.
-type strIndexer struct {
-	fn func(o any) (string, bool)
+// indexDef computes the key an object has in one secondary index; ok is
+// false when the object has no value for it.
+type indexDef struct {
+	name string
+	key  func(o Object) (key string, ok bool)
 }
 
-func (ix strIndexer) FromObject(o any) (bool, []byte, error) {
-	v, ok := ix.fn(o)
-	if !ok {
-		return false, nil, nil
-	}
-	return true, []byte(v + "\x00"), nil
-}
-
-func (ix strIndexer) FromArgs(args ...any) ([]byte, error) {
-	if len(args) != 1 {
-		return nil, fmt.Errorf("index takes one argument, got %d", len(args))
-	}
-	s, ok := args[0].(string)
-	if !ok {
-		return nil, fmt.Errorf("index argument must be a string, got %T", args[0])
-	}
-	return []byte(s + "\x00"), nil
-}
-
-func (ix strIndexer) PrefixFromArgs(args ...any) ([]byte, error) {
-	b, err := ix.FromArgs(args...)
-	if err != nil {
-		return nil, err
-	}
-	return b[:len(b)-1], nil
-}
-
-func idIndex() *memdb.IndexSchema {
-	return &memdb.IndexSchema{Name: indexID, Unique: true, Indexer: strIndexer{func(o any) (string, bool) {
-		return o.(Object).GetId(), true
-	}}}
-}
-
-func index(name string, fn func(o any) (string, bool)) *memdb.IndexSchema {
-	return &memdb.IndexSchema{Name: name, AllowMissing: true, Indexer: strIndexer{fn}}
-}
-
-func slotKey(serviceID string, slot uint64) string { return fmt.Sprintf("%s/%d", serviceID, slot) }
-
-func enumKey(n int32) string { return fmt.Sprintf("%d", n) }
-
-func schema() *memdb.DBSchema {
-	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
-		tableNode: {Name: tableNode, Indexes: map[string]*memdb.IndexSchema{
-			indexID: idIndex(),
-			indexName: index(indexName, func(o any) (string, bool) {
+// schema lists each kind's secondary indexes (the ID is the primary key).
+func schema() map[Kind][]indexDef {
+	return map[Kind][]indexDef{
+		KindNode: {
+			{indexName, func(o Object) (string, bool) {
 				h := o.(*api.Node).GetDescription().GetHostname()
 				return strings.ToLower(h), h != ""
-			}),
-			indexRole: index(indexRole, func(o any) (string, bool) {
+			}},
+			{indexRole, func(o Object) (string, bool) {
 				return enumKey(int32(o.(*api.Node).GetRole())), true
-			}),
-		}},
-		tableService: {Name: tableService, Indexes: map[string]*memdb.IndexSchema{
-			indexID: idIndex(),
-			indexName: index(indexName, func(o any) (string, bool) {
+			}},
+		},
+		KindService: {
+			{indexName, func(o Object) (string, bool) {
 				n := o.(*api.Service).GetSpec().GetName()
 				return strings.ToLower(n), n != ""
-			}),
-		}},
-		tableTask: {Name: tableTask, Indexes: map[string]*memdb.IndexSchema{
-			indexID: idIndex(),
-			indexServiceID: index(indexServiceID, func(o any) (string, bool) {
+			}},
+		},
+		KindTask: {
+			{indexServiceID, func(o Object) (string, bool) {
 				t := o.(*api.Task)
 				return t.GetServiceId(), t.GetServiceId() != ""
-			}),
-			indexNodeID: index(indexNodeID, func(o any) (string, bool) {
+			}},
+			{indexNodeID, func(o Object) (string, bool) {
 				t := o.(*api.Task)
 				return t.GetNodeId(), t.GetNodeId() != ""
-			}),
-			indexSlot: index(indexSlot, func(o any) (string, bool) {
-				t := o.(*api.Task)
-				return slotKey(t.GetServiceId(), t.GetSlot()), t.GetServiceId() != ""
-			}),
-			indexDesiredState: index(indexDesiredState, func(o any) (string, bool) {
-				return enumKey(int32(o.(*api.Task).GetDesiredState())), true
-			}),
-			indexTaskState: index(indexTaskState, func(o any) (string, bool) {
-				return enumKey(int32(o.(*api.Task).GetStatus().GetState())), true
-			}),
-		}},
-		tableCluster: {Name: tableCluster, Indexes: map[string]*memdb.IndexSchema{
-			indexID: idIndex(),
-			indexName: index(indexName, func(o any) (string, bool) {
+			}},
+		},
+		KindCluster: {
+			{indexName, func(o Object) (string, bool) {
 				n := o.(*api.Cluster).GetSpec().GetName()
 				return strings.ToLower(n), n != ""
-			}),
-		}},
-	}}
+			}},
+		},
+	}
 }
+
+func enumKey(n int32) string { return fmt.Sprintf("%d", n) }
 
 // By selects objects in a Find call.
 type By struct {
@@ -218,21 +163,6 @@ func ByServiceID(id string) By {
 
 // ByNodeID selects the tasks assigned to a node.
 func ByNodeID(id string) By { return By{index: indexNodeID, arg: id, tables: []string{tableTask}} }
-
-// BySlot selects the tasks of one slot of a replicated service.
-func BySlot(serviceID string, slot uint64) By {
-	return By{index: indexSlot, arg: slotKey(serviceID, slot), tables: []string{tableTask}}
-}
-
-// ByDesiredState selects tasks by desired state.
-func ByDesiredState(s api.TaskState) By {
-	return By{index: indexDesiredState, arg: enumKey(int32(s)), tables: []string{tableTask}}
-}
-
-// ByTaskState selects tasks by their observed state (Status.State).
-func ByTaskState(s api.TaskState) By {
-	return By{index: indexTaskState, arg: enumKey(int32(s)), tables: []string{tableTask}}
-}
 
 // ByRole selects nodes by role.
 func ByRole(r api.NodeRole) By {

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	memdb "github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoalhq/shoal/internal/api"
@@ -53,18 +52,26 @@ type Config struct {
 // Log and become visible only when the log applies them (Apply), on every
 // member alike. Objects returned by reads are copies the caller may keep and
 // modify; objects in watch events are shared and must not be modified.
+//
+// View, ViewAndWatch and Update callbacks run under the store's read lock:
+// they must be short, and must not call View, Update or Watch themselves.
 type Store struct {
 	cfg Config
-	db  *memdb.MemDB
+
+	// mu guards the tables and index: readers (View, the callbacks of
+	// Update) share it, Apply and Restore take it alone.
+	mu     sync.RWMutex
+	tables map[Kind]*table
+	index  uint64 // last applied log index
 
 	logMu sync.RWMutex
 	log   Log
 
-	// pubMu orders commits with watch subscriptions, so ViewAndWatch sees
-	// every change after its snapshot exactly once.
+	// pubMu guards watchers. Apply publishes while holding mu, so a
+	// subscription made under mu's read lock (ViewAndWatch) sees every change
+	// after its snapshot exactly once.
 	pubMu    sync.Mutex
 	watchers map[*watcher]struct{}
-	index    uint64 // last applied log index
 }
 
 // New returns an empty store. Attach a log with SetLog before writing.
@@ -78,11 +85,15 @@ func New(cfg Config) *Store {
 	if cfg.WatchBuffer <= 0 {
 		cfg.WatchBuffer = 1 << 20
 	}
-	db, err := memdb.NewMemDB(schema())
-	if err != nil {
-		panic(fmt.Sprintf("state: invalid schema: %v", err)) // a programming error, caught by every test
+	return &Store{cfg: cfg, tables: newTables(), watchers: map[*watcher]struct{}{}}
+}
+
+func newTables() map[Kind]*table {
+	tables := map[Kind]*table{}
+	for kind, defs := range schema() {
+		tables[kind] = newTable(kind, defs)
 	}
-	return &Store{cfg: cfg, db: db, watchers: map[*watcher]struct{}{}}
+	return tables
 }
 
 // SetLog attaches the log that Update proposes to.
@@ -94,14 +105,16 @@ func (s *Store) SetLog(l Log) {
 
 // Index returns the log index of the last applied change.
 func (s *Store) Index() uint64 {
-	s.pubMu.Lock()
-	defer s.pubMu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return s.index
 }
 
 // View runs fn with a read transaction over a consistent snapshot.
 func (s *Store) View(fn func(ReadTx)) {
-	fn(&readTx{txn: s.db.Txn(false)})
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fn(&readTx{s: s})
 }
 
 // Update runs fn with a write transaction. The changes fn makes are visible to
@@ -117,12 +130,10 @@ func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 	if l == nil {
 		return ErrNoLog
 	}
-	// The callback runs on a private O(1) snapshot of the tables, so it sees
-	// its own writes through every index without holding the database's
-	// writer lock, which the apply path needs for every committed entry.
-	tx := &writeTx{readTx: readTx{txn: s.db.Snapshot().Txn(true)}, now: s.cfg.Now().UnixNano(), changes: map[changeKey]int{}}
+	tx := newWriteTx(s, s.cfg.Now().UnixNano())
+	s.mu.RLock()
 	err := fn(tx)
-	tx.txn.Abort()
+	s.mu.RUnlock()
 	if err != nil {
 		return err
 	}
@@ -130,11 +141,16 @@ func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 	if len(req.Actions) == 0 {
 		return nil
 	}
-	data, err := proto.Marshal(req)
-	if err != nil {
-		return fmt.Errorf("state: encode write: %w", err)
+	var res any
+	if rl, ok := l.(requestLog); ok {
+		res, err = rl.proposeRequest(ctx, req)
+	} else {
+		var data []byte
+		if data, err = proto.Marshal(req); err != nil {
+			return fmt.Errorf("state: encode write: %w", err)
+		}
+		res, err = l.Propose(ctx, data)
 	}
-	res, err := l.Propose(ctx, data)
 	if err != nil {
 		return err
 	}
@@ -160,42 +176,63 @@ func (s *Store) UpdateRetry(ctx context.Context, attempts int, fn func(WriteTx) 
 	return err
 }
 
-// applyError is an apply outcome: the write was rejected and changed nothing.
-func applyError(format string, args ...any) error { return fmt.Errorf(format, args...) }
+// undo records how to revert one applied action.
+type undo struct {
+	kind Kind
+	id   string
+	old  Object // nil: the action created the object
+}
 
 // Apply applies one committed log entry. It is the raftstore.StateMachine
 // method; its result (nil or an error) goes back to the proposer. Every
 // member applies the same entries in the same order and reaches the same
-// state: all checks here depend only on the state and the entry.
+// state: all checks here depend only on the state and the entry, and an
+// entry that fails a check changes nothing.
 func (s *Store) Apply(idx uint64, data []byte) any {
 	var req api.StoreRequest
 	if err := proto.Unmarshal(data, &req); err != nil {
-		// An entry this store cannot decode was written by something else; it
-		// must not stop the log. Skip it but advance the index.
+		// An entry this store cannot decode must not stop the log: skip it but
+		// advance the index.
 		s.cfg.Logger.Error("state: skipping undecodable log entry", "index", idx, "err", err)
-		s.pubMu.Lock()
+		s.mu.Lock()
 		s.index = idx
-		s.pubMu.Unlock()
+		s.mu.Unlock()
 		return fmt.Errorf("state: undecodable entry: %w", err)
 	}
-	txn := s.db.Txn(true)
+	return s.applyRequest(idx, &req)
+}
+
+// requestLog is a log that needs no encoding (the in-memory log): the store
+// hands it the request, whose objects belong to the transaction alone.
+type requestLog interface {
+	proposeRequest(ctx context.Context, req *api.StoreRequest) (any, error)
+}
+
+// applyRequest applies one decoded entry; see Apply.
+func (s *Store) applyRequest(idx uint64, req *api.StoreRequest) any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.index = idx
+	s.reserve(req)
 	events := make([]Event, 0, len(req.Actions))
+	undos := make([]undo, 0, len(req.Actions))
 	for _, a := range req.Actions {
-		ev, err := applyAction(txn, idx, a)
+		ev, u, err := s.applyAction(idx, a)
 		if err != nil {
-			txn.Abort()
-			s.pubMu.Lock()
-			s.index = idx
-			s.pubMu.Unlock()
+			for i := len(undos) - 1; i >= 0; i-- {
+				t := s.tables[undos[i].kind]
+				if undos[i].old == nil {
+					t.del(undos[i].id)
+				} else {
+					t.put(undos[i].old)
+				}
+			}
 			return err
 		}
+		undos = append(undos, u)
 		events = append(events, ev)
 	}
-	s.pubMu.Lock()
-	txn.Commit()
-	s.index = idx
 	s.publish(events)
-	s.pubMu.Unlock()
 	return nil
 }
 
@@ -213,101 +250,122 @@ func actionObject(a *api.StoreAction) (Object, error) {
 	return nil, fmt.Errorf("state: store action has no object")
 }
 
-func applyAction(txn *memdb.Txn, idx uint64, a *api.StoreAction) (Event, error) {
-	obj, err := actionObject(a)
+// applyAction applies one action to the tables (mu held). The decoded object
+// is stored as it is: it belongs to this entry alone.
+func (s *Store) applyAction(idx uint64, a *api.StoreAction) (Event, undo, error) {
+	o, err := actionObject(a)
 	if err != nil {
-		return Event{}, err
+		return Event{}, undo{}, err
 	}
-	kind := KindOf(obj)
-	table := kind.table()
-	id := obj.GetId()
-	raw, err := txn.First(table, indexID, id)
-	if err != nil {
-		return Event{}, err
+	kind := KindOf(o)
+	t := s.tables[kind]
+	id := o.GetId()
+	if id == "" {
+		return Event{}, undo{}, fmt.Errorf("state: %s has no ID", kind)
 	}
-	var cur Object
-	if raw != nil {
-		cur = raw.(Object)
-	}
+	cur := t.get(id)
 	switch a.Kind {
 	case api.StoreAction_KIND_CREATE:
 		if cur != nil {
-			return Event{}, fmt.Errorf("%s %s: %w", kind, id, ErrExist)
+			return Event{}, undo{}, fmt.Errorf("%s %s: %w", kind, id, ErrExist)
 		}
-		if err := checkUnique(txn, obj, ""); err != nil {
-			return Event{}, err
+		if err := s.checkUnique(t, o, ""); err != nil {
+			return Event{}, undo{}, err
 		}
-		o := proto.Clone(obj).(Object)
-		m := proto.Clone(o.GetMeta()).(*api.Meta)
+		m := o.GetMeta()
+		if m == nil {
+			m = &api.Meta{}
+			setMeta(o, m)
+		}
 		m.Version = idx
-		setMeta(o, m)
-		if err := txn.Insert(table, o); err != nil {
-			return Event{}, err
-		}
-		return Event{Action: ActionCreate, Kind: kind, Index: idx, Object: o}, nil
+		t.put(o)
+		return Event{Action: ActionCreate, Kind: kind, Index: idx, Object: o}, undo{kind: kind, id: id}, nil
 	case api.StoreAction_KIND_UPDATE:
 		if cur == nil {
-			return Event{}, fmt.Errorf("%s %s: %w", kind, id, ErrNotFound)
+			return Event{}, undo{}, fmt.Errorf("%s %s: %w", kind, id, ErrNotFound)
 		}
-		if cur.GetMeta().GetVersion() != obj.GetMeta().GetVersion() {
-			return Event{}, fmt.Errorf("%s %s: version %d is not the current %d: %w",
-				kind, id, obj.GetMeta().GetVersion(), cur.GetMeta().GetVersion(), ErrConflict)
+		if cur.GetMeta().GetVersion() != o.GetMeta().GetVersion() {
+			return Event{}, undo{}, fmt.Errorf("%s %s: version %d is not the current %d: %w",
+				kind, id, o.GetMeta().GetVersion(), cur.GetMeta().GetVersion(), ErrConflict)
 		}
-		if err := checkUnique(txn, obj, id); err != nil {
-			return Event{}, err
+		if err := s.checkUnique(t, o, id); err != nil {
+			return Event{}, undo{}, err
 		}
-		o := proto.Clone(obj).(Object)
-		m := proto.Clone(o.GetMeta()).(*api.Meta)
+		m := o.GetMeta()
+		if m == nil {
+			m = &api.Meta{}
+			setMeta(o, m)
+		}
 		m.Version = idx
 		m.CreatedAt = cur.GetMeta().GetCreatedAt()
-		setMeta(o, m)
-		if t, ok := o.(*api.Task); ok {
+		if nt, ok := o.(*api.Task); ok {
 			// Task state only moves forward: a report that would move it back is
 			// late or duplicated, and is ignored.
-			old := cur.(*api.Task)
-			if t.GetStatus().GetState() < old.GetStatus().GetState() {
-				t.Status = old.Status
+			if old := cur.(*api.Task); nt.GetStatus().GetState() < old.GetStatus().GetState() {
+				nt.Status = old.Status
 			}
 		}
-		if err := txn.Insert(table, o); err != nil {
-			return Event{}, err
-		}
-		return Event{Action: ActionUpdate, Kind: kind, Index: idx, Object: o, Old: cur}, nil
+		t.put(o)
+		return Event{Action: ActionUpdate, Kind: kind, Index: idx, Object: o, Old: cur}, undo{kind: kind, id: id, old: cur}, nil
 	case api.StoreAction_KIND_DELETE:
 		if cur == nil {
-			return Event{}, fmt.Errorf("%s %s: %w", kind, id, ErrNotFound)
+			return Event{}, undo{}, fmt.Errorf("%s %s: %w", kind, id, ErrNotFound)
 		}
-		if err := txn.Delete(table, cur); err != nil {
-			return Event{}, err
-		}
-		return Event{Action: ActionDelete, Kind: kind, Index: idx, Object: cur}, nil
+		t.del(id)
+		return Event{Action: ActionDelete, Kind: kind, Index: idx, Object: cur}, undo{kind: kind, id: id, old: cur}, nil
 	}
-	return Event{}, fmt.Errorf("state: unknown store action kind %v", a.Kind)
+	return Event{}, undo{}, fmt.Errorf("state: unknown store action kind %v", a.Kind)
 }
 
-// checkUnique enforces unique service names (case-insensitive) and cluster
-// names. self is the ID of the object being updated ("" on create).
-func checkUnique(txn *memdb.Txn, o Object, self string) error {
-	var name string
+// reserve grows a table's maps ahead of an entry that creates many objects
+// (a bulk create of tasks or nodes), instead of letting them rehash many
+// times while the entry is applied.
+func (s *Store) reserve(req *api.StoreRequest) {
+	if len(req.Actions) < 1024 {
+		return
+	}
+	creates := map[Kind]int{}
+	for _, a := range req.Actions {
+		if a.Kind == api.StoreAction_KIND_CREATE {
+			if o, err := actionObject(a); err == nil {
+				creates[KindOf(o)]++
+			}
+		}
+	}
+	for kind, n := range creates {
+		if t := s.tables[kind]; t != nil && n > len(t.objs) {
+			t.grow(n)
+		}
+	}
+}
+
+// uniqueName returns the name that must be unique for o's kind.
+func uniqueName(o Object) (string, bool) {
 	switch v := o.(type) {
 	case *api.Service:
-		name = v.GetSpec().GetName()
+		return v.GetSpec().GetName(), v.GetSpec().GetName() != ""
 	case *api.Cluster:
-		name = v.GetSpec().GetName()
-	default:
+		return v.GetSpec().GetName(), v.GetSpec().GetName() != ""
+	}
+	return "", false
+}
+
+func nameTaken(kind Kind, name, by string) error {
+	return fmt.Errorf("%s name %q is used by %s %s: %w", kind, name, kind, by, ErrExist)
+}
+
+// checkUnique enforces unique service and cluster names (case-insensitive)
+// at apply time. self is the ID being written ("" on create).
+func (s *Store) checkUnique(t *table, o Object, self string) error {
+	name, ok := uniqueName(o)
+	if !ok {
 		return nil
 	}
-	if name == "" {
-		return nil
-	}
-	kind := KindOf(o)
-	it, err := txn.Get(kind.table(), indexName, ByName(name).arg)
-	if err != nil {
-		return err
-	}
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		if raw.(Object).GetId() != self {
-			return fmt.Errorf("%s name %q is used by %s %s: %w", kind, name, kind, raw.(Object).GetId(), ErrExist)
+	set := map[string]struct{}{}
+	t.candidates(ByName(name), set)
+	for id := range set {
+		if id != self {
+			return nameTaken(t.kind, name, id)
 		}
 	}
 	return nil
@@ -317,71 +375,59 @@ func checkUnique(txn *memdb.Txn, o Object, self string) error {
 // method.
 func (s *Store) Snapshot() ([]byte, error) {
 	var snap api.StoreSnapshot
-	txn := s.db.Txn(false)
-	for _, k := range []Kind{KindNode, KindService, KindTask, KindCluster} {
-		it, err := txn.Get(k.table(), indexID+"_prefix", "")
-		if err != nil {
-			return nil, err
-		}
-		for raw := it.Next(); raw != nil; raw = it.Next() {
-			switch v := raw.(type) {
-			case *api.Node:
-				snap.Nodes = append(snap.Nodes, v)
-			case *api.Service:
-				snap.Services = append(snap.Services, v)
-			case *api.Task:
-				snap.Tasks = append(snap.Tasks, v)
-			case *api.Cluster:
-				snap.Clusters = append(snap.Clusters, v)
-			}
-		}
+	s.mu.RLock()
+	for _, id := range sortedIDs(keys(s.tables[KindNode].objs)) {
+		snap.Nodes = append(snap.Nodes, s.tables[KindNode].objs[id].(*api.Node))
 	}
+	for _, id := range sortedIDs(keys(s.tables[KindService].objs)) {
+		snap.Services = append(snap.Services, s.tables[KindService].objs[id].(*api.Service))
+	}
+	for _, id := range sortedIDs(keys(s.tables[KindTask].objs)) {
+		snap.Tasks = append(snap.Tasks, s.tables[KindTask].objs[id].(*api.Task))
+	}
+	for _, id := range sortedIDs(keys(s.tables[KindCluster].objs)) {
+		snap.Clusters = append(snap.Clusters, s.tables[KindCluster].objs[id].(*api.Cluster))
+	}
+	s.mu.RUnlock()
+	// Stored objects are never modified, so encoding after unlocking is safe.
 	return proto.MarshalOptions{Deterministic: true}.Marshal(&snap)
+}
+
+func keys(m map[string]Object) map[string]struct{} {
+	out := make(map[string]struct{}, len(m))
+	for k := range m {
+		out[k] = struct{}{}
+	}
+	return out
 }
 
 // Restore replaces the whole state with a snapshot taken at log index idx.
 // Watchers are closed (their channels close with ErrWatchReset), because
 // they cannot be told the difference in events: they view and watch again.
+// A snapshot that does not decode changes nothing.
 func (s *Store) Restore(idx uint64, data []byte) error {
 	var snap api.StoreSnapshot
 	if err := proto.Unmarshal(data, &snap); err != nil {
 		return fmt.Errorf("state: decode snapshot: %w", err)
 	}
-	txn := s.db.Txn(true)
-	for _, k := range []Kind{KindNode, KindService, KindTask, KindCluster} {
-		if _, err := txn.DeleteAll(k.table(), indexID+"_prefix", ""); err != nil {
-			txn.Abort()
-			return err
-		}
-	}
-	insert := func(table string, o Object) error { return txn.Insert(table, o) }
+	tables := newTables()
 	for _, o := range snap.Nodes {
-		if err := insert(tableNode, o); err != nil {
-			txn.Abort()
-			return err
-		}
+		tables[KindNode].put(o)
 	}
 	for _, o := range snap.Services {
-		if err := insert(tableService, o); err != nil {
-			txn.Abort()
-			return err
-		}
+		tables[KindService].put(o)
 	}
 	for _, o := range snap.Tasks {
-		if err := insert(tableTask, o); err != nil {
-			txn.Abort()
-			return err
-		}
+		tables[KindTask].put(o)
 	}
 	for _, o := range snap.Clusters {
-		if err := insert(tableCluster, o); err != nil {
-			txn.Abort()
-			return err
-		}
+		tables[KindCluster].put(o)
 	}
-	s.pubMu.Lock()
-	txn.Commit()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tables = tables
 	s.index = idx
+	s.pubMu.Lock()
 	for w := range s.watchers {
 		w.close(ErrWatchReset)
 		delete(s.watchers, w)

@@ -181,9 +181,7 @@ func TestFindSelectors(t *testing.T) {
 			want int
 		}{
 			{All(), 3}, {ByIDPrefix("a"), 2}, {ByServiceID("sa"), 2}, {ByNodeID("n1"), 2},
-			{BySlot("sa", 2), 1}, {BySlot("sb", 2), 0},
-			{ByDesiredState(api.TaskState_TASK_STATE_RUNNING), 3},
-			{ByTaskState(api.TaskState_TASK_STATE_NEW), 3},
+			{ByIDPrefix("zz"), 0}, {ByServiceID("none"), 0},
 			{Or(ByServiceID("sa"), ByNodeID("n1")), 3},
 		}
 		for _, tc := range tests {
@@ -383,4 +381,69 @@ func BenchmarkUpdateInMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func TestWriteTxIndexesSeeOverlay(t *testing.T) {
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		for i := 1; i <= 3; i++ {
+			if err := tx.CreateTask(task(fmt.Sprintf("t%d", i), "s1", uint64(i), "n1")); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		t1 := tx.GetTask("t1")
+		t1.NodeId = "n2"
+		require.NoError(t, tx.UpdateTask(t1))
+		require.NoError(t, tx.DeleteTask("t3"))
+		require.NoError(t, tx.CreateTask(task("t4", "s1", 4, "n1")))
+		onN1, err := tx.FindTasks(ByNodeID("n1"))
+		require.NoError(t, err)
+		ids := []string{}
+		for _, x := range onN1 {
+			ids = append(ids, x.Id)
+		}
+		assert.Equal(t, []string{"t2", "t4"}, ids, "moved, deleted and created tasks are seen in the index")
+		onN2, err := tx.FindTasks(ByNodeID("n2"))
+		require.NoError(t, err)
+		assert.Len(t, onN2, 1)
+		all, err := tx.FindTasks(All())
+		require.NoError(t, err)
+		assert.Len(t, all, 3)
+		// Outside the transaction nothing has changed yet.
+		return nil
+	}))
+	s.View(func(tx ReadTx) {
+		onN1, _ := tx.FindTasks(ByNodeID("n1"))
+		assert.Len(t, onN1, 2)
+		assert.Equal(t, "n2", tx.GetTask("t1").NodeId)
+	})
+}
+
+func TestApplyRollsBackAFailedEntry(t *testing.T) {
+	// Two services with one name in one entry (as a buggy or malicious
+	// proposer could write it): the second fails and the first is undone.
+	s := NewInMemory(Config{})
+	require.NoError(t, s.Update(context.Background(), func(tx WriteTx) error { return tx.CreateNode(&api.Node{Id: "n"}) }))
+	req := &api.StoreRequest{Actions: []*api.StoreAction{
+		StoreAction(api.StoreAction_KIND_CREATE, svc("a", "web")),
+		StoreAction(api.StoreAction_KIND_UPDATE, &api.Node{Id: "n", Meta: &api.Meta{Version: 1}, Spec: &api.NodeSpec{Labels: map[string]string{"x": "y"}}}),
+		StoreAction(api.StoreAction_KIND_CREATE, svc("b", "WEB")),
+	}}
+	data, err := proto.Marshal(req)
+	require.NoError(t, err)
+	res := s.Apply(5, data)
+	require.ErrorIs(t, res.(error), ErrExist)
+	s.View(func(tx ReadTx) {
+		assert.Nil(t, tx.GetService("a"))
+		assert.Nil(t, tx.GetService("b"))
+		assert.Empty(t, tx.GetNode("n").GetSpec().GetLabels(), "the update in the failed entry was undone")
+		byName, err := tx.FindServices(ByName("web"))
+		require.NoError(t, err)
+		assert.Empty(t, byName, "indexes were undone too")
+	})
+	assert.Equal(t, uint64(5), s.Index())
 }

@@ -1,10 +1,9 @@
 package state
 
 import (
+	"errors"
 	"fmt"
-	"sort"
 
-	memdb "github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoalhq/shoal/internal/api"
@@ -39,92 +38,72 @@ type WriteTx interface {
 	DeleteService(id string) error
 	CreateTask(*api.Task) error
 	UpdateTask(*api.Task) error
+	// ModifyTask updates task id with fn, the cheap way to change a few
+	// fields of many tasks (scheduling decisions, status reports). fn gets a
+	// shallow copy of the task as this transaction sees it: it may assign
+	// any field (NodeId, DesiredState, Status, ...), and may modify Status in
+	// place, but must not modify Spec in place (assign a new one instead):
+	// Spec is shared with the stored task. If fn returns an error nothing is
+	// recorded and ModifyTask returns it (ErrSkip: returns nil).
+	ModifyTask(id string, fn func(*api.Task) error) error
 	DeleteTask(id string) error
 	CreateCluster(*api.Cluster) error
 	UpdateCluster(*api.Cluster) error
 	DeleteCluster(id string) error
 }
 
+// readTx reads the store's tables; the View, ViewAndWatch or Update that
+// made it holds the store's read lock while it is used.
 type readTx struct {
-	txn *memdb.Txn
+	s *Store
 }
 
-func (tx *readTx) get(table, id string) Object {
-	raw, err := tx.txn.First(table, indexID, id)
-	if err != nil || raw == nil {
+// lookup returns the stored object (shared: callers clone before returning it).
+func (tx *readTx) lookup(kind Kind, id string) Object { return tx.s.tables[kind].get(id) }
+
+func clone(o Object) Object {
+	if o == nil {
 		return nil
 	}
-	return proto.Clone(raw.(Object)).(Object)
+	return proto.Clone(o).(Object)
 }
 
 func (tx *readTx) GetNode(id string) *api.Node {
-	o, _ := tx.get(tableNode, id).(*api.Node)
+	o, _ := clone(tx.lookup(KindNode, id)).(*api.Node)
 	return o
 }
 
 func (tx *readTx) GetService(id string) *api.Service {
-	o, _ := tx.get(tableService, id).(*api.Service)
+	o, _ := clone(tx.lookup(KindService, id)).(*api.Service)
 	return o
 }
 
 func (tx *readTx) GetTask(id string) *api.Task {
-	o, _ := tx.get(tableTask, id).(*api.Task)
+	o, _ := clone(tx.lookup(KindTask, id)).(*api.Task)
 	return o
 }
 
 func (tx *readTx) GetCluster(id string) *api.Cluster {
-	o, _ := tx.get(tableCluster, id).(*api.Cluster)
+	o, _ := clone(tx.lookup(KindCluster, id)).(*api.Cluster)
 	return o
 }
 
-// find returns copies of the matching objects, sorted by ID.
-func (tx *readTx) find(table string, by By) ([]Object, error) {
-	if err := by.check(table); err != nil {
+// find returns copies of the selected stored objects, sorted by ID.
+func (tx *readTx) find(kind Kind, by By) ([]Object, error) {
+	if err := by.check(kind.table()); err != nil {
 		return nil, err
 	}
-	seen := map[string]bool{}
-	var out []Object
-	var run func(b By) error
-	run = func(b By) error {
-		if b.or != nil {
-			for _, o := range b.or {
-				if err := run(o); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		var it memdb.ResultIterator
-		var err error
-		if b.prefix {
-			it, err = tx.txn.Get(table, b.index+"_prefix", b.arg)
-		} else {
-			it, err = tx.txn.Get(table, b.index, b.arg)
-		}
-		if err != nil {
-			return err
-		}
-		for raw := it.Next(); raw != nil; raw = it.Next() {
-			o := raw.(Object)
-			if seen[o.GetId()] {
-				continue
-			}
-			seen[o.GetId()] = true
-			out = append(out, proto.Clone(o).(Object))
-		}
-		return nil
-	}
-	if err := run(by); err != nil {
-		return nil, err
-	}
-	if by.or != nil {
-		sort.Slice(out, func(i, j int) bool { return out[i].GetId() < out[j].GetId() })
+	t := tx.s.tables[kind]
+	set := map[string]struct{}{}
+	t.candidates(by, set)
+	out := make([]Object, 0, len(set))
+	for _, id := range sortedIDs(set) {
+		out = append(out, clone(t.get(id)))
 	}
 	return out, nil
 }
 
-func findAs[T Object](tx *readTx, table string, by By) ([]T, error) {
-	objs, err := tx.find(table, by)
+func findAs[T Object](objs []Object, err error) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -135,13 +114,17 @@ func findAs[T Object](tx *readTx, table string, by By) ([]T, error) {
 	return out, nil
 }
 
-func (tx *readTx) FindNodes(by By) ([]*api.Node, error) { return findAs[*api.Node](tx, tableNode, by) }
-func (tx *readTx) FindServices(by By) ([]*api.Service, error) {
-	return findAs[*api.Service](tx, tableService, by)
+func (tx *readTx) FindNodes(by By) ([]*api.Node, error) {
+	return findAs[*api.Node](tx.find(KindNode, by))
 }
-func (tx *readTx) FindTasks(by By) ([]*api.Task, error) { return findAs[*api.Task](tx, tableTask, by) }
+func (tx *readTx) FindServices(by By) ([]*api.Service, error) {
+	return findAs[*api.Service](tx.find(KindService, by))
+}
+func (tx *readTx) FindTasks(by By) ([]*api.Task, error) {
+	return findAs[*api.Task](tx.find(KindTask, by))
+}
 func (tx *readTx) FindClusters(by By) ([]*api.Cluster, error) {
-	return findAs[*api.Cluster](tx, tableCluster, by)
+	return findAs[*api.Cluster](tx.find(KindCluster, by))
 }
 
 type changeKey struct {
@@ -154,15 +137,114 @@ type change struct {
 	obj  Object
 }
 
+// writeTx buffers a transaction's changes in an overlay over the tables, so
+// its reads see its own writes without touching the shared tables.
 type writeTx struct {
 	readTx
 	now     int64
 	changes map[changeKey]int // index into list
 	list    []change
+	overlay map[changeKey]Object // the object as the transaction left it; nil = deleted
+}
+
+func newWriteTx(s *Store, now int64) *writeTx {
+	return &writeTx{readTx: readTx{s: s}, now: now, changes: map[changeKey]int{}, overlay: map[changeKey]Object{}}
+}
+
+// current returns the object as this transaction sees it (shared; do not modify).
+func (tx *writeTx) current(kind Kind, id string) Object {
+	if o, ok := tx.overlay[changeKey{kind.table(), id}]; ok {
+		return o
+	}
+	return tx.lookup(kind, id)
+}
+
+func (tx *writeTx) GetNode(id string) *api.Node {
+	o, _ := clone(tx.current(KindNode, id)).(*api.Node)
+	return o
+}
+
+func (tx *writeTx) GetService(id string) *api.Service {
+	o, _ := clone(tx.current(KindService, id)).(*api.Service)
+	return o
+}
+
+func (tx *writeTx) GetTask(id string) *api.Task {
+	o, _ := clone(tx.current(KindTask, id)).(*api.Task)
+	return o
+}
+
+func (tx *writeTx) GetCluster(id string) *api.Cluster {
+	o, _ := clone(tx.current(KindCluster, id)).(*api.Cluster)
+	return o
+}
+
+// find merges the tables with the overlay.
+func (tx *writeTx) find(kind Kind, by By) ([]Object, error) {
+	if err := by.check(kind.table()); err != nil {
+		return nil, err
+	}
+	t := tx.s.tables[kind]
+	set := map[string]struct{}{}
+	t.candidates(by, set)
+	table := kind.table()
+	for k, o := range tx.overlay {
+		if k.table != table {
+			continue
+		}
+		if o != nil && t.matches(o, by) {
+			set[k.id] = struct{}{}
+		} else {
+			delete(set, k.id)
+		}
+	}
+	out := make([]Object, 0, len(set))
+	for _, id := range sortedIDs(set) {
+		out = append(out, clone(tx.current(kind, id)))
+	}
+	return out, nil
+}
+
+func (tx *writeTx) FindNodes(by By) ([]*api.Node, error) {
+	return findAs[*api.Node](tx.find(KindNode, by))
+}
+func (tx *writeTx) FindServices(by By) ([]*api.Service, error) {
+	return findAs[*api.Service](tx.find(KindService, by))
+}
+func (tx *writeTx) FindTasks(by By) ([]*api.Task, error) {
+	return findAs[*api.Task](tx.find(KindTask, by))
+}
+func (tx *writeTx) FindClusters(by By) ([]*api.Cluster, error) {
+	return findAs[*api.Cluster](tx.find(KindCluster, by))
+}
+
+// checkUnique enforces unique service and cluster names (case-insensitive)
+// as the transaction sees them. self is the ID being written.
+func (tx *writeTx) checkUnique(o Object, self string) error {
+	name, ok := uniqueName(o)
+	if !ok {
+		return nil
+	}
+	kind := KindOf(o)
+	others, err := tx.find(kind, ByName(name))
+	if err != nil {
+		return err
+	}
+	for _, x := range others {
+		if x.GetId() != self {
+			return nameTaken(kind, name, x.GetId())
+		}
+	}
+	return nil
 }
 
 func (tx *writeTx) record(table string, kind api.StoreAction_Kind, o Object) {
 	k := changeKey{table, o.GetId()}
+	if kind == api.StoreAction_KIND_DELETE {
+		tx.overlay[k] = nil
+	} else {
+		tx.overlay[k] = o
+	}
 	if i, ok := tx.changes[k]; ok {
 		prev := tx.list[i].kind
 		switch {
@@ -218,19 +300,15 @@ func (tx *writeTx) create(o Object) error {
 	if o.GetId() == "" {
 		return fmt.Errorf("state: %s has no ID", kind)
 	}
-	table := kind.table()
-	if raw, _ := tx.txn.First(table, indexID, o.GetId()); raw != nil {
+	if tx.current(kind, o.GetId()) != nil {
 		return fmt.Errorf("%s %s: %w", kind, o.GetId(), ErrExist)
 	}
-	if err := checkUnique(tx.txn, o, ""); err != nil {
+	if err := tx.checkUnique(o, ""); err != nil {
 		return err
 	}
-	c := proto.Clone(o).(Object)
+	c := clone(o)
 	setMeta(c, &api.Meta{CreatedAt: tx.now, UpdatedAt: tx.now})
-	if err := tx.txn.Insert(table, c); err != nil {
-		return err
-	}
-	tx.record(table, api.StoreAction_KIND_CREATE, c)
+	tx.record(kind.table(), api.StoreAction_KIND_CREATE, c)
 	return nil
 }
 
@@ -239,42 +317,32 @@ func (tx *writeTx) update(o Object) error {
 	if kind == 0 || o == nil {
 		return fmt.Errorf("state: cannot store %T", o)
 	}
-	table := kind.table()
-	raw, _ := tx.txn.First(table, indexID, o.GetId())
-	if raw == nil {
+	cur := tx.current(kind, o.GetId())
+	if cur == nil {
 		return fmt.Errorf("%s %s: %w", kind, o.GetId(), ErrNotFound)
 	}
-	cur := raw.(Object)
 	if cur.GetMeta().GetVersion() != o.GetMeta().GetVersion() {
 		return fmt.Errorf("%s %s: version %d is not the current %d: %w",
 			kind, o.GetId(), o.GetMeta().GetVersion(), cur.GetMeta().GetVersion(), ErrConflict)
 	}
-	if err := checkUnique(tx.txn, o, o.GetId()); err != nil {
+	if err := tx.checkUnique(o, o.GetId()); err != nil {
 		return err
 	}
-	c := proto.Clone(o).(Object)
-	m := &api.Meta{Version: cur.GetMeta().GetVersion(), CreatedAt: cur.GetMeta().GetCreatedAt(), UpdatedAt: tx.now}
-	setMeta(c, m)
+	c := clone(o)
+	setMeta(c, &api.Meta{Version: cur.GetMeta().GetVersion(), CreatedAt: cur.GetMeta().GetCreatedAt(), UpdatedAt: tx.now})
 	if t, ok := c.(*api.Task); ok && t.GetStatus().GetState() < cur.(*api.Task).GetStatus().GetState() {
 		t.Status = cur.(*api.Task).Status
 	}
-	if err := tx.txn.Insert(table, c); err != nil {
-		return err
-	}
-	tx.record(table, api.StoreAction_KIND_UPDATE, c)
+	tx.record(kind.table(), api.StoreAction_KIND_UPDATE, c)
 	return nil
 }
 
 func (tx *writeTx) delete(kind Kind, id string) error {
-	table := kind.table()
-	raw, _ := tx.txn.First(table, indexID, id)
-	if raw == nil {
+	cur := tx.current(kind, id)
+	if cur == nil {
 		return fmt.Errorf("%s %s: %w", kind, id, ErrNotFound)
 	}
-	if err := tx.txn.Delete(table, raw); err != nil {
-		return err
-	}
-	tx.record(table, api.StoreAction_KIND_DELETE, raw.(Object))
+	tx.record(kind.table(), api.StoreAction_KIND_DELETE, cur)
 	return nil
 }
 
@@ -287,6 +355,58 @@ func (tx *writeTx) DeleteService(id string) error      { return tx.delete(KindSe
 func (tx *writeTx) CreateTask(o *api.Task) error       { return tx.create(o) }
 func (tx *writeTx) UpdateTask(o *api.Task) error       { return tx.update(o) }
 func (tx *writeTx) DeleteTask(id string) error         { return tx.delete(KindTask, id) }
+
+// shallowTask copies a task's fields; nested messages are shared, except
+// Status, which is copied (ModifyTask callbacks may change it in place), and
+// Meta, which the caller replaces. TestShallowTaskCopiesEveryField fails if
+// a field is added to Task and not here.
+func shallowTask(t *api.Task) *api.Task {
+	return &api.Task{
+		Id:           t.Id,
+		Meta:         t.Meta,
+		ServiceId:    t.ServiceId,
+		ServiceName:  t.ServiceName,
+		Slot:         t.Slot,
+		NodeId:       t.NodeId,
+		Spec:         t.Spec,
+		SpecVersion:  t.SpecVersion,
+		DesiredState: t.DesiredState,
+		Status:       copyStatus(t.Status),
+	}
+}
+
+func copyStatus(s *api.TaskStatus) *api.TaskStatus {
+	if s == nil {
+		return nil
+	}
+	return &api.TaskStatus{State: s.State, Timestamp: s.Timestamp, Message: s.Message, Err: s.Err, ExitCode: s.ExitCode}
+}
+
+// ErrSkip, returned by a ModifyTask callback, leaves the task as it is.
+var ErrSkip = errors.New("state: skip")
+
+func (tx *writeTx) ModifyTask(id string, fn func(*api.Task) error) error {
+	cur, _ := tx.current(KindTask, id).(*api.Task)
+	if cur == nil {
+		return fmt.Errorf("%s %s: %w", KindTask, id, ErrNotFound)
+	}
+	t := shallowTask(cur)
+	if err := fn(t); err != nil {
+		if errors.Is(err, ErrSkip) {
+			return nil
+		}
+		return err
+	}
+	if t.Id != id {
+		return fmt.Errorf("state: ModifyTask: the callback changed the task ID")
+	}
+	t.Meta = &api.Meta{Version: cur.GetMeta().GetVersion(), CreatedAt: cur.GetMeta().GetCreatedAt(), UpdatedAt: tx.now}
+	if t.GetStatus().GetState() < cur.GetStatus().GetState() {
+		t.Status = cur.Status
+	}
+	tx.record(tableTask, api.StoreAction_KIND_UPDATE, t)
+	return nil
+}
 func (tx *writeTx) CreateCluster(o *api.Cluster) error { return tx.create(o) }
 func (tx *writeTx) UpdateCluster(o *api.Cluster) error { return tx.update(o) }
 func (tx *writeTx) DeleteCluster(id string) error      { return tx.delete(KindCluster, id) }

@@ -40,6 +40,9 @@ type Event struct {
 	Index  uint64
 	Object Object
 	Old    Object
+	// Last is set on the last event of its transaction that the watcher
+	// receives: a consumer that acts per transaction acts when it sees it.
+	Last bool
 }
 
 // Task returns the event's object if it is a task, else nil.
@@ -143,6 +146,9 @@ func (w *watcher) push(events []Event) {
 			n++
 		}
 	}
+	if n > 0 {
+		w.buf[len(w.buf)-1].Last = true
+	}
 	over := len(w.buf) > w.limit
 	w.mu.Unlock()
 	if over {
@@ -195,10 +201,13 @@ func (w *watcher) run() {
 	}
 }
 
+// publish queues events for the watchers; Apply calls it holding mu.
 func (s *Store) publish(events []Event) {
 	if len(events) == 0 {
 		return
 	}
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
 	for w := range s.watchers {
 		w.push(events)
 		w.mu.Lock()
@@ -236,10 +245,11 @@ func (s *Store) Watch(filters ...Filter) *Watcher {
 // ViewAndWatch runs fn on a snapshot and starts a watch of every change after
 // that snapshot, atomically: no change is missed or seen twice.
 func (s *Store) ViewAndWatch(fn func(ReadTx), filters ...Filter) *Watcher {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	s.pubMu.Lock()
-	txn := s.db.Txn(false)
 	wt, _ := s.newWatcher(filters)
 	s.pubMu.Unlock()
-	fn(&readTx{txn: txn})
+	fn(&readTx{s: s})
 	return wt
 }
