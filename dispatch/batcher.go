@@ -2,7 +2,10 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"sync"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
@@ -137,18 +140,20 @@ func (b *statusBatcher) write(ctx context.Context, batch map[string]queuedStatus
 		err := b.d.store.UpdateRetry(ctx, storeRetries, func(tx state.WriteTx) error {
 			written = 0
 			for _, q := range chunk {
-				t := tx.GetTask(q.taskID)
-				if t == nil || t.GetNodeId() != q.nodeID {
-					continue // deleted or moved off the node since it was reported
-				}
-				if q.status.GetState() <= t.GetStatus().GetState() {
-					continue // late or duplicate: task state only moves forward
-				}
-				t.Status = q.status
-				if err := tx.UpdateTask(t); err != nil {
+				err := tx.ModifyTask(q.taskID, func(t *api.Task) error {
+					if t.GetNodeId() != q.nodeID {
+						return state.ErrSkip // moved off the node since it was reported
+					}
+					if q.status.GetState() <= t.GetStatus().GetState() {
+						return state.ErrSkip // late or duplicate: task state only moves forward
+					}
+					t.Status = proto.Clone(q.status).(*api.TaskStatus)
+					written++
+					return nil
+				})
+				if err != nil && !errors.Is(err, state.ErrNotFound) { // deleted: nothing to report on
 					return err
 				}
-				written++
 			}
 			return nil
 		})
