@@ -3,43 +3,20 @@ package dispatch
 import (
 	"math/rand/v2"
 	"time"
+
+	"github.com/shoalhq/shoal/internal/clock"
 )
 
 // Clock is the source of time for the dispatcher's deadlines and the agent's
 // heartbeats and back-off. It is injected so tests can control time; the
 // default is the wall clock. Implementations are safe for concurrent use.
-type Clock interface {
-	// Now returns the current time.
-	Now() time.Time
-	// NewTimer returns a timer that fires once, d from now.
-	NewTimer(d time.Duration) Timer
-}
+type Clock = clock.Clock
 
-// Timer is a one-shot timer made by a Clock. Its methods are not safe for
-// concurrent use; one goroutine owns a timer.
-type Timer interface {
-	// C returns the channel on which the timer delivers its firing time.
-	C() <-chan time.Time
-	// Stop prevents the timer from firing; it reports whether it stopped it.
-	Stop() bool
-	// Reset changes the timer to fire d from now.
-	Reset(d time.Duration)
-}
+// Timer is a one-shot timer made by a Clock; one goroutine owns it.
+type Timer = clock.Timer
 
 // RealClock returns a Clock backed by package time.
-func RealClock() Clock { return realClock{} }
-
-type realClock struct{}
-
-func (realClock) Now() time.Time { return time.Now() }
-
-func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
-
-type realTimer struct{ t *time.Timer }
-
-func (r realTimer) C() <-chan time.Time   { return r.t.C }
-func (r realTimer) Stop() bool            { return r.t.Stop() }
-func (r realTimer) Reset(d time.Duration) { r.t.Reset(d) }
+func RealClock() Clock { return clock.Real() }
 
 // jitter returns d moved by a uniformly random amount in [-frac*d, +frac*d].
 // frac <= 0 returns d unchanged.

@@ -5,47 +5,20 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/errdefs"
 )
 
 // Clock is the time source of the reconcilers. Restart delays, update delays,
 // retries and the periodic sweep all go through it, so tests drive time
 // explicitly instead of sleeping.
-type Clock interface {
-	// Now returns the current time. It is safe for concurrent use.
-	Now() time.Time
-	// NewTimer returns a timer that delivers the time on its channel once, d
-	// after the call (at once if d <= 0). It is safe for concurrent use.
-	NewTimer(d time.Duration) Timer
-}
+type Clock = clock.Clock
 
-// Timer is a one-shot timer made by a Clock. Its methods are called from one
-// goroutine at a time.
-type Timer interface {
-	// C returns the channel the timer fires on.
-	C() <-chan time.Time
-	// Stop prevents the timer from firing; it reports whether it did so.
-	Stop() bool
-}
+// Timer is a one-shot timer made by a Clock.
+type Timer = clock.Timer
 
 // SystemClock returns the Clock of the real time (package time).
-func SystemClock() Clock { return systemClock{} }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
-func (systemClock) NewTimer(d time.Duration) Timer { return systemTimer{time.NewTimer(d)} }
-
-type systemTimer struct{ t *time.Timer }
-
-func (t systemTimer) C() <-chan time.Time { return t.t.C }
-func (t systemTimer) Stop() bool          { return t.t.Stop() }
-
-var (
-	_ Clock = systemClock{}
-	_ Timer = systemTimer{}
-)
+func SystemClock() Clock { return clock.Real() }
 
 // Config configures an Orchestrator. Start from DefaultConfig.
 type Config struct {

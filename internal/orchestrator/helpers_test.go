@@ -62,6 +62,21 @@ func (t *fakeTimer) Stop() bool {
 	return ok
 }
 
+func (t *fakeTimer) Reset(d time.Duration) {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	t.at = t.c.now.Add(d)
+	if d <= 0 {
+		delete(t.c.timers, t)
+		select {
+		case t.ch <- t.c.now:
+		default:
+		}
+		return
+	}
+	t.c.timers[t] = struct{}{}
+}
+
 // Advance moves the clock and fires the timers that came due.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
