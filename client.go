@@ -296,6 +296,49 @@ func (c *Client) Cluster(ctx context.Context) (*ClusterInfo, error) {
 	return fromAPICluster(resp.Cluster), nil
 }
 
+// ClusterUpdate changes cluster-wide settings; nil fields are left as they are.
+type ClusterUpdate struct {
+	// TaskHistoryLimit is how many dead tasks are kept per slot (>= 0); the
+	// reaper applies a new limit at once.
+	TaskHistoryLimit *int
+}
+
+// UpdateCluster changes cluster-wide settings, retrying if the cluster
+// object is changed concurrently.
+func (c *Client) UpdateCluster(ctx context.Context, u ClusterUpdate) (*ClusterInfo, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	if u.TaskHistoryLimit != nil && *u.TaskHistoryLimit < 0 {
+		return nil, specError("ClusterUpdate.TaskHistoryLimit", "must be >= 0, got %d", *u.TaskHistoryLimit)
+	}
+	var lastErr error
+	for i := 0; i < retries; i++ {
+		resp, err := c.ctl.GetCluster(ctx, &api.GetRequest{})
+		if err != nil {
+			return nil, errdefs.FromGRPC(err)
+		}
+		cl := resp.Cluster
+		spec := cl.GetSpec()
+		if spec == nil {
+			spec = &api.ClusterSpec{}
+		}
+		if u.TaskHistoryLimit != nil {
+			spec.TaskHistoryLimit = int64(*u.TaskHistoryLimit)
+		}
+		up, err := c.ctl.UpdateCluster(ctx, &api.UpdateClusterRequest{Id: cl.Id, Version: cl.GetMeta().GetVersion(), Spec: spec})
+		err = errdefs.FromGRPC(err)
+		if err == nil {
+			return fromAPICluster(up.Cluster), nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return nil, err
+		}
+		lastErr = err
+	}
+	return nil, lastErr
+}
+
 // ObjectKind names the kind of object an Event is about.
 type ObjectKind int
 

@@ -673,3 +673,50 @@ func TestWorkerLeavesAndJoinsAgain(t *testing.T) {
 	_, err = cl.GetNode(ctx, oldID)
 	assert.ErrorIs(t, err, shoal.ErrNotFound)
 }
+
+func TestTaskHistoryIsTrimmedToTheClusterLimit(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Workers: 1})
+	ctx := ctxT(t)
+	cl := c.Client()
+	info, err := cl.Cluster(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 5, info.TaskHistoryLimit)
+	limit := 2
+	info, err = cl.UpdateCluster(ctx, shoal.ClusterUpdate{TaskHistoryLimit: &limit})
+	require.NoError(t, err)
+	assert.Equal(t, 2, info.TaskHistoryLimit)
+	bad := -1
+	_, err = cl.UpdateCluster(ctx, shoal.ClusterUpdate{TaskHistoryLimit: &bad})
+	assert.ErrorContains(t, err, "ClusterUpdate.TaskHistoryLimit: must be >= 0")
+
+	svc, err := cl.CreateService(ctx, webSpec("web", 1))
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, 1)
+	w := c.Workers()[0]
+	// Make the slot's task fail 5 times; each is replaced.
+	for i := 0; i < 5; i++ {
+		var cur string
+		c.WaitFor("a running task", func() bool {
+			r := w.Fake().Running()
+			if len(r) == 1 {
+				cur = r[0].ID
+			}
+			return len(r) == 1
+		})
+		require.NoError(t, w.Fake().Exit(cur, 1))
+		c.WaitFor("the failed task replaced", func() bool {
+			r := w.Fake().Running()
+			return len(r) == 1 && r[0].ID != cur
+		})
+	}
+	c.WaitRunning(svc.ID, 1)
+	c.WaitFor("history trimmed to 2 dead tasks", func() bool {
+		dead := 0
+		for _, tk := range c.Tasks(svc.ID) {
+			if tk.Status.State.Terminal() {
+				dead++
+			}
+		}
+		return dead == 2
+	})
+}
