@@ -18,6 +18,10 @@ var (
 	ErrInvalidSpec = errdefs.ErrInvalidSpec
 	// ErrNotLeader: the operation needs the leader manager.
 	ErrNotLeader = errdefs.ErrNotLeader
+	// ErrNoQuorum: too few managers are reachable to commit a write; the
+	// message says how many are reachable and how many are needed. Reads
+	// still work.
+	ErrNoQuorum = errdefs.ErrNoQuorum
 	// ErrNotManager: the operation needs a manager node.
 	ErrNotManager = errdefs.ErrNotManager
 	// ErrStopped: the node has stopped.

@@ -20,6 +20,8 @@ var (
 	ErrNotManager = errors.New("this node is not a manager")
 	// ErrStopped: the component was stopped.
 	ErrStopped = errors.New("stopped")
+	// ErrNoQuorum: too few managers are reachable to commit a write.
+	ErrNoQuorum = errors.New("no quorum")
 	// ErrInvalidToken: the join token is malformed or not accepted.
 	ErrInvalidToken = errors.New("invalid join token")
 )

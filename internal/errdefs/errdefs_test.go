@@ -11,7 +11,7 @@ import (
 
 func TestGRPCRoundTrip(t *testing.T) {
 	for _, sentinel := range []error{ErrNotFound, ErrConflict, ErrExist, ErrInvalidSpec, ErrInvalidToken,
-		ErrNotLeader, ErrNotManager, ErrStopped, context.Canceled, context.DeadlineExceeded} {
+		ErrNotLeader, ErrNoQuorum, ErrNotManager, ErrStopped, context.Canceled, context.DeadlineExceeded} {
 		err := fmt.Errorf("service abc: %w", sentinel)
 		back := FromGRPC(ToGRPC(err))
 		assert.ErrorIs(t, back, sentinel, "%v", sentinel)

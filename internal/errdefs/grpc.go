@@ -19,6 +19,7 @@ var codeOf = []struct {
 	{ErrExist, codes.AlreadyExists},
 	{ErrInvalidSpec, codes.InvalidArgument},
 	{ErrInvalidToken, codes.PermissionDenied},
+	{ErrNoQuorum, codes.Unavailable},
 	{ErrNotLeader, codes.Unavailable},
 	{ErrNotManager, codes.FailedPrecondition},
 	{ErrStopped, codes.Unavailable},
