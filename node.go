@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +33,7 @@ import (
 	"github.com/shoalhq/shoal/internal/state"
 	"github.com/shoalhq/shoal/pki"
 	"github.com/shoalhq/shoal/raftstore"
+	"github.com/shoalhq/shoal/raftstore/transport"
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/runtime/process"
 )
@@ -332,6 +334,9 @@ type nodeIdentity struct {
 	Role      NodeRole `json:"role"`
 	RaftID    uint64   `json:"raft_id,omitempty"`
 	Managers  []string `json:"managers"`
+	// RaftPeers are the Raft members a joining manager started with; after
+	// that, the store's manager objects say where the members are.
+	RaftPeers map[uint64]string `json:"raft_peers,omitempty"`
 }
 
 func loadIdentity(dir string) (*nodeIdentity, error) {
@@ -405,14 +410,20 @@ type Node struct {
 	lis   net.Listener
 	srv   *grpc.Server
 
+	// serving is closed once the node may answer the control, join and
+	// dispatcher APIs (a manager's state is loaded); Raft is served before.
+	serving chan struct{}
+
 	// Manager parts.
-	store    *state.Store
-	raft     *raftstore.Node
-	dispProx *dispatcherProxy
-	termMu   sync.Mutex
-	term     *leaderTerm
-	bgCancel context.CancelFunc
-	bg       sync.WaitGroup
+	store     *state.Store
+	raft      *raftstore.Node
+	transport *transport.Transport
+	peersKick chan struct{}
+	dispProx  *dispatcherProxy
+	termMu    sync.Mutex
+	term      *leaderTerm
+	bgCancel  context.CancelFunc
+	bg        sync.WaitGroup
 
 	agent    *dispatch.Agent
 	selfConn *grpc.ClientConn
@@ -421,9 +432,11 @@ type Node struct {
 
 // leaderTerm holds the components that run only on the Raft leader.
 type leaderTerm struct {
-	orch  *orchestrator.Orchestrator
-	sched *schedule.Driver
-	disp  *dispatch.Dispatcher
+	orch   *orchestrator.Orchestrator
+	sched  *schedule.Driver
+	disp   *dispatch.Dispatcher
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // New validates cfg and returns a node that has not started. Start restarts
@@ -433,7 +446,8 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	c := cfg.withDefaults()
-	return &Node{cfg: c, log: c.Logger, ready: make(chan struct{}), done: make(chan struct{})}, nil
+	return &Node{cfg: c, log: c.Logger, ready: make(chan struct{}), done: make(chan struct{}),
+		serving: make(chan struct{}), peersKick: make(chan struct{}, 1)}, nil
 }
 
 // Start restarts the node from the identity and state in its StateDir (a
@@ -625,12 +639,13 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	n.ident = ident
 	n.mu.Unlock()
 
-	n.srv = grpc.NewServer()
+	n.srv = grpc.NewServer(grpc.ChainUnaryInterceptor(n.gateUnary), grpc.ChainStreamInterceptor(n.gateStream))
 	if ident.Role == Manager {
-		if err := n.startManager(ctx, mode == modeInit); err != nil {
+		if err := n.startManager(ctx, mode == modeInit, mode != modeInit); err != nil {
 			return err
 		}
 	} else {
+		close(n.serving)
 		go func() { _ = n.srv.Serve(lis) }()
 		n.mu.Lock()
 		n.client = &Client{err: fmt.Errorf("node %s is a worker; use a manager's client or Dial a manager: %w", ident.NodeID, ErrNotManager)}
@@ -675,6 +690,16 @@ func (n *Node) join(ctx context.Context, addr, token string) (*nodeIdentity, err
 		return nil, fmt.Errorf("join %s: manager returned an invalid node ID", addr)
 	}
 	ident := &nodeIdentity{NodeID: resp.NodeId, ClusterID: resp.ClusterId, Role: NodeRole(resp.Role), Managers: resp.Managers}
+	if ident.Role == Manager {
+		if resp.RaftId == 0 || len(resp.Peers) == 0 {
+			return nil, fmt.Errorf("join %s: manager returned no Raft membership", addr)
+		}
+		ident.RaftID = resp.RaftId
+		ident.RaftPeers = map[uint64]string{}
+		for _, p := range resp.Peers {
+			ident.RaftPeers[p.RaftId] = p.Addr
+		}
+	}
 	if len(ident.Managers) == 0 {
 		ident.Managers = []string{addr}
 	}
@@ -684,28 +709,92 @@ func (n *Node) join(ctx context.Context, addr, token string) (*nodeIdentity, err
 	return ident, nil
 }
 
-func (n *Node) managerAddrs() []string { return []string{n.Addr()} }
+// managerAddrs lists the managers' addresses, the leader's first.
+func (n *Node) managerAddrs() []string {
+	if n.raft == nil {
+		return []string{n.Addr()}
+	}
+	peers := n.raftPeers()
+	leader := n.raft.Leader()
+	var out []string
+	if a, ok := peers[leader]; ok {
+		out = append(out, a)
+	}
+	ids := make([]uint64, 0, len(peers))
+	for id := range peers {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		if id != leader {
+			out = append(out, peers[id])
+		}
+	}
+	if len(out) == 0 {
+		out = []string{n.Addr()}
+	}
+	return out
+}
 
-func (n *Node) startManager(ctx context.Context, initCluster bool) error {
+func (n *Node) startManager(ctx context.Context, initCluster bool, joined bool) error {
 	n.store = state.New(state.Config{Logger: n.log})
+	tcfg := transport.DefaultConfig()
+	tcfg.ID = n.ident.RaftID
+	tcfg.Dial = n.cfg.Dial
+	tcfg.Logger = n.log.With("component", "raft-transport")
+	tr, err := transport.New(tcfg)
+	if err != nil {
+		return err
+	}
+	n.transport = tr
 	rcfg := raftstore.DefaultConfig()
 	rcfg.ID = n.ident.RaftID
 	rcfg.Dir = filepath.Join(n.cfg.StateDir, "raft")
 	rcfg.StateMachine = n.store
+	rcfg.Transport = tr
+	rcfg.Forwarder = tr
+	rcfg.Join = joined
 	rcfg.Logger = n.log
 	rcfg.Registerer = n.cfg.Metrics
 	rcfg.TickInterval = n.cfg.Raft.TickInterval
 	rcfg.ElectionTick = n.cfg.Raft.ElectionTicks
 	rcfg.SnapshotInterval = n.cfg.Raft.SnapshotInterval
+	rcfg.OnMembershipChange = func([]uint64) { n.kickPeers() }
 	rn, err := raftstore.New(rcfg)
 	if err != nil {
 		return err
 	}
+	n.raft = rn
+	n.store.SetLog(rn)
+	tr.SetLocal(rn)
+	for id, addr := range n.ident.RaftPeers {
+		if id != n.ident.RaftID {
+			tr.AddPeer(id, addr)
+		}
+	}
+	if err := tr.Start(ctx); err != nil {
+		return err
+	}
+
+	// Serve before the log is loaded: a joining manager receives the log
+	// through the Raft service; everything else waits behind the gate.
+	n.dispProx = &dispatcherProxy{}
+	api.RegisterControlServer(n.srv, controlapi.New(n.store))
+	api.RegisterJoinServer(n.srv, controlapi.NewJoinServer(controlapi.JoinConfig{
+		Store: n.store, Managers: n.managerAddrs, Membership: rn, Forward: n.forwardJoin,
+	}))
+	api.RegisterDispatcherServer(n.srv, n.dispProx)
+	tr.Register(n.srv)
+	go func() { _ = n.srv.Serve(n.lis) }()
+
 	if err := rn.Start(ctx); err != nil {
 		return err
 	}
-	n.raft = rn
-	n.store.SetLog(rn)
+	n.syncPeers()
+	bgctx, cancel := context.WithCancel(context.Background())
+	n.bgCancel = cancel
+	n.bg.Add(1)
+	go n.peerLoop(bgctx)
 	select {
 	case <-rn.Ready():
 	case <-ctx.Done():
@@ -714,12 +803,7 @@ func (n *Node) startManager(ctx context.Context, initCluster bool) error {
 	if err := n.ensureClusterObjects(ctx, initCluster); err != nil {
 		return err
 	}
-
-	n.dispProx = &dispatcherProxy{}
-	api.RegisterControlServer(n.srv, controlapi.New(n.store))
-	api.RegisterJoinServer(n.srv, controlapi.NewJoinServer(n.store, n.managerAddrs))
-	api.RegisterDispatcherServer(n.srv, n.dispProx)
-	go func() { _ = n.srv.Serve(n.lis) }()
+	close(n.serving)
 
 	conn, err := grpc.NewClient(n.addr, n.dialOptions()...)
 	if err != nil {
@@ -730,11 +814,91 @@ func (n *Node) startManager(ctx context.Context, initCluster bool) error {
 	n.client = newClient(conn, false)
 	n.mu.Unlock()
 
-	bgctx, cancel := context.WithCancel(context.Background())
-	n.bgCancel = cancel
 	n.bg.Add(1)
 	go n.leadershipLoop(bgctx)
 	return nil
+}
+
+// kickPeers asks the peer loop to refresh the transport's peers.
+func (n *Node) kickPeers() {
+	select {
+	case n.peersKick <- struct{}{}:
+	default:
+	}
+}
+
+// peerLoop keeps the transport's peers in step with the managers recorded in
+// the store (their Raft IDs and addresses).
+func (n *Node) peerLoop(ctx context.Context) {
+	defer n.bg.Done()
+	w := n.store.Watch(state.KindIs(state.KindNode))
+	defer func() { w.Cancel() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.peersKick:
+		case e, ok := <-w.C:
+			if !ok {
+				if ctx.Err() != nil {
+					return
+				}
+				w = n.store.Watch(state.KindIs(state.KindNode)) // reset by a snapshot restore
+			} else if e.Node().GetRole() != api.NodeRole_NODE_ROLE_MANAGER {
+				continue
+			}
+		}
+		n.syncPeers()
+	}
+}
+
+// syncPeers sets the transport's peers from the store's manager objects.
+func (n *Node) syncPeers() {
+	want := n.raftPeers()
+	have := n.transport.Peers()
+	for id, addr := range want {
+		if id == n.ident.RaftID {
+			continue
+		}
+		if have[id] != addr {
+			n.transport.AddPeer(id, addr)
+		}
+	}
+	for id := range have {
+		if _, ok := want[id]; !ok {
+			if _, boot := n.ident.RaftPeers[id]; !boot {
+				n.transport.RemovePeer(id)
+			}
+		}
+	}
+}
+
+// raftPeers returns the managers' Raft IDs and addresses from the store.
+func (n *Node) raftPeers() map[uint64]string {
+	out := map[uint64]string{}
+	n.store.View(func(tx state.ReadTx) {
+		nodes, _ := tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
+		for _, m := range nodes {
+			if ms := m.GetManagerStatus(); ms.GetRaftId() != 0 && ms.GetAddr() != "" {
+				out[ms.RaftId] = ms.Addr
+			}
+		}
+	})
+	return out
+}
+
+// forwardJoin sends a join to the leader.
+func (n *Node) forwardJoin(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
+	addr, ok := n.raftPeers()[n.raft.Leader()]
+	if !ok {
+		return nil, errdefs.ToGRPC(fmt.Errorf("join: no leader known yet: %w", ErrNoQuorum))
+	}
+	conn, err := grpc.NewClient(addr, n.dialOptions()...)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return api.NewJoinClient(conn).Join(ctx, req)
 }
 
 // ensureClusterObjects creates the cluster object (with join tokens) and this
@@ -779,10 +943,10 @@ func (n *Node) ensureClusterObjects(ctx context.Context, initCluster bool) error
 				Spec:          &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER, Labels: n.cfg.Labels},
 				Description:   desc,
 				Status:        status,
-				ManagerStatus: &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: true},
+				ManagerStatus: &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: n.raft.IsLeader()},
 			})
 		}
-		ms := &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: true}
+		ms := &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: me.GetManagerStatus().GetLeader()}
 		if proto.Equal(me.ManagerStatus, ms) && proto.Equal(me.Description, desc) &&
 			(!n.cfg.DisableAgent || proto.Equal(me.Status, status)) {
 			return nil
@@ -871,8 +1035,66 @@ func (n *Node) startTerm(ctx context.Context) error {
 		return err
 	}
 	n.dispProx.set(t.disp)
+	tctx, cancel := context.WithCancel(context.Background())
+	t.cancel = cancel
+	t.wg.Add(1)
+	go n.membershipLoop(tctx, &t.wg)
 	n.term = t
 	return nil
+}
+
+// membershipLoop runs on the leader: it records which manager leads, and
+// promotes learners (new managers) to voters once they have caught up, so a
+// new manager never counts toward quorum before it can vote usefully.
+func (n *Node) membershipLoop(ctx context.Context, wg *sync.WaitGroup) {
+	defer wg.Done()
+	interval := 10 * n.cfg.Raft.TickInterval
+	leaderMarked := false
+	for {
+		if !leaderMarked {
+			leaderMarked = n.markLeader(ctx) == nil
+		}
+		if members, err := n.raft.Members(ctx); err == nil {
+			for _, m := range members {
+				if !m.Learner {
+					continue
+				}
+				if ok, err := n.raft.CaughtUp(ctx, m.ID); err == nil && ok {
+					if err := n.raft.PromoteLearner(ctx, m.ID); err != nil {
+						n.log.Warn("cannot promote manager to voter", "raft_id", m.ID, "err", err)
+					} else {
+						n.log.Info("manager promoted to voter", "raft_id", m.ID)
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
+// markLeader records in the store that this manager leads.
+func (n *Node) markLeader(ctx context.Context) error {
+	return n.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
+		nodes, err := tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
+		if err != nil {
+			return err
+		}
+		for _, m := range nodes {
+			want := m.Id == n.ident.NodeID
+			if m.ManagerStatus == nil || m.ManagerStatus.Leader == want {
+				continue
+			}
+			m.ManagerStatus.Leader = want
+			if err := tx.UpdateNode(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 func (n *Node) stopTerm() {
@@ -884,6 +1106,8 @@ func (n *Node) stopTerm() {
 	}
 	n.term = nil
 	n.dispProx.set(nil)
+	t.cancel()
+	t.wg.Wait()
 	ctx := context.Background()
 	_ = t.orch.Stop(ctx)
 	_ = t.sched.Stop(ctx)
@@ -980,15 +1204,24 @@ func (n *Node) cleanup(ctx context.Context) error {
 		errs = append(errs, n.agent.Stop(ctx))
 	}
 	if n.bgCancel != nil {
-		n.bgCancel()
+		n.bgCancel() // leader term (dispatcher sessions end), peer loop
 		n.bg.Wait()
 	}
 	if n.store != nil {
-		// Ends the control API's watch streams, so the server stops promptly.
+		// Ends the control API's watch streams.
 		n.store.Close()
 	}
 	if n.selfConn != nil {
 		errs = append(errs, n.selfConn.Close())
+	}
+	// Raft stops while the transport and the server still run: a leader
+	// hands leadership over first.
+	if n.raft != nil {
+		errs = append(errs, n.raft.Stop(ctx))
+	}
+	if n.transport != nil {
+		// Ends the peers' Raft streams, so the server stops promptly.
+		errs = append(errs, n.transport.Stop(ctx))
 	}
 	if n.srv != nil {
 		stopped := make(chan struct{})
@@ -999,17 +1232,65 @@ func (n *Node) cleanup(ctx context.Context) error {
 			n.srv.Stop()
 			<-stopped
 		case <-time.After(2 * time.Second):
-			// Streams (watches, sessions) do not end by themselves.
+			// A client stream that outlived everything above.
 			n.srv.Stop()
 			<-stopped
 		}
 	} else if n.lis != nil {
 		errs = append(errs, n.lis.Close())
 	}
-	if n.raft != nil {
-		errs = append(errs, n.raft.Stop(ctx))
-	}
 	return errors.Join(errs...)
+}
+
+// RaftMembers reports, on a manager, how many managers vote in the Raft
+// group and how many are learners still catching up (diagnostics and tests).
+func (n *Node) RaftMembers(ctx context.Context) (voters, learners int, err error) {
+	if n.raft == nil {
+		return 0, 0, ErrNotManager
+	}
+	members, err := n.raft.Members(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, m := range members {
+		if m.Learner {
+			learners++
+		} else {
+			voters++
+		}
+	}
+	return voters, learners, nil
+}
+
+// IsLeader reports whether this node is the manager that leads the cluster.
+func (n *Node) IsLeader() bool { return n.raft != nil && n.raft.IsLeader() }
+
+// gate answers Unavailable, until the node serves, for everything but the
+// Raft transport (which a joining manager needs before it has its state).
+func (n *Node) gate(method string) error {
+	if strings.HasPrefix(method, "/shoal.api.Raft/") {
+		return nil
+	}
+	select {
+	case <-n.serving:
+		return nil
+	default:
+		return status.Error(codes.Unavailable, "the node is starting")
+	}
+}
+
+func (n *Node) gateUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := n.gate(info.FullMethod); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+func (n *Node) gateStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := n.gate(info.FullMethod); err != nil {
+		return err
+	}
+	return h(srv, ss)
 }
 
 // dispatcherProxy serves the Dispatcher API through whichever dispatcher the

@@ -239,13 +239,19 @@ func (a *Agent) setLive(ls *liveSession) (unset func(), ok bool) {
 	}, true
 }
 
+// managers returns the addresses to try: the list the last dispatcher sent
+// (leader first, so a worker follows the leader as managers fail over), then
+// the configured ones, without duplicates.
 func (a *Agent) managers() []string {
-	if m := a.cfg.Managers(); len(m) > 0 {
-		return m
-	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return slices.Clone(a.learned)
+	out := slices.Clone(a.learned)
+	a.mu.Unlock()
+	for _, m := range a.cfg.Managers() {
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func (a *Agent) setLearned(m []string) {

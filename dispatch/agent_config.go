@@ -21,8 +21,8 @@ type AgentConfig struct {
 	// (the join path creates it). Required.
 	NodeID string
 	// Managers returns the dispatcher addresses to try; the agent rotates
-	// through them on failure. Required. When it returns an empty list the
-	// agent uses the manager list the last dispatcher sent.
+	// through them on failure. Required. The agent tries the manager list the
+	// last dispatcher sent first (leader first), then these.
 	Managers func() []string
 	// Dial opens a connection to a manager address. Default: a TCP
 	// net.Dialer; test harnesses inject a dialer that can cut connections.

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -33,15 +34,43 @@ func newMemNet(t *testing.T, ids ...uint64) *memNet {
 		stop:     make(chan struct{}),
 	}
 	for _, id := range ids {
-		q := make(chan *pb.Message, 4096)
-		mn.queues[id] = q
-		mn.wg.Go(func() { mn.deliver(id, q) })
+		mn.addMember(id)
 	}
 	t.Cleanup(func() {
 		close(mn.stop)
 		mn.wg.Wait()
 	})
 	return mn
+}
+
+// addMember gives member id an inbox (before its node is set).
+func (mn *memNet) addMember(id uint64) {
+	q := make(chan *pb.Message, 4096)
+	mn.mu.Lock()
+	mn.queues[id] = q
+	mn.mu.Unlock()
+	mn.wg.Go(func() { mn.deliver(id, q) })
+}
+
+// errUnreachable is what memForwarder returns across a partition.
+var errUnreachable = errors.New("memnet: member unreachable")
+
+// memForwarder forwards a proposal to the leader's ProposeOnLeader, the way a network
+// forwarder's server side does, honouring partitions.
+type memForwarder struct {
+	mn   *memNet
+	from uint64
+}
+
+func (f memForwarder) Forward(ctx context.Context, leader uint64, data []byte) error {
+	f.mn.mu.Lock()
+	to := f.mn.nodes[leader]
+	cut := f.mn.isolated[f.from] || f.mn.isolated[leader]
+	f.mn.mu.Unlock()
+	if to == nil || cut {
+		return errUnreachable
+	}
+	return ResultError(to.ProposeOnLeader(ctx, data))
 }
 
 func (mn *memNet) deliver(id uint64, q chan *pb.Message) {
@@ -108,20 +137,29 @@ func (t memTransport) Send(msgs []*pb.Message) {
 }
 
 type cluster struct {
-	t     *testing.T
-	net   *memNet
-	dirs  map[uint64]string
-	sms   map[uint64]*chainSM
-	nodes map[uint64]*Node
-	tune  func(*Config)
+	t       *testing.T
+	net     *memNet
+	dirs    map[uint64]string
+	sms     map[uint64]*chainSM
+	nodes   map[uint64]*Node
+	tune    func(*Config)
+	forward bool // members forward proposals to the leader
+
+	mu      sync.Mutex
+	changes map[uint64][][]uint64 // OnMembershipChange calls per member
 }
 
 func newCluster(t *testing.T, size int, tune func(*Config)) *cluster {
+	return newClusterOpts(t, size, false, tune)
+}
+
+func newClusterOpts(t *testing.T, size int, forward bool, tune func(*Config)) *cluster {
 	var ids []uint64
 	for i := 1; i <= size; i++ {
 		ids = append(ids, uint64(i))
 	}
-	c := &cluster{t: t, net: newMemNet(t, ids...), dirs: map[uint64]string{}, sms: map[uint64]*chainSM{}, nodes: map[uint64]*Node{}, tune: tune}
+	c := &cluster{t: t, net: newMemNet(t, ids...), dirs: map[uint64]string{}, sms: map[uint64]*chainSM{},
+		nodes: map[uint64]*Node{}, tune: tune, forward: forward, changes: map[uint64][][]uint64{}}
 	for _, id := range ids {
 		c.dirs[id] = t.TempDir()
 	}
@@ -132,12 +170,38 @@ func newCluster(t *testing.T, size int, tune func(*Config)) *cluster {
 }
 
 func (c *cluster) start(id uint64, peers []uint64) {
+	c.startWith(id, func(cfg *Config) { cfg.Peers = peers })
+}
+
+// join starts a new member id that waits to be added (Config.Join).
+func (c *cluster) join(id uint64) *Node {
+	c.net.addMember(id)
+	c.dirs[id] = c.t.TempDir()
+	c.startWith(id, func(cfg *Config) { cfg.Join = true })
+	return c.nodes[id]
+}
+
+func (c *cluster) membershipChanges(id uint64) [][]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.changes[id])
+}
+
+func (c *cluster) startWith(id uint64, set func(*Config)) {
 	sm := &chainSM{}
 	cfg := testConfig(c.t, c.dirs[id], sm)
 	cfg.ID = id
-	cfg.Peers = peers
 	cfg.Transport = c.net.transport(id)
 	cfg.UnsafeNoFsync = true
+	if c.forward {
+		cfg.Forwarder = memForwarder{mn: c.net, from: id}
+	}
+	cfg.OnMembershipChange = func(members []uint64) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.changes[id] = append(c.changes[id], members)
+	}
+	set(&cfg)
 	if c.tune != nil {
 		c.tune(&cfg)
 	}
@@ -248,7 +312,7 @@ func TestIsolatedLeaderStepsDownAndCatchesUp(t *testing.T) {
 	// Proposed on the isolated leader: can never commit there.
 	_, err := old.Propose(context.Background(), []byte("lost"))
 	require.Error(t, err)
-	assert.True(t, errorsIsAny(err, ErrLeadershipLost, ErrNotLeader), "got %v", err)
+	assert.True(t, errorsIsAny(err, ErrLeadershipLost, ErrNotLeader, ErrNoQuorum), "got %v", err)
 
 	select {
 	case v := <-changes:

@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,16 @@ type Transport interface {
 	Send(msgs []*pb.Message)
 }
 
+// Forwarder carries a proposal from a follower to the leader. The lead's implementation sends
+// data to member leader, where it is proposed with Node.ProposeOnLeader, and returns
+// ResultError of that call's results: the leader's StateMachine.Apply result comes back only
+// if it is an error. Forward is called from Propose's goroutine, concurrently from many; it must
+// honour ctx. If the leader answers ErrNotLeader (it lost leadership before proposing), Forward
+// must return an error matching ErrNotLeader so that Propose can retry on the new leader.
+type Forwarder interface {
+	Forward(ctx context.Context, leader uint64, data []byte) error
+}
+
 // Config configures a Node. Start from DefaultConfig and set ID, Dir and StateMachine.
 type Config struct {
 	// ID is this member's raft ID. It must be nonzero and is stored in the database: reopening a
@@ -58,6 +69,15 @@ type Config struct {
 	// Peers are the raft IDs of the initial voters, used only when the database is new and Join
 	// is false. Empty means a single-member cluster of ID alone. If non-empty it must contain ID.
 	Peers []uint64
+	// Forwarder, if set, makes Propose on a follower forward the entry to the leader. Nil means
+	// Propose on a follower returns ErrNotLeader. With forwarding, StateMachine.Apply results
+	// must be nil or an error: only an error travels back from the leader.
+	Forwarder Forwarder
+	// OnMembershipChange, if set, is called with the IDs of all members (voters and learners,
+	// sorted) when the loop starts and after every applied configuration change or received
+	// snapshot that changes them. It runs on the raft loop: it must return quickly and must not
+	// call the Node's blocking methods. The lead uses it to update the transport's peers.
+	OnMembershipChange func(members []uint64)
 	// Join, when the database is new, starts the member with an empty log and no configuration:
 	// it waits for an existing cluster's leader to add it and send it the log.
 	Join bool

@@ -43,6 +43,33 @@
 // A new database bootstraps a cluster of Config.Peers (default: this member alone). A single
 // member campaigns as soon as it starts, so it is ready in milliseconds and is always the leader.
 // For several members, a Transport carries raft messages out (Transport.Send) and the receiving
-// side hands them to Node.Step. Proposals are accepted only on the leader; elsewhere Propose
-// returns ErrNotLeader, and forwarding to the leader is the caller's job.
+// side hands them to Node.Step. PreVote and CheckQuorum are on: a member coming back from a
+// partition cannot disrupt the group, and a leader that cannot hear a quorum steps down within
+// an election timeout, so the majority side elects a new one within a few.
+//
+// A member joins with Config.Join: it starts with an empty log and waits. The leader adds it
+// with AddLearner (the context bytes, e.g. its address, are stored with it: Members); the
+// learner receives the log, or a snapshot if the log was compacted, and Ready closes once it has
+// applied up to the leader's commit index as of its first contact, i.e. once it caught up.
+// The lead then polls CaughtUp and calls PromoteLearner, so adding a manager never changes the
+// quorum before the new member can vote. RemoveMember and DemoteVoter refuse, with an error
+// wrapping a *QuorumError, a change that would leave the remaining voters without a reachable
+// quorum, and refuse removing the last voter. A leader asked to remove or demote itself, or to
+// Stop, first hands leadership to the most up-to-date voter (TransferLeadership).
+// Config.OnMembershipChange reports every configuration change, so the lead can keep the
+// transport's peer list in step.
+//
+// Member contexts are persisted with the configuration and survive restarts. A snapshot carries
+// the configuration's IDs but not the contexts, so a member that caught up from a snapshot
+// taken after a member was added does not know that member's context; the lead keeps the
+// managers' addresses in the replicated object store as well, and uses that copy.
+//
+// # Proposals on followers, and quorum loss
+//
+// Proposals are made on the leader. With Config.Forwarder set, Propose on a follower forwards
+// the entry to the leader and returns the leader's Apply error, so any member accepts writes;
+// without it, a follower returns ErrNotLeader. A member that knows no leader waits up to one
+// election timeout for one, then fails with a *QuorumError such as "no quorum: 1 of 3 managers
+// reachable, 2 needed" (errors.Is ErrNoQuorum). ErrNotLeader, ErrStopped and ErrNoQuorum are the
+// errdefs sentinels, so they keep their identity across gRPC.
 package raftstore

@@ -105,3 +105,50 @@ func ExampleNew() {
 	// raftstore: invalid config: ID must be nonzero
 	// raftstore: invalid config: StateMachine must be set
 }
+
+// Membership changes are made on the leader and return once applied. A new member joins as a
+// learner (it gets the log but does not vote), and is promoted once CaughtUp says so.
+func ExampleNode_AddLearner() {
+	dir, err := os.MkdirTemp("", "raftstore-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+
+	cfg := raftstore.DefaultConfig()
+	cfg.ID, cfg.Dir, cfg.StateMachine = 1, dir, &counter{}
+	cfg.OnMembershipChange = func(members []uint64) { fmt.Println("members:", members) }
+	n, err := raftstore.New(cfg)
+	if err != nil {
+		panic(err)
+	}
+	if err := n.Start(ctx); err != nil {
+		panic(err)
+	}
+	defer n.Stop(ctx)
+	<-n.Ready()
+
+	// The context is stored with the member: the lead keeps the member's address there.
+	if err := n.AddLearner(ctx, 2, []byte("10.0.0.2:4242")); err != nil {
+		panic(err)
+	}
+	ms, err := n.Members(ctx)
+	if err != nil {
+		panic(err)
+	}
+	for _, m := range ms {
+		fmt.Printf("member %d voter=%v learner=%v context=%q\n", m.ID, m.Voter, m.Learner, m.Context)
+	}
+	fmt.Println(n.RemoveMember(ctx, 1))
+	if err := n.RemoveMember(ctx, 2); err != nil {
+		panic(err)
+	}
+	// Output:
+	// members: [1]
+	// members: [1 2]
+	// member 1 voter=true learner=false context=""
+	// member 2 voter=false learner=true context="10.0.0.2:4242"
+	// raftstore: removing member 1 refused: it is the last voter, and a group without voters cannot elect a leader
+	// members: [1]
+}

@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -214,6 +215,9 @@ func (s *chainSM) Apply(idx uint64, data []byte) any {
 	h.Write(data)
 	copy(s.sum[:], h.Sum(nil))
 	s.count++
+	if msg, ok := bytes.CutPrefix(data, []byte("fail:")); ok {
+		return errors.New(string(msg)) // a deterministic Apply error, for forwarding tests
+	}
 	return s.count
 }
 

@@ -25,10 +25,12 @@ type Stats struct {
 	AppliedEntries uint64
 	// Snapshots is the number of snapshots taken locally.
 	Snapshots uint64
+	// Forwarded is the number of Propose calls this member forwarded to the leader.
+	Forwarded uint64
 }
 
 type counters struct {
-	proposals, readies, dbCommits, fsyncs, applied, snapshots atomic.Uint64
+	proposals, readies, dbCommits, fsyncs, applied, snapshots, forwarded atomic.Uint64
 }
 
 func (c *counters) stats() Stats {
@@ -39,6 +41,7 @@ func (c *counters) stats() Stats {
 		Fsyncs:         c.fsyncs.Load(),
 		AppliedEntries: c.applied.Load(),
 		Snapshots:      c.snapshots.Load(),
+		Forwarded:      c.forwarded.Load(),
 	}
 }
 

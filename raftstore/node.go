@@ -1,12 +1,14 @@
 package raftstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -16,22 +18,8 @@ import (
 
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
-)
-
-var (
-	// ErrStopped is returned by calls on a node that is not running: never started, stopped,
-	// or failed (see Node.Err).
-	ErrStopped = errors.New("raftstore: node is not running")
-	// ErrNotLeader is returned by Propose when this member is not the raft leader. The entry
-	// was not proposed; it is safe to retry on the leader.
-	ErrNotLeader = errors.New("raftstore: not the leader")
-	// ErrLeadershipLost is returned by Propose when this member lost leadership while the
-	// entry was in flight. The outcome is unknown: the new leader may still commit the entry.
-	ErrLeadershipLost = errors.New("raftstore: leadership lost while proposing; outcome unknown")
-	// ErrCorrupt is wrapped by errors about a database file that cannot be read as a raftstore
-	// log (damaged, truncated, or not a raftstore file). The message names the file.
-	ErrCorrupt = errors.New("database corrupt")
 )
 
 // headerLen is the size of the request ID prefixed to every proposed entry's data.
@@ -44,10 +32,11 @@ type Node struct {
 	logger *slog.Logger
 	ctr    counters
 
-	mu       sync.Mutex
-	started  bool
-	stopping bool
-	err      error
+	mu            sync.Mutex
+	started       bool
+	stopRequested bool // Stop was called (it may still be handing leadership over)
+	stopping      bool // the loop was told to stop
+	err           error
 
 	stopc  chan struct{} // closed by Stop
 	donec  chan struct{} // closed when the loop has exited and the database is closed
@@ -64,6 +53,14 @@ type Node struct {
 	leader   atomic.Uint64
 	isLeader atomic.Bool
 	applied  atomic.Uint64
+	// quorumLost is set by the loop while this member is a leader that has not heard from a
+	// quorum for an election timeout, so Propose fails fast instead of waiting for CheckQuorum.
+	quorumLost atomic.Pointer[QuorumError]
+
+	leadMu sync.Mutex
+	leadCh chan struct{} // closed and replaced whenever the known leader changes
+
+	confSem chan struct{} // one membership change at a time on this node
 
 	subMu      sync.Mutex
 	subs       map[*subscription]struct{}
@@ -80,6 +77,25 @@ type Node struct {
 	startCommit uint64
 	readyDone   bool
 	wasLeader   bool
+	// memberCtx is the context each member was added with (persisted in the members bucket).
+	memberCtx   map[uint64][]byte
+	lastMembers []uint64 // as last passed to OnMembershipChange
+	// ticks counts raft ticks; lastHeard is the tick at which each peer was last heard from.
+	ticks       uint64
+	lastHeard   map[uint64]uint64
+	leaderTicks uint64 // ticks since this member became leader
+	appliedTerm uint64 // term of the last applied entry
+	// confPending: a conf change proposed here is not applied yet; confPendingIdx is an index at
+	// or after it (0 until the Ready carrying it was seen).
+	confPending    bool
+	confPendingIdx uint64
+	// catchUp: this member joined with an empty configuration; it is ready only once it has
+	// applied up to catchUpTarget, the leader's commit index in the first append it received.
+	catchUp       bool
+	catchUpTarget uint64
+	startConf     *pb.ConfState // the configuration persisted when the database was opened
+	// snapForNewMember: a member was added after the latest snapshot; take a new one.
+	snapForNewMember bool
 }
 
 type proposal struct {
@@ -113,6 +129,8 @@ func New(cfg Config) (*Node, error) {
 		opc:     make(chan func()),
 		waiters: make(map[uint64]chan result),
 		subs:    make(map[*subscription]struct{}),
+		leadCh:  make(chan struct{}),
+		confSem: make(chan struct{}, 1),
 	}
 	return n, nil
 }
@@ -188,6 +206,8 @@ func (n *Node) restore(ctx context.Context, st *loadedState) (err error) {
 	}()
 	n.ms = raft.NewMemoryStorage()
 	n.confState = &pb.ConfState{}
+	n.memberCtx = st.members
+	n.lastHeard = map[uint64]uint64{}
 	if st.snapshot != nil {
 		if err := n.ms.ApplySnapshot(st.snapshot); err != nil {
 			return fmt.Errorf("raftstore: %s: %w: snapshot: %w", n.disk.path, ErrCorrupt, err)
@@ -224,8 +244,8 @@ func (n *Node) restore(ctx context.Context, st *loadedState) (err error) {
 		CheckQuorum: true,
 		// A member rejoining after a partition cannot disrupt the cluster with a higher term.
 		PreVote: true,
-		// Forwarding is done above raft (a later layer); here a follower refuses proposals so
-		// that Propose can say ErrNotLeader.
+		// Forwarding is done by Propose through Config.Forwarder, which returns the leader's
+		// Apply result; raft's own forwarding would lose it, so followers refuse proposals.
 		DisableProposalForwarding: true,
 		StepDownOnRemoval:         true,
 		Logger:                    raftLogger{l: n.logger},
@@ -247,12 +267,19 @@ func (n *Node) restore(ctx context.Context, st *loadedState) (err error) {
 			return fmt.Errorf("raftstore: bootstrapping cluster: %w", err)
 		}
 		n.startCommit = uint64(len(rp))
+		st.conf = &pb.ConfState{Voters: slices.Clone(peers)}
 	}
+	if n.cfg.Join && len(memberSet(n.confState)) == 0 && len(memberSet(st.conf)) == 0 {
+		n.catchUp = true
+	}
+	n.startConf = st.conf
 	return nil
 }
 
 // Ready returns a channel closed once a leader is known and every entry committed before Start
-// has been applied to the StateMachine.
+// has been applied to the StateMachine. For a member started with Config.Join, it is closed
+// once the member was added and has applied the log (or a snapshot) up to the leader's commit
+// index as of the first entries the leader sent it: it has caught up.
 func (n *Node) Ready() <-chan struct{} { return n.readyc }
 
 // Done returns a channel closed once the node has stopped (by Stop or by failing; see Err) and
@@ -288,40 +315,111 @@ func (n *Node) Path() string { return filepath.Join(n.cfg.Dir, DBFileName) }
 // Propose appends data to the replicated log and returns the StateMachine.Apply result for it,
 // once the entry is committed and applied on this member.
 //
-// Propose waits for Ready first (bounded by ctx). It returns ErrNotLeader at once if this member
-// is not the leader (nothing was proposed), ErrStopped if the node is not running, and
-// ErrLeadershipLost if leadership was lost while the entry was in flight. If ctx ends first it
-// returns ctx.Err(): the entry may still commit and be applied later, without anyone receiving
-// the result. Likewise an entry in flight when Stop is called may have been persisted and will
-// then be applied after the next Start. data is copied; the caller may reuse it.
+// Propose waits for Ready first (bounded by ctx). On the leader it proposes locally. On a
+// follower, with Config.Forwarder set, it forwards data to the leader and returns (nil, the
+// error Forward returned): the leader's Apply result comes back only as an error, and this
+// member may apply the entry a little later than Propose returns. Without a Forwarder a follower
+// returns ErrNotLeader (nothing was proposed). If no leader is known, Propose waits for one for
+// up to one election timeout (ElectionTick*TickInterval) and then fails with a *QuorumError
+// (errors.Is ErrNoQuorum) saying how many voters are reachable and how many are needed; a leader
+// that has not heard from a quorum for an election timeout fails with one at once.
+//
+// It returns ErrStopped if the node is not running, and ErrLeadershipLost if leadership was
+// lost while the entry was in flight. If ctx ends first it returns ctx.Err(): the entry may
+// still commit and be applied later, without anyone receiving the result. Likewise an entry in
+// flight when Stop is called may have been persisted and will then be applied after the next
+// Start. data is copied; the caller may reuse it.
 func (n *Node) Propose(ctx context.Context, data []byte) (any, error) {
+	if err := n.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	// A forward refused with ErrNotLeader (leadership moved before the leader proposed) is
+	// retried on the new leader a few times; nothing was proposed, so retrying is safe.
+	const maxForwardAttempts = 4
+	for attempt := 1; ; attempt++ {
+		if n.isLeader.Load() {
+			val, err := n.proposeLocal(ctx, data)
+			if errors.Is(err, ErrNotLeader) && attempt < maxForwardAttempts && ctx.Err() == nil {
+				// Leadership was lost, or is being transferred, before the entry was
+				// proposed: wait for the new leader and try there.
+				if werr := n.awaitLeaderChange(ctx, n.cfg.ID); werr != nil {
+					return nil, werr
+				}
+				continue
+			}
+			return val, err
+		}
+		lead, err := n.awaitLeader(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if lead == n.cfg.ID {
+			continue
+		}
+		if n.cfg.Forwarder == nil {
+			return nil, ErrNotLeader
+		}
+		n.ctr.forwarded.Add(1)
+		err = n.cfg.Forwarder.Forward(ctx, lead, data)
+		if errors.Is(err, ErrNotLeader) && attempt < maxForwardAttempts && ctx.Err() == nil {
+			if werr := n.awaitLeaderChange(ctx, lead); werr != nil {
+				return nil, werr
+			}
+			continue
+		}
+		return nil, err
+	}
+}
+
+// ProposeOnLeader is Propose without forwarding: on a member that is not the leader it returns
+// ErrNotLeader at once. The receiving side of a Forwarder uses it, so that a forwarded entry is
+// never forwarded again.
+func (n *Node) ProposeOnLeader(ctx context.Context, data []byte) (any, error) {
+	if err := n.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	return n.proposeLocal(ctx, data)
+}
+
+// waitReady returns nil once Ready is closed, or ErrStopped or ctx.Err().
+func (n *Node) waitReady(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
-		return nil, err // never propose under a context that is already done
+		return err // never act under a context that is already done
 	}
 	if !n.running() {
-		return nil, ErrStopped
+		return ErrStopped
 	}
 	select {
 	case <-n.readyc:
+		return nil
 	case <-n.donec:
-		return nil, ErrStopped
+		return ErrStopped
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	if !n.isLeader.Load() {
-		return nil, ErrNotLeader
-	}
+}
+
+func (n *Node) nextRequestID() uint64 {
 	id := n.reqSeq.Add(1)
 	if id == 0 { // 0 means "no waiter"
 		id = n.reqSeq.Add(1)
 	}
+	return id
+}
+
+func (n *Node) proposeLocal(ctx context.Context, data []byte) (any, error) {
+	if !n.isLeader.Load() {
+		return nil, ErrNotLeader
+	}
+	if qe := n.quorumLost.Load(); qe != nil {
+		cp := *qe
+		return nil, &cp
+	}
+	id := n.nextRequestID()
 	buf := make([]byte, headerLen+len(data))
 	binary.BigEndian.PutUint64(buf, id)
 	copy(buf[headerLen:], data)
-	ch := make(chan result, 1)
-	n.waitMu.Lock()
-	n.waiters[id] = ch
-	n.waitMu.Unlock()
+	ch := n.addWaiter(id)
 
 	select {
 	case n.propc <- proposal{id: id, data: buf}:
@@ -332,20 +430,107 @@ func (n *Node) Propose(ctx context.Context, data []byte) (any, error) {
 		n.dropWaiter(id)
 		return nil, ctx.Err()
 	}
+	r, err := n.waitResult(ctx, id, ch)
+	if err != nil {
+		return nil, err
+	}
+	return r.val, r.err
+}
+
+func (n *Node) addWaiter(id uint64) chan result {
+	ch := make(chan result, 1)
+	n.waitMu.Lock()
+	n.waiters[id] = ch
+	n.waitMu.Unlock()
+	return ch
+}
+
+// waitResult waits for the result delivered to waiter id.
+func (n *Node) waitResult(ctx context.Context, id uint64, ch chan result) (result, error) {
 	select {
 	case r := <-ch:
-		return r.val, r.err
+		return r, nil
 	case <-n.donec:
 		// The loop fails all waiters before closing donec, so a result may be waiting.
 		select {
 		case r := <-ch:
-			return r.val, r.err
+			return r, nil
 		default:
-			return nil, ErrStopped
+			return result{}, ErrStopped
 		}
 	case <-ctx.Done():
 		n.dropWaiter(id)
-		return nil, ctx.Err()
+		return result{}, ctx.Err()
+	}
+}
+
+// electionTimeout is the wall-clock length of raft's (minimum) election timeout.
+func (n *Node) electionTimeout() time.Duration {
+	return time.Duration(n.cfg.ElectionTick) * n.cfg.TickInterval
+}
+
+// leaderWatch returns a channel closed at the next change of the known leader.
+func (n *Node) leaderWatch() <-chan struct{} {
+	n.leadMu.Lock()
+	defer n.leadMu.Unlock()
+	return n.leadCh
+}
+
+func (n *Node) leaderChanged() {
+	n.leadMu.Lock()
+	close(n.leadCh)
+	n.leadCh = make(chan struct{})
+	n.leadMu.Unlock()
+}
+
+// awaitLeader returns the known leader, waiting up to one election timeout for one; then it
+// fails with a *QuorumError.
+func (n *Node) awaitLeader(ctx context.Context) (uint64, error) {
+	timer := time.NewTimer(n.electionTimeout())
+	defer timer.Stop()
+	for {
+		ch := n.leaderWatch()
+		if l := n.leader.Load(); l != raft.None {
+			return l, nil
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			if l := n.leader.Load(); l != raft.None {
+				return l, nil
+			}
+			var qe *QuorumError
+			if err := n.do(ctx, func() { qe = n.quorumError() }); err != nil {
+				return 0, err
+			}
+			return 0, qe
+		case <-n.donec:
+			return 0, ErrStopped
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// awaitLeaderChange waits until the known leader is no longer old, for up to one election
+// timeout (then the caller tries again with whatever is known).
+func (n *Node) awaitLeaderChange(ctx context.Context, old uint64) error {
+	timer := time.NewTimer(n.electionTimeout())
+	defer timer.Stop()
+	for {
+		ch := n.leaderWatch()
+		if l := n.leader.Load(); l != old && l != raft.None {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return nil
+		case <-n.donec:
+			return ErrStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
@@ -462,13 +647,17 @@ func (n *Node) failWaiters(err error) {
 }
 
 // Stop stops the raft loop and closes the database. It is idempotent and safe to call before
-// Start (the node then never starts). It waits for the loop to exit, bounded by ctx; if ctx ends
-// first (a StateMachine call is stuck), Stop returns ctx.Err() and the loop closes the database
-// when that call returns. Pending Propose calls return ErrStopped.
+// Start (the node then never starts). On the leader of a group with other voters, Stop first
+// hands leadership to the most up-to-date reachable voter, so the group does not wait an
+// election timeout for a new leader; that is best effort and takes at most two election
+// timeouts (or until ctx ends). Stop then waits for the loop to exit, bounded by ctx; if ctx
+// ends first (a StateMachine call is stuck), Stop returns ctx.Err() and the loop closes the
+// database when that call returns. Pending Propose calls return ErrStopped.
 func (n *Node) Stop(ctx context.Context) error {
 	n.mu.Lock()
 	if !n.started {
 		if !n.stopping {
+			n.stopRequested = true
 			n.stopping = true
 			close(n.stopc)
 			n.closeSubs()
@@ -477,6 +666,18 @@ func (n *Node) Stop(ctx context.Context) error {
 		n.mu.Unlock()
 		return nil
 	}
+	first := !n.stopRequested
+	n.stopRequested = true
+	n.mu.Unlock()
+	if first && n.isLeader.Load() {
+		tctx, cancel := context.WithTimeout(ctx, 2*n.electionTimeout())
+		err := n.transferLeadership(tctx, raft.None, true)
+		cancel()
+		if err != nil {
+			n.logger.Debug("no leadership transfer before stopping", "err", err)
+		}
+	}
+	n.mu.Lock()
 	if !n.stopping {
 		n.stopping = true
 		close(n.stopc)
@@ -502,6 +703,12 @@ func (n *Node) run() {
 	}()
 	ticker := time.NewTicker(n.cfg.TickInterval)
 	defer ticker.Stop()
+	// The configuration replay will reach is the one persisted; report it now.
+	start := n.startConf
+	if len(memberSet(n.confState)) > 0 {
+		start = n.confState
+	}
+	n.notifyMembers(start, true)
 	for {
 		select {
 		case <-n.stopc: // checked first so a long replay or a flood of work cannot delay Stop
@@ -520,7 +727,7 @@ func (n *Node) run() {
 		case <-n.stopc:
 			return
 		case <-ticker.C:
-			n.rn.Tick()
+			n.tick()
 		case p := <-n.propc:
 			n.propose(p)
 			// Take everything already queued: these share the next Ready and its fsync.
@@ -554,6 +761,8 @@ func (n *Node) propose(p proposal) {
 	if err := n.rn.Propose(p.data); err != nil {
 		if errors.Is(err, raft.ErrProposalDropped) && !n.isLeader.Load() {
 			err = ErrNotLeader
+		} else if errors.Is(err, raft.ErrProposalDropped) && n.rn.BasicStatus().LeadTransferee != raft.None {
+			err = fmt.Errorf("raftstore: leadership is being transferred: %w", ErrNotLeader)
 		} else {
 			err = fmt.Errorf("raftstore: proposal refused: %w", err)
 		}
@@ -564,6 +773,14 @@ func (n *Node) propose(p proposal) {
 }
 
 func (n *Node) step(m *pb.Message) {
+	if from := m.GetFrom(); from != raft.None && from != n.cfg.ID {
+		n.lastHeard[from] = n.ticks
+	}
+	if n.catchUp && n.catchUpTarget == 0 && m.GetType() == pb.MsgApp && m.GetCommit() > 0 {
+		// Only a leader sends appends; its commit index then is what a joining member must
+		// reach before it calls itself ready.
+		n.catchUpTarget = m.GetCommit()
+	}
 	if err := n.rn.Step(m); err != nil {
 		n.logger.Debug("dropping raft message", "type", m.GetType().String(), "from", m.GetFrom(), "err", err)
 	}
@@ -589,8 +806,21 @@ func (n *Node) handleReady() error {
 	rd := n.rn.Ready()
 	n.ctr.readies.Add(1)
 	if rd.SoftState != nil {
-		n.leader.Store(rd.SoftState.Lead)
-		n.isLeader.Store(rd.SoftState.RaftState == raft.StateLeader)
+		isLeader := rd.SoftState.RaftState == raft.StateLeader
+		if isLeader && !n.isLeader.Load() {
+			n.leaderTicks = 0
+		}
+		if !isLeader {
+			n.quorumLost.Store(nil)
+		}
+		prev := n.leader.Swap(rd.SoftState.Lead)
+		n.isLeader.Store(isLeader)
+		if prev != rd.SoftState.Lead {
+			n.leaderChanged()
+		}
+	}
+	if n.confPending && n.confPendingIdx == 0 && len(rd.Entries) > 0 {
+		n.confPendingIdx = rd.Entries[len(rd.Entries)-1].GetIndex()
 	}
 	// 1. Persist hard state, entries and any received snapshot: one transaction, at most one
 	// fsync (none when only the commit index moved).
@@ -608,6 +838,13 @@ func (n *Node) handleReady() error {
 		n.confState = proto.Clone(md.GetConfState()).(*pb.ConfState)
 		n.snapIndex, n.appliedIdx = md.GetIndex(), md.GetIndex()
 		n.applied.Store(n.appliedIdx)
+		members := memberSet(n.confState)
+		for id := range n.memberCtx {
+			if !members[id] {
+				delete(n.memberCtx, id)
+			}
+		}
+		n.notifyMembers(n.confState, false)
 	}
 	if err := n.ms.Append(rd.Entries); err != nil {
 		return fmt.Errorf("raftstore: appending to memory log: %w", err)
@@ -628,11 +865,15 @@ func (n *Node) handleReady() error {
 	// 4. Hand the Ready back.
 	n.rn.Advance(rd)
 
+	if n.confPending && n.confPendingIdx != 0 && n.appliedIdx >= n.confPendingIdx {
+		n.confPending, n.confPendingIdx = false, 0
+	}
 	n.noteLeadership()
 	if err := n.maybeSnapshot(); err != nil {
 		return err
 	}
-	if !n.readyDone && n.leader.Load() != raft.None && n.appliedIdx >= n.startCommit {
+	caughtUp := !n.catchUp || (n.catchUpTarget != 0 && n.appliedIdx >= n.catchUpTarget)
+	if !n.readyDone && n.leader.Load() != raft.None && n.appliedIdx >= n.startCommit && caughtUp {
 		n.readyDone = true
 		close(n.readyc)
 		n.logger.Info("raft log ready", "leader", n.leader.Load(), "applied", n.appliedIdx)
@@ -651,7 +892,12 @@ func (n *Node) noteLeadership() {
 	n.wasLeader = now
 	n.logger.Info("leadership changed", "leader", now, "lead", n.leader.Load())
 	if !now {
-		n.failWaiters(ErrLeadershipLost)
+		n.confPending, n.confPendingIdx = false, 0
+		err := ErrLeadershipLost
+		if n.leader.Load() == raft.None {
+			err = fmt.Errorf("%w: %w", ErrLeadershipLost, n.quorumError())
+		}
+		n.failWaiters(err)
 	}
 	n.notifySubs(now)
 }
@@ -662,6 +908,8 @@ func (n *Node) apply(ents []*pb.Entry) error {
 		if idx <= n.appliedIdx {
 			continue
 		}
+		n.appliedTerm = e.GetTerm()
+		var confReq uint64
 		switch e.GetType() {
 		case pb.EntryNormal:
 			data := e.GetData()
@@ -681,7 +929,7 @@ func (n *Node) apply(ents []*pb.Entry) error {
 			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
 				return fmt.Errorf("raftstore: %w: conf change at entry %d: %w", ErrCorrupt, idx, err)
 			}
-			if err := n.applyConfChange(cc); err != nil {
+			if err := n.applyConfChange(cc, nil, cc.GetContext()); err != nil {
 				return err
 			}
 		case pb.EntryConfChangeV2:
@@ -689,13 +937,19 @@ func (n *Node) apply(ents []*pb.Entry) error {
 			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
 				return fmt.Errorf("raftstore: %w: conf change at entry %d: %w", ErrCorrupt, idx, err)
 			}
-			if err := n.applyConfChange(cc); err != nil {
+			// Our conf changes carry a request ID header, then the member context.
+			var payload []byte
+			if c := cc.GetContext(); len(c) >= headerLen {
+				confReq, payload = binary.BigEndian.Uint64(c), c[headerLen:]
+			}
+			if err := n.applyConfChange(cc, cc, payload); err != nil {
 				return err
 			}
 		default:
 			return fmt.Errorf("raftstore: %w: entry %d has unknown type %d", ErrCorrupt, idx, e.GetType())
 		}
 		n.markApplied(idx)
+		n.deliver(confReq, result{})
 	}
 	return nil
 }
@@ -709,18 +963,127 @@ func (n *Node) markApplied(idx uint64) {
 	n.ctr.applied.Add(1)
 }
 
-func (n *Node) applyConfChange(cc pb.ConfChangeI) error {
+// applyConfChange applies a committed conf change (v2 is nil for a v1 change) and persists the
+// new configuration with the member context payload for the members it adds.
+func (n *Node) applyConfChange(cc pb.ConfChangeI, v2 *pb.ConfChangeV2, payload []byte) error {
+	if v2 == nil {
+		v2 = cc.AsV2()
+	}
 	n.confState = n.rn.ApplyConfChange(cc)
+	var set map[uint64][]byte
+	if len(payload) > 0 {
+		set = map[uint64][]byte{}
+		for _, ch := range v2.GetChanges() {
+			if t := ch.GetType(); t == pb.ConfChangeAddNode || t == pb.ConfChangeAddLearnerNode {
+				set[ch.GetNodeId()] = bytes.Clone(payload)
+			}
+		}
+	}
+	for id, v := range set {
+		n.memberCtx[id] = v
+	}
+	members := memberSet(n.confState)
+	if n.snapIndex > 0 {
+		for _, ch := range v2.GetChanges() {
+			if t := ch.GetType(); t == pb.ConfChangeAddNode || t == pb.ConfChangeAddLearnerNode {
+				n.snapForNewMember = true
+			}
+		}
+	}
+	for id := range n.memberCtx {
+		if !members[id] {
+			delete(n.memberCtx, id)
+		}
+	}
 	n.logger.Info("configuration changed", "voters", n.confState.Voters, "learners", n.confState.Learners)
-	return n.disk.saveConfState(n.confState)
+	if err := n.disk.saveConfState(n.confState, set); err != nil {
+		return err
+	}
+	n.notifyMembers(n.confState, false)
+	return nil
+}
+
+// notifyMembers calls Config.OnMembershipChange with cs's members if they differ from the last
+// call (or always, with force).
+func (n *Node) notifyMembers(cs *pb.ConfState, force bool) {
+	ids := slices.Sorted(maps.Keys(memberSet(cs)))
+	if !force && slices.Equal(ids, n.lastMembers) {
+		return
+	}
+	n.lastMembers = ids
+	if n.cfg.OnMembershipChange != nil {
+		n.cfg.OnMembershipChange(slices.Clone(ids))
+	}
+}
+
+// tick advances raft's clock and, on a leader, checks that a quorum is still reachable.
+func (n *Node) tick() {
+	n.ticks++
+	n.rn.Tick()
+	if !n.isLeader.Load() {
+		n.quorumLost.Store(nil)
+		return
+	}
+	n.leaderTicks++
+	if n.leaderTicks < uint64(n.cfg.ElectionTick) {
+		return // followers have not had a full election timeout to answer yet
+	}
+	if qe := n.quorumError(); qe.Reachable < qe.Needed {
+		n.quorumLost.Store(qe)
+	} else {
+		n.quorumLost.Store(nil)
+	}
+}
+
+// reachableSet returns the members heard from within the last election timeout (this member
+// always included). On a leader it adds raft's own RecentActive flags.
+func (n *Node) reachableSet() map[uint64]bool {
+	r := map[uint64]bool{n.cfg.ID: true}
+	for id, at := range n.lastHeard {
+		if n.ticks-at <= uint64(n.cfg.ElectionTick) {
+			r[id] = true
+		}
+	}
+	if n.isLeader.Load() {
+		n.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+			if pr.RecentActive {
+				r[id] = true
+			}
+		})
+	}
+	return r
+}
+
+// quorumError describes the current configuration's quorum as this member sees it.
+func (n *Node) quorumError() *QuorumError {
+	return quorumOf(n.confState.GetVoters(), n.reachableSet())
+}
+
+func quorumOf(voters []uint64, reachable map[uint64]bool) *QuorumError {
+	qe := &QuorumError{Voters: len(voters), Needed: len(voters)/2 + 1}
+	for _, v := range voters {
+		if reachable[v] {
+			qe.Reachable++
+		}
+	}
+	return qe
 }
 
 // maybeSnapshot snapshots the StateMachine every SnapshotInterval applied entries and compacts
 // the log, keeping SnapshotCatchUpEntries entries before the snapshot.
+//
+// It also snapshots right after a member was added while the log is compacted: raft sends the
+// latest snapshot to a member that needs one, and a member refuses a snapshot whose
+// configuration does not include it, so the snapshot must postdate the addition.
 func (n *Node) maybeSnapshot() error {
-	if n.appliedIdx-n.snapIndex < n.cfg.SnapshotInterval {
+	due := n.appliedIdx-n.snapIndex >= n.cfg.SnapshotInterval
+	if n.snapForNewMember && n.appliedIdx > n.snapIndex {
+		due = true
+	}
+	if !due {
 		return nil
 	}
+	n.snapForNewMember = false
 	data, err := n.cfg.StateMachine.Snapshot()
 	if err != nil {
 		return fmt.Errorf("raftstore: StateMachine.Snapshot at index %d: %w", n.appliedIdx, err)

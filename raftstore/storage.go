@@ -32,6 +32,9 @@ var (
 	bucketState    = []byte("state")    // hard state, conf state
 	bucketEntries  = []byte("entries")  // big-endian index -> marshalled raftpb.Entry
 	bucketSnapshot = []byte("snapshot") // metadata -> marshalled SnapshotMetadata, data -> bytes
+	// bucketMembers maps a big-endian member ID to the context given when it was added (e.g.
+	// its address). It holds only current members; files from before it existed get it on open.
+	bucketMembers = []byte("members")
 
 	keyVersion  = []byte("version")
 	keyMemberID = []byte("member_id")
@@ -60,6 +63,7 @@ type loadedState struct {
 	conf     *pb.ConfState
 	snapshot *pb.Snapshot // nil if none
 	entries  []*pb.Entry  // after the snapshot, in order
+	members  map[uint64][]byte
 }
 
 func indexKey(i uint64) []byte {
@@ -111,7 +115,7 @@ func (d *diskStore) init(id uint64) (st *loadedState, err error) {
 			st, err = nil, corrupt(d.path, "reading database: %v", r)
 		}
 	}()
-	st = &loadedState{}
+	st = &loadedState{members: map[uint64][]byte{}}
 	err = d.db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil {
@@ -126,7 +130,7 @@ func (d *diskStore) init(id uint64) (st *loadedState, err error) {
 				return corrupt(d.path, "not a raftstore database (has bucket %q but no %q)", other, bucketMeta)
 			}
 			st.fresh = true
-			for _, b := range [][]byte{bucketMeta, bucketState, bucketEntries, bucketSnapshot} {
+			for _, b := range [][]byte{bucketMeta, bucketState, bucketEntries, bucketSnapshot, bucketMembers} {
 				if _, err := tx.CreateBucket(b); err != nil {
 					return err
 				}
@@ -156,6 +160,19 @@ func (d *diskStore) init(id uint64) (st *loadedState, err error) {
 		state, ents, snap := tx.Bucket(bucketState), tx.Bucket(bucketEntries), tx.Bucket(bucketSnapshot)
 		if state == nil || ents == nil || snap == nil {
 			return corrupt(d.path, "missing bucket")
+		}
+		mb, err := tx.CreateBucketIfNotExists(bucketMembers)
+		if err != nil {
+			return err
+		}
+		if err := mb.ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				return corrupt(d.path, "member key of %d bytes", len(k))
+			}
+			st.members[decodeIndex(k)] = bytes.Clone(v)
+			return nil
+		}); err != nil {
+			return err
 		}
 		if b := state.Get(keyHard); b != nil {
 			st.hard = &pb.HardState{}
@@ -308,11 +325,52 @@ func putSnapshot(tx *bolt.Tx, snap *pb.Snapshot) error {
 	if err := sb.Put(keySnapData, snap.GetData()); err != nil {
 		return err
 	}
-	cs, err := proto.Marshal(snap.GetMetadata().GetConfState())
+	return putConfState(tx, snap.GetMetadata().GetConfState(), nil)
+}
+
+// putConfState stores cs, sets the member contexts in set, and deletes the contexts of IDs that
+// are no longer members.
+func putConfState(tx *bolt.Tx, cs *pb.ConfState, set map[uint64][]byte) error {
+	b, err := proto.Marshal(cs)
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucketState).Put(keyConf, cs)
+	if err := tx.Bucket(bucketState).Put(keyConf, b); err != nil {
+		return err
+	}
+	mb := tx.Bucket(bucketMembers)
+	for id, v := range set {
+		if err := mb.Put(indexKey(id), v); err != nil {
+			return err
+		}
+	}
+	members := memberSet(cs)
+	var gone [][]byte
+	if err := mb.ForEach(func(k, _ []byte) error {
+		if len(k) != 8 || !members[decodeIndex(k)] {
+			gone = append(gone, bytes.Clone(k))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range gone {
+		if err := mb.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// memberSet is every ID in cs: voters (incoming and outgoing) and learners.
+func memberSet(cs *pb.ConfState) map[uint64]bool {
+	m := map[uint64]bool{}
+	for _, ids := range [][]uint64{cs.GetVoters(), cs.GetVotersOutgoing(), cs.GetLearners(), cs.GetLearnersNext()} {
+		for _, id := range ids {
+			m[id] = true
+		}
+	}
+	return m
 }
 
 // deleteRange deletes entries with lo <= index <= hi.
@@ -343,14 +401,11 @@ func (d *diskStore) saveSnapshot(snap *pb.Snapshot, compactIndex uint64) error {
 	return nil
 }
 
-// saveConfState records the configuration after applying a conf change entry.
-func (d *diskStore) saveConfState(cs *pb.ConfState) error {
-	b, err := proto.Marshal(cs)
-	if err != nil {
-		return err
-	}
-	err = d.update(true, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketState).Put(keyConf, b)
+// saveConfState records the configuration after applying a conf change entry, with the member
+// contexts the change set (see putConfState).
+func (d *diskStore) saveConfState(cs *pb.ConfState, set map[uint64][]byte) error {
+	err := d.update(true, func(tx *bolt.Tx) error {
+		return putConfState(tx, cs, set)
 	})
 	if err != nil {
 		return fmt.Errorf("raftstore: %s: saving conf state: %w", d.path, err)

@@ -19,8 +19,9 @@ import (
 
 // Options shapes a test cluster. Zero fields take the defaults noted.
 type Options struct {
-	// Managers is the number of managers; default 1. (This version of Shoal
-	// runs one manager per cluster.)
+	// Managers is the number of managers; default 1. The first one Inits the
+	// cluster, the others join with the manager token; Start returns once
+	// every manager votes.
 	Managers int
 	// Workers is the number of worker nodes; default 0.
 	Workers int
@@ -108,12 +109,21 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	}
 	c := &Cluster{tb: tb, opts: opts, net: NewNetwork(), dir: tb.TempDir(), nextPort: 4242}
 	tb.Cleanup(c.Stop)
-	if opts.Managers != 1 {
-		tb.Fatalf("shoaltest: %d managers requested; this version supports exactly 1", opts.Managers)
+	for i := 0; i < opts.Managers; i++ {
+		if _, err := c.AddManager(); err != nil {
+			tb.Fatalf("shoaltest: start manager: %v", err)
+		}
 	}
-	if _, err := c.addNode(true); err != nil {
-		tb.Fatalf("shoaltest: start manager: %v", err)
-	}
+	c.WaitFor("every manager votes", func() bool {
+		ctx, cancel := c.ctx()
+		defer cancel()
+		l := c.Leader()
+		if l == nil {
+			return false
+		}
+		voters, learners, err := l.Shoal().RaftMembers(ctx)
+		return err == nil && voters == opts.Managers && learners == 0
+	})
 	for i := 0; i < opts.Workers; i++ {
 		if _, err := c.AddWorker(); err != nil {
 			tb.Fatalf("shoaltest: start worker: %v", err)
@@ -195,13 +205,17 @@ func (c *Cluster) addNode(manager bool) (*Node, error) {
 	defer cancel()
 	var sn *shoal.Node
 	var err error
-	if manager {
+	if manager && c.Manager() == nil {
 		sn, err = shoal.Init(ctx, cfg)
 	} else {
 		var ci *shoal.ClusterInfo
 		ci, err = c.Client().Cluster(ctx)
 		if err == nil {
-			sn, err = shoal.Join(ctx, cfg, c.Manager().Addr, ci.WorkerToken)
+			token := ci.WorkerToken
+			if manager {
+				token = ci.ManagerToken
+			}
+			sn, err = shoal.Join(ctx, cfg, c.runningManager().Addr, token)
 		}
 	}
 	if err != nil {
@@ -214,6 +228,10 @@ func (c *Cluster) addNode(manager bool) (*Node, error) {
 	c.mu.Unlock()
 	return n, nil
 }
+
+// AddManager adds a manager: the first one creates the cluster, later ones
+// join with the manager token.
+func (c *Cluster) AddManager() (*Node, error) { return c.addNode(true) }
 
 // AddWorker joins a new worker with the cluster's worker token.
 func (c *Cluster) AddWorker() (*Node, error) { return c.addNode(false) }
@@ -238,10 +256,44 @@ func (c *Cluster) Workers() []*Node {
 	return out
 }
 
-// Manager returns the (first) manager.
+// Manager returns the first manager (running or not).
 func (c *Cluster) Manager() *Node {
 	for _, n := range c.Nodes() {
 		if n.Manager {
+			return n
+		}
+	}
+	return nil
+}
+
+// Managers returns the managers.
+func (c *Cluster) Managers() []*Node {
+	var out []*Node
+	for _, n := range c.Nodes() {
+		if n.Manager {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// runningManager returns a running manager, the leader if there is one.
+func (c *Cluster) runningManager() *Node {
+	if l := c.Leader(); l != nil {
+		return l
+	}
+	for _, n := range c.Managers() {
+		if n.Shoal() != nil {
+			return n
+		}
+	}
+	return nil
+}
+
+// Leader returns the running manager that leads, or nil.
+func (c *Cluster) Leader() *Node {
+	for _, n := range c.Managers() {
+		if sn := n.Shoal(); sn != nil && sn.IsLeader() {
 			return n
 		}
 	}
@@ -268,10 +320,11 @@ func (c *Cluster) NodeByID(id string) *Node {
 	return nil
 }
 
-// Client returns the control API client of a running manager.
+// Client returns the control API client of a running manager (the leader
+// if there is one; any manager serves the API).
 func (c *Cluster) Client() *shoal.Client {
-	m := c.Manager()
-	if m == nil || m.Shoal() == nil {
+	m := c.runningManager()
+	if m == nil {
 		c.tb.Fatalf("shoaltest: no running manager")
 	}
 	return m.Shoal().Client()

@@ -1179,8 +1179,12 @@ type JoinResponse struct {
 	NodeId    string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	ClusterId string                 `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Role      NodeRole               `protobuf:"varint,3,opt,name=role,proto3,enum=shoal.api.NodeRole" json:"role,omitempty"`
-	// managers are the addresses of the cluster's managers.
-	Managers      []string `protobuf:"bytes,4,rep,name=managers,proto3" json:"managers,omitempty"`
+	// managers are the addresses of the cluster's managers, leader first.
+	Managers []string `protobuf:"bytes,4,rep,name=managers,proto3" json:"managers,omitempty"`
+	// raft_id is the new member's Raft ID (managers only).
+	RaftId uint64 `protobuf:"varint,5,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
+	// peers are the Raft members the new manager starts with (managers only).
+	Peers         []*RaftPeer `protobuf:"bytes,6,rep,name=peers,proto3" json:"peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1241,6 +1245,72 @@ func (x *JoinResponse) GetManagers() []string {
 		return x.Managers
 	}
 	return nil
+}
+
+func (x *JoinResponse) GetRaftId() uint64 {
+	if x != nil {
+		return x.RaftId
+	}
+	return 0
+}
+
+func (x *JoinResponse) GetPeers() []*RaftPeer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+type RaftPeer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RaftId        uint64                 `protobuf:"varint,1,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftPeer) Reset() {
+	*x = RaftPeer{}
+	mi := &file_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftPeer) ProtoMessage() {}
+
+func (x *RaftPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftPeer.ProtoReflect.Descriptor instead.
+func (*RaftPeer) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RaftPeer) GetRaftId() uint64 {
+	if x != nil {
+		return x.RaftId
+	}
+	return 0
+}
+
+func (x *RaftPeer) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
 }
 
 var File_control_proto protoreflect.FileDescriptor
@@ -1317,13 +1387,18 @@ const file_control_proto_rawDesc = "" +
 	"\x06labels\x18\x05 \x03(\v2\".shoal.api.JoinRequest.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcf\x01\n" +
 	"\fJoinResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12'\n" +
 	"\x04role\x18\x03 \x01(\x0e2\x13.shoal.api.NodeRoleR\x04role\x12\x1a\n" +
-	"\bmanagers\x18\x04 \x03(\tR\bmanagers*\x83\x01\n" +
+	"\bmanagers\x18\x04 \x03(\tR\bmanagers\x12\x17\n" +
+	"\araft_id\x18\x05 \x01(\x04R\x06raftId\x12)\n" +
+	"\x05peers\x18\x06 \x03(\v2\x13.shoal.api.RaftPeerR\x05peers\"7\n" +
+	"\bRaftPeer\x12\x17\n" +
+	"\araft_id\x18\x01 \x01(\x04R\x06raftId\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr*\x83\x01\n" +
 	"\n" +
 	"ObjectKind\x12\x17\n" +
 	"\x13OBJECT_KIND_UNKNOWN\x10\x00\x12\x14\n" +
@@ -1366,7 +1441,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_control_proto_goTypes = []any{
 	(ObjectKind)(0),              // 0: shoal.api.ObjectKind
 	(*GetRequest)(nil),           // 1: shoal.api.GetRequest
@@ -1391,77 +1466,79 @@ var file_control_proto_goTypes = []any{
 	(*WatchMessage)(nil),         // 20: shoal.api.WatchMessage
 	(*JoinRequest)(nil),          // 21: shoal.api.JoinRequest
 	(*JoinResponse)(nil),         // 22: shoal.api.JoinResponse
-	nil,                          // 23: shoal.api.JoinRequest.LabelsEntry
-	(*ServiceSpec)(nil),          // 24: shoal.api.ServiceSpec
-	(*Service)(nil),              // 25: shoal.api.Service
-	(*Task)(nil),                 // 26: shoal.api.Task
-	(TaskState)(0),               // 27: shoal.api.TaskState
-	(*Node)(nil),                 // 28: shoal.api.Node
-	(NodeRole)(0),                // 29: shoal.api.NodeRole
-	(*NodeSpec)(nil),             // 30: shoal.api.NodeSpec
-	(*Cluster)(nil),              // 31: shoal.api.Cluster
-	(*ClusterSpec)(nil),          // 32: shoal.api.ClusterSpec
-	(StoreAction_Kind)(0),        // 33: shoal.api.StoreAction.Kind
-	(*StoreAction)(nil),          // 34: shoal.api.StoreAction
-	(*NodeDescription)(nil),      // 35: shoal.api.NodeDescription
+	(*RaftPeer)(nil),             // 23: shoal.api.RaftPeer
+	nil,                          // 24: shoal.api.JoinRequest.LabelsEntry
+	(*ServiceSpec)(nil),          // 25: shoal.api.ServiceSpec
+	(*Service)(nil),              // 26: shoal.api.Service
+	(*Task)(nil),                 // 27: shoal.api.Task
+	(TaskState)(0),               // 28: shoal.api.TaskState
+	(*Node)(nil),                 // 29: shoal.api.Node
+	(NodeRole)(0),                // 30: shoal.api.NodeRole
+	(*NodeSpec)(nil),             // 31: shoal.api.NodeSpec
+	(*Cluster)(nil),              // 32: shoal.api.Cluster
+	(*ClusterSpec)(nil),          // 33: shoal.api.ClusterSpec
+	(StoreAction_Kind)(0),        // 34: shoal.api.StoreAction.Kind
+	(*StoreAction)(nil),          // 35: shoal.api.StoreAction
+	(*NodeDescription)(nil),      // 36: shoal.api.NodeDescription
 }
 var file_control_proto_depIdxs = []int32{
-	24, // 0: shoal.api.CreateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
-	25, // 1: shoal.api.ServiceResponse.service:type_name -> shoal.api.Service
-	25, // 2: shoal.api.ListServicesResponse.services:type_name -> shoal.api.Service
-	24, // 3: shoal.api.UpdateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
-	26, // 4: shoal.api.TaskResponse.task:type_name -> shoal.api.Task
-	27, // 5: shoal.api.ListTasksRequest.desired_states:type_name -> shoal.api.TaskState
-	26, // 6: shoal.api.ListTasksResponse.tasks:type_name -> shoal.api.Task
-	28, // 7: shoal.api.NodeResponse.node:type_name -> shoal.api.Node
-	29, // 8: shoal.api.ListNodesRequest.roles:type_name -> shoal.api.NodeRole
-	28, // 9: shoal.api.ListNodesResponse.nodes:type_name -> shoal.api.Node
-	30, // 10: shoal.api.UpdateNodeRequest.spec:type_name -> shoal.api.NodeSpec
-	31, // 11: shoal.api.ClusterResponse.cluster:type_name -> shoal.api.Cluster
-	32, // 12: shoal.api.UpdateClusterRequest.spec:type_name -> shoal.api.ClusterSpec
+	25, // 0: shoal.api.CreateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
+	26, // 1: shoal.api.ServiceResponse.service:type_name -> shoal.api.Service
+	26, // 2: shoal.api.ListServicesResponse.services:type_name -> shoal.api.Service
+	25, // 3: shoal.api.UpdateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
+	27, // 4: shoal.api.TaskResponse.task:type_name -> shoal.api.Task
+	28, // 5: shoal.api.ListTasksRequest.desired_states:type_name -> shoal.api.TaskState
+	27, // 6: shoal.api.ListTasksResponse.tasks:type_name -> shoal.api.Task
+	29, // 7: shoal.api.NodeResponse.node:type_name -> shoal.api.Node
+	30, // 8: shoal.api.ListNodesRequest.roles:type_name -> shoal.api.NodeRole
+	29, // 9: shoal.api.ListNodesResponse.nodes:type_name -> shoal.api.Node
+	31, // 10: shoal.api.UpdateNodeRequest.spec:type_name -> shoal.api.NodeSpec
+	32, // 11: shoal.api.ClusterResponse.cluster:type_name -> shoal.api.Cluster
+	33, // 12: shoal.api.UpdateClusterRequest.spec:type_name -> shoal.api.ClusterSpec
 	0,  // 13: shoal.api.WatchRequest.kinds:type_name -> shoal.api.ObjectKind
-	33, // 14: shoal.api.WatchEvent.action:type_name -> shoal.api.StoreAction.Kind
-	34, // 15: shoal.api.WatchEvent.object:type_name -> shoal.api.StoreAction
-	34, // 16: shoal.api.WatchEvent.old:type_name -> shoal.api.StoreAction
+	34, // 14: shoal.api.WatchEvent.action:type_name -> shoal.api.StoreAction.Kind
+	35, // 15: shoal.api.WatchEvent.object:type_name -> shoal.api.StoreAction
+	35, // 16: shoal.api.WatchEvent.old:type_name -> shoal.api.StoreAction
 	19, // 17: shoal.api.WatchMessage.events:type_name -> shoal.api.WatchEvent
-	35, // 18: shoal.api.JoinRequest.description:type_name -> shoal.api.NodeDescription
-	23, // 19: shoal.api.JoinRequest.labels:type_name -> shoal.api.JoinRequest.LabelsEntry
-	29, // 20: shoal.api.JoinResponse.role:type_name -> shoal.api.NodeRole
-	4,  // 21: shoal.api.Control.CreateService:input_type -> shoal.api.CreateServiceRequest
-	1,  // 22: shoal.api.Control.GetService:input_type -> shoal.api.GetRequest
-	6,  // 23: shoal.api.Control.ListServices:input_type -> shoal.api.ListServicesRequest
-	8,  // 24: shoal.api.Control.UpdateService:input_type -> shoal.api.UpdateServiceRequest
-	2,  // 25: shoal.api.Control.RemoveService:input_type -> shoal.api.RemoveRequest
-	1,  // 26: shoal.api.Control.GetTask:input_type -> shoal.api.GetRequest
-	10, // 27: shoal.api.Control.ListTasks:input_type -> shoal.api.ListTasksRequest
-	1,  // 28: shoal.api.Control.GetNode:input_type -> shoal.api.GetRequest
-	13, // 29: shoal.api.Control.ListNodes:input_type -> shoal.api.ListNodesRequest
-	15, // 30: shoal.api.Control.UpdateNode:input_type -> shoal.api.UpdateNodeRequest
-	2,  // 31: shoal.api.Control.RemoveNode:input_type -> shoal.api.RemoveRequest
-	1,  // 32: shoal.api.Control.GetCluster:input_type -> shoal.api.GetRequest
-	17, // 33: shoal.api.Control.UpdateCluster:input_type -> shoal.api.UpdateClusterRequest
-	18, // 34: shoal.api.Control.Watch:input_type -> shoal.api.WatchRequest
-	21, // 35: shoal.api.Join.Join:input_type -> shoal.api.JoinRequest
-	5,  // 36: shoal.api.Control.CreateService:output_type -> shoal.api.ServiceResponse
-	5,  // 37: shoal.api.Control.GetService:output_type -> shoal.api.ServiceResponse
-	7,  // 38: shoal.api.Control.ListServices:output_type -> shoal.api.ListServicesResponse
-	5,  // 39: shoal.api.Control.UpdateService:output_type -> shoal.api.ServiceResponse
-	3,  // 40: shoal.api.Control.RemoveService:output_type -> shoal.api.RemoveResponse
-	9,  // 41: shoal.api.Control.GetTask:output_type -> shoal.api.TaskResponse
-	11, // 42: shoal.api.Control.ListTasks:output_type -> shoal.api.ListTasksResponse
-	12, // 43: shoal.api.Control.GetNode:output_type -> shoal.api.NodeResponse
-	14, // 44: shoal.api.Control.ListNodes:output_type -> shoal.api.ListNodesResponse
-	12, // 45: shoal.api.Control.UpdateNode:output_type -> shoal.api.NodeResponse
-	3,  // 46: shoal.api.Control.RemoveNode:output_type -> shoal.api.RemoveResponse
-	16, // 47: shoal.api.Control.GetCluster:output_type -> shoal.api.ClusterResponse
-	16, // 48: shoal.api.Control.UpdateCluster:output_type -> shoal.api.ClusterResponse
-	20, // 49: shoal.api.Control.Watch:output_type -> shoal.api.WatchMessage
-	22, // 50: shoal.api.Join.Join:output_type -> shoal.api.JoinResponse
-	36, // [36:51] is the sub-list for method output_type
-	21, // [21:36] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	36, // 18: shoal.api.JoinRequest.description:type_name -> shoal.api.NodeDescription
+	24, // 19: shoal.api.JoinRequest.labels:type_name -> shoal.api.JoinRequest.LabelsEntry
+	30, // 20: shoal.api.JoinResponse.role:type_name -> shoal.api.NodeRole
+	23, // 21: shoal.api.JoinResponse.peers:type_name -> shoal.api.RaftPeer
+	4,  // 22: shoal.api.Control.CreateService:input_type -> shoal.api.CreateServiceRequest
+	1,  // 23: shoal.api.Control.GetService:input_type -> shoal.api.GetRequest
+	6,  // 24: shoal.api.Control.ListServices:input_type -> shoal.api.ListServicesRequest
+	8,  // 25: shoal.api.Control.UpdateService:input_type -> shoal.api.UpdateServiceRequest
+	2,  // 26: shoal.api.Control.RemoveService:input_type -> shoal.api.RemoveRequest
+	1,  // 27: shoal.api.Control.GetTask:input_type -> shoal.api.GetRequest
+	10, // 28: shoal.api.Control.ListTasks:input_type -> shoal.api.ListTasksRequest
+	1,  // 29: shoal.api.Control.GetNode:input_type -> shoal.api.GetRequest
+	13, // 30: shoal.api.Control.ListNodes:input_type -> shoal.api.ListNodesRequest
+	15, // 31: shoal.api.Control.UpdateNode:input_type -> shoal.api.UpdateNodeRequest
+	2,  // 32: shoal.api.Control.RemoveNode:input_type -> shoal.api.RemoveRequest
+	1,  // 33: shoal.api.Control.GetCluster:input_type -> shoal.api.GetRequest
+	17, // 34: shoal.api.Control.UpdateCluster:input_type -> shoal.api.UpdateClusterRequest
+	18, // 35: shoal.api.Control.Watch:input_type -> shoal.api.WatchRequest
+	21, // 36: shoal.api.Join.Join:input_type -> shoal.api.JoinRequest
+	5,  // 37: shoal.api.Control.CreateService:output_type -> shoal.api.ServiceResponse
+	5,  // 38: shoal.api.Control.GetService:output_type -> shoal.api.ServiceResponse
+	7,  // 39: shoal.api.Control.ListServices:output_type -> shoal.api.ListServicesResponse
+	5,  // 40: shoal.api.Control.UpdateService:output_type -> shoal.api.ServiceResponse
+	3,  // 41: shoal.api.Control.RemoveService:output_type -> shoal.api.RemoveResponse
+	9,  // 42: shoal.api.Control.GetTask:output_type -> shoal.api.TaskResponse
+	11, // 43: shoal.api.Control.ListTasks:output_type -> shoal.api.ListTasksResponse
+	12, // 44: shoal.api.Control.GetNode:output_type -> shoal.api.NodeResponse
+	14, // 45: shoal.api.Control.ListNodes:output_type -> shoal.api.ListNodesResponse
+	12, // 46: shoal.api.Control.UpdateNode:output_type -> shoal.api.NodeResponse
+	3,  // 47: shoal.api.Control.RemoveNode:output_type -> shoal.api.RemoveResponse
+	16, // 48: shoal.api.Control.GetCluster:output_type -> shoal.api.ClusterResponse
+	16, // 49: shoal.api.Control.UpdateCluster:output_type -> shoal.api.ClusterResponse
+	20, // 50: shoal.api.Control.Watch:output_type -> shoal.api.WatchMessage
+	22, // 51: shoal.api.Join.Join:output_type -> shoal.api.JoinResponse
+	37, // [37:52] is the sub-list for method output_type
+	22, // [22:37] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1476,7 +1553,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

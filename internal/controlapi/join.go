@@ -2,6 +2,8 @@ package controlapi
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 
 	"github.com/shoalhq/shoal/internal/api"
@@ -11,23 +13,42 @@ import (
 	"github.com/shoalhq/shoal/pki"
 )
 
+// Membership is the part of the replicated log the join server needs to add
+// a manager: raftstore.Node implements it.
+type Membership interface {
+	// IsLeader reports whether this member leads the Raft group.
+	IsLeader() bool
+	// AddLearner adds a member that receives the log but does not vote,
+	// returning once the change is applied; context is stored with it.
+	AddLearner(ctx context.Context, id uint64, context []byte) error
+}
+
+// JoinConfig configures a JoinServer.
+type JoinConfig struct {
+	Store *state.Store
+	// Managers lists the managers' addresses, leader first, for joiners.
+	Managers func() []string
+	// Membership adds new managers to the Raft group.
+	Membership Membership
+	// Forward sends a join to the leader; used when this manager is not the
+	// leader (adding a Raft member needs the leader).
+	Forward func(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error)
+}
+
 // JoinServer admits nodes that present a valid join token: it creates their
-// Node object, whose ID the new node keeps for life. Until the security work
-// lands, the token's secret is the only credential; the API is shaped so a
-// certificate signing request slots into JoinRequest later.
+// Node object, whose ID the new node keeps for life, and adds managers to the
+// Raft group as learners (the leader promotes them once they caught up).
+// Until the security work lands, the token's secret is the only credential;
+// the API is shaped so a certificate signing request slots into JoinRequest.
 type JoinServer struct {
 	api.UnimplementedJoinServer
-	store    *state.Store
-	managers func() []string
+	cfg JoinConfig
 }
 
 var _ api.JoinServer = (*JoinServer)(nil)
 
-// NewJoinServer returns a join server over store; managers lists the
-// addresses returned to joining nodes.
-func NewJoinServer(store *state.Store, managers func() []string) *JoinServer {
-	return &JoinServer{store: store, managers: managers}
-}
+// NewJoinServer returns a join server.
+func NewJoinServer(cfg JoinConfig) *JoinServer { return &JoinServer{cfg: cfg} }
 
 // Join checks the token and registers the node.
 func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
@@ -36,7 +57,7 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		return nil, errdefs.ToGRPC(err)
 	}
 	var cluster *api.Cluster
-	s.store.View(func(tx state.ReadTx) {
+	s.cfg.Store.View(func(tx state.ReadTx) {
 		if cs, _ := tx.FindClusters(state.All()); len(cs) > 0 {
 			cluster = cs[0]
 		}
@@ -58,7 +79,15 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		return nil, errdefs.ToGRPC(fmt.Errorf("join token was rotated or never issued: %w", errdefs.ErrInvalidToken))
 	}
 	if role == api.NodeRole_NODE_ROLE_MANAGER {
-		return nil, errdefs.ToGRPC(fmt.Errorf("joining as a manager needs multi-manager support, which this version does not have yet; join as a worker: %w", errdefs.ErrInvalidSpec))
+		if s.cfg.Membership == nil {
+			return nil, errdefs.ToGRPC(fmt.Errorf("join: this node cannot add managers: %w", errdefs.ErrNotManager))
+		}
+		if !s.cfg.Membership.IsLeader() {
+			if s.cfg.Forward == nil {
+				return nil, errdefs.ToGRPC(fmt.Errorf("join: this manager is not the leader: %w", errdefs.ErrNotLeader))
+			}
+			return s.cfg.Forward(ctx, req)
+		}
 	}
 	desc := req.GetDescription()
 	node := &api.Node{
@@ -68,8 +97,60 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		Description: desc,
 		Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: req.GetAddr(), Message: "joined; waiting for its first session"},
 	}
-	if err := s.store.Update(ctx, func(tx state.WriteTx) error { return tx.CreateNode(node) }); err != nil {
+	resp := &api.JoinResponse{NodeId: node.Id, ClusterId: cluster.Id, Role: role}
+	if role == api.NodeRole_NODE_ROLE_MANAGER {
+		if req.GetAddr() == "" {
+			return nil, errdefs.ToGRPC(fmt.Errorf("JoinRequest.Addr: a manager must say where other managers reach it: %w", errdefs.ErrInvalidSpec))
+		}
+		peers, raftID, err := s.peersAndNewID()
+		if err != nil {
+			return nil, errdefs.ToGRPC(err)
+		}
+		node.ManagerStatus = &api.ManagerStatus{RaftId: raftID, Addr: req.GetAddr()}
+		resp.RaftId = raftID
+		resp.Peers = peers
+	}
+	if err := s.cfg.Store.Update(ctx, func(tx state.WriteTx) error { return tx.CreateNode(node) }); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return &api.JoinResponse{NodeId: node.Id, ClusterId: cluster.Id, Role: role, Managers: s.managers()}, nil
+	if role == api.NodeRole_NODE_ROLE_MANAGER {
+		if err := s.cfg.Membership.AddLearner(ctx, resp.RaftId, []byte(req.GetAddr())); err != nil {
+			// Leave no manager object behind for a member that was not added.
+			_ = s.cfg.Store.Update(context.WithoutCancel(ctx), func(tx state.WriteTx) error { return tx.DeleteNode(node.Id) })
+			return nil, errdefs.ToGRPC(fmt.Errorf("join: add manager to the Raft group: %w", err))
+		}
+	}
+	resp.Managers = s.cfg.Managers()
+	return resp, nil
+}
+
+// peersAndNewID lists the current managers' Raft IDs and addresses and picks
+// an unused Raft ID for a new one.
+func (s *JoinServer) peersAndNewID() ([]*api.RaftPeer, uint64, error) {
+	var peers []*api.RaftPeer
+	used := map[uint64]bool{}
+	var err error
+	s.cfg.Store.View(func(tx state.ReadTx) {
+		var nodes []*api.Node
+		nodes, err = tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
+		for _, n := range nodes {
+			if ms := n.GetManagerStatus(); ms.GetRaftId() != 0 {
+				used[ms.RaftId] = true
+				peers = append(peers, &api.RaftPeer{RaftId: ms.RaftId, Addr: ms.Addr})
+			}
+		}
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	for {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, 0, err
+		}
+		id := binary.BigEndian.Uint64(b[:])
+		if id != 0 && !used[id] {
+			return peers, id, nil
+		}
+	}
 }

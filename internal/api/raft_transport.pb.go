@@ -6,7 +6,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: raft.proto
+// source: raft_transport.proto
 
 package api
 
@@ -36,7 +36,7 @@ type RaftMessageBatch struct {
 
 func (x *RaftMessageBatch) Reset() {
 	*x = RaftMessageBatch{}
-	mi := &file_raft_proto_msgTypes[0]
+	mi := &file_raft_transport_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +48,7 @@ func (x *RaftMessageBatch) String() string {
 func (*RaftMessageBatch) ProtoMessage() {}
 
 func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[0]
+	mi := &file_raft_transport_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +61,7 @@ func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessageBatch.ProtoReflect.Descriptor instead.
 func (*RaftMessageBatch) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{0}
+	return file_raft_transport_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *RaftMessageBatch) GetFrom() uint64 {
@@ -86,7 +86,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_raft_proto_msgTypes[1]
+	mi := &file_raft_transport_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -98,7 +98,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[1]
+	mi := &file_raft_transport_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -111,7 +111,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{1}
+	return file_raft_transport_proto_rawDescGZIP(), []int{1}
 }
 
 type SnapshotChunk struct {
@@ -129,7 +129,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_raft_proto_msgTypes[2]
+	mi := &file_raft_transport_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -141,7 +141,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[2]
+	mi := &file_raft_transport_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -154,7 +154,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{2}
+	return file_raft_transport_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SnapshotChunk) GetFrom() uint64 {
@@ -195,7 +195,7 @@ type ProposeRequest struct {
 
 func (x *ProposeRequest) Reset() {
 	*x = ProposeRequest{}
-	mi := &file_raft_proto_msgTypes[3]
+	mi := &file_raft_transport_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -207,7 +207,7 @@ func (x *ProposeRequest) String() string {
 func (*ProposeRequest) ProtoMessage() {}
 
 func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[3]
+	mi := &file_raft_transport_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -220,7 +220,7 @@ func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
 func (*ProposeRequest) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{3}
+	return file_raft_transport_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ProposeRequest) GetFrom() uint64 {
@@ -242,15 +242,19 @@ type ProposeResponse struct {
 	// error is empty when the entry was applied without error; otherwise a
 	// gRPC status code and message that errdefs.FromGRPC turns back into the
 	// module's sentinel errors.
-	ErrorCode     uint32 `protobuf:"varint,1,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	ErrorMessage  string `protobuf:"bytes,2,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	ErrorCode    uint32 `protobuf:"varint,1,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorMessage string `protobuf:"bytes,2,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// applied_index is the leader's applied index once the entry was applied:
+	// the follower waits until it has applied as far, so a caller reading its
+	// own store after a forwarded write sees that write.
+	AppliedIndex  uint64 `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProposeResponse) Reset() {
 	*x = ProposeResponse{}
-	mi := &file_raft_proto_msgTypes[4]
+	mi := &file_raft_transport_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +266,7 @@ func (x *ProposeResponse) String() string {
 func (*ProposeResponse) ProtoMessage() {}
 
 func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[4]
+	mi := &file_raft_transport_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +279,7 @@ func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
 func (*ProposeResponse) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{4}
+	return file_raft_transport_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ProposeResponse) GetErrorCode() uint32 {
@@ -292,12 +296,18 @@ func (x *ProposeResponse) GetErrorMessage() string {
 	return ""
 }
 
-var File_raft_proto protoreflect.FileDescriptor
+func (x *ProposeResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
 
-const file_raft_proto_rawDesc = "" +
+var File_raft_transport_proto protoreflect.FileDescriptor
+
+const file_raft_transport_proto_rawDesc = "" +
 	"\n" +
-	"\n" +
-	"raft.proto\x12\tshoal.api\"B\n" +
+	"\x14raft_transport.proto\x12\tshoal.api\"B\n" +
 	"\x10RaftMessageBatch\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x1a\n" +
 	"\bmessages\x18\x02 \x03(\fR\bmessages\"\t\n" +
@@ -310,37 +320,38 @@ const file_raft_proto_rawDesc = "" +
 	"\x04data\x18\x04 \x01(\fR\x04data\"8\n" +
 	"\x0eProposeRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"U\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"z\n" +
 	"\x0fProposeResponse\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\rR\terrorCode\x12#\n" +
-	"\rerror_message\x18\x02 \x01(\tR\ferrorMessage2\xc3\x01\n" +
+	"\rerror_message\x18\x02 \x01(\tR\ferrorMessage\x12#\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex2\xc3\x01\n" +
 	"\x04Raft\x12=\n" +
 	"\bMessages\x12\x1b.shoal.api.RaftMessageBatch\x1a\x12.shoal.api.RaftAck(\x01\x12:\n" +
 	"\bSnapshot\x12\x18.shoal.api.SnapshotChunk\x1a\x12.shoal.api.RaftAck(\x01\x12@\n" +
 	"\aPropose\x12\x19.shoal.api.ProposeRequest\x1a\x1a.shoal.api.ProposeResponseB'Z%github.com/shoalhq/shoal/internal/apib\x06proto3"
 
 var (
-	file_raft_proto_rawDescOnce sync.Once
-	file_raft_proto_rawDescData []byte
+	file_raft_transport_proto_rawDescOnce sync.Once
+	file_raft_transport_proto_rawDescData []byte
 )
 
-func file_raft_proto_rawDescGZIP() []byte {
-	file_raft_proto_rawDescOnce.Do(func() {
-		file_raft_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_raft_proto_rawDesc), len(file_raft_proto_rawDesc)))
+func file_raft_transport_proto_rawDescGZIP() []byte {
+	file_raft_transport_proto_rawDescOnce.Do(func() {
+		file_raft_transport_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_raft_transport_proto_rawDesc), len(file_raft_transport_proto_rawDesc)))
 	})
-	return file_raft_proto_rawDescData
+	return file_raft_transport_proto_rawDescData
 }
 
-var file_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
-var file_raft_proto_goTypes = []any{
+var file_raft_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_raft_transport_proto_goTypes = []any{
 	(*RaftMessageBatch)(nil), // 0: shoal.api.RaftMessageBatch
 	(*RaftAck)(nil),          // 1: shoal.api.RaftAck
 	(*SnapshotChunk)(nil),    // 2: shoal.api.SnapshotChunk
 	(*ProposeRequest)(nil),   // 3: shoal.api.ProposeRequest
 	(*ProposeResponse)(nil),  // 4: shoal.api.ProposeResponse
 }
-var file_raft_proto_depIdxs = []int32{
+var file_raft_transport_proto_depIdxs = []int32{
 	0, // 0: shoal.api.Raft.Messages:input_type -> shoal.api.RaftMessageBatch
 	2, // 1: shoal.api.Raft.Snapshot:input_type -> shoal.api.SnapshotChunk
 	3, // 2: shoal.api.Raft.Propose:input_type -> shoal.api.ProposeRequest
@@ -354,26 +365,26 @@ var file_raft_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for field type_name
 }
 
-func init() { file_raft_proto_init() }
-func file_raft_proto_init() {
-	if File_raft_proto != nil {
+func init() { file_raft_transport_proto_init() }
+func file_raft_transport_proto_init() {
+	if File_raft_transport_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raft_proto_rawDesc), len(file_raft_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raft_transport_proto_rawDesc), len(file_raft_transport_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_raft_proto_goTypes,
-		DependencyIndexes: file_raft_proto_depIdxs,
-		MessageInfos:      file_raft_proto_msgTypes,
+		GoTypes:           file_raft_transport_proto_goTypes,
+		DependencyIndexes: file_raft_transport_proto_depIdxs,
+		MessageInfos:      file_raft_transport_proto_msgTypes,
 	}.Build()
-	File_raft_proto = out.File
-	file_raft_proto_goTypes = nil
-	file_raft_proto_depIdxs = nil
+	File_raft_transport_proto = out.File
+	file_raft_transport_proto_goTypes = nil
+	file_raft_transport_proto_depIdxs = nil
 }

@@ -6,7 +6,7 @@
 // versions:
 // - protoc-gen-go-grpc v1.6.2
 // - protoc             v3.21.12
-// source: raft.proto
+// source: raft_transport.proto
 
 package api
 
@@ -196,5 +196,5 @@ var Raft_ServiceDesc = grpc.ServiceDesc{
 			ClientStreams: true,
 		},
 	},
-	Metadata: "raft.proto",
+	Metadata: "raft_transport.proto",
 }

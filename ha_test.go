@@ -1,0 +1,192 @@
+package shoal_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shoalhq/shoal"
+	"github.com/shoalhq/shoal/shoaltest"
+)
+
+// follower returns a running manager that does not lead.
+func follower(c *shoaltest.Cluster) *shoaltest.Node {
+	for _, m := range c.Managers() {
+		if sn := m.Shoal(); sn != nil && !sn.IsLeader() {
+			return m
+		}
+	}
+	return nil
+}
+
+// createRetrying creates a service through cl, retrying while the cluster
+// has no leader (an election in progress).
+func createRetrying(t *testing.T, c *shoaltest.Cluster, cl *shoal.Client, spec shoal.ServiceSpec) *shoal.Service {
+	t.Helper()
+	var svc *shoal.Service
+	c.WaitFor("service "+spec.Name+" created", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var err error
+		svc, err = cl.CreateService(ctx, spec)
+		if errors.Is(err, shoal.ErrExist) {
+			svc, err = cl.GetService(ctx, spec.Name)
+		}
+		return err == nil
+	})
+	return svc
+}
+
+func TestThreeManagersServeTheAPIEverywhere(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3, Workers: 2})
+	ctx := ctxT(t)
+	f := follower(c)
+	require.NotNil(t, f)
+	// A write through a follower is forwarded to the leader.
+	svc, err := f.Shoal().Client().CreateService(ctx, webSpec("web", 4))
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, 4)
+	// Every manager reads it from its own store.
+	for _, m := range c.Managers() {
+		c.WaitFor("service replicated to "+m.Name, func() bool {
+			s, err := m.Shoal().Client().GetService(ctx, "web")
+			return err == nil && s.ID == svc.ID
+		})
+	}
+	nodes, err := f.Shoal().Client().ListNodes(ctx)
+	require.NoError(t, err)
+	leaders := 0
+	for _, n := range nodes {
+		if n.Leader {
+			leaders++
+			assert.Equal(t, shoal.Manager, n.Role)
+		}
+	}
+	assert.Equal(t, 1, leaders, "exactly one manager is listed as leader")
+	// Stale versions conflict through a follower too.
+	_, err = f.Shoal().Client().UpdateService(ctx, svc.ID, svc.Version, svc.Spec)
+	require.NoError(t, err)
+	_, err = f.Shoal().Client().UpdateService(ctx, svc.ID, svc.Version, svc.Spec)
+	assert.ErrorIs(t, err, shoal.ErrConflict)
+}
+
+func testLeaderCrash(t *testing.T, managers int) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: managers, Workers: 2})
+	ctx := ctxT(t)
+	svc, err := c.Client().CreateService(ctx, webSpec("web", 4))
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, 4)
+
+	old := c.Leader()
+	require.NotNil(t, old)
+	require.NoError(t, old.Crash())
+	c.WaitFor("a new leader", func() bool { l := c.Leader(); return l != nil && l != old })
+	cl := c.Client()
+	svc2 := createRetrying(t, c, cl, webSpec("after", 2))
+	c.WaitRunning(svc2.ID, 2)
+	// The workers follow the new leader's dispatcher: a scale-up is carried out.
+	_, err = cl.ScaleService(ctx, svc.ID, 6)
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, 6)
+
+	// The old leader comes back as a follower with all the state.
+	require.NoError(t, old.Restart())
+	c.WaitFor("restarted manager has the new service", func() bool {
+		s, err := old.Shoal().Client().GetService(ctx, "after")
+		return err == nil && s.ID == svc2.ID
+	})
+}
+
+func TestLeaderCrashThreeManagers(t *testing.T) { testLeaderCrash(t, 3) }
+
+func TestLeaderCrashFiveManagers(t *testing.T) { testLeaderCrash(t, 5) }
+
+func TestFiveManagersSurviveTwoFailures(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 5, Workers: 1})
+	ctx := ctxT(t)
+	var stopped []*shoaltest.Node
+	for _, m := range c.Managers() {
+		if len(stopped) == 2 {
+			break
+		}
+		if !m.Shoal().IsLeader() {
+			require.NoError(t, m.Crash())
+			stopped = append(stopped, m)
+		}
+	}
+	svc := createRetrying(t, c, c.Client(), webSpec("web", 2))
+	c.WaitRunning(svc.ID, 2)
+	_, err := c.Client().ScaleService(ctx, svc.ID, 3)
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, 3)
+}
+
+func TestLeaderInMinorityStepsDownAndWritesFailFast(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3, Workers: 1})
+	ctx := ctxT(t)
+	old := c.Leader()
+	require.NotNil(t, old)
+	var majority []*shoaltest.Node
+	for _, m := range c.Managers() {
+		if m != old {
+			majority = append(majority, m)
+		}
+	}
+	c.Isolate(old)
+	c.WaitFor("majority elects a new leader", func() bool { l := c.Leader(); return l != nil && l != old })
+
+	// The old leader has stepped down; a write through it fails fast with
+	// ErrNoQuorum, and says how many managers it reaches.
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := old.Shoal().Client().CreateService(wctx, webSpec("lost", 1))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, shoal.ErrNoQuorum)
+	assert.Contains(t, err.Error(), "reachable")
+	assert.Less(t, time.Since(start), 15*time.Second, "fails well before the caller's deadline")
+	// Reads still work on the minority side.
+	_, err = old.Shoal().Client().ListServices(ctx)
+	require.NoError(t, err)
+
+	// The majority serves writes.
+	svc := createRetrying(t, c, majority[0].Shoal().Client(), webSpec("kept", 1))
+	c.Heal()
+	c.WaitFor("old leader catches up", func() bool {
+		s, err := old.Shoal().Client().GetService(ctx, "kept")
+		return err == nil && s.ID == svc.ID
+	})
+	_, err = old.Shoal().Client().GetService(ctx, "lost")
+	assert.ErrorIs(t, err, shoal.ErrNotFound, "the write that failed left nothing behind")
+}
+
+func TestAllManagersRestart(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3, Workers: 1})
+	ctx := ctxT(t)
+	for i := 0; i < 3; i++ {
+		_, err := c.Client().CreateService(ctx, webSpec(fmt.Sprintf("s%d", i), 1))
+		require.NoError(t, err)
+	}
+	for _, m := range c.Managers() {
+		require.NoError(t, m.Stop())
+	}
+	for _, m := range c.Managers() {
+		go func() { _ = m.Restart() }() // a manager waits for a quorum to be ready
+	}
+	c.WaitFor("all managers back", func() bool {
+		for _, m := range c.Managers() {
+			if m.Shoal() == nil {
+				return false
+			}
+		}
+		return c.Leader() != nil
+	})
+	services, err := c.Client().ListServices(ctx)
+	require.NoError(t, err)
+	assert.Len(t, services, 3)
+}

@@ -1,0 +1,128 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"slices"
+	"time"
+
+	pb "go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+)
+
+// Config configures a Transport. Start from DefaultConfig and set ID.
+type Config struct {
+	// ID is the local member's raft ID. Outgoing batches carry it, and incoming messages
+	// addressed to another ID are dropped. Must be nonzero.
+	ID uint64
+	// Dial opens a connection to a peer's address. Nil dials TCP. Tests inject an in-memory
+	// dialer here that can cut links.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// DialOptions are added to every peer connection after the transport's own options, so
+	// they win: pass credentials here (the default is insecure, plain-text connections).
+	DialOptions []grpc.DialOption
+	// Logger receives the transport's logs. Nil discards them.
+	Logger *slog.Logger
+	// Filter, if set, is called by Send for every outgoing message: drop discards it (as a
+	// lossy network would; a dropped MsgSnap is reported as failed), a positive delay holds it
+	// back for that long without blocking Send or other messages. It is called from raft's
+	// loop, so it must be fast and safe for concurrent use. Fault injection for tests.
+	Filter func(to uint64, m *pb.Message) (drop bool, delay time.Duration)
+
+	// QueueSize is the number of messages queued per peer; Send drops messages to a peer
+	// whose queue is full.
+	QueueSize int
+	// BatchSize is the most messages sent to a peer in one gRPC stream message.
+	BatchSize int
+	// MaxBatchBytes caps the encoded size of one batch. A single message larger than this is
+	// still sent, alone, and must then fit the receiving server's message-size limit.
+	MaxBatchBytes int
+	// ChunkSize is the size of the data in each snapshot chunk.
+	ChunkSize int
+	// MaxSnapshotSize is the largest snapshot this member accepts; a larger one is refused
+	// before any data is buffered.
+	MaxSnapshotSize uint64
+	// SnapshotTimeout bounds sending one snapshot; when it expires the send fails and raft
+	// tries again later.
+	SnapshotTimeout time.Duration
+	// MinBackoff is the wait before reconnecting to a peer after a stream failure; it doubles
+	// on every further failure up to MaxBackoff, and resets after a successful send.
+	MinBackoff time.Duration
+	// MaxBackoff caps the reconnect wait (also used as gRPC's own connection backoff cap).
+	MaxBackoff time.Duration
+}
+
+// DefaultConfig returns a Config with every tunable set to its default. ID must still be set.
+func DefaultConfig() Config {
+	return Config{
+		// 4096 messages covers raft's own in-flight limit (256 appends by default) plus
+		// heartbeats and votes many times over, so a queue only fills when the peer is really
+		// not keeping up; its memory is bounded by raftstore's MaxSizePerMsg per append.
+		QueueSize: 4096,
+		// 64 messages per batch amortise the per-message gRPC cost under load while one batch
+		// never waits for more than what is already queued.
+		BatchSize: 64,
+		// 2 MiB keeps every batch at half of gRPC's default 4 MiB receive limit, with room for
+		// one default-sized (1 MiB) append plus smaller messages.
+		MaxBatchBytes: 2 << 20,
+		// 1 MiB chunks are far below gRPC's default 4 MiB message limit, so a snapshot of any
+		// size fits, while being large enough that per-chunk overhead is negligible.
+		ChunkSize: 1 << 20,
+		// 1 GiB is far beyond any realistic cluster state; the cap only stops a corrupt or
+		// hostile size field from making the receiver buffer without bound.
+		MaxSnapshotSize: 1 << 30,
+		// 5 minutes moves a 1 GiB snapshot at under 4 MiB/s, while a hung stream still frees
+		// the peer's snapshot slot eventually.
+		SnapshotTimeout: 5 * time.Minute,
+		// 50ms: a restarted peer is reconnected well within one default election timeout (1s)
+		// without the sender spinning on a dead address.
+		MinBackoff: 50 * time.Millisecond,
+		// 2s caps the wait so a peer that comes back after a long outage rejoins within a
+		// couple of seconds, at the cost of one cheap dial attempt every 2s while it is down.
+		MaxBackoff: 2 * time.Second,
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(field, rule string) {
+		errs = append(errs, fmt.Errorf("raft transport: invalid config: %s %s", field, rule))
+	}
+	if c.ID == 0 {
+		bad("ID", "must be nonzero")
+	} else if c.ID >= math.MaxUint64-1 {
+		bad("ID", "must not be a raft-reserved ID (math.MaxUint64, math.MaxUint64-1)")
+	}
+	if c.QueueSize <= 0 {
+		bad("QueueSize", "must be positive")
+	}
+	if c.BatchSize <= 0 {
+		bad("BatchSize", "must be positive")
+	}
+	if c.MaxBatchBytes <= 0 {
+		bad("MaxBatchBytes", "must be positive")
+	}
+	if c.ChunkSize <= 0 {
+		bad("ChunkSize", "must be positive")
+	}
+	if c.MaxSnapshotSize == 0 {
+		bad("MaxSnapshotSize", "must be positive")
+	}
+	if c.SnapshotTimeout <= 0 {
+		bad("SnapshotTimeout", "must be positive")
+	}
+	if c.MinBackoff <= 0 {
+		bad("MinBackoff", "must be positive")
+	}
+	if c.MaxBackoff < c.MinBackoff {
+		bad("MaxBackoff", "must be at least MinBackoff")
+	}
+	if slices.Contains(c.DialOptions, nil) {
+		bad("DialOptions", "must not contain nil")
+	}
+	return errors.Join(errs...)
+}

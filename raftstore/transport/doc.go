@@ -1,0 +1,58 @@
+// Package transport carries raft messages between Shoal's managers over gRPC: it implements
+// raftstore.Transport (Send) and raftstore.Forwarder (Forward), and serves the Raft service of
+// internal/api on the manager's gRPC server (Register).
+//
+// # Usage
+//
+//	cfg := transport.DefaultConfig()
+//	cfg.ID = 1
+//	tr, err := transport.New(cfg) // validates only
+//	tr.Register(grpcServer)       // the manager's one gRPC server
+//	err = tr.AddPeer(2, "10.0.0.2:4242")
+//	err = tr.Start(ctx)
+//	node, err := raftstore.New(raftstore.Config{..., Transport: tr, Forwarder: tr})
+//	tr.SetLocal(node) // messages arriving before this are dropped
+//	...
+//	err = node.Stop(ctx)
+//	err = tr.Stop(ctx)
+//
+// # Messages
+//
+// Send never blocks: each message goes to its peer's queue (Config.QueueSize), drained by one
+// goroutine per peer that writes batches (Config.BatchSize, Config.MaxBatchBytes) to a
+// long-lived client stream (Raft.Messages). A slow or dead peer only fills its own queue; then
+// its messages are dropped and the local member is told with ReportUnreachable, once per peer
+// and Send call. When a stream fails, the batch in flight is lost (raft retransmits), the peer
+// is reported unreachable, and the sender reconnects after a backoff that doubles from
+// Config.MinBackoff to Config.MaxBackoff. The receiving side hands messages to Local.Step in
+// order; messages addressed to another raft ID (a stale address) are dropped.
+//
+// # Snapshots
+//
+// A MsgSnap is sent on its own stream (Raft.Snapshot) by its own goroutine, at most one at a
+// time per peer (a second one is reported failed at once; raft retries later): first the
+// message without its snapshot data plus the data's size, then the data in Config.ChunkSize
+// chunks, so a snapshot of any size fits under gRPC's message-size limit. The receiver checks
+// the sizes, refuses snapshots above Config.MaxSnapshotSize before buffering, reassembles the
+// message and steps it. Every MsgSnap is reported with ReportSnapshot: true once the receiver
+// stepped it, false on any failure (including Filter drops, Stop and RemovePeer).
+//
+// # Forwarding
+//
+// Forward proposes data on the leader with a unary Raft.Propose call. The leader runs it through
+// its Local (ProposeOnLeader when the Local is a LeaderProposer, so a proposal is never forwarded
+// twice) and answers with the outcome encoded by internal/errdefs, so the error the follower
+// gets matches the same sentinels (errdefs.ErrNotFound, ErrConflict, ErrNotLeader, ...) with
+// errors.Is. An unreachable or unknown leader yields an error matching errdefs.ErrNotLeader:
+// the caller finds the leader again and retries.
+//
+// # Fault injection
+//
+// Config.Dial replaces the TCP dialer (shoaltest uses in-memory pipes it can cut) and
+// Config.Filter can drop or delay any outgoing message without blocking Send.
+//
+// # Security
+//
+// Connections are plain text unless Config.DialOptions carries transport credentials (mTLS
+// from pki); the server side's security is the gRPC server's.
+package transport
