@@ -3,6 +3,8 @@ package raftstore
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -417,4 +419,50 @@ func TestMemberContextsSurviveRestartAndSnapshots(t *testing.T) {
 	for _, m := range ms {
 		assert.Nil(t, m.Context)
 	}
+}
+
+// flakyForwarder answers ErrNotLeader a number of times (as a leader that just lost
+// leadership does), then forwards.
+type flakyForwarder struct {
+	next  Forwarder
+	mu    sync.Mutex
+	fails int
+	calls int
+}
+
+func (f *flakyForwarder) Forward(ctx context.Context, leader uint64, data []byte) error {
+	f.mu.Lock()
+	f.calls++
+	fail := f.calls <= f.fails
+	f.mu.Unlock()
+	if fail {
+		return fmt.Errorf("forwarding to %d: %w", leader, ErrNotLeader)
+	}
+	return f.next.Forward(ctx, leader, data)
+}
+
+func TestForwardRetriesWhenLeaderAnswersNotLeader(t *testing.T) {
+	flaky := map[uint64]*flakyForwarder{}
+	c := newClusterOpts(t, 3, true, func(cfg *Config) {
+		f := &flakyForwarder{next: cfg.Forwarder, fails: 1}
+		flaky[cfg.ID] = f
+		cfg.Forwarder = f
+	})
+	lead := c.leader()
+	f := c.follower(lead)
+	ctx := ctxFor(t)
+	_, err := f.Propose(ctx, []byte("retried"))
+	require.NoError(t, err)
+	assert.Equal(t, 2, flaky[f.ID()].calls, "refused once, then forwarded again")
+
+	// A forwarder that keeps answering ErrNotLeader makes Propose give up with it.
+	flaky[f.ID()].mu.Lock()
+	flaky[f.ID()].fails = 100
+	flaky[f.ID()].mu.Unlock()
+	_, err = f.Propose(ctx, []byte("never"))
+	assert.ErrorIs(t, err, ErrNotLeader)
+	assert.NoError(t, ctx.Err())
+	c.converged()
+	_, count := c.sms[lead.ID()].state()
+	assert.Equal(t, uint64(1), count)
 }
