@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -108,6 +109,10 @@ type RaftConfig struct {
 	// SnapshotInterval is how many log entries pass between snapshots;
 	// default 10,000, which keeps replay after a restart short.
 	SnapshotInterval uint64
+	// Fault, if set, is asked about every Raft message this manager sends
+	// (from and to are Raft member IDs): drop it, or deliver it after delay.
+	// For fault-injection tests (shoaltest); nil in production.
+	Fault func(from, to uint64) (drop bool, delay time.Duration)
 }
 
 // DefaultConfig returns a Config with every default filled in, for a node
@@ -742,6 +747,10 @@ func (n *Node) startManager(ctx context.Context, initCluster bool, joined bool) 
 	tcfg.ID = n.ident.RaftID
 	tcfg.Dial = n.cfg.Dial
 	tcfg.Logger = n.log.With("component", "raft-transport")
+	if f := n.cfg.Raft.Fault; f != nil {
+		self := n.ident.RaftID
+		tcfg.Filter = func(to uint64, _ *raftpb.Message) (bool, time.Duration) { return f(self, to) }
+	}
 	tr, err := transport.New(tcfg)
 	if err != nil {
 		return err
@@ -1260,6 +1269,16 @@ func (n *Node) RaftMembers(ctx context.Context) (voters, learners int, err error
 		}
 	}
 	return voters, learners, nil
+}
+
+// RaftID returns a manager's Raft member ID (0 on a worker).
+func (n *Node) RaftID() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ident == nil {
+		return 0
+	}
+	return n.ident.RaftID
 }
 
 // IsLeader reports whether this node is the manager that leads the cluster.
