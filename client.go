@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/controlapi"
 	"github.com/shoalhq/shoal/internal/errdefs"
 )
 
@@ -36,6 +38,43 @@ func (c *Client) Close() error {
 		return c.conn.Close()
 	}
 	return nil
+}
+
+// ReadInfo says how fresh a read was; see WithReadInfo.
+type ReadInfo struct {
+	// Stale is true when the manager answered from its own state without a
+	// quorum of managers to confirm it is current: the answer may miss the
+	// latest writes. Reason says why (for example "no quorum: 1 of 3
+	// managers reachable, 2 needed").
+	Stale  bool
+	Reason string
+}
+
+type readInfoKey struct{}
+
+// WithReadInfo returns a context whose reads (GetService, ListServices,
+// GetTask, ListTasks, GetNode, ListNodes, Cluster) fill info. Reads are
+// linearizable: they see every write that completed before they started,
+// whichever manager serves them; without a quorum they still answer, from
+// the manager's own state, and set info.Stale.
+func WithReadInfo(ctx context.Context, info *ReadInfo) context.Context {
+	return context.WithValue(ctx, readInfoKey{}, info)
+}
+
+// readOpts returns the call options of a read and a func to run after it.
+func readOpts(ctx context.Context) ([]grpc.CallOption, func()) {
+	info, _ := ctx.Value(readInfoKey{}).(*ReadInfo)
+	if info == nil {
+		return nil, func() {}
+	}
+	var md metadata.MD
+	return []grpc.CallOption{grpc.Header(&md)}, func() {
+		if v := md.Get(controlapi.StaleReadHeader); len(v) > 0 {
+			info.Stale, info.Reason = true, v[0]
+		} else {
+			info.Stale, info.Reason = false, ""
+		}
+	}
 }
 
 // retries is how many times read-modify-write helpers (ScaleService,
@@ -66,7 +105,9 @@ func (c *Client) GetService(ctx context.Context, ref string) (*Service, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	resp, err := c.ctl.GetService(ctx, &api.GetRequest{Id: ref})
+	opts, done := readOpts(ctx)
+	resp, err := c.ctl.GetService(ctx, &api.GetRequest{Id: ref}, opts...)
+	done()
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}
@@ -78,7 +119,9 @@ func (c *Client) ListServices(ctx context.Context) ([]*Service, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	resp, err := c.ctl.ListServices(ctx, &api.ListServicesRequest{})
+	opts, done := readOpts(ctx)
+	resp, err := c.ctl.ListServices(ctx, &api.ListServicesRequest{}, opts...)
+	done()
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}
@@ -148,7 +191,9 @@ func (c *Client) GetTask(ctx context.Context, id string) (*Task, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	resp, err := c.ctl.GetTask(ctx, &api.GetRequest{Id: id})
+	opts, done := readOpts(ctx)
+	resp, err := c.ctl.GetTask(ctx, &api.GetRequest{Id: id}, opts...)
+	done()
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}
@@ -174,7 +219,9 @@ func (c *Client) ListTasks(ctx context.Context, f TaskFilter) ([]*Task, error) {
 	if f.Slot != 0 {
 		req.Slots = []uint64{f.Slot}
 	}
-	resp, err := c.ctl.ListTasks(ctx, req)
+	opts, done := readOpts(ctx)
+	resp, err := c.ctl.ListTasks(ctx, req, opts...)
+	done()
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}
@@ -206,7 +253,9 @@ func (c *Client) GetNode(ctx context.Context, ref string) (*NodeInfo, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	resp, err := c.ctl.GetNode(ctx, &api.GetRequest{Id: ref})
+	opts, done := readOpts(ctx)
+	resp, err := c.ctl.GetNode(ctx, &api.GetRequest{Id: ref}, opts...)
+	done()
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}
@@ -218,7 +267,9 @@ func (c *Client) ListNodes(ctx context.Context) ([]*NodeInfo, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	resp, err := c.ctl.ListNodes(ctx, &api.ListNodesRequest{})
+	opts, done := readOpts(ctx)
+	resp, err := c.ctl.ListNodes(ctx, &api.ListNodesRequest{}, opts...)
+	done()
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}
@@ -289,7 +340,9 @@ func (c *Client) Cluster(ctx context.Context) (*ClusterInfo, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	resp, err := c.ctl.GetCluster(ctx, &api.GetRequest{})
+	opts, done := readOpts(ctx)
+	resp, err := c.ctl.GetCluster(ctx, &api.GetRequest{}, opts...)
+	done()
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}

@@ -16,7 +16,10 @@ import (
 	"github.com/shoalhq/shoal/shoaltest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	runCrashChildIfAsked()
+	goleak.VerifyTestMain(m)
+}
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

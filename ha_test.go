@@ -150,9 +150,16 @@ func TestLeaderInMinorityStepsDownAndWritesFailFast(t *testing.T) {
 	assert.ErrorIs(t, err, shoal.ErrNoQuorum)
 	assert.Contains(t, err.Error(), "reachable")
 	assert.Less(t, time.Since(start), 15*time.Second, "fails well before the caller's deadline")
-	// Reads still work on the minority side.
-	_, err = old.Shoal().Client().ListServices(ctx)
+	// Reads still work on the minority side, and say they may be stale.
+	var info shoal.ReadInfo
+	_, err = old.Shoal().Client().ListServices(shoal.WithReadInfo(ctx, &info))
 	require.NoError(t, err)
+	assert.True(t, info.Stale)
+	assert.Contains(t, info.Reason, "reachable")
+	var fresh shoal.ReadInfo
+	_, err = majority[0].Shoal().Client().ListServices(shoal.WithReadInfo(ctx, &fresh))
+	require.NoError(t, err)
+	assert.False(t, fresh.Stale, "the majority serves current reads")
 
 	// The majority serves writes.
 	svc := createRetrying(t, c, majority[0].Shoal().Client(), webSpec("kept", 1))
@@ -189,4 +196,45 @@ func TestAllManagersRestart(t *testing.T) {
 	services, err := c.Client().ListServices(ctx)
 	require.NoError(t, err)
 	assert.Len(t, services, 3)
+}
+
+func TestRemoveManagersKeepsQuorum(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3})
+	ctx := ctxT(t)
+	var down *shoaltest.Node
+	for _, m := range c.Managers() {
+		if !m.Shoal().IsLeader() {
+			down = m
+			break
+		}
+	}
+	downID := down.ID()
+	require.NoError(t, down.Crash())
+	// Let the leader notice (a few election timeouts at shoaltest's 10 ms
+	// ticks): reachability is judged from recent contact.
+	time.Sleep(time.Second)
+
+	// With one of three managers down, removing a live one would leave one
+	// reachable voter of two: refused, naming the rule.
+	var live *shoaltest.Node
+	for _, m := range c.Managers() {
+		if m != down && !m.Shoal().IsLeader() {
+			live = m
+		}
+	}
+	err := c.Client().RemoveNode(ctx, live.ID(), true)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, shoal.ErrNoQuorum)
+	assert.Contains(t, err.Error(), "reachable")
+
+	// Removing the dead one is fine, through any manager (forwarded to the
+	// leader); the cluster then has two voters and keeps working.
+	// (Managers in shoaltest run no agent, so none is marked down: force.)
+	require.NoError(t, live.Shoal().Client().RemoveNode(ctx, downID, true))
+	_, err = c.Client().GetNode(ctx, downID)
+	assert.ErrorIs(t, err, shoal.ErrNotFound)
+	voters, _, err := c.Leader().Shoal().RaftMembers(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 2, voters)
+	createRetrying(t, c, c.Client(), webSpec("after", 0))
 }

@@ -788,7 +788,7 @@ func (n *Node) startManager(ctx context.Context, initCluster bool, joined bool) 
 	// Serve before the log is loaded: a joining manager receives the log
 	// through the Raft service; everything else waits behind the gate.
 	n.dispProx = &dispatcherProxy{}
-	api.RegisterControlServer(n.srv, controlapi.New(n.store))
+	api.RegisterControlServer(n.srv, controlapi.New(n.store, controlapi.Options{Members: rn, Leader: n.leaderControl}))
 	api.RegisterJoinServer(n.srv, controlapi.NewJoinServer(controlapi.JoinConfig{
 		Store: n.store, Managers: n.managerAddrs, Membership: rn, Forward: n.forwardJoin,
 	}))
@@ -894,6 +894,19 @@ func (n *Node) raftPeers() map[uint64]string {
 		}
 	})
 	return out
+}
+
+// leaderControl returns a control API client of the leader.
+func (n *Node) leaderControl(ctx context.Context) (api.ControlClient, func(), error) {
+	addr, ok := n.raftPeers()[n.raft.Leader()]
+	if !ok {
+		return nil, nil, fmt.Errorf("no leader known: %w", ErrNoQuorum)
+	}
+	conn, err := grpc.NewClient(addr, n.dialOptions()...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return api.NewControlClient(conn), func() { conn.Close() }, nil
 }
 
 // forwardJoin sends a join to the leader.

@@ -78,6 +78,17 @@ type Config struct {
 	// snapshot that changes them. It runs on the raft loop: it must return quickly and must not
 	// call the Node's blocking methods. The lead uses it to update the transport's peers.
 	OnMembershipChange func(members []uint64)
+	// ForceNewCluster, when the database exists, makes this member the only voter of a new
+	// one-member cluster that keeps all its state: disaster recovery after losing the quorum
+	// for good, like `docker swarm init --force-new-cluster`. At Start it appends
+	// configuration changes removing every other voter and learner to the log and commits
+	// them together with every entry already in the log, then starts as usual. The change is
+	// durable: later starts, with or without the flag, find a one-member cluster, which grows
+	// again with AddLearner and PromoteLearner. The other members' databases must not be
+	// started again as members of the old cluster. It is refused when Dir holds no database,
+	// and together with Join or with Peers naming other members. Leaving it set on later
+	// starts changes nothing once this member is alone.
+	ForceNewCluster bool
 	// Join, when the database is new, starts the member with an empty log and no configuration:
 	// it waits for an existing cluster's leader to add it and send it the log.
 	Join bool
@@ -178,9 +189,15 @@ func (c *Config) validate() error {
 		if c.Join {
 			bad("Peers", "must be empty when Join is set")
 		}
+		if c.ForceNewCluster && (len(c.Peers) > 1 || !found) {
+			bad("ForceNewCluster", "must not be set with Peers naming other members (the new cluster has this member alone)")
+		}
 		if len(c.Peers) > 1 && c.Transport == nil {
 			bad("Transport", "must be set when Peers has more than one member")
 		}
+	}
+	if c.ForceNewCluster && c.Join {
+		bad("ForceNewCluster", "must not be set with Join (it needs this member's existing database)")
 	}
 	if c.Join && c.Transport == nil {
 		bad("Transport", "must be set when Join is set")

@@ -27,10 +27,15 @@ type Stats struct {
 	Snapshots uint64
 	// Forwarded is the number of Propose calls this member forwarded to the leader.
 	Forwarded uint64
+	// ReadBarriers is the number of ReadBarrier calls; ReadRounds the number of raft ReadIndex
+	// rounds they needed (concurrent calls share a round), retries not counted.
+	ReadBarriers uint64
+	ReadRounds   uint64
 }
 
 type counters struct {
 	proposals, readies, dbCommits, fsyncs, applied, snapshots, forwarded atomic.Uint64
+	readBarriers, readRounds                                             atomic.Uint64
 }
 
 func (c *counters) stats() Stats {
@@ -42,6 +47,8 @@ func (c *counters) stats() Stats {
 		AppliedEntries: c.applied.Load(),
 		Snapshots:      c.snapshots.Load(),
 		Forwarded:      c.forwarded.Load(),
+		ReadBarriers:   c.readBarriers.Load(),
+		ReadRounds:     c.readRounds.Load(),
 	}
 }
 
@@ -75,6 +82,8 @@ func newMetrics(n *Node, reg prometheus.Registerer) (*metrics, error) {
 		counter("readies_total", "Raft Ready batches processed.", &n.ctr.readies),
 		counter("applied_entries_total", "Committed entries applied.", &n.ctr.applied),
 		counter("snapshots_total", "Snapshots taken by this member.", &n.ctr.snapshots),
+		counter("read_barriers_total", "ReadBarrier calls (linearizable reads) on this member.", &n.ctr.readBarriers),
+		counter("read_rounds_total", "Raft ReadIndex rounds started for ReadBarrier calls.", &n.ctr.readRounds),
 		gauge("applied_index", "Index of the last applied log entry.", func() float64 { return float64(n.applied.Load()) }),
 		gauge("is_leader", "1 if this member is the raft leader, else 0.", func() float64 {
 			if n.IsLeader() {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -45,6 +46,7 @@ type Node struct {
 	propc chan proposal
 	stepc chan *pb.Message
 	opc   chan func()
+	readc chan *readReq
 
 	waitMu  sync.Mutex
 	waiters map[uint64]chan result
@@ -96,6 +98,12 @@ type Node struct {
 	startConf     *pb.ConfState // the configuration persisted when the database was opened
 	// snapForNewMember: a member was added after the latest snapshot; take a new one.
 	snapForNewMember bool
+	// readPending holds the ReadBarrier rounds raft has not answered yet, by request context;
+	// readApplying the answered ones waiting for their index to be applied.
+	readPending  map[string]*readRound
+	readApplying []*readRound
+	// noLeaderTicks counts the ticks since a leader was last known.
+	noLeaderTicks uint64
 }
 
 type proposal struct {
@@ -127,6 +135,7 @@ func New(cfg Config) (*Node, error) {
 		propc:   make(chan proposal, cfg.MaxProposalBatch),
 		stepc:   make(chan *pb.Message, 1024),
 		opc:     make(chan func()),
+		readc:   make(chan *readReq, cfg.MaxProposalBatch),
 		waiters: make(map[uint64]chan result),
 		subs:    make(map[*subscription]struct{}),
 		leadCh:  make(chan struct{}),
@@ -170,6 +179,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	// this member (still in the log) do not match this incarnation's waiters.
 	n.reqSeq.Store(binary.BigEndian.Uint64(base[:]))
 
+	if n.cfg.ForceNewCluster {
+		// Checked before opening, which would create the file.
+		path := filepath.Join(n.cfg.Dir, DBFileName)
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("raftstore: invalid config: ForceNewCluster needs an existing database, and %s cannot be used: %w", path, err)
+		}
+	}
 	disk, st, err := openDisk(n.cfg.Dir, n.cfg.ID, n.cfg.UnsafeNoFsync)
 	if err != nil {
 		return err
@@ -181,6 +197,21 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	}
 	n.disk = disk
+	if n.cfg.ForceNewCluster {
+		if st.fresh {
+			_ = disk.close()
+			return fmt.Errorf("raftstore: invalid config: ForceNewCluster needs an existing database, and %s holds no raft state yet", disk.path)
+		}
+		changed, err := disk.forceNewCluster(n.cfg.ID, st)
+		if err != nil {
+			_ = disk.close()
+			return err
+		}
+		if changed {
+			n.logger.Warn("forced a new one-member cluster from the existing state", "path", disk.path,
+				"commit", st.hard.GetCommit())
+		}
+	}
 	if err := n.restore(ctx, st); err != nil {
 		_ = disk.close()
 		return err
@@ -208,6 +239,7 @@ func (n *Node) restore(ctx context.Context, st *loadedState) (err error) {
 	n.confState = &pb.ConfState{}
 	n.memberCtx = st.members
 	n.lastHeard = map[uint64]uint64{}
+	n.readPending = map[string]*readRound{}
 	if st.snapshot != nil {
 		if err := n.ms.ApplySnapshot(st.snapshot); err != nil {
 			return fmt.Errorf("raftstore: %s: %w: snapshot: %w", n.disk.path, ErrCorrupt, err)
@@ -751,6 +783,19 @@ func (n *Node) run() {
 				}
 				break
 			}
+		case r := <-n.readc:
+			// Every call already queued shares one ReadIndex round.
+			reqs := []*readReq{r}
+			for len(reqs) < n.cfg.MaxProposalBatch {
+				select {
+				case r := <-n.readc:
+					reqs = append(reqs, r)
+					continue
+				default:
+				}
+				break
+			}
+			n.startReadRound(reqs)
 		case f := <-n.opc:
 			f()
 		}
@@ -805,6 +850,7 @@ func (n *Node) maybeCampaign() {
 func (n *Node) handleReady() error {
 	rd := n.rn.Ready()
 	n.ctr.readies.Add(1)
+	leaderChanged := false
 	if rd.SoftState != nil {
 		isLeader := rd.SoftState.RaftState == raft.StateLeader
 		if isLeader && !n.isLeader.Load() {
@@ -817,6 +863,7 @@ func (n *Node) handleReady() error {
 		n.isLeader.Store(isLeader)
 		if prev != rd.SoftState.Lead {
 			n.leaderChanged()
+			leaderChanged = true
 		}
 	}
 	if n.confPending && n.confPendingIdx == 0 && len(rd.Entries) > 0 {
@@ -862,8 +909,13 @@ func (n *Node) handleReady() error {
 	if err := n.apply(rd.CommittedEntries); err != nil {
 		return err
 	}
+	// Read barriers answered in this Ready, or whose index was just applied, return.
+	n.handleReadStates(rd.ReadStates)
 	// 4. Hand the Ready back.
 	n.rn.Advance(rd)
+	if leaderChanged {
+		n.readsOnLeaderChange()
+	}
 
 	if n.confPending && n.confPendingIdx != 0 && n.appliedIdx >= n.confPendingIdx {
 		n.confPending, n.confPendingIdx = false, 0
@@ -1020,6 +1072,7 @@ func (n *Node) notifyMembers(cs *pb.ConfState, force bool) {
 func (n *Node) tick() {
 	n.ticks++
 	n.rn.Tick()
+	defer n.tickReads()
 	if !n.isLeader.Load() {
 		n.quorumLost.Store(nil)
 		return
@@ -1122,6 +1175,7 @@ func (n *Node) finish(loopErr error) {
 	n.isLeader.Store(false)
 	n.leader.Store(raft.None)
 	n.failWaiters(ErrStopped)
+	n.failReads(ErrStopped)
 	n.metrics.unregister()
 	if err := n.disk.close(); err != nil && loopErr == nil {
 		loopErr = err

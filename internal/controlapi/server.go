@@ -6,8 +6,12 @@ package controlapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"google.golang.org/protobuf/proto"
 
@@ -21,12 +25,59 @@ import (
 type Server struct {
 	api.UnimplementedControlServer
 	store *state.Store
+	opts  Options
 }
 
 var _ api.ControlServer = (*Server)(nil)
 
+// MemberAdmin changes the Raft membership; raftstore.Node implements it.
+type MemberAdmin interface {
+	// IsLeader reports whether this member leads.
+	IsLeader() bool
+	// RemoveMember removes a member, refusing (errors.Is ErrNoQuorum) when
+	// the remaining voters could not reach a quorum. It returns once applied.
+	RemoveMember(ctx context.Context, id uint64) error
+}
+
+// Options are a manager's hooks into the Raft group, for the operations that
+// need the leader. Zero Options serve a single-member store (tests).
+type Options struct {
+	// Members changes the Raft membership (removing managers).
+	Members MemberAdmin
+	// Leader returns a control client of the leader and a func to release
+	// it; requests that must run on the leader are forwarded through it.
+	Leader func(ctx context.Context) (api.ControlClient, func(), error)
+}
+
 // New returns a control API server over store.
-func New(store *state.Store) *Server { return &Server{store: store} }
+func New(store *state.Store, opts ...Options) *Server {
+	s := &Server{store: store}
+	if len(opts) > 0 {
+		s.opts = opts[0]
+	}
+	return s
+}
+
+// StaleReadHeader is the response header a read carries when it was served
+// from this manager's local state without a quorum to confirm it is current.
+const StaleReadHeader = "shoal-stale-read"
+
+// readBarrier makes the following read linearizable: it waits until this
+// manager has applied every write committed before the call. Without a
+// quorum the read is served anyway from local state, and says so in the
+// StaleReadHeader response header.
+func (s *Server) readBarrier(ctx context.Context) error {
+	err := s.store.ReadBarrier(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errdefs.ErrNoQuorum), errors.Is(err, errdefs.ErrNotLeader), errors.Is(err, errdefs.ErrStopped):
+		_ = grpc.SetHeader(ctx, metadata.Pairs(StaleReadHeader, err.Error()))
+		return nil
+	default:
+		return errdefs.ToGRPC(err)
+	}
+}
 
 func notFound(kind, id string) error {
 	return errdefs.ToGRPC(fmt.Errorf("%s %q: %w", kind, id, errdefs.ErrNotFound))
@@ -42,7 +93,37 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return s.GetService(ctx, &api.GetRequest{Id: svc.Id})
+	return s.localService(svc.Id)
+}
+
+// localService, localNode and localCluster answer a write with the object as
+// this manager applied it (the write returned, so it is applied here: no
+// read barrier needed).
+func (s *Server) localService(id string) (*api.ServiceResponse, error) {
+	var svc *api.Service
+	s.store.View(func(tx state.ReadTx) { svc = tx.GetService(id) })
+	if svc == nil {
+		return nil, notFound("service", id)
+	}
+	return &api.ServiceResponse{Service: svc}, nil
+}
+
+func (s *Server) localNode(id string) (*api.NodeResponse, error) {
+	var n *api.Node
+	s.store.View(func(tx state.ReadTx) { n = tx.GetNode(id) })
+	if n == nil {
+		return nil, notFound("node", id)
+	}
+	return &api.NodeResponse{Node: n}, nil
+}
+
+func (s *Server) localCluster(id string) (*api.ClusterResponse, error) {
+	var c *api.Cluster
+	s.store.View(func(tx state.ReadTx) { c = tx.GetCluster(id) })
+	if c == nil {
+		return nil, notFound("cluster", id)
+	}
+	return &api.ClusterResponse{Cluster: c}, nil
 }
 
 // lookupService finds a service by ID, then by name, then by unique ID prefix.
@@ -64,6 +145,9 @@ func lookupService(tx state.ReadTx, ref string) *api.Service {
 
 // GetService returns a service by ID or name.
 func (s *Server) GetService(ctx context.Context, req *api.GetRequest) (*api.ServiceResponse, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
 	var svc *api.Service
 	s.store.View(func(tx state.ReadTx) { svc = lookupService(tx, req.GetId()) })
 	if svc == nil {
@@ -74,6 +158,9 @@ func (s *Server) GetService(ctx context.Context, req *api.GetRequest) (*api.Serv
 
 // ListServices lists services, optionally by names or ID prefixes.
 func (s *Server) ListServices(ctx context.Context, req *api.ListServicesRequest) (*api.ListServicesResponse, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
 	var bys []state.By
 	for _, n := range req.GetNames() {
 		bys = append(bys, state.ByName(n))
@@ -125,7 +212,7 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return s.GetService(ctx, &api.GetRequest{Id: id})
+	return s.localService(id)
 }
 
 // RemoveService deletes a service; the orchestrator then stops and removes
@@ -146,6 +233,9 @@ func (s *Server) RemoveService(ctx context.Context, req *api.RemoveRequest) (*ap
 
 // GetTask returns a task by ID.
 func (s *Server) GetTask(ctx context.Context, req *api.GetRequest) (*api.TaskResponse, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
 	var t *api.Task
 	s.store.View(func(tx state.ReadTx) { t = tx.GetTask(req.GetId()) })
 	if t == nil {
@@ -156,6 +246,9 @@ func (s *Server) GetTask(ctx context.Context, req *api.GetRequest) (*api.TaskRes
 
 // ListTasks lists tasks. Service IDs may also be service names.
 func (s *Server) ListTasks(ctx context.Context, req *api.ListTasksRequest) (*api.ListTasksResponse, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
 	var out []*api.Task
 	var err error
 	s.store.View(func(tx state.ReadTx) {
@@ -243,6 +336,9 @@ func lookupNode(tx state.ReadTx, ref string) *api.Node {
 
 // GetNode returns a node by ID or hostname.
 func (s *Server) GetNode(ctx context.Context, req *api.GetRequest) (*api.NodeResponse, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
 	var n *api.Node
 	s.store.View(func(tx state.ReadTx) { n = lookupNode(tx, req.GetId()) })
 	if n == nil {
@@ -253,6 +349,9 @@ func (s *Server) GetNode(ctx context.Context, req *api.GetRequest) (*api.NodeRes
 
 // ListNodes lists nodes, optionally by role.
 func (s *Server) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*api.ListNodesResponse, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
 	by := state.All()
 	if rs := req.GetRoles(); len(rs) > 0 {
 		var bys []state.By
@@ -295,23 +394,42 @@ func (s *Server) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*a
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return s.GetNode(ctx, &api.GetRequest{Id: id})
+	return s.localNode(id)
 }
 
 // RemoveNode deletes a node from the cluster. A node that is not DOWN is
-// refused unless Force; a manager is always refused (it holds the state).
+// refused unless Force. A manager is first removed from the Raft group, on
+// the leader; that is refused when the remaining managers could not reach a
+// quorum, and always for the last manager.
 func (s *Server) RemoveNode(ctx context.Context, req *api.RemoveRequest) (*api.RemoveResponse, error) {
+	var cur *api.Node
+	s.store.View(func(tx state.ReadTx) { cur = lookupNode(tx, req.GetId()) })
+	if cur == nil {
+		return nil, notFound("node", req.GetId())
+	}
+	if cur.GetStatus().GetState() != api.NodeState_NODE_STATE_DOWN && !req.GetForce() {
+		return nil, errdefs.ToGRPC(fmt.Errorf("node %s is %s, not down: stop it first or use force: %w", cur.Id,
+			strings.ToLower(strings.TrimPrefix(cur.GetStatus().GetState().String(), "NODE_STATE_")), errdefs.ErrInvalidSpec))
+	}
+	if cur.Role == api.NodeRole_NODE_ROLE_MANAGER {
+		m := s.opts.Members
+		if m == nil {
+			return nil, errdefs.ToGRPC(fmt.Errorf("node %s is a manager and this server cannot change the Raft group: %w", cur.Id, errdefs.ErrInvalidSpec))
+		}
+		if !m.IsLeader() {
+			return s.forwardRemove(ctx, req)
+		}
+		if err := m.RemoveMember(ctx, cur.GetManagerStatus().GetRaftId()); err != nil {
+			if errors.Is(err, errdefs.ErrNotLeader) {
+				// This manager removed itself: it handed leadership over first.
+				return s.forwardRemove(ctx, req)
+			}
+			return nil, errdefs.ToGRPC(fmt.Errorf("remove manager %s: %w", cur.Id, err))
+		}
+	}
 	err := s.store.Update(ctx, func(tx state.WriteTx) error {
-		cur := lookupNode(tx, req.GetId())
-		if cur == nil {
-			return fmt.Errorf("node %q: %w", req.GetId(), errdefs.ErrNotFound)
-		}
-		if cur.Role == api.NodeRole_NODE_ROLE_MANAGER {
-			return fmt.Errorf("node %s is a manager: removing managers is not supported yet: %w", cur.Id, errdefs.ErrInvalidSpec)
-		}
-		if cur.GetStatus().GetState() != api.NodeState_NODE_STATE_DOWN && !req.GetForce() {
-			return fmt.Errorf("node %s is %s, not down: stop it first or use force: %w", cur.Id,
-				strings.ToLower(strings.TrimPrefix(cur.GetStatus().GetState().String(), "NODE_STATE_")), errdefs.ErrInvalidSpec)
+		if tx.GetNode(cur.Id) == nil {
+			return nil // removed concurrently
 		}
 		return tx.DeleteNode(cur.Id)
 	})
@@ -319,6 +437,18 @@ func (s *Server) RemoveNode(ctx context.Context, req *api.RemoveRequest) (*api.R
 		return nil, errdefs.ToGRPC(err)
 	}
 	return &api.RemoveResponse{}, nil
+}
+
+func (s *Server) forwardRemove(ctx context.Context, req *api.RemoveRequest) (*api.RemoveResponse, error) {
+	if s.opts.Leader == nil {
+		return nil, errdefs.ToGRPC(fmt.Errorf("removing a manager needs the leader: %w", errdefs.ErrNotLeader))
+	}
+	c, release, err := s.opts.Leader(ctx)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	defer release()
+	return c.RemoveNode(ctx, req)
 }
 
 func (s *Server) theCluster(tx state.ReadTx, id string) *api.Cluster {
@@ -334,6 +464,9 @@ func (s *Server) theCluster(tx state.ReadTx, id string) *api.Cluster {
 
 // GetCluster returns the cluster object (id may be empty: there is one).
 func (s *Server) GetCluster(ctx context.Context, req *api.GetRequest) (*api.ClusterResponse, error) {
+	if err := s.readBarrier(ctx); err != nil {
+		return nil, err
+	}
 	var c *api.Cluster
 	s.store.View(func(tx state.ReadTx) { c = s.theCluster(tx, req.GetId()) })
 	if c == nil {
@@ -365,7 +498,7 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return s.GetCluster(ctx, &api.GetRequest{Id: id})
+	return s.localCluster(id)
 }
 
 // Watch streams change events that match the request.

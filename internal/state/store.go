@@ -163,6 +163,28 @@ func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 	return fmt.Errorf("state: unexpected apply result %T", res)
 }
 
+// barrierLog is a log that can make reads linearizable (raftstore.Node).
+type barrierLog interface {
+	ReadBarrier(ctx context.Context) (uint64, error)
+}
+
+// ReadBarrier returns once this store has applied every write committed
+// before the call, so a View after it sees them (a linearizable read). On a
+// log without the capability (the in-memory log, where every write is
+// applied before Update returns) it returns at once. Without a quorum it
+// fails (errors.Is ErrNoQuorum); the caller may still View, knowing the
+// result may be stale.
+func (s *Store) ReadBarrier(ctx context.Context) error {
+	s.logMu.RLock()
+	l := s.log
+	s.logMu.RUnlock()
+	if b, ok := l.(barrierLog); ok {
+		_, err := b.ReadBarrier(ctx)
+		return err
+	}
+	return ctx.Err()
+}
+
 // UpdateRetry is Update that retries fn up to attempts times while the
 // result is ErrConflict.
 func (s *Store) UpdateRetry(ctx context.Context, attempts int, fn func(WriteTx) error) error {
