@@ -238,3 +238,41 @@ func TestRemoveManagersKeepsQuorum(t *testing.T) {
 	assert.Equal(t, 2, voters)
 	createRetrying(t, c, c.Client(), webSpec("after", 0))
 }
+
+func TestForceNewClusterFromOneSurvivor(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3, Workers: 1})
+	ctx := ctxT(t)
+	svc, err := c.Client().CreateService(ctx, webSpec("web", 2))
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, 2)
+
+	// Two of three managers are lost for good: no quorum.
+	managers := c.Managers()
+	survivor := managers[0]
+	for _, m := range managers[1:] {
+		require.NoError(t, m.Crash())
+	}
+	require.NoError(t, survivor.Stop())
+
+	// The survivor restarts as a new one-manager cluster with all the state.
+	require.NoError(t, survivor.RestartWith(func(cfg *shoal.Config) { cfg.ForceNewCluster = true }))
+	c.WaitFor("the survivor leads", func() bool { return survivor.Shoal().IsLeader() })
+	cl := survivor.Shoal().Client()
+	got, err := cl.GetService(ctx, "web")
+	require.NoError(t, err)
+	assert.Equal(t, svc.ID, got.ID)
+	voters, _, err := survivor.Shoal().RaftMembers(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, voters)
+	// It takes writes, and the worker follows it.
+	_, err = cl.ScaleService(ctx, svc.ID, 3)
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, 3)
+
+	// A second restart, without the flag, is still the one-manager cluster.
+	require.NoError(t, survivor.Stop())
+	require.NoError(t, survivor.Restart())
+	c.WaitFor("the survivor leads again", func() bool { return survivor.Shoal().IsLeader() })
+	_, err = survivor.Shoal().Client().GetService(ctx, "web")
+	require.NoError(t, err)
+}

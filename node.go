@@ -92,6 +92,13 @@ type Config struct {
 	// Raft tunes the managers' replicated log.
 	Raft RaftConfig
 
+	// ForceNewCluster restarts a manager as the only manager of a new
+	// one-manager cluster, with all the state it has, as docker swarm init
+	// --force-new-cluster does: the way back when a cluster has lost its
+	// quorum for good. The other managers stay listed until removed (with
+	// force). Only with New+Start on an existing manager's StateDir.
+	ForceNewCluster bool
+
 	// Logger receives the node's logs; default discards them, because a
 	// library must not write to its host's output unasked.
 	Logger *slog.Logger
@@ -610,6 +617,10 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	case mode != modeRestart && ident != nil:
 		return fmt.Errorf("Config.StateDir: %s already holds node %s of cluster %s; restart it with New(cfg) and Start: %w",
 			n.cfg.StateDir, ident.NodeID, ident.ClusterID, ErrExist)
+	case mode != modeRestart && n.cfg.ForceNewCluster:
+		return configError("ForceNewCluster", "needs a manager's existing StateDir: use New(cfg) and Start")
+	case mode == modeRestart && n.cfg.ForceNewCluster && ident.Role != Manager:
+		return configError("ForceNewCluster", "node %s is a worker; only a manager can start a new cluster", ident.NodeID)
 	case mode != modeRestart:
 		// No identity but a Raft log: an Init that was interrupted. Its log
 		// is not this node's to reuse or to delete.
@@ -762,7 +773,8 @@ func (n *Node) startManager(ctx context.Context, initCluster bool, joined bool) 
 	rcfg.StateMachine = n.store
 	rcfg.Transport = tr
 	rcfg.Forwarder = tr
-	rcfg.Join = joined
+	rcfg.Join = joined && !n.cfg.ForceNewCluster // Join matters only for a new log, which ForceNewCluster refuses
+	rcfg.ForceNewCluster = n.cfg.ForceNewCluster
 	rcfg.Logger = n.log
 	rcfg.Registerer = n.cfg.Metrics
 	rcfg.TickInterval = n.cfg.Raft.TickInterval

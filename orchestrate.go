@@ -41,11 +41,25 @@
 // are not encrypted: run clusters on trusted networks until certificate-based
 // mutual TLS lands (it slots into the same Init/Join calls).
 //
+// # High availability
+//
+// Join with the cluster's manager token adds a manager: it joins the Raft
+// group as a learner, catches up, and becomes a voter, so adding a manager
+// never costs availability. 3, 5 or 7 managers tolerate 1, 2 or 3 failures.
+// Every manager serves the whole API: reads are linearizable (they wait on a
+// Raft read barrier), and writes are forwarded to the leader. Without a
+// quorum, writes fail fast with ErrNoQuorum, whose message says how many
+// managers are reachable and how many are needed, and reads still answer,
+// from the manager's own state, marked stale (see WithReadInfo). Removing a
+// manager (Client.RemoveNode) is refused when the rest could not reach a
+// quorum.
+//
 // # Caveats
 //
-// This version runs one manager per cluster: joining with the manager token
-// is refused, and so are promotions. Tasks of the process runtime run as the
-// host program's user; resource limits are not enforced by it.
+// Changing a node's role live (promote, demote) is not supported yet: add
+// managers by joining them with the manager token. Tasks of the process
+// runtime run as the host program's user; resource limits are not enforced
+// by it.
 package shoal
 
 import (

@@ -432,8 +432,12 @@ func TestMetricsRegistered(t *testing.T) {
 	cfg.Registerer = reg
 	n := startNode(t, cfg)
 	proposeN(t, n, 3, payloadOf)
+	_, err := n.ReadBarrier(context.Background())
+	require.NoError(t, err)
 	values := gather(t, reg)
-	assert.Len(t, values, 8)
+	assert.Len(t, values, 10)
+	assert.Equal(t, 1.0, values["shoal_raft_read_barriers_total"])
+	assert.Equal(t, 1.0, values["shoal_raft_read_rounds_total"])
 	assert.Equal(t, 3.0, values["shoal_raft_proposals_total"])
 	assert.Equal(t, 1.0, values["shoal_raft_is_leader"])
 	assert.Equal(t, float64(n.AppliedIndex()), values["shoal_raft_applied_index"])

@@ -400,7 +400,11 @@ func (n *Node) Crash() error {
 
 // Restart starts a stopped node again from its StateDir, with its identity,
 // and, for a manager, all its state.
-func (n *Node) Restart() error {
+func (n *Node) Restart() error { return n.RestartWith(nil) }
+
+// RestartWith is Restart with edit applied to the node's Config first (for
+// example to set ForceNewCluster).
+func (n *Node) RestartWith(edit func(*shoal.Config)) error {
 	n.mu.Lock()
 	running := n.node != nil
 	n.mu.Unlock()
@@ -408,6 +412,9 @@ func (n *Node) Restart() error {
 		return fmt.Errorf("shoaltest: %s is running", n.Name)
 	}
 	cfg := n.c.config(n)
+	if edit != nil {
+		edit(&cfg)
+	}
 	sn, err := shoal.New(cfg)
 	if err != nil {
 		return err
