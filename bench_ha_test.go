@@ -155,3 +155,44 @@ func BenchmarkFailover(b *testing.B) {
 	b.ReportMetric(float64(times[len(times)/2].Milliseconds()), "median-ms")
 	b.ReportMetric(float64(times[len(times)-1].Milliseconds()), "max-ms")
 }
+
+// BenchmarkJoinManager100kTasks measures the time to bring a new manager
+// into a cluster whose state holds 100,000 tasks (a service of 100,000
+// replicas with no worker to run them), from Join until it votes. The log is
+// compacted first, so the new manager receives the state as a snapshot sent
+// in chunks.
+func BenchmarkJoinManager100kTasks(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		c := shoaltest.Start(b, shoaltest.Options{Managers: 1, Timeout: 5 * time.Minute, Configure: func(_ string, cfg *shoal.Config) {
+			cfg.Raft.SnapshotInterval = 1000
+		}})
+		ctx := context.Background()
+		svc, err := c.Client().CreateService(ctx, shoal.ServiceSpec{Name: "big", Replicas: 100000, Task: shoal.TaskSpec{Command: []string{"x"}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.WaitFor("100,000 tasks", func() bool { return len(c.Tasks(svc.ID)) == 100000 })
+		b.StartTimer()
+		t0 := time.Now()
+		m, err := c.AddManager()
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.WaitFor("the new manager votes", func() bool {
+			v, l, err := c.Leader().Shoal().RaftMembers(ctx)
+			return err == nil && v == 2 && l == 0
+		})
+		b.ReportMetric(float64(time.Since(t0).Milliseconds()), "ms-to-voter")
+		b.StopTimer()
+		var n int
+		m.Shoal().Client().ListTasks(ctx, shoal.TaskFilter{Service: svc.ID})
+		if ts, err := m.Shoal().Client().ListTasks(ctx, shoal.TaskFilter{Service: svc.ID}); err == nil {
+			n = len(ts)
+		}
+		if n != 100000 {
+			b.Fatalf("new manager has %d tasks", n)
+		}
+		c.Stop()
+	}
+}

@@ -333,6 +333,11 @@ type ClusterInfo struct {
 	ManagerToken string
 }
 
+// maxResponseSize caps a control API response a client accepts: listing the
+// tasks of a 100,000-replica service takes about 5 MiB, past gRPC's 4 MiB
+// default.
+const maxResponseSize = 256 << 20
+
 // noAgentMessage is the status message of a manager that runs no agent.
 const noAgentMessage = "manager without an agent (Config.DisableAgent): runs no tasks"
 
@@ -541,7 +546,8 @@ func (n *Node) listen() (net.Listener, error) {
 }
 
 func (n *Node) dialOptions() []grpc.DialOption {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize))}
 	if n.cfg.Dial != nil {
 		opts = append(opts, grpc.WithContextDialer(n.cfg.Dial))
 	}

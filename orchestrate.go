@@ -130,7 +130,8 @@ func Dial(ctx context.Context, addr string, opts ...DialOption) (*Client, error)
 	for _, opt := range opts {
 		opt(&o)
 	}
-	gopts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, o.grpc...)
+	gopts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize))}, o.grpc...)
 	conn, err := grpc.NewClient(addr, gopts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
