@@ -48,3 +48,46 @@ func BenchmarkPropose(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReadBarrier measures linearizable reads per second on a follower of a 3-member
+// in-memory cluster, for 1 and 64 concurrent readers. Concurrent barriers share ReadIndex
+// rounds ("barriers/round").
+func BenchmarkReadBarrier(b *testing.B) {
+	for _, readers := range []int{1, 64} {
+		b.Run(map[int]string{1: "readers=1", 64: "readers=64"}[readers], func(b *testing.B) {
+			c := newCluster(b, 3, nil)
+			f := c.follower(c.leader())
+			<-f.Ready()
+			ctx := context.Background()
+			before := f.Stats()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			var next sync.Mutex
+			remaining := b.N
+			for range readers {
+				wg.Go(func() {
+					for {
+						next.Lock()
+						if remaining == 0 {
+							next.Unlock()
+							return
+						}
+						remaining--
+						next.Unlock()
+						if _, err := f.ReadBarrier(ctx); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			after := f.Stats()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reads/s")
+			if r := after.ReadRounds - before.ReadRounds; r > 0 {
+				b.ReportMetric(float64(after.ReadBarriers-before.ReadBarriers)/float64(r), "barriers/round")
+			}
+		})
+	}
+}

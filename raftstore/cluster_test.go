@@ -26,7 +26,7 @@ type memNet struct {
 	wg       sync.WaitGroup
 }
 
-func newMemNet(t *testing.T, ids ...uint64) *memNet {
+func newMemNet(t testing.TB, ids ...uint64) *memNet {
 	mn := &memNet{
 		nodes:    map[uint64]*Node{},
 		isolated: map[uint64]bool{},
@@ -137,7 +137,7 @@ func (t memTransport) Send(msgs []*pb.Message) {
 }
 
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	net     *memNet
 	dirs    map[uint64]string
 	sms     map[uint64]*chainSM
@@ -149,11 +149,11 @@ type cluster struct {
 	changes map[uint64][][]uint64 // OnMembershipChange calls per member
 }
 
-func newCluster(t *testing.T, size int, tune func(*Config)) *cluster {
+func newCluster(t testing.TB, size int, tune func(*Config)) *cluster {
 	return newClusterOpts(t, size, false, tune)
 }
 
-func newClusterOpts(t *testing.T, size int, forward bool, tune func(*Config)) *cluster {
+func newClusterOpts(t testing.TB, size int, forward bool, tune func(*Config)) *cluster {
 	var ids []uint64
 	for i := 1; i <= size; i++ {
 		ids = append(ids, uint64(i))

@@ -64,6 +64,24 @@
 // taken after a member was added does not know that member's context; the lead keeps the
 // managers' addresses in the replicated object store as well, and uses that copy.
 //
+// # Linearizable reads
+//
+// Every member applies the same entries, but a follower may trail the leader by a few. ReadBarrier
+// returns once this member has applied every entry committed before the call (raft's ReadIndex:
+// the leader confirms it still leads with a quorum heartbeat round, and a follower asks it for
+// that commit index), so a read of the StateMachine after it sees every acknowledged write.
+// Concurrent calls share one round. Without a leader or a quorum it fails like Propose, with a
+// *QuorumError.
+//
+// # Disaster recovery
+//
+// A cluster that lost its quorum for good (most managers destroyed) cannot elect a leader. Start
+// one survivor with Config.ForceNewCluster: it appends configuration changes removing every other
+// member to its log, commits them with everything the log holds, and starts as the only voter of
+// a one-member cluster with all the state it had, like `docker swarm init --force-new-cluster`.
+// The change is in the log, so later starts without the flag find the same one-member cluster;
+// it grows again with AddLearner. The other members' old databases must not rejoin.
+//
 // # Proposals on followers, and quorum loss
 //
 // Proposals are made on the leader. With Config.Forwarder set, Propose on a follower forwards
