@@ -2145,8 +2145,13 @@ func (*StoreAction_Cluster) isStoreAction_Target() {}
 // StoreRequest is the payload of one log entry: the actions of a write
 // transaction, applied atomically.
 type StoreRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Actions       []*StoreAction         `protobuf:"bytes,1,rep,name=actions,proto3" json:"actions,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Actions []*StoreAction         `protobuf:"bytes,1,rep,name=actions,proto3" json:"actions,omitempty"`
+	// request_id identifies the write transaction (16 random bytes). An entry
+	// can reach the log twice (a forwarded proposal retried after its
+	// connection broke mid-call); the second is answered with the first's
+	// outcome instead of being applied again.
+	RequestId     []byte `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2184,6 +2189,13 @@ func (*StoreRequest) Descriptor() ([]byte, []int) {
 func (x *StoreRequest) GetActions() []*StoreAction {
 	if x != nil {
 		return x.Actions
+	}
+	return nil
+}
+
+func (x *StoreRequest) GetRequestId() []byte {
+	if x != nil {
+		return x.RequestId
 	}
 	return nil
 }
@@ -2402,9 +2414,11 @@ const file_objects_proto_rawDesc = "" +
 	"\vKIND_CREATE\x10\x01\x12\x0f\n" +
 	"\vKIND_UPDATE\x10\x02\x12\x0f\n" +
 	"\vKIND_DELETE\x10\x03B\b\n" +
-	"\x06target\"@\n" +
+	"\x06target\"_\n" +
 	"\fStoreRequest\x120\n" +
-	"\aactions\x18\x01 \x03(\v2\x16.shoal.api.StoreActionR\aactions\"\xbd\x01\n" +
+	"\aactions\x18\x01 \x03(\v2\x16.shoal.api.StoreActionR\aactions\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\fR\trequestId\"\xbd\x01\n" +
 	"\rStoreSnapshot\x12%\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x0f.shoal.api.NodeR\x05nodes\x12.\n" +
 	"\bservices\x18\x02 \x03(\v2\x12.shoal.api.ServiceR\bservices\x12%\n" +

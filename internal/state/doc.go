@@ -22,6 +22,11 @@
 // replaced. The cost is that callbacks hold a read lock: they must be short
 // and must not call View or Update themselves.
 //
+// Every write transaction carries a random request ID; an entry that
+// reaches the log twice (a forwarded proposal retried after a broken
+// connection) is answered with the first copy's outcome and not applied
+// again.
+//
 // Watchers receive the applied changes in commit order, with the last event
 // of each transaction marked. Snapshot and Restore save and load the whole
 // state for log compaction.

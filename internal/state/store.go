@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,6 +64,7 @@ type Store struct {
 	mu     sync.RWMutex
 	tables map[Kind]*table
 	index  uint64 // last applied log index
+	recent recentRequests
 
 	logMu sync.RWMutex
 	log   Log
@@ -141,6 +143,10 @@ func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 	if len(req.Actions) == 0 {
 		return nil
 	}
+	req.RequestId = make([]byte, 16)
+	if _, err := rand.Read(req.RequestId); err != nil {
+		return fmt.Errorf("state: request ID: %w", err)
+	}
 	var res any
 	if rl, ok := l.(requestLog); ok {
 		res, err = rl.proposeRequest(ctx, req)
@@ -198,6 +204,48 @@ func (s *Store) UpdateRetry(ctx context.Context, attempts int, fn func(WriteTx) 
 	return err
 }
 
+// recentWindow is how many request IDs the store remembers. A duplicate
+// arrives within a few retries of the original, long before this many other
+// writes; 65,536 IDs cost about 2 MiB.
+const recentWindow = 1 << 16
+
+// recentRequests remembers the outcome of the last recentWindow requests.
+// It only decides what a duplicate entry returns: applying a duplicate again
+// would change nothing anyway (its version checks fail), so members that
+// lost the table in a restore still reach the same state.
+type recentRequests struct {
+	results map[string]error
+	order   []string // ring of IDs, oldest at next
+	next    int
+}
+
+func (r *recentRequests) lookup(id []byte) (error, bool) {
+	if len(id) == 0 || r.results == nil {
+		return nil, false
+	}
+	res, ok := r.results[string(id)]
+	return res, ok
+}
+
+func (r *recentRequests) add(id []byte, res error) {
+	if len(id) == 0 {
+		return
+	}
+	if r.results == nil {
+		r.results = make(map[string]error, 1024)
+		r.order = make([]string, 0, 1024)
+	}
+	key := string(id)
+	if len(r.order) < recentWindow {
+		r.order = append(r.order, key)
+	} else {
+		delete(r.results, r.order[r.next])
+		r.order[r.next] = key
+		r.next = (r.next + 1) % recentWindow
+	}
+	r.results[key] = res
+}
+
 // undo records how to revert one applied action.
 type undo struct {
 	kind Kind
@@ -230,11 +278,22 @@ type requestLog interface {
 	proposeRequest(ctx context.Context, req *api.StoreRequest) (any, error)
 }
 
-// applyRequest applies one decoded entry; see Apply.
+// applyRequest applies one decoded entry; see Apply. A request whose ID was
+// applied recently is answered with that outcome and not applied again.
 func (s *Store) applyRequest(idx uint64, req *api.StoreRequest) any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.index = idx
+	if res, dup := s.recent.lookup(req.RequestId); dup {
+		return res
+	}
+	res := s.applyActions(idx, req)
+	s.recent.add(req.RequestId, res)
+	return res
+}
+
+// applyActions applies the actions of one entry, all or nothing (mu held).
+func (s *Store) applyActions(idx uint64, req *api.StoreRequest) error {
 	s.reserve(req)
 	events := make([]Event, 0, len(req.Actions))
 	undos := make([]undo, 0, len(req.Actions))

@@ -447,3 +447,52 @@ func TestApplyRollsBackAFailedEntry(t *testing.T) {
 	})
 	assert.Equal(t, uint64(5), s.Index())
 }
+
+func TestDuplicateEntryGetsTheFirstOutcome(t *testing.T) {
+	// A forwarded proposal retried after its connection broke can reach the
+	// log twice: the second copy must report the first one's outcome (not a
+	// conflict) and change nothing.
+	s := NewInMemory(Config{})
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
+	var cur *api.Service
+	s.View(func(tx ReadTx) { cur = tx.GetService("s1") })
+	cur.Spec.Labels = map[string]string{"v": "1"}
+	req := &api.StoreRequest{
+		Actions:   []*api.StoreAction{StoreAction(api.StoreAction_KIND_UPDATE, cur)},
+		RequestId: []byte("0123456789abcdef"),
+	}
+	data, err := proto.Marshal(req)
+	require.NoError(t, err)
+	w := s.Watch()
+	defer w.Cancel()
+	assert.Nil(t, s.Apply(10, data))
+	assert.Nil(t, s.Apply(11, data), "the duplicate reports the first outcome")
+	s.View(func(tx ReadTx) { assert.Equal(t, uint64(10), tx.GetService("s1").Meta.Version, "applied once") })
+	e := <-w.C
+	assert.Equal(t, uint64(10), e.Index)
+	select {
+	case e := <-w.C:
+		t.Fatalf("the duplicate produced an event: %+v", e)
+	case <-time.After(50 * time.Millisecond):
+	}
+	// A different request with the same stale content conflicts as usual.
+	req.RequestId = []byte("fedcba9876543210")
+	data, err = proto.Marshal(req)
+	require.NoError(t, err)
+	assert.ErrorIs(t, s.Apply(12, data).(error), ErrConflict)
+}
+
+func TestRecentRequestsWindow(t *testing.T) {
+	var r recentRequests
+	for i := 0; i < recentWindow+10; i++ {
+		r.add([]byte(fmt.Sprintf("id%d", i)), nil)
+	}
+	_, ok := r.lookup([]byte("id0"))
+	assert.False(t, ok, "the oldest IDs are forgotten")
+	_, ok = r.lookup([]byte(fmt.Sprintf("id%d", recentWindow+9)))
+	assert.True(t, ok)
+	assert.Len(t, r.results, recentWindow)
+	_, ok = r.lookup(nil)
+	assert.False(t, ok)
+}
