@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -482,9 +483,10 @@ type managerPart struct {
 	bgCancel  context.CancelFunc
 	bg        sync.WaitGroup
 	selfConn  *grpc.ClientConn
-	// seenSelf is set once the Raft membership has listed this member: a
-	// later membership without it means the node was demoted.
-	seenSelf atomic.Bool
+	// armed is set once the log is loaded: from then on a membership
+	// without this member means the node was demoted (while the log is
+	// replayed, older memberships pass by).
+	armed atomic.Bool
 }
 
 // roleWant is the role a node was told it has.
@@ -1460,6 +1462,7 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	mg.armed.Store(true)
 	if err := mg.ensureClusterObjects(ctx, initCluster); err != nil {
 		return err
 	}
@@ -1512,13 +1515,7 @@ func (mg *managerPart) stop(ctx context.Context) error {
 // was demoted).
 func (mg *managerPart) onMembers(ids []uint64) {
 	mg.kickPeers()
-	for _, id := range ids {
-		if id == mg.raftID {
-			mg.seenSelf.Store(true)
-			return
-		}
-	}
-	if mg.seenSelf.Load() {
+	if mg.armed.Load() && !slices.Contains(ids, mg.raftID) {
 		mg.n.wantRole(roleWant{manager: false})
 	}
 }

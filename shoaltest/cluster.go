@@ -86,8 +86,8 @@ type Node struct {
 	// no tasks; it keeps that setting across role changes and restarts.
 	agentless bool
 	c         *Cluster
-	mu   sync.Mutex
-	node *shoal.Node
+	mu        sync.Mutex
+	node      *shoal.Node
 }
 
 // Start starts a cluster of opts.Managers managers and opts.Workers workers
