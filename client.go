@@ -295,6 +295,9 @@ func (c *Client) UpdateNode(ctx context.Context, ref string, u NodeUpdate) (*Nod
 	if u.Availability != 0 && (u.Availability < Active || u.Availability > Drain) {
 		return nil, fmt.Errorf("NodeUpdate.Availability: must be Active, Pause or Drain, got %d: %w", int(u.Availability), ErrInvalidSpec)
 	}
+	if u.Role != nil && *u.Role != Worker && *u.Role != Manager {
+		return nil, fmt.Errorf("NodeUpdate.Role: must be Worker or Manager, got %d: %w", int(*u.Role), ErrInvalidSpec)
+	}
 	var lastErr error
 	for i := 0; i < retries; i++ {
 		resp, err := c.ctl.GetNode(ctx, &api.GetRequest{Id: ref})
@@ -311,6 +314,12 @@ func (c *Client) UpdateNode(ctx context.Context, ref string, u NodeUpdate) (*Nod
 		}
 		if u.Labels != nil {
 			spec.Labels = copyMap(u.Labels)
+		}
+		if u.Role != nil {
+			spec.DesiredRole = api.NodeRole_NODE_ROLE_WORKER
+			if *u.Role == Manager {
+				spec.DesiredRole = api.NodeRole_NODE_ROLE_MANAGER
+			}
 		}
 		up, err := c.ctl.UpdateNode(ctx, &api.UpdateNodeRequest{Id: n.Id, Version: n.Meta.GetVersion(), Spec: spec})
 		err = errdefs.FromGRPC(err)

@@ -11,9 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -319,6 +321,12 @@ type NodeUpdate struct {
 	Availability Availability
 	// Labels, if not nil, replace the node's labels.
 	Labels map[string]string
+	// Role, if not nil, promotes a worker (Manager) or demotes a manager
+	// (Worker), live: the node starts or stops its manager part without a
+	// restart. A promoted node must be ready. A demotion is refused when
+	// the remaining managers could not reach a quorum (ErrNoQuorum) and for
+	// the last manager; a leader that is demoted hands leadership over first.
+	Role *NodeRole
 }
 
 // ClusterInfo is the cluster-wide settings and join tokens.
@@ -429,22 +437,63 @@ type Node struct {
 
 	// serving is closed once the node may answer the control, join and
 	// dispatcher APIs (a manager's state is loaded); Raft is served before.
-	serving chan struct{}
+	serving     chan struct{}
+	servingOnce sync.Once
 
-	// Manager parts.
+	// Every node registers the manager services on its server when it
+	// starts (gRPC allows no registration once serving); they answer "not a
+	// manager" until the manager part runs, which a promotion starts and a
+	// demotion stops while the node runs.
+	controlSvc *switchable
+	joinSvc    *switchable
+	raftSvc    *switchable
+	dispProx   *dispatcherProxy
+	mgr        atomic.Pointer[managerPart]
+
+	// Role changes: the wanted role (from the dispatcher session or the Raft
+	// membership), applied one at a time by roleLoop.
+	roleMu     sync.Mutex
+	roleWant   *roleWant
+	roleCancel context.CancelFunc // cancels a promotion in progress
+	roleKick   chan struct{}
+	roleStop   context.CancelFunc
+	roleWG     sync.WaitGroup
+
+	agent  *dispatch.Agent
+	client *Client
+}
+
+// managerPart is what a manager runs on top of a worker: the object store,
+// the Raft member and its transport, the peer and leadership loops. It is
+// started when a manager starts or a worker is promoted, and stopped when
+// the node stops or is demoted.
+type managerPart struct {
+	n         *Node
+	nodeID    string
+	clusterID string
+	raftID    uint64
+	bootPeers map[uint64]string
+
 	store     *state.Store
 	raft      *raftstore.Node
 	transport *transport.Transport
 	peersKick chan struct{}
-	dispProx  *dispatcherProxy
 	termMu    sync.Mutex
 	term      *leaderTerm
 	bgCancel  context.CancelFunc
 	bg        sync.WaitGroup
+	selfConn  *grpc.ClientConn
+	// armed is set once the log is loaded: from then on a membership
+	// without this member means the node was demoted (while the log is
+	// replayed, older memberships pass by).
+	armed atomic.Bool
+}
 
-	agent    *dispatch.Agent
-	selfConn *grpc.ClientConn
-	client   *Client
+// roleWant is the role a node was told it has.
+type roleWant struct {
+	manager bool
+	raftID  uint64
+	peers   map[uint64]string
 }
 
 // leaderTerm holds the components that run only on the Raft leader.
@@ -463,8 +512,12 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	c := cfg.withDefaults()
+	notManager := errdefs.ToGRPC(fmt.Errorf("this node is not a manager: %w", ErrNotManager))
 	return &Node{cfg: c, log: c.Logger, ready: make(chan struct{}), done: make(chan struct{}),
-		serving: make(chan struct{}), peersKick: make(chan struct{}, 1)}, nil
+		serving: make(chan struct{}), roleKick: make(chan struct{}, 1),
+		controlSvc: &switchable{down: notManager}, joinSvc: &switchable{down: notManager},
+		raftSvc:  &switchable{down: status.Error(codes.Unavailable, "this node is not a Raft member")},
+		dispProx: &dispatcherProxy{}}, nil
 }
 
 // Start restarts the node from the identity and state in its StateDir (a
@@ -662,17 +715,27 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	n.mu.Unlock()
 
 	n.srv = grpc.NewServer(grpc.ChainUnaryInterceptor(n.gateUnary), grpc.ChainStreamInterceptor(n.gateStream))
+	n.controlSvc.register(n.srv, &api.Control_ServiceDesc)
+	n.joinSvc.register(n.srv, &api.Join_ServiceDesc)
+	n.raftSvc.register(n.srv, &api.Raft_ServiceDesc)
+	api.RegisterDispatcherServer(n.srv, n.dispProx)
+	// Serve before a manager's log is loaded: a joining manager receives the
+	// log through the Raft service; everything else waits behind the gate.
+	go func() { _ = n.srv.Serve(lis) }()
 	if ident.Role == Manager {
-		if err := n.startManager(ctx, mode == modeInit, mode != modeInit); err != nil {
+		if err := n.startManagerPart(ctx, ident, mode == modeInit, mode != modeInit); err != nil {
 			return err
 		}
 	} else {
-		close(n.serving)
-		go func() { _ = n.srv.Serve(lis) }()
+		n.servingOnce.Do(func() { close(n.serving) })
 		n.mu.Lock()
-		n.client = &Client{err: fmt.Errorf("node %s is a worker; use a manager's client or Dial a manager: %w", ident.NodeID, ErrNotManager)}
+		n.client = workerClient(ident.NodeID)
 		n.mu.Unlock()
 	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	n.roleStop = rcancel
+	n.roleWG.Add(1)
+	go n.roleLoop(rctx)
 	if mode == modeInit {
 		// Written last: a node whose Init failed leaves no identity behind.
 		if err := saveIdentity(n.cfg.StateDir, ident); err != nil {
@@ -732,12 +795,12 @@ func (n *Node) join(ctx context.Context, addr, token string) (*nodeIdentity, err
 }
 
 // managerAddrs lists the managers' addresses, the leader's first.
-func (n *Node) managerAddrs() []string {
-	if n.raft == nil {
-		return []string{n.Addr()}
+func (mg *managerPart) managerAddrs() []string {
+	if mg.raft == nil {
+		return []string{mg.n.Addr()}
 	}
-	peers := n.raftPeers()
-	leader := n.raft.Leader()
+	peers := mg.raftPeers()
+	leader := mg.raft.Leader()
 	var out []string
 	if a, ok := peers[leader]; ok {
 		out = append(out, a)
@@ -753,157 +816,69 @@ func (n *Node) managerAddrs() []string {
 		}
 	}
 	if len(out) == 0 {
-		out = []string{n.Addr()}
+		out = []string{mg.n.Addr()}
 	}
 	return out
 }
 
-func (n *Node) startManager(ctx context.Context, initCluster bool, joined bool) error {
-	n.store = state.New(state.Config{Logger: n.log})
-	tcfg := transport.DefaultConfig()
-	tcfg.ID = n.ident.RaftID
-	tcfg.Dial = n.cfg.Dial
-	tcfg.Logger = n.log.With("component", "raft-transport")
-	if f := n.cfg.Raft.Fault; f != nil {
-		self := n.ident.RaftID
-		tcfg.Filter = func(to uint64, _ *raftpb.Message) (bool, time.Duration) { return f(self, to) }
-	}
-	tr, err := transport.New(tcfg)
-	if err != nil {
-		return err
-	}
-	n.transport = tr
-	rcfg := raftstore.DefaultConfig()
-	rcfg.ID = n.ident.RaftID
-	rcfg.Dir = filepath.Join(n.cfg.StateDir, "raft")
-	rcfg.StateMachine = n.store
-	rcfg.Transport = tr
-	rcfg.Forwarder = tr
-	rcfg.Join = joined && !n.cfg.ForceNewCluster // Join matters only for a new log, which ForceNewCluster refuses
-	rcfg.ForceNewCluster = n.cfg.ForceNewCluster
-	rcfg.Logger = n.log
-	rcfg.Registerer = n.cfg.Metrics
-	rcfg.TickInterval = n.cfg.Raft.TickInterval
-	rcfg.ElectionTick = n.cfg.Raft.ElectionTicks
-	rcfg.SnapshotInterval = n.cfg.Raft.SnapshotInterval
-	rcfg.OnMembershipChange = func([]uint64) { n.kickPeers() }
-	rn, err := raftstore.New(rcfg)
-	if err != nil {
-		return err
-	}
-	n.raft = rn
-	n.store.SetLog(rn)
-	tr.SetLocal(rn)
-	for id, addr := range n.ident.RaftPeers {
-		if id != n.ident.RaftID {
-			tr.AddPeer(id, addr)
-		}
-	}
-	if err := tr.Start(ctx); err != nil {
-		return err
-	}
-
-	// Serve before the log is loaded: a joining manager receives the log
-	// through the Raft service; everything else waits behind the gate.
-	n.dispProx = &dispatcherProxy{}
-	api.RegisterControlServer(n.srv, controlapi.New(n.store, controlapi.Options{Members: rn, Leader: n.leaderControl}))
-	api.RegisterJoinServer(n.srv, controlapi.NewJoinServer(controlapi.JoinConfig{
-		Store: n.store, Managers: n.managerAddrs, Membership: rn, Forward: n.forwardJoin,
-	}))
-	api.RegisterDispatcherServer(n.srv, n.dispProx)
-	tr.Register(n.srv)
-	go func() { _ = n.srv.Serve(n.lis) }()
-
-	if err := rn.Start(ctx); err != nil {
-		return err
-	}
-	n.syncPeers()
-	bgctx, cancel := context.WithCancel(context.Background())
-	n.bgCancel = cancel
-	n.bg.Add(1)
-	go n.peerLoop(bgctx)
-	select {
-	case <-rn.Ready():
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if err := n.ensureClusterObjects(ctx, initCluster); err != nil {
-		return err
-	}
-	close(n.serving)
-
-	conn, err := grpc.NewClient(n.addr, n.dialOptions()...)
-	if err != nil {
-		return err
-	}
-	n.selfConn = conn
-	n.mu.Lock()
-	n.client = newClient(conn, false)
-	n.mu.Unlock()
-
-	n.bg.Add(1)
-	go n.leadershipLoop(bgctx)
-	return nil
-}
-
 // kickPeers asks the peer loop to refresh the transport's peers.
-func (n *Node) kickPeers() {
+func (mg *managerPart) kickPeers() {
 	select {
-	case n.peersKick <- struct{}{}:
+	case mg.peersKick <- struct{}{}:
 	default:
 	}
 }
 
 // peerLoop keeps the transport's peers in step with the managers recorded in
 // the store (their Raft IDs and addresses).
-func (n *Node) peerLoop(ctx context.Context) {
-	defer n.bg.Done()
-	w := n.store.Watch(state.KindIs(state.KindNode))
+func (mg *managerPart) peerLoop(ctx context.Context) {
+	defer mg.bg.Done()
+	w := mg.store.Watch(state.KindIs(state.KindNode))
 	defer func() { w.Cancel() }()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.peersKick:
+		case <-mg.peersKick:
 		case e, ok := <-w.C:
 			if !ok {
 				if ctx.Err() != nil {
 					return
 				}
-				w = n.store.Watch(state.KindIs(state.KindNode)) // reset by a snapshot restore
+				w = mg.store.Watch(state.KindIs(state.KindNode)) // reset by a snapshot restore
 			} else if e.Node().GetRole() != api.NodeRole_NODE_ROLE_MANAGER {
 				continue
 			}
 		}
-		n.syncPeers()
+		mg.syncPeers()
 	}
 }
 
 // syncPeers sets the transport's peers from the store's manager objects.
-func (n *Node) syncPeers() {
-	want := n.raftPeers()
-	have := n.transport.Peers()
+func (mg *managerPart) syncPeers() {
+	want := mg.raftPeers()
+	have := mg.transport.Peers()
 	for id, addr := range want {
-		if id == n.ident.RaftID {
+		if id == mg.raftID {
 			continue
 		}
 		if have[id] != addr {
-			n.transport.AddPeer(id, addr)
+			mg.transport.AddPeer(id, addr)
 		}
 	}
 	for id := range have {
 		if _, ok := want[id]; !ok {
-			if _, boot := n.ident.RaftPeers[id]; !boot {
-				n.transport.RemovePeer(id)
+			if _, boot := mg.bootPeers[id]; !boot {
+				mg.transport.RemovePeer(id)
 			}
 		}
 	}
 }
 
 // raftPeers returns the managers' Raft IDs and addresses from the store.
-func (n *Node) raftPeers() map[uint64]string {
+func (mg *managerPart) raftPeers() map[uint64]string {
 	out := map[uint64]string{}
-	n.store.View(func(tx state.ReadTx) {
+	mg.store.View(func(tx state.ReadTx) {
 		nodes, _ := tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
 		for _, m := range nodes {
 			if ms := m.GetManagerStatus(); ms.GetRaftId() != 0 && ms.GetAddr() != "" {
@@ -915,12 +890,12 @@ func (n *Node) raftPeers() map[uint64]string {
 }
 
 // leaderControl returns a control API client of the leader.
-func (n *Node) leaderControl(ctx context.Context) (api.ControlClient, func(), error) {
-	addr, ok := n.raftPeers()[n.raft.Leader()]
+func (mg *managerPart) leaderControl(ctx context.Context) (api.ControlClient, func(), error) {
+	addr, ok := mg.raftPeers()[mg.raft.Leader()]
 	if !ok {
 		return nil, nil, fmt.Errorf("no leader known: %w", ErrNoQuorum)
 	}
-	conn, err := grpc.NewClient(addr, n.dialOptions()...)
+	conn, err := grpc.NewClient(addr, mg.n.dialOptions()...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -928,12 +903,12 @@ func (n *Node) leaderControl(ctx context.Context) (api.ControlClient, func(), er
 }
 
 // forwardJoin sends a join to the leader.
-func (n *Node) forwardJoin(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
-	addr, ok := n.raftPeers()[n.raft.Leader()]
+func (mg *managerPart) forwardJoin(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
+	addr, ok := mg.raftPeers()[mg.raft.Leader()]
 	if !ok {
 		return nil, errdefs.ToGRPC(fmt.Errorf("join: no leader known yet: %w", ErrNoQuorum))
 	}
-	conn, err := grpc.NewClient(addr, n.dialOptions()...)
+	conn, err := grpc.NewClient(addr, mg.n.dialOptions()...)
 	if err != nil {
 		return nil, err
 	}
@@ -944,14 +919,14 @@ func (n *Node) forwardJoin(ctx context.Context, req *api.JoinRequest) (*api.Join
 // ensureClusterObjects creates the cluster object (with join tokens) and this
 // manager's node object if they are missing, and records the manager's
 // current address.
-func (n *Node) ensureClusterObjects(ctx context.Context, initCluster bool) error {
-	desc := n.description()
-	return n.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
-		if c := tx.GetCluster(n.ident.ClusterID); c == nil {
+func (mg *managerPart) ensureClusterObjects(ctx context.Context, initCluster bool) error {
+	desc := mg.n.description()
+	return mg.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
+		if c := tx.GetCluster(mg.clusterID); c == nil {
 			if !initCluster {
-				return fmt.Errorf("state of cluster %s is missing from %s", n.ident.ClusterID, n.cfg.StateDir)
+				return fmt.Errorf("state of cluster %s is missing from %s", mg.clusterID, mg.n.cfg.StateDir)
 			}
-			digest := pki.Digest([]byte(n.ident.ClusterID))
+			digest := pki.Digest([]byte(mg.clusterID))
 			wt, err := pki.NewToken(digest)
 			if err != nil {
 				return err
@@ -961,9 +936,9 @@ func (n *Node) ensureClusterObjects(ctx context.Context, initCluster bool) error
 				return err
 			}
 			if err := tx.CreateCluster(&api.Cluster{
-				Id: n.ident.ClusterID,
-				Spec: &api.ClusterSpec{Name: "default", TaskHistoryLimit: int64(n.cfg.TaskHistoryLimit),
-					HeartbeatPeriod: int64(n.cfg.HeartbeatPeriod)},
+				Id: mg.clusterID,
+				Spec: &api.ClusterSpec{Name: "default", TaskHistoryLimit: int64(mg.n.cfg.TaskHistoryLimit),
+					HeartbeatPeriod: int64(mg.n.cfg.HeartbeatPeriod)},
 				JoinTokens: &api.JoinTokens{Worker: wt.String(), Manager: mt.String()},
 			}); err != nil {
 				return err
@@ -971,29 +946,29 @@ func (n *Node) ensureClusterObjects(ctx context.Context, initCluster bool) error
 		}
 		// A manager without an agent never opens a session, so the dispatcher
 		// never marks it READY; its status says why instead.
-		status := &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: n.addr}
-		if n.cfg.DisableAgent {
+		status := &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: mg.n.addr}
+		if mg.n.cfg.DisableAgent {
 			status.Message = noAgentMessage
 		}
-		me := tx.GetNode(n.ident.NodeID)
+		me := tx.GetNode(mg.nodeID)
 		if me == nil {
 			return tx.CreateNode(&api.Node{
-				Id:            n.ident.NodeID,
+				Id:            mg.nodeID,
 				Role:          api.NodeRole_NODE_ROLE_MANAGER,
-				Spec:          &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER, Labels: n.cfg.Labels},
+				Spec:          &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER, Labels: mg.n.cfg.Labels},
 				Description:   desc,
 				Status:        status,
-				ManagerStatus: &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: n.raft.IsLeader()},
+				ManagerStatus: &api.ManagerStatus{RaftId: mg.raftID, Addr: mg.n.addr, Leader: mg.raft.IsLeader()},
 			})
 		}
-		ms := &api.ManagerStatus{RaftId: n.ident.RaftID, Addr: n.addr, Leader: me.GetManagerStatus().GetLeader()}
+		ms := &api.ManagerStatus{RaftId: mg.raftID, Addr: mg.n.addr, Leader: me.GetManagerStatus().GetLeader()}
 		if proto.Equal(me.ManagerStatus, ms) && proto.Equal(me.Description, desc) &&
-			(!n.cfg.DisableAgent || proto.Equal(me.Status, status)) {
+			(!mg.n.cfg.DisableAgent || proto.Equal(me.Status, status)) {
 			return nil
 		}
 		me.ManagerStatus = ms
 		me.Description = desc
-		if n.cfg.DisableAgent {
+		if mg.n.cfg.DisableAgent {
 			me.Status = status
 		}
 		return tx.UpdateNode(me)
@@ -1001,11 +976,11 @@ func (n *Node) ensureClusterObjects(ctx context.Context, initCluster bool) error
 }
 
 // leadershipLoop runs the leader-only components while this manager leads.
-func (n *Node) leadershipLoop(ctx context.Context) {
-	defer n.bg.Done()
-	ch, cancel := n.raft.LeadershipChanges()
+func (mg *managerPart) leadershipLoop(ctx context.Context) {
+	defer mg.bg.Done()
+	ch, cancel := mg.raft.LeadershipChanges()
 	defer cancel()
-	defer n.stopTerm()
+	defer mg.stopTerm()
 	for {
 		select {
 		case <-ctx.Done():
@@ -1015,51 +990,51 @@ func (n *Node) leadershipLoop(ctx context.Context) {
 				return
 			}
 			if leader {
-				if err := n.startTerm(ctx); err != nil {
-					n.log.Error("cannot start leader components", "err", err)
+				if err := mg.startTerm(ctx); err != nil {
+					mg.n.log.Error("cannot start leader components", "err", err)
 				}
 			} else {
-				n.stopTerm()
+				mg.stopTerm()
 			}
 		}
 	}
 }
 
-func (n *Node) clusterSettings() (heartbeat time.Duration) {
-	heartbeat = n.cfg.HeartbeatPeriod
-	n.store.View(func(tx state.ReadTx) {
-		if c := tx.GetCluster(n.ident.ClusterID); c != nil && c.GetSpec().GetHeartbeatPeriod() > 0 {
+func (mg *managerPart) clusterSettings() (heartbeat time.Duration) {
+	heartbeat = mg.n.cfg.HeartbeatPeriod
+	mg.store.View(func(tx state.ReadTx) {
+		if c := tx.GetCluster(mg.clusterID); c != nil && c.GetSpec().GetHeartbeatPeriod() > 0 {
 			heartbeat = time.Duration(c.Spec.HeartbeatPeriod)
 		}
 	})
 	return heartbeat
 }
 
-func (n *Node) startTerm(ctx context.Context) error {
-	n.termMu.Lock()
-	defer n.termMu.Unlock()
-	if n.term != nil {
+func (mg *managerPart) startTerm(ctx context.Context) error {
+	mg.termMu.Lock()
+	defer mg.termMu.Unlock()
+	if mg.term != nil {
 		return nil
 	}
 	t := &leaderTerm{}
 	var err error
 	ocfg := orchestrator.DefaultConfig()
-	ocfg.Logger = n.log.With("component", "orchestrator")
-	if n.cfg.RestartDelay > 0 {
-		ocfg.DefaultRestartDelay = n.cfg.RestartDelay
+	ocfg.Logger = mg.n.log.With("component", "orchestrator")
+	if mg.n.cfg.RestartDelay > 0 {
+		ocfg.DefaultRestartDelay = mg.n.cfg.RestartDelay
 	}
-	if t.orch, err = orchestrator.New(n.store, ocfg); err != nil {
+	if t.orch, err = orchestrator.New(mg.store, ocfg); err != nil {
 		return err
 	}
-	if t.sched, err = schedule.New(n.store, schedule.Config{Logger: n.log.With("component", "scheduler")}); err != nil {
+	if t.sched, err = schedule.New(mg.store, schedule.Config{Logger: mg.n.log.With("component", "scheduler")}); err != nil {
 		return err
 	}
 	dcfg := dispatch.DefaultDispatcherConfig()
-	dcfg.HeartbeatPeriod = n.clusterSettings()
-	dcfg.Managers = n.managerAddrs
-	dcfg.Logger = n.log.With("component", "dispatcher")
-	dcfg.Registerer = n.cfg.Metrics
-	if t.disp, err = dispatch.NewDispatcher(n.store, dcfg); err != nil {
+	dcfg.HeartbeatPeriod = mg.clusterSettings()
+	dcfg.Managers = mg.managerAddrs
+	dcfg.Logger = mg.n.log.With("component", "dispatcher")
+	dcfg.Registerer = mg.n.cfg.Metrics
+	if t.disp, err = dispatch.NewDispatcher(mg.store, dcfg); err != nil {
 		return err
 	}
 	if err := t.disp.Start(ctx); err != nil {
@@ -1074,36 +1049,36 @@ func (n *Node) startTerm(ctx context.Context) error {
 		_ = t.disp.Stop(context.Background())
 		return err
 	}
-	n.dispProx.set(t.disp)
+	mg.n.dispProx.set(t.disp)
 	tctx, cancel := context.WithCancel(context.Background())
 	t.cancel = cancel
 	t.wg.Add(1)
-	go n.membershipLoop(tctx, &t.wg)
-	n.term = t
+	go mg.membershipLoop(tctx, &t.wg)
+	mg.term = t
 	return nil
 }
 
 // membershipLoop runs on the leader: it records which manager leads, and
 // promotes learners (new managers) to voters once they have caught up, so a
 // new manager never counts toward quorum before it can vote usefully.
-func (n *Node) membershipLoop(ctx context.Context, wg *sync.WaitGroup) {
+func (mg *managerPart) membershipLoop(ctx context.Context, wg *sync.WaitGroup) {
 	defer wg.Done()
-	interval := 10 * n.cfg.Raft.TickInterval
+	interval := 10 * mg.n.cfg.Raft.TickInterval
 	leaderMarked := false
 	for {
 		if !leaderMarked {
-			leaderMarked = n.markLeader(ctx) == nil
+			leaderMarked = mg.markLeader(ctx) == nil
 		}
-		if members, err := n.raft.Members(ctx); err == nil {
+		if members, err := mg.raft.Members(ctx); err == nil {
 			for _, m := range members {
 				if !m.Learner {
 					continue
 				}
-				if ok, err := n.raft.CaughtUp(ctx, m.ID); err == nil && ok {
-					if err := n.raft.PromoteLearner(ctx, m.ID); err != nil {
-						n.log.Warn("cannot promote manager to voter", "raft_id", m.ID, "err", err)
+				if ok, err := mg.raft.CaughtUp(ctx, m.ID); err == nil && ok {
+					if err := mg.raft.PromoteLearner(ctx, m.ID); err != nil {
+						mg.n.log.Warn("cannot promote manager to voter", "raft_id", m.ID, "err", err)
 					} else {
-						n.log.Info("manager promoted to voter", "raft_id", m.ID)
+						mg.n.log.Info("manager promoted to voter", "raft_id", m.ID)
 					}
 				}
 			}
@@ -1117,14 +1092,14 @@ func (n *Node) membershipLoop(ctx context.Context, wg *sync.WaitGroup) {
 }
 
 // markLeader records in the store that this manager leads.
-func (n *Node) markLeader(ctx context.Context) error {
-	return n.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
+func (mg *managerPart) markLeader(ctx context.Context) error {
+	return mg.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
 		nodes, err := tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
 		if err != nil {
 			return err
 		}
 		for _, m := range nodes {
-			want := m.Id == n.ident.NodeID
+			want := m.Id == mg.nodeID
 			if m.ManagerStatus == nil || m.ManagerStatus.Leader == want {
 				continue
 			}
@@ -1137,15 +1112,15 @@ func (n *Node) markLeader(ctx context.Context) error {
 	})
 }
 
-func (n *Node) stopTerm() {
-	n.termMu.Lock()
-	defer n.termMu.Unlock()
-	t := n.term
+func (mg *managerPart) stopTerm() {
+	mg.termMu.Lock()
+	defer mg.termMu.Unlock()
+	t := mg.term
 	if t == nil {
 		return
 	}
-	n.term = nil
-	n.dispProx.set(nil)
+	mg.term = nil
+	mg.n.dispProx.set(nil)
 	t.cancel()
 	t.wg.Wait()
 	ctx := context.Background()
@@ -1166,17 +1141,10 @@ func (n *Node) startAgent(ctx context.Context) error {
 		}
 		rt = prt
 	}
-	managers := func() []string {
-		if n.Role() == Manager {
-			return n.managerAddrs()
-		}
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		return append([]string(nil), n.ident.Managers...)
-	}
 	acfg := dispatch.DefaultAgentConfig()
 	acfg.NodeID = n.ident.NodeID
-	acfg.Managers = managers
+	acfg.Managers = n.managerAddrs
+	acfg.OnSession = n.onSession
 	acfg.Dial = n.cfg.Dial
 	acfg.Runtime = rt
 	acfg.Description = n.description()
@@ -1240,28 +1208,18 @@ func (n *Node) Leave(ctx context.Context) error {
 // cleanup stops whatever has been started, in reverse order.
 func (n *Node) cleanup(ctx context.Context) error {
 	var errs []error
+	if n.roleStop != nil {
+		// No role change starts or runs after this (one in progress is
+		// cancelled).
+		n.roleStop()
+		n.roleWG.Wait()
+	}
 	if n.agent != nil {
 		errs = append(errs, n.agent.Stop(ctx))
 	}
-	if n.bgCancel != nil {
-		n.bgCancel() // leader term (dispatcher sessions end), peer loop
-		n.bg.Wait()
-	}
-	if n.store != nil {
-		// Ends the control API's watch streams.
-		n.store.Close()
-	}
-	if n.selfConn != nil {
-		errs = append(errs, n.selfConn.Close())
-	}
-	// Raft stops while the transport and the server still run: a leader
-	// hands leadership over first.
-	if n.raft != nil {
-		errs = append(errs, n.raft.Stop(ctx))
-	}
-	if n.transport != nil {
-		// Ends the peers' Raft streams, so the server stops promptly.
-		errs = append(errs, n.transport.Stop(ctx))
+	if mg := n.mgr.Load(); mg != nil {
+		errs = append(errs, mg.stop(ctx))
+		n.mgr.Store(nil)
 	}
 	if n.srv != nil {
 		stopped := make(chan struct{})
@@ -1285,10 +1243,11 @@ func (n *Node) cleanup(ctx context.Context) error {
 // RaftMembers reports, on a manager, how many managers vote in the Raft
 // group and how many are learners still catching up (diagnostics and tests).
 func (n *Node) RaftMembers(ctx context.Context) (voters, learners int, err error) {
-	if n.raft == nil {
+	mg := n.mgr.Load()
+	if mg == nil {
 		return 0, 0, ErrNotManager
 	}
-	members, err := n.raft.Members(ctx)
+	members, err := mg.raft.Members(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -1313,7 +1272,10 @@ func (n *Node) RaftID() uint64 {
 }
 
 // IsLeader reports whether this node is the manager that leads the cluster.
-func (n *Node) IsLeader() bool { return n.raft != nil && n.raft.IsLeader() }
+func (n *Node) IsLeader() bool {
+	mg := n.mgr.Load()
+	return mg != nil && mg.raft.IsLeader()
+}
 
 // gate answers Unavailable, until the node serves, for everything but the
 // Raft transport (which a joining manager needs before it has its state).
@@ -1405,4 +1367,371 @@ func (p *dispatcherProxy) Leave(ctx context.Context, req *api.LeaveRequest) (*ap
 		return nil, err
 	}
 	return d.Leave(ctx, req)
+}
+
+// workerClient is the Client of a node while it is a worker.
+func workerClient(nodeID string) *Client {
+	return &Client{err: fmt.Errorf("node %s is a worker; use a manager's client or Dial a manager: %w", nodeID, ErrNotManager)}
+}
+
+// managerAddrs lists the managers' addresses, the leader's first: from the
+// store on a manager, else the ones the node last knew.
+func (n *Node) managerAddrs() []string {
+	if mg := n.mgr.Load(); mg != nil {
+		return mg.managerAddrs()
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ident == nil {
+		return nil
+	}
+	return append([]string(nil), n.ident.Managers...)
+}
+
+// startManagerPart starts the manager part for ident: the store, the Raft
+// member (joined: it was added to an existing group, and starts with an
+// empty log) and its transport, and once the state is loaded the control
+// and join services, the peer loop and the leadership loop.
+func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCluster, joined bool) (err error) {
+	mg := &managerPart{n: n, nodeID: ident.NodeID, clusterID: ident.ClusterID, raftID: ident.RaftID,
+		bootPeers: ident.RaftPeers, peersKick: make(chan struct{}, 1)}
+	defer func() {
+		if err != nil {
+			n.controlSvc.set(nil)
+			n.joinSvc.set(nil)
+			n.mgr.Store(nil)
+			_ = mg.stop(context.Background())
+			n.raftSvc.set(nil)
+		}
+	}()
+	mg.store = state.New(state.Config{Logger: n.log})
+	tcfg := transport.DefaultConfig()
+	tcfg.ID = mg.raftID
+	tcfg.Dial = n.cfg.Dial
+	tcfg.Logger = n.log.With("component", "raft-transport")
+	if f := n.cfg.Raft.Fault; f != nil {
+		self := mg.raftID
+		tcfg.Filter = func(to uint64, _ *raftpb.Message) (bool, time.Duration) { return f(self, to) }
+	}
+	tr, err := transport.New(tcfg)
+	if err != nil {
+		return err
+	}
+	mg.transport = tr
+	rcfg := raftstore.DefaultConfig()
+	rcfg.ID = mg.raftID
+	rcfg.Dir = filepath.Join(n.cfg.StateDir, "raft")
+	rcfg.StateMachine = mg.store
+	rcfg.Transport = tr
+	rcfg.Forwarder = tr
+	rcfg.Join = joined && !n.cfg.ForceNewCluster // Join matters only for a new log, which ForceNewCluster refuses
+	rcfg.ForceNewCluster = n.cfg.ForceNewCluster
+	rcfg.Logger = n.log
+	rcfg.Registerer = n.cfg.Metrics
+	rcfg.TickInterval = n.cfg.Raft.TickInterval
+	rcfg.ElectionTick = n.cfg.Raft.ElectionTicks
+	rcfg.SnapshotInterval = n.cfg.Raft.SnapshotInterval
+	rcfg.OnMembershipChange = mg.onMembers
+	rn, err := raftstore.New(rcfg)
+	if err != nil {
+		return err
+	}
+	mg.raft = rn
+	mg.store.SetLog(rn)
+	tr.SetLocal(rn)
+	for id, addr := range mg.bootPeers {
+		if id != mg.raftID {
+			tr.AddPeer(id, addr)
+		}
+	}
+	if err := tr.Start(ctx); err != nil {
+		return err
+	}
+	n.raftSvc.set(tr.Server())
+	if err := rn.Start(ctx); err != nil {
+		return err
+	}
+	n.mgr.Store(mg)
+	mg.syncPeers()
+	bgctx, cancel := context.WithCancel(context.Background())
+	mg.bgCancel = cancel
+	mg.bg.Add(1)
+	go mg.peerLoop(bgctx)
+	select {
+	case <-rn.Ready():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	mg.armed.Store(true)
+	if err := mg.ensureClusterObjects(ctx, initCluster); err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(n.addr, n.dialOptions()...)
+	if err != nil {
+		return err
+	}
+	mg.selfConn = conn
+	n.controlSvc.set(controlapi.New(mg.store, controlapi.Options{Members: rn, Leader: mg.leaderControl}))
+	n.joinSvc.set(controlapi.NewJoinServer(controlapi.JoinConfig{
+		Store: mg.store, Managers: mg.managerAddrs, Membership: rn, Forward: mg.forwardJoin,
+	}))
+	n.servingOnce.Do(func() { close(n.serving) })
+	n.mu.Lock()
+	n.client = newClient(conn, false)
+	n.mu.Unlock()
+	mg.bg.Add(1)
+	go mg.leadershipLoop(bgctx)
+	return nil
+}
+
+// stop stops whatever of the manager part has started, in reverse order.
+func (mg *managerPart) stop(ctx context.Context) error {
+	var errs []error
+	if mg.bgCancel != nil {
+		mg.bgCancel() // leader term (dispatcher sessions end), peer loop
+		mg.bg.Wait()
+	}
+	if mg.store != nil {
+		// Ends the control API's watch streams.
+		mg.store.Close()
+	}
+	if mg.selfConn != nil {
+		errs = append(errs, mg.selfConn.Close())
+	}
+	// Raft stops while the transport and the server still run: a leader
+	// hands leadership over first.
+	if mg.raft != nil {
+		errs = append(errs, mg.raft.Stop(ctx))
+	}
+	if mg.transport != nil {
+		// Ends the peers' Raft streams, so the server stops promptly.
+		errs = append(errs, mg.transport.Stop(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// onMembers runs on the Raft loop at every membership change: it updates
+// the transport's peers, and notices when this member was removed (the node
+// was demoted).
+func (mg *managerPart) onMembers(ids []uint64) {
+	mg.kickPeers()
+	if mg.armed.Load() && !slices.Contains(ids, mg.raftID) {
+		mg.n.wantRole(roleWant{manager: false})
+	}
+}
+
+// onSession is the agent's view of its dispatcher session: the role the
+// managers record for this node. It must not block.
+func (n *Node) onSession(m *api.SessionMessage) {
+	isManager := n.Role() == Manager
+	switch {
+	case m.GetRole() == api.NodeRole_NODE_ROLE_MANAGER && m.GetRaftId() != 0 && !isManager:
+		peers := make(map[uint64]string, len(m.GetPeers()))
+		for _, p := range m.GetPeers() {
+			peers[p.GetRaftId()] = p.GetAddr()
+		}
+		n.wantRole(roleWant{manager: true, raftID: m.GetRaftId(), peers: peers})
+	case m.GetRole() == api.NodeRole_NODE_ROLE_WORKER && isManager && len(m.GetManagers()) > 0:
+		n.wantRole(roleWant{manager: false})
+	}
+}
+
+// wantRole records the role the node was told it has and wakes the role
+// loop; a promotion in progress is cancelled by a demotion. It does not
+// block.
+func (n *Node) wantRole(w roleWant) {
+	n.roleMu.Lock()
+	n.roleWant = &w
+	if !w.manager && n.roleCancel != nil {
+		n.roleCancel()
+	}
+	n.roleMu.Unlock()
+	select {
+	case n.roleKick <- struct{}{}:
+	default:
+	}
+}
+
+// roleLoop applies role changes one at a time until ctx ends.
+func (n *Node) roleLoop(ctx context.Context) {
+	defer n.roleWG.Done()
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.roleKick:
+		case <-retry:
+		}
+		retry = nil
+		n.roleMu.Lock()
+		w := n.roleWant
+		n.roleWant = nil
+		var opCtx context.Context
+		var cancel context.CancelFunc
+		if w != nil && w.manager {
+			opCtx, cancel = context.WithCancel(ctx)
+			n.roleCancel = cancel
+		}
+		n.roleMu.Unlock()
+		if w == nil {
+			continue
+		}
+		isManager := n.mgr.Load() != nil
+		var err error
+		switch {
+		case w.manager && !isManager:
+			err = n.promote(opCtx, w)
+		case !w.manager && isManager:
+			err = n.demote(ctx)
+		}
+		if cancel != nil {
+			n.roleMu.Lock()
+			n.roleCancel = nil
+			n.roleMu.Unlock()
+			cancel()
+		}
+		if err != nil && ctx.Err() == nil {
+			n.log.Error("role change failed; retrying", "manager", w.manager, "err", err)
+			n.roleMu.Lock()
+			if n.roleWant == nil {
+				n.roleWant = w
+			}
+			n.roleMu.Unlock()
+			retry = time.After(time.Second)
+		}
+	}
+}
+
+// promote turns this worker into a manager: its identity says manager first
+// (a crash from here on restarts it as one, with the Raft ID it was given),
+// then the manager part starts as a new member of the Raft group, which the
+// leader has added as a learner.
+func (n *Node) promote(ctx context.Context, w *roleWant) error {
+	n.mu.Lock()
+	old := *n.ident
+	n.mu.Unlock()
+	n.log.Info("promoted to manager; starting the manager part", "raft_id", w.raftID)
+	// A Raft log left from an earlier time as manager belongs to another
+	// Raft ID: the new member starts empty.
+	if err := os.RemoveAll(filepath.Join(n.cfg.StateDir, "raft")); err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
+	ident := old
+	ident.Role, ident.RaftID, ident.RaftPeers = Manager, w.raftID, w.peers
+	if err := saveIdentity(n.cfg.StateDir, &ident); err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
+	n.mu.Lock()
+	n.ident = &ident
+	n.mu.Unlock()
+	if err := n.startManagerPart(ctx, &ident, false, true); err != nil {
+		n.mu.Lock()
+		n.ident = &old
+		n.mu.Unlock()
+		return errors.Join(fmt.Errorf("promote: %w", err), saveIdentity(n.cfg.StateDir, &old),
+			os.RemoveAll(filepath.Join(n.cfg.StateDir, "raft")))
+	}
+	n.log.Info("now a manager", "raft_id", w.raftID)
+	return nil
+}
+
+// demote turns this manager into a worker: the manager part stops, the
+// identity says worker (keeping the managers' addresses for the agent), the
+// Raft log is deleted, and an agent starts if the node had none.
+func (n *Node) demote(ctx context.Context) error {
+	mg := n.mgr.Load()
+	n.log.Info("demoted to worker; stopping the manager part", "raft_id", mg.raftID)
+	var managers []string
+	for _, a := range mg.managerAddrs() {
+		if a != n.addr {
+			managers = append(managers, a)
+		}
+	}
+	n.controlSvc.set(nil)
+	n.joinSvc.set(nil)
+	n.mgr.Store(nil)
+	n.mu.Lock()
+	n.client = workerClient(n.ident.NodeID)
+	ident := *n.ident
+	n.mu.Unlock()
+	err := mg.stop(ctx)
+	n.raftSvc.set(nil)
+	if len(managers) == 0 {
+		managers = ident.Managers
+	}
+	ident.Role, ident.RaftID, ident.RaftPeers, ident.Managers = Worker, 0, nil, managers
+	if serr := saveIdentity(n.cfg.StateDir, &ident); serr != nil {
+		return errors.Join(err, fmt.Errorf("demote: %w", serr))
+	}
+	n.mu.Lock()
+	n.ident = &ident
+	n.mu.Unlock()
+	if rerr := os.RemoveAll(filepath.Join(n.cfg.StateDir, "raft")); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("demote: %w", rerr))
+	}
+	if n.agent == nil {
+		if aerr := n.startAgent(ctx); aerr != nil {
+			err = errors.Join(err, fmt.Errorf("demote: start the agent: %w", aerr))
+		}
+	}
+	n.log.Info("now a worker")
+	return err
+}
+
+// switchable serves a gRPC service through whichever implementation is set,
+// answering with down while none is: every node registers the manager
+// services when it starts and switches them on and off with its role.
+type switchable struct {
+	down error
+	mu   sync.RWMutex
+	impl any
+}
+
+func (s *switchable) set(impl any) {
+	s.mu.Lock()
+	s.impl = impl
+	s.mu.Unlock()
+}
+
+func (s *switchable) get() (any, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.impl == nil {
+		return nil, s.down
+	}
+	return s.impl, nil
+}
+
+// register registers desc's methods on r, each calling the implementation
+// set at the time of the call. impl set later must implement
+// desc.HandlerType.
+func (s *switchable) register(r grpc.ServiceRegistrar, desc *grpc.ServiceDesc) {
+	d := *desc
+	d.Methods = make([]grpc.MethodDesc, len(desc.Methods))
+	for i, md := range desc.Methods {
+		h := md.Handler
+		d.Methods[i] = grpc.MethodDesc{MethodName: md.MethodName,
+			Handler: func(_ any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+				impl, err := s.get()
+				if err != nil {
+					return nil, err
+				}
+				return h(impl, ctx, dec, ic)
+			}}
+	}
+	d.Streams = make([]grpc.StreamDesc, len(desc.Streams))
+	for i, sd := range desc.Streams {
+		h := sd.Handler
+		sd.Handler = func(_ any, stream grpc.ServerStream) error {
+			impl, err := s.get()
+			if err != nil {
+				return err
+			}
+			return h(impl, stream)
+		}
+		d.Streams[i] = sd
+	}
+	// nil: the implementation is checked when set, not here.
+	r.RegisterService(&d, nil)
 }

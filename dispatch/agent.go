@@ -370,6 +370,9 @@ func (a *Agent) session(ctx context.Context, addr string) (established bool, err
 		period = 5 * time.Second
 	}
 	a.setLearned(first.GetManagers())
+	if a.cfg.OnSession != nil {
+		a.cfg.OnSession(first)
+	}
 	clearLive, ok := a.setLive(&liveSession{ctx: sctx, client: client, id: sessionID})
 	if !ok {
 		return true, errLeaving
@@ -385,6 +388,9 @@ func (a *Agent) session(ctx context.Context, addr string) (established bool, err
 				return
 			}
 			a.setLearned(m.GetManagers())
+			if a.cfg.OnSession != nil {
+				a.cfg.OnSession(m)
+			}
 		}
 	})
 	wg.Go(func() {

@@ -58,6 +58,11 @@ type AgentConfig struct {
 	// before it sends them in one RPC. Default 10ms: a task's quick
 	// ACCEPTED→…→RUNNING sequence travels in one or two messages.
 	StatusBatchInterval time.Duration
+	// OnSession, if set, is called with every message of the session stream
+	// (the first one included): the node learns from it that it was promoted
+	// or demoted. It runs on the session's receiving goroutine and must not
+	// block. Default nil.
+	OnSession func(*api.SessionMessage)
 	// RPCTimeout bounds opening a session and each status report. Default
 	// 10s: generous for a loaded manager, short enough to fail over.
 	RPCTimeout time.Duration

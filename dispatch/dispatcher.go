@@ -304,13 +304,16 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 	d.log.Info("node session opened", "node", nodeID, "session", s.id, "addr", addr)
 
 	managers := slices.Clone(d.cfg.Managers())
-	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers}
+	role, raftID, peers := d.roleOf(nodeID)
+	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers,
+		Role: role, RaftId: raftID, Peers: peers}
 	if err := stream.Send(msg); err != nil {
 		unregister()
 		return err
 	}
-	// The manager list can change while the session lasts (a manager joins or
-	// leaves); check it once per heartbeat period and send it when it did.
+	// The manager list and the node's role can change while the session lasts
+	// (a manager joins or leaves, the node is promoted or demoted); check them
+	// once per heartbeat period and send them when they did.
 	t := d.cfg.Clock.NewTimer(d.cfg.HeartbeatPeriod)
 	defer t.Stop()
 	for {
@@ -333,9 +336,12 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 			}
 			return status.FromContextError(ctx.Err()).Err()
 		case <-t.C():
-			if cur := d.cfg.Managers(); !slices.Equal(cur, managers) {
-				managers = slices.Clone(cur)
-				msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers}
+			cur := d.cfg.Managers()
+			curRole, curRaftID, curPeers := d.roleOf(nodeID)
+			if !slices.Equal(cur, managers) || curRole != role || curRaftID != raftID {
+				managers, role, raftID = slices.Clone(cur), curRole, curRaftID
+				msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers,
+					Role: role, RaftId: raftID, Peers: curPeers}
 				if err := stream.Send(msg); err != nil {
 					return err
 				}
@@ -343,6 +349,35 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 			t.Reset(d.cfg.HeartbeatPeriod)
 		}
 	}
+}
+
+// roleOf returns the node's role as stored and, for a manager, its Raft ID
+// and every manager's Raft ID and address (what a promoted node starts its
+// Raft member with).
+func (d *Dispatcher) roleOf(nodeID string) (api.NodeRole, uint64, []*api.RaftPeer) {
+	var (
+		role   api.NodeRole
+		raftID uint64
+		peers  []*api.RaftPeer
+	)
+	d.store.View(func(tx state.ReadTx) {
+		n := tx.GetNode(nodeID)
+		if n == nil {
+			return
+		}
+		role = n.GetRole()
+		if role != api.NodeRole_NODE_ROLE_MANAGER {
+			return
+		}
+		raftID = n.GetManagerStatus().GetRaftId()
+		managers, _ := tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
+		for _, m := range managers {
+			if ms := m.GetManagerStatus(); ms.GetRaftId() != 0 && ms.GetAddr() != "" {
+				peers = append(peers, &api.RaftPeer{RaftId: ms.RaftId, Addr: ms.Addr})
+			}
+		}
+	})
+	return role, raftID, peers
 }
 
 // markReady records in the store that the node has a session.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -77,12 +78,16 @@ type Node struct {
 	// Runtime is the node's runtime (a *runtimetest.Runtime by default; use
 	// Fake).
 	Runtime runtime.Runtime
-	// Manager says whether the node is a manager.
+	// Manager says whether the node was a manager when it last started or
+	// stopped; IsManager follows promotions and demotions of a running node.
 	Manager bool
 
-	c    *Cluster
-	mu   sync.Mutex
-	node *shoal.Node
+	// agentless: the node joined as a manager of a cluster whose managers run
+	// no tasks; it keeps that setting across role changes and restarts.
+	agentless bool
+	c         *Cluster
+	mu        sync.Mutex
+	node      *shoal.Node
 }
 
 // Start starts a cluster of opts.Managers managers and opts.Workers workers
@@ -172,7 +177,7 @@ func (c *Cluster) config(n *Node) shoal.Config {
 		Labels:          c.opts.Labels[n.Name],
 		Resources:       res,
 		Runtime:         n.Runtime,
-		DisableAgent:    n.Manager && !c.opts.ManagersRunTasks,
+		DisableAgent:    n.agentless,
 		HeartbeatPeriod: c.opts.HeartbeatPeriod,
 		RestartDelay:    c.opts.RestartDelay,
 		Logger:          c.opts.Logger.With("node", n.Name),
@@ -191,13 +196,13 @@ func (c *Cluster) addNode(manager bool) (*Node, error) {
 		prefix = "m"
 	}
 	for _, n := range c.nodes {
-		if n.Manager == manager {
+		if strings.HasPrefix(n.Name, prefix) {
 			count++
 		}
 	}
 	name := fmt.Sprintf("%s%d", prefix, count+1)
 	n := &Node{Name: name, Addr: fmt.Sprintf("127.0.0.1:%d", c.nextPort), StateDir: filepath.Join(c.dir, name),
-		Runtime: c.opts.Runtime(name), Manager: manager, c: c}
+		Runtime: c.opts.Runtime(name), Manager: manager, agentless: manager && !c.opts.ManagersRunTasks, c: c}
 	c.nextPort++
 	c.mu.Unlock()
 	cfg := c.config(n)
@@ -241,7 +246,11 @@ func (c *Cluster) Nodes() []*Node {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := append([]*Node(nil), c.nodes...)
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Manager && !out[j].Manager })
+	roles := make(map[*Node]bool, len(out))
+	for _, n := range out {
+		roles[n] = n.IsManager()
+	}
+	sort.SliceStable(out, func(i, j int) bool { return roles[out[i]] && !roles[out[j]] })
 	return out
 }
 
@@ -249,7 +258,7 @@ func (c *Cluster) Nodes() []*Node {
 func (c *Cluster) Workers() []*Node {
 	var out []*Node
 	for _, n := range c.Nodes() {
-		if !n.Manager {
+		if !n.IsManager() {
 			out = append(out, n)
 		}
 	}
@@ -259,7 +268,7 @@ func (c *Cluster) Workers() []*Node {
 // Manager returns the first manager (running or not).
 func (c *Cluster) Manager() *Node {
 	for _, n := range c.Nodes() {
-		if n.Manager {
+		if n.IsManager() {
 			return n
 		}
 	}
@@ -270,7 +279,7 @@ func (c *Cluster) Manager() *Node {
 func (c *Cluster) Managers() []*Node {
 	var out []*Node
 	for _, n := range c.Nodes() {
-		if n.Manager {
+		if n.IsManager() {
 			out = append(out, n)
 		}
 	}
@@ -330,6 +339,18 @@ func (c *Cluster) Client() *shoal.Client {
 	return m.Shoal().Client()
 }
 
+// IsManager reports whether the node is a manager: its current role while
+// it runs (promotions and demotions happen live), else its role when it
+// stopped.
+func (n *Node) IsManager() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.node != nil {
+		return n.node.Role() == shoal.Manager
+	}
+	return n.Manager
+}
+
 // Shoal returns the running shoal.Node, or nil while the node is stopped.
 func (n *Node) Shoal() *shoal.Node {
 	n.mu.Lock()
@@ -372,6 +393,9 @@ func (n *Node) Stop() error {
 	n.mu.Lock()
 	sn := n.node
 	n.node = nil
+	if sn != nil {
+		n.Manager = sn.Role() == shoal.Manager
+	}
 	n.mu.Unlock()
 	if sn == nil {
 		return nil
@@ -526,14 +550,14 @@ func (c *Cluster) Stop() {
 	nodes := c.Nodes()
 	var wg sync.WaitGroup
 	for _, n := range nodes {
-		if !n.Manager {
+		if !n.IsManager() {
 			wg.Add(1)
 			go func() { defer wg.Done(); _ = n.Stop() }()
 		}
 	}
 	wg.Wait()
 	for _, n := range nodes {
-		if n.Manager {
+		if n.IsManager() {
 			_ = n.Stop()
 		}
 	}

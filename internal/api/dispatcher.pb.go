@@ -134,8 +134,16 @@ type SessionMessage struct {
 	SessionId       string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	HeartbeatPeriod int64                  `protobuf:"varint,2,opt,name=heartbeat_period,json=heartbeatPeriod,proto3" json:"heartbeat_period,omitempty"`
 	Managers        []string               `protobuf:"bytes,3,rep,name=managers,proto3" json:"managers,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// role is the node's role as the managers record it: a worker that reads
+	// MANAGER here has been promoted and starts its manager part with raft_id
+	// and peers; a manager that reads WORKER has been demoted.
+	Role NodeRole `protobuf:"varint,4,opt,name=role,proto3,enum=shoal.api.NodeRole" json:"role,omitempty"`
+	// raft_id is the node's Raft member ID when role is MANAGER.
+	RaftId uint64 `protobuf:"varint,5,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
+	// peers are the managers' Raft IDs and addresses when role is MANAGER.
+	Peers         []*RaftPeer `protobuf:"bytes,6,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionMessage) Reset() {
@@ -185,6 +193,27 @@ func (x *SessionMessage) GetHeartbeatPeriod() int64 {
 func (x *SessionMessage) GetManagers() []string {
 	if x != nil {
 		return x.Managers
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetRole() NodeRole {
+	if x != nil {
+		return x.Role
+	}
+	return NodeRole_NODE_ROLE_WORKER
+}
+
+func (x *SessionMessage) GetRaftId() uint64 {
+	if x != nil {
+		return x.RaftId
+	}
+	return 0
+}
+
+func (x *SessionMessage) GetPeers() []*RaftPeer {
+	if x != nil {
+		return x.Peers
 	}
 	return nil
 }
@@ -640,16 +669,19 @@ var File_dispatcher_proto protoreflect.FileDescriptor
 
 const file_dispatcher_proto_rawDesc = "" +
 	"\n" +
-	"\x10dispatcher.proto\x12\tshoal.api\x1a\robjects.proto\"{\n" +
+	"\x10dispatcher.proto\x12\tshoal.api\x1a\robjects.proto\x1a\rcontrol.proto\"{\n" +
 	"\x0eSessionRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12<\n" +
 	"\vdescription\x18\x02 \x01(\v2\x1a.shoal.api.NodeDescriptionR\vdescription\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"v\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xe3\x01\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
 	"\x10heartbeat_period\x18\x02 \x01(\x03R\x0fheartbeatPeriod\x12\x1a\n" +
-	"\bmanagers\x18\x03 \x03(\tR\bmanagers\"J\n" +
+	"\bmanagers\x18\x03 \x03(\tR\bmanagers\x12'\n" +
+	"\x04role\x18\x04 \x01(\x0e2\x13.shoal.api.NodeRoleR\x04role\x12\x17\n" +
+	"\araft_id\x18\x05 \x01(\x04R\x06raftId\x12)\n" +
+	"\x05peers\x18\x06 \x03(\v2\x13.shoal.api.RaftPeerR\x05peers\"J\n" +
 	"\x10HeartbeatRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
@@ -717,30 +749,34 @@ var file_dispatcher_proto_goTypes = []any{
 	(*LeaveRequest)(nil),             // 10: shoal.api.LeaveRequest
 	(*LeaveResponse)(nil),            // 11: shoal.api.LeaveResponse
 	(*NodeDescription)(nil),          // 12: shoal.api.NodeDescription
-	(*Task)(nil),                     // 13: shoal.api.Task
-	(*TaskStatus)(nil),               // 14: shoal.api.TaskStatus
+	(NodeRole)(0),                    // 13: shoal.api.NodeRole
+	(*RaftPeer)(nil),                 // 14: shoal.api.RaftPeer
+	(*Task)(nil),                     // 15: shoal.api.Task
+	(*TaskStatus)(nil),               // 16: shoal.api.TaskStatus
 }
 var file_dispatcher_proto_depIdxs = []int32{
 	12, // 0: shoal.api.SessionRequest.description:type_name -> shoal.api.NodeDescription
-	0,  // 1: shoal.api.AssignmentsMessage.type:type_name -> shoal.api.AssignmentsMessage.Type
-	13, // 2: shoal.api.AssignmentsMessage.update:type_name -> shoal.api.Task
-	14, // 3: shoal.api.TaskStatusUpdate.status:type_name -> shoal.api.TaskStatus
-	7,  // 4: shoal.api.UpdateTaskStatusRequest.updates:type_name -> shoal.api.TaskStatusUpdate
-	1,  // 5: shoal.api.Dispatcher.Session:input_type -> shoal.api.SessionRequest
-	3,  // 6: shoal.api.Dispatcher.Heartbeat:input_type -> shoal.api.HeartbeatRequest
-	5,  // 7: shoal.api.Dispatcher.Assignments:input_type -> shoal.api.AssignmentsRequest
-	8,  // 8: shoal.api.Dispatcher.UpdateTaskStatus:input_type -> shoal.api.UpdateTaskStatusRequest
-	10, // 9: shoal.api.Dispatcher.Leave:input_type -> shoal.api.LeaveRequest
-	2,  // 10: shoal.api.Dispatcher.Session:output_type -> shoal.api.SessionMessage
-	4,  // 11: shoal.api.Dispatcher.Heartbeat:output_type -> shoal.api.HeartbeatResponse
-	6,  // 12: shoal.api.Dispatcher.Assignments:output_type -> shoal.api.AssignmentsMessage
-	9,  // 13: shoal.api.Dispatcher.UpdateTaskStatus:output_type -> shoal.api.UpdateTaskStatusResponse
-	11, // 14: shoal.api.Dispatcher.Leave:output_type -> shoal.api.LeaveResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	13, // 1: shoal.api.SessionMessage.role:type_name -> shoal.api.NodeRole
+	14, // 2: shoal.api.SessionMessage.peers:type_name -> shoal.api.RaftPeer
+	0,  // 3: shoal.api.AssignmentsMessage.type:type_name -> shoal.api.AssignmentsMessage.Type
+	15, // 4: shoal.api.AssignmentsMessage.update:type_name -> shoal.api.Task
+	16, // 5: shoal.api.TaskStatusUpdate.status:type_name -> shoal.api.TaskStatus
+	7,  // 6: shoal.api.UpdateTaskStatusRequest.updates:type_name -> shoal.api.TaskStatusUpdate
+	1,  // 7: shoal.api.Dispatcher.Session:input_type -> shoal.api.SessionRequest
+	3,  // 8: shoal.api.Dispatcher.Heartbeat:input_type -> shoal.api.HeartbeatRequest
+	5,  // 9: shoal.api.Dispatcher.Assignments:input_type -> shoal.api.AssignmentsRequest
+	8,  // 10: shoal.api.Dispatcher.UpdateTaskStatus:input_type -> shoal.api.UpdateTaskStatusRequest
+	10, // 11: shoal.api.Dispatcher.Leave:input_type -> shoal.api.LeaveRequest
+	2,  // 12: shoal.api.Dispatcher.Session:output_type -> shoal.api.SessionMessage
+	4,  // 13: shoal.api.Dispatcher.Heartbeat:output_type -> shoal.api.HeartbeatResponse
+	6,  // 14: shoal.api.Dispatcher.Assignments:output_type -> shoal.api.AssignmentsMessage
+	9,  // 15: shoal.api.Dispatcher.UpdateTaskStatus:output_type -> shoal.api.UpdateTaskStatusResponse
+	11, // 16: shoal.api.Dispatcher.Leave:output_type -> shoal.api.LeaveResponse
+	12, // [12:17] is the sub-list for method output_type
+	7,  // [7:12] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_dispatcher_proto_init() }
@@ -749,6 +785,7 @@ func file_dispatcher_proto_init() {
 		return
 	}
 	file_objects_proto_init()
+	file_control_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -126,22 +126,25 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 
 // peersAndNewID lists the current managers' Raft IDs and addresses and picks
 // an unused Raft ID for a new one.
-func (s *JoinServer) peersAndNewID() ([]*api.RaftPeer, uint64, error) {
+func (s *JoinServer) peersAndNewID() (peers []*api.RaftPeer, id uint64, err error) {
+	s.cfg.Store.View(func(tx state.ReadTx) { peers, id, err = raftPeersAndNewID(tx) })
+	return peers, id, err
+}
+
+// raftPeersAndNewID lists the managers' Raft IDs and addresses in tx and
+// picks a random unused Raft ID.
+func raftPeersAndNewID(tx state.ReadTx) ([]*api.RaftPeer, uint64, error) {
 	var peers []*api.RaftPeer
 	used := map[uint64]bool{}
-	var err error
-	s.cfg.Store.View(func(tx state.ReadTx) {
-		var nodes []*api.Node
-		nodes, err = tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
-		for _, n := range nodes {
-			if ms := n.GetManagerStatus(); ms.GetRaftId() != 0 {
-				used[ms.RaftId] = true
-				peers = append(peers, &api.RaftPeer{RaftId: ms.RaftId, Addr: ms.Addr})
-			}
-		}
-	})
+	nodes, err := tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
 	if err != nil {
 		return nil, 0, err
+	}
+	for _, n := range nodes {
+		if ms := n.GetManagerStatus(); ms.GetRaftId() != 0 {
+			used[ms.RaftId] = true
+			peers = append(peers, &api.RaftPeer{RaftId: ms.RaftId, Addr: ms.Addr})
+		}
 	}
 	for {
 		var b [8]byte

@@ -36,7 +36,13 @@ type MemberAdmin interface {
 	IsLeader() bool
 	// RemoveMember removes a member, refusing (errors.Is ErrNoQuorum) when
 	// the remaining voters could not reach a quorum. It returns once applied.
+	// On the leader removing itself it hands leadership over first and
+	// returns an error matching ErrNotLeader: repeat on the new leader.
 	RemoveMember(ctx context.Context, id uint64) error
+	// AddLearner adds a member that receives the log but does not vote yet
+	// (the leader promotes it once it caught up); context is stored with it.
+	// It returns once the change is applied.
+	AddLearner(ctx context.Context, id uint64, context []byte) error
 }
 
 // Options are a manager's hooks into the Raft group, for the operations that
@@ -369,11 +375,20 @@ func (s *Server) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*api
 	return &api.ListNodesResponse{Nodes: out}, nil
 }
 
-// UpdateNode replaces a node's spec (availability, labels). Role changes need
-// multi-manager support and are refused for now.
+// UpdateNode replaces a node's spec (availability, labels, desired role). A
+// role change runs on the leader (it is forwarded there): promoting a worker
+// adds it to the Raft group as a learner and records it as a manager, which
+// the node learns from its dispatcher session; demoting a manager removes it
+// from the Raft group first, which is refused when the remaining managers
+// could not reach a quorum (ErrNoQuorum) and always for the last manager.
 func (s *Server) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*api.NodeResponse, error) {
 	if err := ValidateNodeSpec(req.GetSpec()); err != nil {
 		return nil, errdefs.ToGRPC(err)
+	}
+	var cur *api.Node
+	s.store.View(func(tx state.ReadTx) { cur = lookupNode(tx, req.GetId()) })
+	if cur != nil && req.Spec.DesiredRole != cur.Role {
+		return s.changeRole(ctx, req, cur)
 	}
 	var id string
 	err := s.store.Update(ctx, func(tx state.WriteTx) error {
@@ -386,7 +401,7 @@ func (s *Server) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*a
 			return fmt.Errorf("node %s: version %d is not the current %d: %w", cur.Id, req.GetVersion(), cur.Meta.GetVersion(), errdefs.ErrConflict)
 		}
 		if req.Spec.DesiredRole != cur.Role {
-			return fmt.Errorf("NodeUpdate.Role: changing a node's role (promote/demote) is not supported yet: %w", errdefs.ErrInvalidSpec)
+			return fmt.Errorf("node %s: its role changed concurrently: %w", cur.Id, errdefs.ErrConflict)
 		}
 		cur.Spec = req.Spec
 		return tx.UpdateNode(cur)
@@ -395,6 +410,114 @@ func (s *Server) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*a
 		return nil, errdefs.ToGRPC(err)
 	}
 	return s.localNode(id)
+}
+
+// changeRole promotes a worker or demotes a manager (req asks for the role
+// cur does not have). It runs on the leader.
+func (s *Server) changeRole(ctx context.Context, req *api.UpdateNodeRequest, cur *api.Node) (*api.NodeResponse, error) {
+	if req.GetVersion() != 0 && cur.Meta.GetVersion() != req.GetVersion() {
+		return nil, errdefs.ToGRPC(fmt.Errorf("node %s: version %d is not the current %d: %w", cur.Id, req.GetVersion(), cur.Meta.GetVersion(), errdefs.ErrConflict))
+	}
+	m := s.opts.Members
+	if m == nil {
+		return nil, errdefs.ToGRPC(fmt.Errorf("NodeUpdate.Role: this server cannot change the Raft group: %w", errdefs.ErrInvalidSpec))
+	}
+	if !m.IsLeader() {
+		return s.forwardUpdate(ctx, req)
+	}
+	var err error
+	if req.Spec.DesiredRole == api.NodeRole_NODE_ROLE_MANAGER {
+		err = s.promote(ctx, req, cur, m)
+	} else {
+		err = s.demote(ctx, req, cur, m)
+	}
+	if errors.Is(err, errdefs.ErrNotLeader) {
+		// This leader demoted itself: it handed leadership over first.
+		return s.forwardUpdate(ctx, req)
+	}
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return s.localNode(cur.Id)
+}
+
+func (s *Server) promote(ctx context.Context, req *api.UpdateNodeRequest, cur *api.Node, m MemberAdmin) error {
+	if st := cur.GetStatus(); st.GetState() != api.NodeState_NODE_STATE_READY || st.GetAddr() == "" {
+		return fmt.Errorf("NodeUpdate.Role: node %s must be ready, with a known address, to be promoted (it is %s): %w", cur.Id,
+			strings.ToLower(strings.TrimPrefix(st.GetState().String(), "NODE_STATE_")), errdefs.ErrInvalidSpec)
+	}
+	addr := cur.Status.Addr
+	var raftID uint64
+	var err error
+	s.store.View(func(tx state.ReadTx) { _, raftID, err = raftPeersAndNewID(tx) })
+	if err != nil {
+		return err
+	}
+	if err := m.AddLearner(ctx, raftID, []byte(addr)); err != nil {
+		return fmt.Errorf("promote node %s: add it to the Raft group: %w", cur.Id, err)
+	}
+	err = s.store.Update(ctx, func(tx state.WriteTx) error {
+		n := tx.GetNode(cur.Id)
+		if n == nil {
+			return fmt.Errorf("node %s: %w", cur.Id, errdefs.ErrNotFound)
+		}
+		if n.Role != cur.Role || (req.GetVersion() != 0 && n.Meta.GetVersion() != req.GetVersion()) {
+			return fmt.Errorf("node %s changed concurrently: %w", cur.Id, errdefs.ErrConflict)
+		}
+		n.Role = api.NodeRole_NODE_ROLE_MANAGER
+		n.Spec = req.Spec
+		n.ManagerStatus = &api.ManagerStatus{RaftId: raftID, Addr: addr}
+		return tx.UpdateNode(n)
+	})
+	if err != nil {
+		// Leave no Raft member behind for a node that is not recorded as a
+		// manager.
+		_ = m.RemoveMember(context.WithoutCancel(ctx), raftID)
+		return fmt.Errorf("promote node %s: %w", cur.Id, err)
+	}
+	return nil
+}
+
+func (s *Server) demote(ctx context.Context, req *api.UpdateNodeRequest, cur *api.Node, m MemberAdmin) error {
+	var managers int
+	s.store.View(func(tx state.ReadTx) {
+		ms, _ := tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
+		managers = len(ms)
+	})
+	if managers <= 1 {
+		return fmt.Errorf("NodeUpdate.Role: node %s is the last manager; promote another node first: %w", cur.Id, errdefs.ErrInvalidSpec)
+	}
+	if id := cur.GetManagerStatus().GetRaftId(); id != 0 {
+		if err := m.RemoveMember(ctx, id); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			return fmt.Errorf("demote manager %s: %w", cur.Id, err)
+		}
+	}
+	err := s.store.Update(ctx, func(tx state.WriteTx) error {
+		n := tx.GetNode(cur.Id)
+		if n == nil {
+			return fmt.Errorf("node %s: %w", cur.Id, errdefs.ErrNotFound)
+		}
+		n.Role = api.NodeRole_NODE_ROLE_WORKER
+		n.Spec = req.Spec
+		n.ManagerStatus = nil
+		return tx.UpdateNode(n)
+	})
+	if err != nil {
+		return fmt.Errorf("demote manager %s: %w", cur.Id, err)
+	}
+	return nil
+}
+
+func (s *Server) forwardUpdate(ctx context.Context, req *api.UpdateNodeRequest) (*api.NodeResponse, error) {
+	if s.opts.Leader == nil {
+		return nil, errdefs.ToGRPC(fmt.Errorf("changing a node's role needs the leader: %w", errdefs.ErrNotLeader))
+	}
+	c, release, err := s.opts.Leader(ctx)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	defer release()
+	return c.UpdateNode(ctx, req)
 }
 
 // RemoveNode deletes a node from the cluster. A node that is not DOWN is

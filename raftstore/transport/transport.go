@@ -376,6 +376,11 @@ func (t *Transport) reportSnapshot(id uint64, ok bool) {
 	}
 }
 
+// Server returns the transport's Raft service, for a host that registers it
+// itself (for example behind a proxy it can switch on and off while its gRPC
+// server runs).
+func (t *Transport) Server() api.RaftServer { return &server{t: t} }
+
 // Register registers the transport's Raft service on s (the manager's gRPC server).
 func (t *Transport) Register(s grpc.ServiceRegistrar) {
 	api.RegisterRaftServer(s, &server{t: t})
