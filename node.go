@@ -1188,11 +1188,12 @@ func (n *Node) Stop(ctx context.Context) error {
 // managers mark it down at once), then its identity and task files are
 // deleted from StateDir, so the directory can be used to join again. The
 // cluster keeps listing the node as down until it is removed with
-// Client.RemoveNode. A manager cannot leave: this version runs one manager,
-// and it holds the cluster's state.
+// Client.RemoveNode. A manager cannot leave: demote it to a worker first
+// (Client.UpdateNode with Role Worker), which is refused if the other
+// managers could not keep a quorum.
 func (n *Node) Leave(ctx context.Context) error {
 	if n.Role() == Manager {
-		return fmt.Errorf("node %s is the cluster's manager and holds its state; Stop it instead: %w", n.ID(), ErrInvalidSpec)
+		return fmt.Errorf("node %s is a manager: demote it to a worker first, then leave: %w", n.ID(), ErrInvalidSpec)
 	}
 	if err := n.Stop(ctx); err != nil {
 		return err

@@ -54,12 +54,15 @@
 // manager (Client.RemoveNode) is refused when the rest could not reach a
 // quorum.
 //
+// A node's role changes live with Client.UpdateNode (NodeUpdate.Role): a
+// promoted worker joins the Raft group as a learner and starts serving the
+// manager APIs; a demoted manager leaves the group (refused if the others
+// could not keep a quorum) and goes on running tasks as a worker.
+//
 // # Caveats
 //
-// Changing a node's role live (promote, demote) is not supported yet: add
-// managers by joining them with the manager token. Tasks of the process
-// runtime run as the host program's user; resource limits are not enforced
-// by it.
+// Tasks of the process runtime run as the host program's user; resource
+// limits are not enforced by it.
 package shoal
 
 import (
