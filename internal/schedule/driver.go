@@ -248,7 +248,10 @@ func isPending(t *api.Task) bool {
 
 func (d *Driver) trackTask(t *api.Task) {
 	if occupies(t) {
-		st, _ := d.toSched(t)
+		// A task on a node counts for spread and reservations only.
+		res := t.GetSpec().GetResources().GetReservations()
+		st := scheduler.Task{ID: t.Id, ServiceID: t.ServiceId, SpecVersion: t.SpecVersion,
+			Reservations: scheduler.Resources{NanoCPUs: res.GetNanoCpus(), MemoryBytes: res.GetMemoryBytes()}}
 		if err := d.sched.AddTask(st, t.NodeId); err != nil {
 			d.cfg.Logger.Warn("schedule: task not recorded", "task", t.Id, "err", err)
 		}
@@ -272,13 +275,19 @@ func (d *Driver) trackTask(t *api.Task) {
 func (d *Driver) toSched(t *api.Task) (scheduler.Task, error) {
 	spec := t.GetSpec()
 	raw := spec.GetPlacement().GetConstraints()
-	key := strings.Join(raw, "\x00")
-	cons, ok := d.cons[key]
+	var cons []scheduler.Constraint
 	var err error
-	if !ok {
-		cons, err = scheduler.ParseConstraints(raw)
-		if err == nil {
-			d.cons[key] = cons
+	if len(raw) > 0 {
+		key := raw[0]
+		if len(raw) > 1 {
+			key = strings.Join(raw, "\x00")
+		}
+		var ok bool
+		if cons, ok = d.cons[key]; !ok {
+			cons, err = scheduler.ParseConstraints(raw)
+			if err == nil {
+				d.cons[key] = cons
+			}
 		}
 	}
 	if t.NodeId != "" && !occupies(t) {
