@@ -209,11 +209,14 @@ func (a *Agent) leave(ctx context.Context, ls *liveSession) {
 
 // flush waits until the dispatcher acknowledged every queued status report
 // (the session's sendReports goroutine sends them), or ctx ends, or the
-// session breaks.
+// session breaks, or RPCTimeout passes: a dispatcher that cannot write the
+// reports (a manager without quorum) must not hold the node's Stop.
 func (a *Agent) flush(ctx context.Context, ls *liveSession) {
-	if left := a.reports.waitEmpty(ctx, ls.ctx); left > 0 {
+	fctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+	defer cancel()
+	if left := a.reports.waitEmpty(fctx, ls.ctx); left > 0 {
 		a.log.Warn("stopping without reporting every final task status", "unsent", left,
-			"ctx_err", ctx.Err(), "session_err", context.Cause(ls.ctx))
+			"ctx_err", fctx.Err(), "session_err", context.Cause(ls.ctx))
 		return
 	}
 	a.log.Debug("final task statuses reported", "session", ls.id)
