@@ -185,13 +185,9 @@ func BenchmarkJoinManager100kTasks(b *testing.B) {
 		})
 		b.ReportMetric(float64(time.Since(t0).Milliseconds()), "ms-to-voter")
 		b.StopTimer()
-		var n int
-		m.Shoal().Client().ListTasks(ctx, shoal.TaskFilter{Service: svc.ID})
-		if ts, err := m.Shoal().Client().ListTasks(ctx, shoal.TaskFilter{Service: svc.ID}); err == nil {
-			n = len(ts)
-		}
-		if n != 100000 {
-			b.Fatalf("new manager has %d tasks", n)
+		ts, err := m.Shoal().Client().ListTasks(ctx, shoal.TaskFilter{Service: svc.ID})
+		if err != nil || len(ts) != 100000 {
+			b.Fatalf("new manager has %d tasks (%v)", len(ts), err)
 		}
 		c.Stop()
 	}

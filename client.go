@@ -83,6 +83,19 @@ const retries = 10
 
 func (c *Client) check() error { return c.err }
 
+// retryOnConflict runs a read-modify-write attempt again, up to retries
+// times, while it fails with ErrConflict (another writer got there first).
+func retryOnConflict[T any](attempt func() (T, error)) (T, error) {
+	var out T
+	var err error
+	for i := 0; i < retries; i++ {
+		if out, err = attempt(); !errors.Is(err, ErrConflict) {
+			return out, err
+		}
+	}
+	return out, err
+}
+
 // CreateService creates a service. The spec is validated first; an invalid
 // spec writes nothing and returns an error naming the field and the rule.
 func (c *Client) CreateService(ctx context.Context, spec ServiceSpec) (*Service, error) {
@@ -157,8 +170,7 @@ func (c *Client) ScaleService(ctx context.Context, ref string, replicas int) (*S
 	if replicas < 0 {
 		return nil, fmt.Errorf("ServiceSpec.Replicas: must be >= 0, got %d: %w", replicas, ErrInvalidSpec)
 	}
-	var lastErr error
-	for i := 0; i < retries; i++ {
+	return retryOnConflict(func() (*Service, error) {
 		svc, err := c.GetService(ctx, ref)
 		if err != nil {
 			return nil, err
@@ -168,13 +180,8 @@ func (c *Client) ScaleService(ctx context.Context, ref string, replicas int) (*S
 		}
 		spec := svc.Spec
 		spec.Replicas = replicas
-		out, err := c.UpdateService(ctx, svc.ID, svc.Version, spec)
-		if !errors.Is(err, ErrConflict) {
-			return out, err
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+		return c.UpdateService(ctx, svc.ID, svc.Version, spec)
+	})
 }
 
 // RemoveService removes a service; its tasks are stopped and removed.
@@ -298,8 +305,7 @@ func (c *Client) UpdateNode(ctx context.Context, ref string, u NodeUpdate) (*Nod
 	if u.Role != nil && *u.Role != Worker && *u.Role != Manager {
 		return nil, fmt.Errorf("NodeUpdate.Role: must be Worker or Manager, got %d: %w", int(*u.Role), ErrInvalidSpec)
 	}
-	var lastErr error
-	for i := 0; i < retries; i++ {
+	return retryOnConflict(func() (*NodeInfo, error) {
 		resp, err := c.ctl.GetNode(ctx, &api.GetRequest{Id: ref})
 		if err != nil {
 			return nil, errdefs.FromGRPC(err)
@@ -322,16 +328,11 @@ func (c *Client) UpdateNode(ctx context.Context, ref string, u NodeUpdate) (*Nod
 			}
 		}
 		up, err := c.ctl.UpdateNode(ctx, &api.UpdateNodeRequest{Id: n.Id, Version: n.Meta.GetVersion(), Spec: spec})
-		err = errdefs.FromGRPC(err)
-		if err == nil {
-			return fromAPINode(up.Node), nil
+		if err != nil {
+			return nil, errdefs.FromGRPC(err)
 		}
-		if !errors.Is(err, ErrConflict) {
-			return nil, err
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+		return fromAPINode(up.Node), nil
+	})
 }
 
 // RemoveNode removes a worker from the cluster. A node that is not down is
@@ -374,8 +375,7 @@ func (c *Client) UpdateCluster(ctx context.Context, u ClusterUpdate) (*ClusterIn
 	if u.TaskHistoryLimit != nil && *u.TaskHistoryLimit < 0 {
 		return nil, specError("ClusterUpdate.TaskHistoryLimit", "must be >= 0, got %d", *u.TaskHistoryLimit)
 	}
-	var lastErr error
-	for i := 0; i < retries; i++ {
+	return retryOnConflict(func() (*ClusterInfo, error) {
 		resp, err := c.ctl.GetCluster(ctx, &api.GetRequest{})
 		if err != nil {
 			return nil, errdefs.FromGRPC(err)
@@ -389,16 +389,11 @@ func (c *Client) UpdateCluster(ctx context.Context, u ClusterUpdate) (*ClusterIn
 			spec.TaskHistoryLimit = int64(*u.TaskHistoryLimit)
 		}
 		up, err := c.ctl.UpdateCluster(ctx, &api.UpdateClusterRequest{Id: cl.Id, Version: cl.GetMeta().GetVersion(), Spec: spec})
-		err = errdefs.FromGRPC(err)
-		if err == nil {
-			return fromAPICluster(up.Cluster), nil
+		if err != nil {
+			return nil, errdefs.FromGRPC(err)
 		}
-		if !errors.Is(err, ErrConflict) {
-			return nil, err
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+		return fromAPICluster(up.Cluster), nil
+	})
 }
 
 // ObjectKind names the kind of object an Event is about.

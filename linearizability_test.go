@@ -208,12 +208,6 @@ func (h *linHistory) add(op linOp) {
 	h.ops = append(h.ops, op)
 }
 
-func (h *linHistory) count() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.ops) + h.staleReads + h.failed
-}
-
 // linFaults is what the managers' Raft transports ask about every message
 // (Config.Raft.Fault); the fault schedule flips it.
 type linFaults struct {

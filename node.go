@@ -447,8 +447,10 @@ type Node struct {
 	controlSvc *switchable
 	joinSvc    *switchable
 	raftSvc    *switchable
-	dispProx   *dispatcherProxy
-	mgr        atomic.Pointer[managerPart]
+	// dispSvc serves the dispatcher of the current leader term; between
+	// terms it answers Unavailable, and agents retry.
+	dispSvc *switchable
+	mgr     atomic.Pointer[managerPart]
 
 	// Role changes: the wanted role (from the dispatcher session or the Raft
 	// membership), applied one at a time by roleLoop.
@@ -516,8 +518,8 @@ func New(cfg Config) (*Node, error) {
 	return &Node{cfg: c, log: c.Logger, ready: make(chan struct{}), done: make(chan struct{}),
 		serving: make(chan struct{}), roleKick: make(chan struct{}, 1),
 		controlSvc: &switchable{down: notManager}, joinSvc: &switchable{down: notManager},
-		raftSvc:  &switchable{down: status.Error(codes.Unavailable, "this node is not a Raft member")},
-		dispProx: &dispatcherProxy{}}, nil
+		raftSvc: &switchable{down: status.Error(codes.Unavailable, "this node is not a Raft member")},
+		dispSvc: &switchable{down: status.Error(codes.Unavailable, "the dispatcher is not running on this manager (no leader yet)")}}, nil
 }
 
 // Start restarts the node from the identity and state in its StateDir (a
@@ -718,7 +720,7 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	n.controlSvc.register(n.srv, &api.Control_ServiceDesc)
 	n.joinSvc.register(n.srv, &api.Join_ServiceDesc)
 	n.raftSvc.register(n.srv, &api.Raft_ServiceDesc)
-	api.RegisterDispatcherServer(n.srv, n.dispProx)
+	n.dispSvc.register(n.srv, &api.Dispatcher_ServiceDesc)
 	// Serve before a manager's log is loaded: a joining manager receives the
 	// log through the Raft service; everything else waits behind the gate.
 	go func() { _ = n.srv.Serve(lis) }()
@@ -1049,7 +1051,7 @@ func (mg *managerPart) startTerm(ctx context.Context) error {
 		_ = t.disp.Stop(context.Background())
 		return err
 	}
-	mg.n.dispProx.set(t.disp)
+	mg.n.dispSvc.set(t.disp)
 	tctx, cancel := context.WithCancel(context.Background())
 	t.cancel = cancel
 	t.wg.Add(1)
@@ -1120,7 +1122,7 @@ func (mg *managerPart) stopTerm() {
 		return
 	}
 	mg.term = nil
-	mg.n.dispProx.set(nil)
+	mg.n.dispSvc.set(nil)
 	t.cancel()
 	t.wg.Wait()
 	ctx := context.Background()
@@ -1306,71 +1308,6 @@ func (n *Node) gateStream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 	return h(srv, ss)
 }
 
-// dispatcherProxy serves the Dispatcher API through whichever dispatcher the
-// current leader term runs; between terms it answers Unavailable, and agents
-// retry.
-type dispatcherProxy struct {
-	api.UnimplementedDispatcherServer
-	mu sync.RWMutex
-	d  *dispatch.Dispatcher
-}
-
-func (p *dispatcherProxy) set(d *dispatch.Dispatcher) {
-	p.mu.Lock()
-	p.d = d
-	p.mu.Unlock()
-}
-
-func (p *dispatcherProxy) get() (*dispatch.Dispatcher, error) {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	if p.d == nil {
-		return nil, status.Error(codes.Unavailable, "the dispatcher is not running on this manager (no leader yet)")
-	}
-	return p.d, nil
-}
-
-func (p *dispatcherProxy) Session(req *api.SessionRequest, stream grpc.ServerStreamingServer[api.SessionMessage]) error {
-	d, err := p.get()
-	if err != nil {
-		return err
-	}
-	return d.Session(req, stream)
-}
-
-func (p *dispatcherProxy) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
-	d, err := p.get()
-	if err != nil {
-		return nil, err
-	}
-	return d.Heartbeat(ctx, req)
-}
-
-func (p *dispatcherProxy) Assignments(req *api.AssignmentsRequest, stream grpc.ServerStreamingServer[api.AssignmentsMessage]) error {
-	d, err := p.get()
-	if err != nil {
-		return err
-	}
-	return d.Assignments(req, stream)
-}
-
-func (p *dispatcherProxy) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskStatusRequest) (*api.UpdateTaskStatusResponse, error) {
-	d, err := p.get()
-	if err != nil {
-		return nil, err
-	}
-	return d.UpdateTaskStatus(ctx, req)
-}
-
-func (p *dispatcherProxy) Leave(ctx context.Context, req *api.LeaveRequest) (*api.LeaveResponse, error) {
-	d, err := p.get()
-	if err != nil {
-		return nil, err
-	}
-	return d.Leave(ctx, req)
-}
-
-// workerClient is the Client of a node while it is a worker.
 func workerClient(nodeID string) *Client {
 	return &Client{err: fmt.Errorf("node %s is a worker; use a manager's client or Dial a manager: %w", nodeID, ErrNotManager)}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -94,7 +95,7 @@ func openDisk(dir string, id uint64, noSync bool) (*diskStore, *loadedState, err
 		FreelistType:   bolt.FreelistMapType,
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, nil, fmt.Errorf("raftstore: %s: locked by another process: %w", path, err)
 		}
 		return nil, nil, fmt.Errorf("raftstore: %s: %w: cannot open database: %w", path, ErrCorrupt, err)
