@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -86,17 +87,16 @@ func openDisk(dir string, id uint64, noSync bool) (*diskStore, *loadedState, err
 		return nil, nil, fmt.Errorf("raftstore: creating Dir %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, DBFileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout: lockTimeout,
-		NoSync:  noSync,
-		// The freelist is rebuilt by scanning at open; not syncing it makes every commit
-		// write fewer pages, which matters because a commit is on every write's path.
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-	})
+	if err := precheckFile(path); err != nil {
+		return nil, nil, err
+	}
+	db, err := openBolt(path, noSync)
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, nil, fmt.Errorf("raftstore: %s: locked by another process: %w", path, err)
+		}
+		if errors.Is(err, ErrCorrupt) {
+			return nil, nil, err
 		}
 		return nil, nil, fmt.Errorf("raftstore: %s: %w: cannot open database: %w", path, ErrCorrupt, err)
 	}
@@ -107,6 +107,26 @@ func openDisk(dir string, id uint64, noSync bool) (*diskStore, *loadedState, err
 		return nil, nil, err
 	}
 	return ds, st, nil
+}
+
+// openBolt opens the file. bbolt reads the file through a memory mapping, and
+// rebuilds its freelist at open by walking every page; a damaged page can make
+// it panic or fault, which is reported as corruption of the file instead.
+func openBolt(path string, noSync bool) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, corrupt(path, "opening database: %v", r)
+		}
+	}()
+	return bolt.Open(path, 0o600, &bolt.Options{
+		Timeout: lockTimeout,
+		NoSync:  noSync,
+		// The freelist is rebuilt by scanning at open; not syncing it makes every commit
+		// write fewer pages, which matters because a commit is on every write's path.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
 }
 
 func (d *diskStore) init(id uint64) (st *loadedState, err error) {
