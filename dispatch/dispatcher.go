@@ -79,7 +79,8 @@ type session struct {
 	deadline time.Time // guarded by Dispatcher.mu
 	left     bool      // the node left (Leave): no expiry processing; guarded by Dispatcher.mu
 	done     chan struct{}
-	err      error // why the session ended; set before done is closed
+	roleKick chan struct{} // the node's role changed in the store: resend it now
+	err      error         // why the session ended; set before done is closed
 }
 
 func (s *session) live() bool { return s.id != "" }
@@ -150,8 +151,9 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 	}
 	d.batcher = newStatusBatcher(d)
 	d.phase = phaseRunning
-	d.loops.Add(2)
+	d.loops.Add(3)
 	go func() { defer d.loops.Done(); d.expiryLoop(d.ctx) }()
+	go func() { defer d.loops.Done(); d.roleLoop(d.ctx) }()
 	go func() { defer d.loops.Done(); d.batcher.run(d.ctx) }()
 	d.log.Info("dispatcher started", "heartbeat_period", d.cfg.HeartbeatPeriod, "nodes_in_grace", len(ready))
 	return nil
@@ -263,7 +265,7 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 		return status.Error(codes.InvalidArgument, "node_id: must not be empty")
 	}
 	ctx := stream.Context()
-	s := &session{nodeID: nodeID, id: identity.NewID(), done: make(chan struct{})}
+	s := &session{nodeID: nodeID, id: identity.NewID(), done: make(chan struct{}), roleKick: make(chan struct{}, 1)}
 
 	d.mu.Lock()
 	s.deadline = d.cfg.Clock.Now().Add(d.cfg.deadline())
@@ -335,18 +337,86 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 				d.log.Info("node session closed after leave", "node", nodeID, "session", s.id)
 			}
 			return status.FromContextError(ctx.Err()).Err()
+		case <-s.roleKick:
+			// The node was promoted or demoted: tell it now, not at the next check.
+			if err := d.resendSession(stream, s, &managers, &role, &raftID); err != nil {
+				return err
+			}
 		case <-t.C():
-			cur := d.cfg.Managers()
-			curRole, curRaftID, curPeers := d.roleOf(nodeID)
-			if !slices.Equal(cur, managers) || curRole != role || curRaftID != raftID {
-				managers, role, raftID = slices.Clone(cur), curRole, curRaftID
-				msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers,
-					Role: role, RaftId: raftID, Peers: curPeers}
-				if err := stream.Send(msg); err != nil {
-					return err
-				}
+			// The manager list changes without a store event (Raft membership).
+			if err := d.resendSession(stream, s, &managers, &role, &raftID); err != nil {
+				return err
 			}
 			t.Reset(d.cfg.HeartbeatPeriod)
+		}
+	}
+}
+
+// resendSession sends the session message again if the manager list or the
+// node's role changed since it was last sent.
+func (d *Dispatcher) resendSession(stream grpc.ServerStreamingServer[api.SessionMessage], s *session,
+	managers *[]string, role *api.NodeRole, raftID *uint64) error {
+	cur := d.cfg.Managers()
+	curRole, curRaftID, curPeers := d.roleOf(s.nodeID)
+	if slices.Equal(cur, *managers) && curRole == *role && curRaftID == *raftID {
+		return nil
+	}
+	*managers, *role, *raftID = slices.Clone(cur), curRole, curRaftID
+	return stream.Send(&api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod),
+		Managers: cur, Role: curRole, RaftId: curRaftID, Peers: curPeers})
+}
+
+// roleLoop watches the store for role changes (promotion, demotion) and wakes
+// the session of the node concerned, so it hears of the change at once rather
+// than at its session's next periodic check.
+func (d *Dispatcher) roleLoop(ctx context.Context) {
+	changed := func(e state.Event) bool {
+		if e.Kind != state.KindNode || e.Action != state.ActionUpdate {
+			return false
+		}
+		old, _ := e.Old.(*api.Node)
+		return old.GetRole() != e.Node().GetRole()
+	}
+	for {
+		w := d.store.Watch(changed)
+		for open := true; open; {
+			select {
+			case <-ctx.Done():
+				w.Cancel()
+				return
+			case ev, ok := <-w.C:
+				if !ok {
+					open = false
+					break
+				}
+				d.kickRole(ev.Object.GetId())
+			}
+		}
+		// The store was restored or this watch fell behind: a role change may
+		// have been missed, so every session checks.
+		d.log.Info("role watch restarted", "reason", w.Err())
+		d.mu.Lock()
+		for id := range d.nodes {
+			d.kickRoleLocked(id)
+		}
+		d.mu.Unlock()
+		if errors.Is(w.Err(), state.ErrStoreClosed) {
+			return
+		}
+	}
+}
+
+func (d *Dispatcher) kickRole(nodeID string) {
+	d.mu.Lock()
+	d.kickRoleLocked(nodeID)
+	d.mu.Unlock()
+}
+
+func (d *Dispatcher) kickRoleLocked(nodeID string) {
+	if s := d.nodes[nodeID]; s != nil && s.roleKick != nil {
+		select {
+		case s.roleKick <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -435,3 +435,46 @@ func TestStatusBatchSizeCapsTransactions(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, len(perIndex), 3)
 }
+
+// A promotion or demotion reaches the node's session as soon as it is in the
+// store, not at the session's next periodic check (an hour away here).
+func TestSessionHearsRoleChangeAtOnce(t *testing.T) {
+	st := newStore(t)
+	createNode(t, st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
+	createNode(t, st, "m1", api.NodeState_NODE_STATE_READY)
+	updateNode := func(id string, fn func(*api.Node)) {
+		require.NoError(t, st.Update(context.Background(), func(tx state.WriteTx) error {
+			n := tx.GetNode(id)
+			fn(n)
+			return tx.UpdateNode(n)
+		}))
+	}
+	updateNode("m1", func(n *api.Node) {
+		n.Role = api.NodeRole_NODE_ROLE_MANAGER
+		n.ManagerStatus = &api.ManagerStatus{RaftId: 1, Addr: "10.0.0.1:4242"}
+	})
+	s := startServer(t, st, fastConfig(), "")
+	c := dial(t, s.addr)
+	_, stream, _ := openSession(t, c, "n1")
+
+	// Another node's role change, and an update of this node that keeps its
+	// role, send nothing; the promotion that follows is the next message.
+	updateNode("m1", func(n *api.Node) { n.Role = api.NodeRole_NODE_ROLE_WORKER; n.ManagerStatus = nil })
+	updateNode("n1", func(n *api.Node) { n.Spec = &api.NodeSpec{Labels: map[string]string{"a": "b"}} })
+	updateNode("n1", func(n *api.Node) {
+		n.Role = api.NodeRole_NODE_ROLE_MANAGER
+		n.ManagerStatus = &api.ManagerStatus{RaftId: 7, Addr: "10.0.0.9:4242"}
+	})
+	msg, err := stream.Recv()
+	require.NoError(t, err)
+	assert.Equal(t, api.NodeRole_NODE_ROLE_MANAGER, msg.GetRole())
+	assert.Equal(t, uint64(7), msg.GetRaftId())
+	require.Len(t, msg.GetPeers(), 1)
+	assert.Equal(t, "10.0.0.9:4242", msg.GetPeers()[0].GetAddr())
+
+	updateNode("n1", func(n *api.Node) { n.Role = api.NodeRole_NODE_ROLE_WORKER; n.ManagerStatus = nil })
+	msg, err = stream.Recv()
+	require.NoError(t, err)
+	assert.Equal(t, api.NodeRole_NODE_ROLE_WORKER, msg.GetRole())
+	assert.Zero(t, msg.GetRaftId())
+}
