@@ -22,6 +22,11 @@ import (
 )
 
 // Server implements api.ControlServer.
+//
+// The read RPCs (Get*, List*, and the object a write answers with) return
+// the store's shared objects without copying them (state.Store.ViewShared):
+// gRPC only marshals a response, so that is safe for them, but an in-process
+// caller of these methods must not modify what they return.
 type Server struct {
 	api.UnimplementedControlServer
 	store *state.Store
@@ -85,6 +90,11 @@ func (s *Server) readBarrier(ctx context.Context) error {
 	}
 }
 
+// read runs fn on a shared view of the store (no copies). It is for the read
+// RPCs only: what fn reads goes into a response unmodified, and gRPC only
+// marshals it. Paths that modify what they read use View or Update.
+func (s *Server) read(fn func(state.ReadTx)) { s.store.ViewShared(fn) }
+
 func notFound(kind, id string) error {
 	return errdefs.ToGRPC(fmt.Errorf("%s %q: %w", kind, id, errdefs.ErrNotFound))
 }
@@ -107,7 +117,7 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 // read barrier needed).
 func (s *Server) localService(id string) (*api.ServiceResponse, error) {
 	var svc *api.Service
-	s.store.View(func(tx state.ReadTx) { svc = tx.GetService(id) })
+	s.read(func(tx state.ReadTx) { svc = tx.GetService(id) })
 	if svc == nil {
 		return nil, notFound("service", id)
 	}
@@ -116,7 +126,7 @@ func (s *Server) localService(id string) (*api.ServiceResponse, error) {
 
 func (s *Server) localNode(id string) (*api.NodeResponse, error) {
 	var n *api.Node
-	s.store.View(func(tx state.ReadTx) { n = tx.GetNode(id) })
+	s.read(func(tx state.ReadTx) { n = tx.GetNode(id) })
 	if n == nil {
 		return nil, notFound("node", id)
 	}
@@ -125,7 +135,7 @@ func (s *Server) localNode(id string) (*api.NodeResponse, error) {
 
 func (s *Server) localCluster(id string) (*api.ClusterResponse, error) {
 	var c *api.Cluster
-	s.store.View(func(tx state.ReadTx) { c = tx.GetCluster(id) })
+	s.read(func(tx state.ReadTx) { c = tx.GetCluster(id) })
 	if c == nil {
 		return nil, notFound("cluster", id)
 	}
@@ -155,7 +165,7 @@ func (s *Server) GetService(ctx context.Context, req *api.GetRequest) (*api.Serv
 		return nil, err
 	}
 	var svc *api.Service
-	s.store.View(func(tx state.ReadTx) { svc = lookupService(tx, req.GetId()) })
+	s.read(func(tx state.ReadTx) { svc = lookupService(tx, req.GetId()) })
 	if svc == nil {
 		return nil, notFound("service", req.GetId())
 	}
@@ -180,7 +190,7 @@ func (s *Server) ListServices(ctx context.Context, req *api.ListServicesRequest)
 	}
 	var out []*api.Service
 	var err error
-	s.store.View(func(tx state.ReadTx) { out, err = tx.FindServices(by) })
+	s.read(func(tx state.ReadTx) { out, err = tx.FindServices(by) })
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
@@ -243,7 +253,7 @@ func (s *Server) GetTask(ctx context.Context, req *api.GetRequest) (*api.TaskRes
 		return nil, err
 	}
 	var t *api.Task
-	s.store.View(func(tx state.ReadTx) { t = tx.GetTask(req.GetId()) })
+	s.read(func(tx state.ReadTx) { t = tx.GetTask(req.GetId()) })
 	if t == nil {
 		return nil, notFound("task", req.GetId())
 	}
@@ -257,7 +267,7 @@ func (s *Server) ListTasks(ctx context.Context, req *api.ListTasksRequest) (*api
 	}
 	var out []*api.Task
 	var err error
-	s.store.View(func(tx state.ReadTx) {
+	s.read(func(tx state.ReadTx) {
 		var bys []state.By
 		for _, ref := range req.GetServiceIds() {
 			id := ref
@@ -346,7 +356,7 @@ func (s *Server) GetNode(ctx context.Context, req *api.GetRequest) (*api.NodeRes
 		return nil, err
 	}
 	var n *api.Node
-	s.store.View(func(tx state.ReadTx) { n = lookupNode(tx, req.GetId()) })
+	s.read(func(tx state.ReadTx) { n = lookupNode(tx, req.GetId()) })
 	if n == nil {
 		return nil, notFound("node", req.GetId())
 	}
@@ -368,7 +378,7 @@ func (s *Server) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*api
 	}
 	var out []*api.Node
 	var err error
-	s.store.View(func(tx state.ReadTx) { out, err = tx.FindNodes(by) })
+	s.read(func(tx state.ReadTx) { out, err = tx.FindNodes(by) })
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
@@ -591,7 +601,7 @@ func (s *Server) GetCluster(ctx context.Context, req *api.GetRequest) (*api.Clus
 		return nil, err
 	}
 	var c *api.Cluster
-	s.store.View(func(tx state.ReadTx) { c = s.theCluster(tx, req.GetId()) })
+	s.read(func(tx state.ReadTx) { c = s.theCluster(tx, req.GetId()) })
 	if c == nil {
 		return nil, notFound("cluster", req.GetId())
 	}

@@ -90,9 +90,19 @@ func TestValidateNodeAndClusterSpec(t *testing.T) {
 
 func gerr(err error) error { return errdefs.FromGRPC(err) }
 
+// newCheckedStore returns an in-memory store with the immutability checker
+// on: the test fails if anything modified a stored object in place, such as
+// a response of a read RPC (they share the stored objects).
+func newCheckedStore(t *testing.T) *state.Store {
+	t.Helper()
+	st := state.NewInMemory(state.Config{CheckImmutable: true})
+	t.Cleanup(func() { assert.NoError(t, st.Verify(), "stored objects were modified in place") })
+	return st
+}
+
 func TestServiceLifecycle(t *testing.T) {
 	ctx := context.Background()
-	st := state.NewInMemory(state.Config{})
+	st := newCheckedStore(t)
 	s := New(st)
 
 	resp, err := s.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("web", 3)})
@@ -144,7 +154,7 @@ func TestServiceLifecycle(t *testing.T) {
 
 func TestNodesAndTasks(t *testing.T) {
 	ctx := context.Background()
-	st := state.NewInMemory(state.Config{})
+	st := newCheckedStore(t)
 	s := New(st)
 	require.NoError(t, st.Update(ctx, func(tx state.WriteTx) error {
 		for _, n := range []*api.Node{
@@ -211,7 +221,7 @@ func (f *fakeWatchStream) SetHeader(metadata.MD) error    { return nil }
 func TestWatchFilters(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st := state.NewInMemory(state.Config{})
+	st := newCheckedStore(t)
 	s := New(st)
 	stream := &fakeWatchStream{ctx: ctx, msgs: make(chan *api.WatchMessage, 100)}
 	done := make(chan error, 1)

@@ -24,7 +24,10 @@ func (o *Orchestrator) reconcileService(ctx context.Context, id string) (time.Ti
 	for range maxPlanAttempts {
 		now := o.cfg.Clock.Now()
 		var p plan
-		o.store.View(func(tx state.ReadTx) {
+		// Shared read, no copies: planService never modifies what it reads
+		// (a task it changes is cloned first, see planner.stop and remove),
+		// and the plan's writes go through the store, which copies them.
+		o.store.ViewShared(func(tx state.ReadTx) {
 			p = o.planFromTx(tx, id, now)
 		})
 		if p.empty() {
@@ -44,6 +47,8 @@ func (o *Orchestrator) reconcileService(ctx context.Context, id string) (time.Ti
 	return time.Time{}, errRetry
 }
 
+// planFromTx reads what planService needs. tx may be a shared view: nothing
+// read here may be modified.
 func (o *Orchestrator) planFromTx(tx state.ReadTx, id string, now time.Time) plan {
 	svc := tx.GetService(id)
 	tasks, err := tx.FindTasks(state.ByServiceID(id))

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -120,9 +121,20 @@ type env struct {
 	rr    int
 }
 
+// newCheckedStore returns an in-memory store with the immutability checker
+// on: the test fails if anything (the orchestrator's shared reads included)
+// modified a stored object in place. The check runs after the test's other
+// cleanups (the orchestrator has stopped).
+func newCheckedStore(t *testing.T) *state.Store {
+	t.Helper()
+	st := state.NewInMemory(state.Config{CheckImmutable: true})
+	t.Cleanup(func() { assert.NoError(t, st.Verify(), "stored objects were modified in place") })
+	return st
+}
+
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{t: t, ctx: context.Background(), store: state.NewInMemory(state.Config{}), clock: newFakeClock()}
+	e := &env{t: t, ctx: context.Background(), store: newCheckedStore(t), clock: newFakeClock()}
 	e.cfg = DefaultConfig()
 	e.cfg.Clock = e.clock
 	e.cfg.DefaultRestartDelay = 0

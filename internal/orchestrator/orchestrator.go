@@ -279,7 +279,8 @@ func (l *loop) armTimer() {
 // process reconciles every service marked dirty.
 func (l *loop) process(ctx context.Context) {
 	if l.dirtyAll || len(l.nodesChanged) > 0 {
-		l.o.store.View(func(tx state.ReadTx) {
+		// Shared read: markAll and markNodes only read IDs.
+		l.o.store.ViewShared(func(tx state.ReadTx) {
 			if l.dirtyAll {
 				l.markAll(tx)
 			} else {

@@ -525,6 +525,11 @@ func (pl *planner) updateMessage(tasks []*api.Task, since int64, done bool) stri
 
 // planService computes the plan for one service from a snapshot. svc is nil
 // when the service was deleted: then every task goes.
+//
+// svc, tasks, nodes and cluster are the store's shared objects (read with
+// ViewShared): planService and everything it calls must never modify them,
+// nor their nested messages. A task or service the plan changes is a clone
+// (stop, remove, planUpdate); a task it deletes is referenced as read.
 func planService(cfg Config, now time.Time, svc *api.Service, tasks []*api.Task, nodes []*api.Node, cluster *api.Cluster) plan {
 	pl := &planner{cfg: cfg, now: now, svc: svc, nodes: make(map[string]*api.Node, len(nodes))}
 	for _, n := range nodes {

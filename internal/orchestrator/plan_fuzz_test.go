@@ -13,7 +13,9 @@ import (
 // FuzzPlanService checks properties of any plan over arbitrary task sets:
 // a task's observed status is only written while it was never assigned,
 // desired states only move forward, and after the plan no slot of a
-// replicated service has two tasks wanted running.
+// replicated service has two tasks wanted running. It also checks that
+// planService modifies none of its inputs (the orchestrator hands it the
+// store's shared objects) and that every task it updates is a copy.
 func FuzzPlanService(f *testing.F) {
 	f.Add([]byte{3, 0, 1, 7, 1, 0, 2, 9, 2, 1, 1, 1})
 	f.Add([]byte{1, 1, 0, 10, 0, 1, 1, 7, 0, 2, 0, 1, 2, 3, 4})
@@ -29,6 +31,10 @@ func FuzzPlanService(f *testing.F) {
 			svc.Spec = globalSpec("web")
 		}
 		svc.Spec.Task.Restart = &api.RestartPolicy{Condition: api.RestartCondition(data[1] % 3), MaxAttempts: uint64(data[1] % 3)}
+		svc.Spec.Update = &api.UpdateConfig{Parallelism: uint64(data[1] % 3)}
+		if data[1]%5 < 3 {
+			svc.UpdateStatus = &api.UpdateStatus{State: api.UpdateState(data[1] % 5), StartedAt: now.UnixNano() - int64(time.Minute)}
+		}
 		nodes := []*api.Node{
 			{Id: "n0", Status: &api.NodeStatus{State: ready}},
 			{Id: "n1", Status: &api.NodeStatus{State: down}},
@@ -57,7 +63,33 @@ func FuzzPlanService(f *testing.F) {
 			t.Fatal(err)
 		}
 		cfg.DefaultRestartDelay = 0
-		p := planService(cfg, now, svc, tasks, nodes, nil)
+		cluster := &api.Cluster{Id: "c", Spec: &api.ClusterSpec{Name: "default", TaskHistoryLimit: int64(data[0] % 3)}}
+		inputs := func() []byte {
+			var b []byte
+			for _, m := range append([]proto.Message{svc, cluster}, msgs(tasks, nodes)...) {
+				mb, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b = append(append(b, mb...), 0xff)
+			}
+			return b
+		}
+		before := inputs()
+		p := planService(cfg, now, svc, tasks, nodes, cluster)
+		if string(inputs()) != string(before) {
+			t.Fatalf("planService modified its inputs")
+		}
+		for _, op := range p.ops {
+			for _, in := range tasks {
+				if op.kind != opDelete && op.task == in {
+					t.Fatalf("op %v writes input task %s itself, not a copy", op.kind, in.Id)
+				}
+			}
+		}
+		if p.service == svc {
+			t.Fatalf("the plan writes the input service itself, not a copy")
+		}
 
 		byID := map[string]*api.Task{}
 		for _, tk := range tasks {
@@ -105,4 +137,15 @@ func FuzzPlanService(f *testing.F) {
 			}
 		}
 	})
+}
+
+func msgs(tasks []*api.Task, nodes []*api.Node) []proto.Message {
+	var out []proto.Message
+	for _, t := range tasks {
+		out = append(out, t)
+	}
+	for _, n := range nodes {
+		out = append(out, n)
+	}
+	return out
 }

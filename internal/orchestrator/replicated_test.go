@@ -12,11 +12,10 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/identity"
-	"github.com/shoalhq/shoal/internal/state"
 )
 
 func TestNewValidatesConfig(t *testing.T) {
-	store := state.NewInMemory(state.Config{})
+	store := newCheckedStore(t)
 	cases := map[string]func(*Config){
 		"ReconcileInterval":   func(c *Config) { c.ReconcileInterval = 0 },
 		"RetryInterval":       func(c *Config) { c.RetryInterval = -time.Second },

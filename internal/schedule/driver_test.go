@@ -16,6 +16,17 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// newCheckedStore returns an in-memory store with the immutability checker
+// on: the test fails if the driver (or anything else) modified a stored
+// object in place, such as a shared watch event's task. Registered first, the
+// check runs after the driver's own cleanup.
+func newCheckedStore(t *testing.T) *state.Store {
+	t.Helper()
+	st := state.NewInMemory(state.Config{CheckImmutable: true})
+	t.Cleanup(func() { assert.NoError(t, st.Verify(), "stored objects were modified in place") })
+	return st
+}
+
 func node(id string, st api.NodeState, av api.NodeAvailability, labels map[string]string) *api.Node {
 	return &api.Node{
 		Id:          id,
@@ -82,7 +93,7 @@ func task(st *state.Store, id string) *api.Task {
 }
 
 func TestSpreadsAndSkipsUnusableNodes(t *testing.T) {
-	st := state.NewInMemory(state.Config{})
+	st := newCheckedStore(t)
 	ready, active := api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_ACTIVE
 	create(t, st,
 		node("n1", ready, active, nil), node("n2", ready, active, nil), node("n3", ready, active, nil),
@@ -101,7 +112,7 @@ func TestSpreadsAndSkipsUnusableNodes(t *testing.T) {
 }
 
 func TestUnplaceableExplainsAndRetriesWhenNodesChange(t *testing.T) {
-	st := state.NewInMemory(state.Config{})
+	st := newCheckedStore(t)
 	ready, active := api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_ACTIVE
 	create(t, st, node("n1", ready, active, map[string]string{"zone": "b"}))
 	start(t, st)
@@ -121,7 +132,7 @@ func TestUnplaceableExplainsAndRetriesWhenNodesChange(t *testing.T) {
 }
 
 func TestMemoryReservationsExplain(t *testing.T) {
-	st := state.NewInMemory(state.Config{})
+	st := newCheckedStore(t)
 	ready, active := api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_ACTIVE
 	create(t, st, node("n1", ready, active, nil), node("n2", ready, active, nil))
 	start(t, st)
@@ -148,7 +159,7 @@ func TestMemoryReservationsExplain(t *testing.T) {
 }
 
 func TestPinnedTasksGoToTheirNode(t *testing.T) {
-	st := state.NewInMemory(state.Config{})
+	st := newCheckedStore(t)
 	ready, active := api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_ACTIVE
 	create(t, st, node("n1", ready, active, nil), node("n2", ready, api.NodeAvailability_NODE_AVAILABILITY_DRAIN, nil))
 	start(t, st)
@@ -167,7 +178,7 @@ func TestPinnedTasksGoToTheirNode(t *testing.T) {
 func TestRestartedDriverCountsExistingTasks(t *testing.T) {
 	// Tasks already running count for spread when a new driver starts (after
 	// a leader change).
-	st := state.NewInMemory(state.Config{})
+	st := newCheckedStore(t)
 	ready, active := api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_ACTIVE
 	running := func(id, n string) *api.Task {
 		tk := pendingTask(id, "web", 1, nil)

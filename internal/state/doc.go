@@ -13,7 +13,18 @@
 // the stored status.
 //
 // Stored objects are never modified in place: a write replaces them. Reads
-// return copies; watch events share the stored objects.
+// through View return copies; watch events share the stored objects, and so
+// does ViewShared, the copy-free read for internal read-only hot paths (the
+// orchestrator's per-service plan, the control API's Get and List): what it
+// returns must not be modified at all, nested messages included. The
+// debug switch Config.CheckImmutable, on in the tests of the store and of
+// its internal users, records a digest of every stored object and makes
+// Verify (and Close) report any object modified in place, by kind and ID.
+//
+// Because stored objects never change, CaptureSnapshot can take the state
+// cheaply (a copy of the object pointers, under the read lock) and encode it
+// later on another goroutine while writes go on; Snapshot is a capture
+// encoded at once.
 //
 // The tables are maps with secondary indexes rather than go-memdb: the
 // immutable radix trees made every write cost two tree insertions per index,

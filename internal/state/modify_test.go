@@ -64,7 +64,7 @@ func TestShallowTaskCopiesEveryField(t *testing.T) {
 }
 
 func TestModifyTask(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateTask(task("t1", "s", 1, "")) }))
 	var before *api.Task

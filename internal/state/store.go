@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +48,13 @@ type Config struct {
 	// closed (with ErrWatchOverflow). Default 1<<20: enough for a burst of
 	// a million task changes, bounded so a stuck watcher cannot eat the heap.
 	WatchBuffer int
+	// CheckImmutable turns on the immutability checker, a debug safety net:
+	// the store records a digest of every object it stores and Verify (and
+	// Close, which logs it) reports any stored object that was modified in
+	// place, by kind and ID. Stored objects are shared with watchers and
+	// ViewShared readers, so such a modification is a bug. Default false: it
+	// costs a marshal and a hash per stored object. Tests turn it on.
+	CheckImmutable bool
 }
 
 // Store is the object store: indexed tables of nodes, services, tasks and the
@@ -63,7 +72,8 @@ type Store struct {
 	// Update) share it, Apply and Restore take it alone.
 	mu     sync.RWMutex
 	tables map[Kind]*table
-	index  uint64 // last applied log index
+	index  uint64        // last applied log index
+	chk    *immutChecker // nil unless Config.CheckImmutable
 	recent recentRequests
 
 	logMu sync.RWMutex
@@ -87,13 +97,19 @@ func New(cfg Config) *Store {
 	if cfg.WatchBuffer <= 0 {
 		cfg.WatchBuffer = 1 << 20
 	}
-	return &Store{cfg: cfg, tables: newTables(), watchers: map[*watcher]struct{}{}}
+	s := &Store{cfg: cfg, watchers: map[*watcher]struct{}{}}
+	if cfg.CheckImmutable {
+		s.chk = newImmutChecker()
+	}
+	s.tables = newTables(s.chk)
+	return s
 }
 
-func newTables() map[Kind]*table {
+func newTables(chk *immutChecker) map[Kind]*table {
 	tables := map[Kind]*table{}
 	for kind, defs := range schema() {
 		tables[kind] = newTable(kind, defs)
+		tables[kind].chk = chk
 	}
 	return tables
 }
@@ -112,11 +128,28 @@ func (s *Store) Index() uint64 {
 	return s.index
 }
 
-// View runs fn with a read transaction over a consistent snapshot.
+// View runs fn with a read transaction over a consistent snapshot. The
+// objects it reads are copies fn may modify and keep.
 func (s *Store) View(fn func(ReadTx)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	fn(&readTx{s: s})
+}
+
+// ViewShared is View without the copies, for internal read-only callers on
+// hot paths: the objects fn reads are the STORED OBJECTS THEMSELVES, shared
+// with every other reader, with watchers and with the next snapshot.
+//
+// THEY MUST NOT BE MODIFIED, NOT EVEN THEIR NESTED MESSAGES, MAPS OR SLICES
+// (Spec, Status, Labels, ...), neither in fn nor later: to change an object,
+// clone it (proto.Clone) and write the clone. fn and its callers may keep
+// them after fn returns (they never change: a write stores a new object), but
+// must not hand them to code that may modify them. When in doubt, use View.
+// Tests catch violations with Config.CheckImmutable and Verify.
+func (s *Store) ViewShared(fn func(ReadTx)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fn(&readTx{s: s, shared: true})
 }
 
 // Update runs fn with a write transaction. The changes fn makes are visible to
@@ -453,33 +486,80 @@ func (s *Store) checkUnique(t *table, o Object, self string) error {
 }
 
 // Snapshot returns the whole state, encoded. It is the raftstore.StateMachine
-// method.
+// method; it is CaptureSnapshot()().
 func (s *Store) Snapshot() ([]byte, error) {
-	var snap api.StoreSnapshot
-	s.mu.RLock()
-	for _, id := range sortedIDs(keys(s.tables[KindNode].objs)) {
-		snap.Nodes = append(snap.Nodes, s.tables[KindNode].objs[id].(*api.Node))
-	}
-	for _, id := range sortedIDs(keys(s.tables[KindService].objs)) {
-		snap.Services = append(snap.Services, s.tables[KindService].objs[id].(*api.Service))
-	}
-	for _, id := range sortedIDs(keys(s.tables[KindTask].objs)) {
-		snap.Tasks = append(snap.Tasks, s.tables[KindTask].objs[id].(*api.Task))
-	}
-	for _, id := range sortedIDs(keys(s.tables[KindCluster].objs)) {
-		snap.Clusters = append(snap.Clusters, s.tables[KindCluster].objs[id].(*api.Cluster))
-	}
-	s.mu.RUnlock()
-	// Stored objects are never modified, so encoding after unlocking is safe.
-	return proto.MarshalOptions{Deterministic: true}.Marshal(&snap)
+	return s.CaptureSnapshot()()
 }
 
-func keys(m map[string]Object) map[string]struct{} {
-	out := make(map[string]struct{}, len(m))
-	for k := range m {
-		out[k] = struct{}{}
+// CaptureSnapshot captures the whole state at this moment and returns a
+// function that encodes it, exactly as Snapshot does. It is the raftstore
+// SnapshotCapturer method: the raft loop calls it right after applying
+// entries, so it is cheap (under the read lock it only copies the tables'
+// object pointers, O(n), no encoding), and the returned function does the
+// sorting and encoding, on any goroutine, concurrently with later Apply
+// calls: that is safe because stored objects are never modified (a write
+// stores a new object), so the captured ones keep the state of the moment.
+// The function may be called more than once.
+func (s *Store) CaptureSnapshot() func() ([]byte, error) {
+	var c capture
+	s.mu.RLock()
+	c.nodes = objects(s.tables[KindNode])
+	c.services = objects(s.tables[KindService])
+	c.tasks = objects(s.tables[KindTask])
+	c.clusters = objects(s.tables[KindCluster])
+	s.mu.RUnlock()
+	var once sync.Once
+	return func() ([]byte, error) {
+		once.Do(c.sort) // sorting in place: once, even with concurrent calls
+		return c.encode()
+	}
+}
+
+// capture is the state at one moment: the stored objects of each kind.
+type capture struct {
+	nodes, services, tasks, clusters []Object
+}
+
+func objects(t *table) []Object {
+	out := make([]Object, 0, len(t.objs))
+	for _, o := range t.objs {
+		out = append(out, o)
 	}
 	return out
+}
+
+func byID(a, b Object) int { return strings.Compare(a.GetId(), b.GetId()) }
+
+func (c *capture) sort() {
+	for _, objs := range [][]Object{c.nodes, c.services, c.tasks, c.clusters} {
+		slices.SortFunc(objs, byID)
+	}
+}
+
+// encode returns the captured objects as a deterministic api.StoreSnapshot,
+// each kind sorted by ID, so members with the same state produce the same
+// bytes. (Deterministic only costs anything for map fields, the labels:
+// their keys are sorted.)
+func (c *capture) encode() ([]byte, error) {
+	snap := api.StoreSnapshot{
+		Nodes:    make([]*api.Node, len(c.nodes)),
+		Services: make([]*api.Service, len(c.services)),
+		Tasks:    make([]*api.Task, len(c.tasks)),
+		Clusters: make([]*api.Cluster, len(c.clusters)),
+	}
+	for i, o := range c.nodes {
+		snap.Nodes[i] = o.(*api.Node)
+	}
+	for i, o := range c.services {
+		snap.Services[i] = o.(*api.Service)
+	}
+	for i, o := range c.tasks {
+		snap.Tasks[i] = o.(*api.Task)
+	}
+	for i, o := range c.clusters {
+		snap.Clusters[i] = o.(*api.Cluster)
+	}
+	return proto.MarshalOptions{Deterministic: true}.Marshal(&snap)
 }
 
 // Restore replaces the whole state with a snapshot taken at log index idx.
@@ -491,7 +571,7 @@ func (s *Store) Restore(idx uint64, data []byte) error {
 	if err := proto.Unmarshal(data, &snap); err != nil {
 		return fmt.Errorf("state: decode snapshot: %w", err)
 	}
-	tables := newTables()
+	tables := newTables(nil)
 	for _, o := range snap.Nodes {
 		tables[KindNode].put(o)
 	}
@@ -506,6 +586,15 @@ func (s *Store) Restore(idx uint64, data []byte) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.chk != nil {
+		s.chk.retireAll()
+		for _, t := range tables {
+			t.chk = s.chk
+			for _, o := range t.objs {
+				s.chk.stored(t.kind, nil, o)
+			}
+		}
+	}
 	s.tables = tables
 	s.index = idx
 	s.pubMu.Lock()
@@ -517,12 +606,17 @@ func (s *Store) Restore(idx uint64, data []byte) error {
 	return nil
 }
 
-// Close closes every watcher. The store stays readable.
+// Close closes every watcher. The store stays readable. With
+// Config.CheckImmutable it also runs Verify and logs any violation at error
+// level.
 func (s *Store) Close() {
 	s.pubMu.Lock()
-	defer s.pubMu.Unlock()
 	for w := range s.watchers {
 		w.close(ErrStoreClosed)
 		delete(s.watchers, w)
+	}
+	s.pubMu.Unlock()
+	if err := s.Verify(); err != nil {
+		s.cfg.Logger.Error("state: stored objects were modified in place", "err", err)
 	}
 }

@@ -28,7 +28,7 @@ func task(id, service string, slot uint64, node string) *api.Task {
 }
 
 func TestCreateGetAndVersion(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
 	var got *api.Service
@@ -58,7 +58,7 @@ func TestCreateGetAndVersion(t *testing.T) {
 }
 
 func TestErrors(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
 	tests := []struct {
@@ -92,7 +92,7 @@ func TestErrors(t *testing.T) {
 func TestTransactionIsAtomicAtApply(t *testing.T) {
 	// Two transactions read the same version; the second to apply conflicts
 	// and none of its changes (including creates) become visible.
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
 	var stale *api.Service
@@ -116,7 +116,7 @@ func TestTransactionIsAtomicAtApply(t *testing.T) {
 func TestApplyChecksVersions(t *testing.T) {
 	// The apply path itself rejects stale versions, as a follower or a racing
 	// proposer would produce them.
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
 	req := &api.StoreRequest{Actions: []*api.StoreAction{{
@@ -135,7 +135,7 @@ func TestApplyChecksVersions(t *testing.T) {
 }
 
 func TestReadYourWritesInTx(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
 		for i := 1; i <= 3; i++ {
@@ -164,7 +164,7 @@ func TestReadYourWritesInTx(t *testing.T) {
 }
 
 func TestFindSelectors(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
 		for _, tk := range []*api.Task{task("a1", "sa", 1, "n1"), task("a2", "sa", 2, "n2"), task("b1", "sb", 1, "n1")} {
@@ -201,7 +201,7 @@ func TestFindSelectors(t *testing.T) {
 }
 
 func TestTaskStateNeverMovesBackward(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateTask(task("t1", "s", 1, "n")) }))
 	setState := func(st api.TaskState) {
@@ -224,7 +224,7 @@ func TestTaskStateNeverMovesBackward(t *testing.T) {
 }
 
 func TestWatchEvents(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	w := s.Watch(KindIs(KindTask))
 	defer w.Cancel()
@@ -263,7 +263,7 @@ func TestWatchEvents(t *testing.T) {
 }
 
 func TestViewAndWatchMissesNothing(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	const n = 300
 	var wg sync.WaitGroup
@@ -297,7 +297,7 @@ func TestViewAndWatchMissesNothing(t *testing.T) {
 }
 
 func TestWatchOverflowClosesWatcher(t *testing.T) {
-	s := NewInMemory(Config{WatchBuffer: 10})
+	s := newInMemory(t, Config{WatchBuffer: 10})
 	ctx := context.Background()
 	w := s.Watch()
 	defer w.Cancel()
@@ -312,7 +312,7 @@ func TestWatchOverflowClosesWatcher(t *testing.T) {
 }
 
 func TestSnapshotRestore(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
 		if err := tx.CreateService(svc("s1", "web")); err != nil {
@@ -334,7 +334,7 @@ func TestSnapshotRestore(t *testing.T) {
 	data, err := s.Snapshot()
 	require.NoError(t, err)
 
-	s2 := New(Config{})
+	s2 := newStore(t, Config{})
 	w := s2.Watch()
 	require.NoError(t, s2.Restore(s.Index(), data))
 	_, ok := <-w.C
@@ -356,13 +356,13 @@ func TestSnapshotRestore(t *testing.T) {
 }
 
 func TestNoLog(t *testing.T) {
-	s := New(Config{})
+	s := newStore(t, Config{})
 	err := s.Update(context.Background(), func(tx WriteTx) error { return tx.CreateNode(&api.Node{Id: "n"}) })
 	assert.ErrorIs(t, err, ErrNoLog)
 }
 
 func TestCloseEndsWatchers(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	w := s.Watch()
 	s.Close()
 	_, ok := <-w.C
@@ -384,7 +384,7 @@ func BenchmarkUpdateInMemory(b *testing.B) {
 }
 
 func TestWriteTxIndexesSeeOverlay(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
 		for i := 1; i <= 3; i++ {
@@ -426,7 +426,7 @@ func TestWriteTxIndexesSeeOverlay(t *testing.T) {
 func TestApplyRollsBackAFailedEntry(t *testing.T) {
 	// Two services with one name in one entry (as a buggy or malicious
 	// proposer could write it): the second fails and the first is undone.
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	require.NoError(t, s.Update(context.Background(), func(tx WriteTx) error { return tx.CreateNode(&api.Node{Id: "n"}) }))
 	req := &api.StoreRequest{Actions: []*api.StoreAction{
 		StoreAction(api.StoreAction_KIND_CREATE, svc("a", "web")),
@@ -452,7 +452,7 @@ func TestDuplicateEntryGetsTheFirstOutcome(t *testing.T) {
 	// A forwarded proposal retried after its connection broke can reach the
 	// log twice: the second copy must report the first one's outcome (not a
 	// conflict) and change nothing.
-	s := NewInMemory(Config{})
+	s := newInMemory(t, Config{})
 	ctx := context.Background()
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("s1", "web")) }))
 	var cur *api.Service

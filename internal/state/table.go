@@ -14,6 +14,8 @@ type table struct {
 	objs map[string]Object
 	defs []indexDef
 	idx  map[string]map[string]map[string]struct{} // index → key → IDs
+	// chk, when set (Config.CheckImmutable), records every object stored.
+	chk *immutChecker
 }
 
 func newTable(kind Kind, defs []indexDef) *table {
@@ -43,6 +45,9 @@ func (t *table) put(o Object) Object {
 		t.unindex(old)
 	}
 	t.objs[id] = o
+	if t.chk != nil {
+		t.chk.stored(t.kind, old, o)
+	}
 	for _, d := range t.defs {
 		if k, ok := d.key(o); ok {
 			set := t.idx[d.name][k]
@@ -62,6 +67,9 @@ func (t *table) del(id string) Object {
 	if old != nil {
 		t.unindex(old)
 		delete(t.objs, id)
+		if t.chk != nil {
+			t.chk.removed(t.kind, old)
+		}
 	}
 	return old
 }
@@ -104,6 +112,39 @@ func (t *table) candidates(b By, into map[string]struct{}) {
 	for id := range t.idx[b.index][b.arg] {
 		into[id] = struct{}{}
 	}
+}
+
+// selectIDs returns the IDs selected by b, sorted. A plain selector (no Or)
+// cannot name an object twice, so its IDs go straight into the slice; only
+// Or needs a set to merge its parts.
+func (t *table) selectIDs(b By) []string {
+	if b.or != nil {
+		set := map[string]struct{}{}
+		t.candidates(b, set)
+		return sortedIDs(set)
+	}
+	var ids []string
+	switch {
+	case b.index == indexID && !b.prefix:
+		if _, ok := t.objs[b.arg]; ok {
+			ids = []string{b.arg}
+		}
+	case b.index == indexID:
+		ids = make([]string, 0, len(t.objs))
+		for id := range t.objs {
+			if strings.HasPrefix(id, b.arg) {
+				ids = append(ids, id)
+			}
+		}
+	default:
+		set := t.idx[b.index][b.arg]
+		ids = make([]string, 0, len(set))
+		for id := range set {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 // matches reports whether object o is selected by b.

@@ -10,8 +10,10 @@ import (
 )
 
 // ReadTx reads a consistent snapshot of the store. Objects it returns are
-// copies: the caller may modify and keep them. A ReadTx must not be used after
-// the View or Update callback that received it returns.
+// copies the caller may modify and keep, except in a ViewShared callback,
+// where they are the stored objects and must not be modified at all. A
+// ReadTx must not be used after the View or Update callback that received it
+// returns.
 type ReadTx interface {
 	GetNode(id string) *api.Node
 	GetService(id string) *api.Service
@@ -52,10 +54,13 @@ type WriteTx interface {
 	DeleteCluster(id string) error
 }
 
-// readTx reads the store's tables; the View, ViewAndWatch or Update that
-// made it holds the store's read lock while it is used.
+// readTx reads the store's tables; the View, ViewShared, ViewAndWatch or
+// Update that made it holds the store's read lock while it is used. A shared
+// readTx (ViewShared) returns the stored objects themselves; the others
+// return copies.
 type readTx struct {
-	s *Store
+	s      *Store
+	shared bool
 }
 
 // lookup returns the stored object (shared: callers clone before returning it).
@@ -68,37 +73,46 @@ func clone(o Object) Object {
 	return proto.Clone(o).(Object)
 }
 
+// out returns what a read hands out: the stored object itself in a shared
+// view, else a copy.
+func (tx *readTx) out(o Object) Object {
+	if tx.shared {
+		return o
+	}
+	return clone(o)
+}
+
 func (tx *readTx) GetNode(id string) *api.Node {
-	o, _ := clone(tx.lookup(KindNode, id)).(*api.Node)
+	o, _ := tx.out(tx.lookup(KindNode, id)).(*api.Node)
 	return o
 }
 
 func (tx *readTx) GetService(id string) *api.Service {
-	o, _ := clone(tx.lookup(KindService, id)).(*api.Service)
+	o, _ := tx.out(tx.lookup(KindService, id)).(*api.Service)
 	return o
 }
 
 func (tx *readTx) GetTask(id string) *api.Task {
-	o, _ := clone(tx.lookup(KindTask, id)).(*api.Task)
+	o, _ := tx.out(tx.lookup(KindTask, id)).(*api.Task)
 	return o
 }
 
 func (tx *readTx) GetCluster(id string) *api.Cluster {
-	o, _ := clone(tx.lookup(KindCluster, id)).(*api.Cluster)
+	o, _ := tx.out(tx.lookup(KindCluster, id)).(*api.Cluster)
 	return o
 }
 
-// find returns copies of the selected stored objects, sorted by ID.
+// find returns the selected stored objects (copies unless shared), sorted by
+// ID.
 func (tx *readTx) find(kind Kind, by By) ([]Object, error) {
 	if err := by.check(kind.table()); err != nil {
 		return nil, err
 	}
 	t := tx.s.tables[kind]
-	set := map[string]struct{}{}
-	t.candidates(by, set)
-	out := make([]Object, 0, len(set))
-	for _, id := range sortedIDs(set) {
-		out = append(out, clone(t.get(id)))
+	ids := t.selectIDs(by)
+	out := make([]Object, len(ids))
+	for i, id := range ids {
+		out[i] = tx.out(t.get(id))
 	}
 	return out, nil
 }
