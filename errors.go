@@ -28,4 +28,7 @@ var (
 	ErrStopped = errdefs.ErrStopped
 	// ErrInvalidToken: the join token is malformed or was not accepted.
 	ErrInvalidToken = errdefs.ErrInvalidToken
+	// ErrTooLarge: the write is larger than one Raft log entry may be (8 MiB
+	// by default); nothing was written. Split it into smaller writes.
+	ErrTooLarge = errdefs.ErrTooLarge
 )

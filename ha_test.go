@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -275,4 +276,33 @@ func TestForceNewClusterFromOneSurvivor(t *testing.T) {
 	c.WaitFor("the survivor leads again", func() bool { return survivor.Shoal().IsLeader() })
 	_, err = survivor.Shoal().Client().GetService(ctx, "web")
 	require.NoError(t, err)
+}
+
+// A write of several MiB (beyond gRPC's default 4 MiB message) replicates to
+// every manager, through a follower too; one beyond the log's entry limit is
+// refused with ErrTooLarge and writes nothing.
+func TestLargeWritesReplicateAndOversizedAreRefused(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3})
+	ctx := ctxT(t)
+	f := follower(c)
+	require.NotNil(t, f)
+	big := func(name string, size int) shoal.ServiceSpec {
+		return shoal.ServiceSpec{Name: name, Task: shoal.TaskSpec{Command: []string{"x"},
+			Env: []string{"BLOB=" + strings.Repeat("b", size)}}}
+	}
+	svc, err := f.Shoal().Client().CreateService(ctx, big("five-mib", 5<<20))
+	require.NoError(t, err)
+	for _, m := range c.Managers() {
+		c.WaitFor("5 MiB service replicated to "+m.Name, func() bool {
+			s, err := m.Shoal().Client().GetService(ctx, "five-mib")
+			return err == nil && s.ID == svc.ID
+		})
+	}
+	for _, m := range []*shoaltest.Node{f, c.Leader()} {
+		_, err = m.Shoal().Client().CreateService(ctx, big("nine-mib", 9<<20))
+		require.ErrorIs(t, err, shoal.ErrTooLarge, "through %s", m.Name)
+		assert.Contains(t, err.Error(), "limit")
+	}
+	_, err = f.Shoal().Client().GetService(ctx, "nine-mib")
+	require.ErrorIs(t, err, shoal.ErrNotFound)
 }

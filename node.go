@@ -716,7 +716,10 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	n.ident = ident
 	n.mu.Unlock()
 
-	n.srv = grpc.NewServer(grpc.ChainUnaryInterceptor(n.gateUnary), grpc.ChainStreamInterceptor(n.gateStream))
+	// Raft messages carry entries of up to raftstore's MaxEntryBytes; the
+	// transport's limit leaves room for the message around the largest one.
+	n.srv = grpc.NewServer(grpc.MaxRecvMsgSize(transport.MaxMessageBytes),
+		grpc.ChainUnaryInterceptor(n.gateUnary), grpc.ChainStreamInterceptor(n.gateStream))
 	n.controlSvc.register(n.srv, &api.Control_ServiceDesc)
 	n.joinSvc.register(n.srv, &api.Join_ServiceDesc)
 	n.raftSvc.register(n.srv, &api.Raft_ServiceDesc)

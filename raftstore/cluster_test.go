@@ -22,6 +22,7 @@ type memNet struct {
 	nodes    map[uint64]*Node
 	isolated map[uint64]bool
 	queues   map[uint64]chan *pb.Message
+	snapsTo  map[uint64]int // MsgSnap messages sent, by destination
 	stop     chan struct{}
 	wg       sync.WaitGroup
 }
@@ -31,6 +32,7 @@ func newMemNet(t testing.TB, ids ...uint64) *memNet {
 		nodes:    map[uint64]*Node{},
 		isolated: map[uint64]bool{},
 		queues:   map[uint64]chan *pb.Message{},
+		snapsTo:  map[uint64]int{},
 		stop:     make(chan struct{}),
 	}
 	for _, id := range ids {
@@ -105,6 +107,12 @@ func (mn *memNet) setNode(id uint64, n *Node) {
 	mn.nodes[id] = n
 }
 
+func (mn *memNet) snapshotsSentTo(id uint64) int {
+	mn.mu.Lock()
+	defer mn.mu.Unlock()
+	return mn.snapsTo[id]
+}
+
 func (mn *memNet) isolate(id uint64, cut bool) {
 	mn.mu.Lock()
 	defer mn.mu.Unlock()
@@ -123,8 +131,16 @@ func (t memTransport) Send(msgs []*pb.Message) {
 		return
 	}
 	for _, m := range msgs {
+		if m.GetType() == pb.MsgSnap {
+			t.mn.snapsTo[m.GetTo()]++
+		}
 		q := t.mn.queues[m.GetTo()]
 		if q == nil || t.mn.isolated[m.GetTo()] {
+			// Like a real transport, a snapshot that cannot be delivered is reported as
+			// failed; otherwise the leader would wait for its outcome forever.
+			if from := t.mn.nodes[t.from]; m.GetType() == pb.MsgSnap && from != nil {
+				from.ReportSnapshot(m.GetTo(), false)
+			}
 			continue
 		}
 		// In-process delivery must copy: the receiver's raft may modify what it is given,
@@ -132,6 +148,9 @@ func (t memTransport) Send(msgs []*pb.Message) {
 		select {
 		case q <- proto.Clone(m).(*pb.Message):
 		default: // full: drop, raft retransmits
+			if from := t.mn.nodes[t.from]; m.GetType() == pb.MsgSnap && from != nil {
+				from.ReportSnapshot(m.GetTo(), false)
+			}
 		}
 	}
 }
@@ -144,6 +163,8 @@ type cluster struct {
 	nodes   map[uint64]*Node
 	tune    func(*Config)
 	forward bool // members forward proposals to the leader
+	// wrap, if set, wraps each member's chainSM into the StateMachine the node is given.
+	wrap func(id uint64, sm *chainSM) StateMachine
 
 	mu      sync.Mutex
 	changes map[uint64][][]uint64 // OnMembershipChange calls per member
@@ -154,12 +175,17 @@ func newCluster(t testing.TB, size int, tune func(*Config)) *cluster {
 }
 
 func newClusterOpts(t testing.TB, size int, forward bool, tune func(*Config)) *cluster {
+	return newClusterWrapped(t, size, forward, tune, nil)
+}
+
+func newClusterWrapped(t testing.TB, size int, forward bool, tune func(*Config),
+	wrap func(id uint64, sm *chainSM) StateMachine) *cluster {
 	var ids []uint64
 	for i := 1; i <= size; i++ {
 		ids = append(ids, uint64(i))
 	}
 	c := &cluster{t: t, net: newMemNet(t, ids...), dirs: map[uint64]string{}, sms: map[uint64]*chainSM{},
-		nodes: map[uint64]*Node{}, tune: tune, forward: forward, changes: map[uint64][][]uint64{}}
+		nodes: map[uint64]*Node{}, tune: tune, forward: forward, changes: map[uint64][][]uint64{}, wrap: wrap}
 	for _, id := range ids {
 		c.dirs[id] = t.TempDir()
 	}
@@ -189,7 +215,11 @@ func (c *cluster) membershipChanges(id uint64) [][]uint64 {
 
 func (c *cluster) startWith(id uint64, set func(*Config)) {
 	sm := &chainSM{}
-	cfg := testConfig(c.t, c.dirs[id], sm)
+	var smi StateMachine = sm
+	if c.wrap != nil {
+		smi = c.wrap(id, sm)
+	}
+	cfg := testConfig(c.t, c.dirs[id], smi)
 	cfg.ID = id
 	cfg.Transport = c.net.transport(id)
 	cfg.UnsafeNoFsync = true

@@ -32,6 +32,27 @@ type StateMachine interface {
 	Restore(idx uint64, data []byte) error
 }
 
+// SnapshotCapturer is an optional StateMachine extension: the raft loop calls CaptureSnapshot
+// right after applying entries, and it must be cheap (a copy of references to immutable
+// state); the function it returns encodes the captured state and runs on another goroutine,
+// concurrently with later Apply calls (and with Restore, when a member receives a snapshot from
+// the leader meanwhile).
+//
+// With it, a snapshot never stalls the raft loop (heartbeats, commits) for the time it takes
+// to encode a large state: the loop captures at the applied index, the encoder runs in the
+// background (at most one at a time), and the loop stores the result as the snapshot at the
+// captured index once it is ready. A StateMachine without it is snapshotted synchronously, on
+// the loop, with Snapshot. An encoder error is logged and counted (Stats.SnapshotFailures) and
+// the snapshot is tried again later; it does not stop the node. Node.Stop waits for a running
+// encoder to return.
+type SnapshotCapturer interface {
+	// CaptureSnapshot is called on the raft loop, between Apply calls, and must return
+	// quickly. The returned function is called once, on another goroutine, and returns the
+	// state as of the capture, in the form Restore accepts. The returned slice must not be
+	// modified afterwards.
+	CaptureSnapshot() func() ([]byte, error)
+}
+
 // Transport delivers raft messages to other members. It is only needed when the cluster has more
 // than one member; a nil Transport means a single member with no network.
 type Transport interface {
@@ -115,6 +136,11 @@ type Config struct {
 	MaxSizePerMsg uint64
 	// MaxInflightMsgs caps the append messages in flight to one follower.
 	MaxInflightMsgs int
+	// MaxEntryBytes is the largest data Propose accepts for one entry; larger data fails with
+	// ErrEntryTooLarge before anything enters the log. Every member must be able to receive
+	// an append message carrying one such entry, so it must stay below the transport's message
+	// size limit (raftstore/transport.MaxMessageBytes, with room for the message's overhead).
+	MaxEntryBytes int
 	// MaxProposalBatch caps how many queued proposals the loop takes into one Ready, i.e. into
 	// one fsync.
 	MaxProposalBatch int
@@ -148,6 +174,12 @@ func DefaultConfig() Config {
 		// 256 in-flight appends pipeline replication over a high-latency link; with
 		// MaxSizePerMsg this bounds per-follower buffering to 256 MiB in the worst case.
 		MaxInflightMsgs: 256,
+		// 8 MiB: half of the raft transport's 16 MiB message limit, so one entry of this size
+		// plus its message and batch framing always fits a single gRPC message and replicates
+		// (an entry the transport cannot carry would commit on the leader and never reach the
+		// followers), while leaving ample room for the orchestrator's batched writes, which
+		// are a few hundred KB at most.
+		MaxEntryBytes: 8 << 20,
 		// 4096 proposals per fsync is far more than a batch ever reaches in practice; the cap
 		// only keeps one Ready (and its memory) bounded under a flood of writes.
 		MaxProposalBatch: 4096,
@@ -219,6 +251,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxInflightMsgs <= 0 {
 		bad("MaxInflightMsgs", "must be positive")
+	}
+	if c.MaxEntryBytes <= 0 {
+		bad("MaxEntryBytes", "must be positive")
 	}
 	if c.MaxProposalBatch <= 0 {
 		bad("MaxProposalBatch", "must be positive")

@@ -34,6 +34,18 @@
 // the StateMachine and deletes log entries older than Config.SnapshotCatchUpEntries before the
 // snapshot, so the file does not grow with the number of writes.
 //
+// Encoding a large state takes time. A StateMachine that also implements SnapshotCapturer is
+// snapshotted in the background: the loop only captures the state (cheaply, by reference to
+// immutable data) and keeps committing and applying while another goroutine encodes it; the
+// loop then saves the snapshot at the captured index and compacts. At most one encoding runs at
+// a time, a failed one is retried later, and Stop waits for a running one.
+//
+// # Entry size
+//
+// Propose refuses data longer than Config.MaxEntryBytes (8 MiB by default) with
+// ErrEntryTooLarge, before anything enters the log: every member must be able to receive the
+// entry, and raftstore/transport carries messages of up to transport.MaxMessageBytes (16 MiB).
+//
 // A crash loses at most the transaction being written (bbolt is transactional). A file that
 // cannot be read as a raftstore log makes Start fail with an error wrapping ErrCorrupt that names
 // the file.

@@ -22,6 +22,10 @@ var (
 	// entry was in flight. The outcome is unknown: the new leader may still commit the entry.
 	// When no new leader was known at that moment, the error also wraps a QuorumError.
 	ErrLeadershipLost = errors.New("raftstore: leadership lost while proposing; outcome unknown")
+	// ErrEntryTooLarge is matched (errors.Is) by the error Propose returns for data longer
+	// than Config.MaxEntryBytes; the message names the size and the limit. Nothing was
+	// proposed. Split the write, or raise the limit on every member.
+	ErrEntryTooLarge = fmt.Errorf("raftstore: entry %w", errdefs.ErrTooLarge)
 	// ErrCorrupt is wrapped by errors about a database file that cannot be read as a raftstore
 	// log (damaged, truncated, or not a raftstore file). The message names the file.
 	ErrCorrupt = errors.New("database corrupt")

@@ -2,9 +2,14 @@ package raftstore_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/shoalhq/shoal/raftstore"
 )
@@ -237,4 +242,81 @@ func ExampleConfig_forceNewCluster() {
 	fmt.Println("members:", len(ms), "voter:", ms[0].ID, "total:", sm.total)
 	// Output:
 	// members: 1 voter: 1 total: 42
+}
+
+// kv is a StateMachine whose state is an immutable map, replaced (copied) on every write, so
+// CaptureSnapshot only keeps a reference; encoding happens off the raft loop.
+type kv struct {
+	mu    sync.Mutex
+	state map[string]string // never modified once published; Apply publishes a new map
+}
+
+func (s *kv) Apply(_ uint64, data []byte) any {
+	k, v, _ := strings.Cut(string(data), "=")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := maps.Clone(s.state)
+	if next == nil {
+		next = map[string]string{}
+	}
+	next[k] = v
+	s.state = next
+	return nil
+}
+
+func (s *kv) Snapshot() ([]byte, error) { return s.CaptureSnapshot()() }
+
+// CaptureSnapshot takes a reference to the current map: O(1) on the raft loop.
+func (s *kv) CaptureSnapshot() func() ([]byte, error) {
+	s.mu.Lock()
+	state := s.state
+	s.mu.Unlock()
+	return func() ([]byte, error) { return json.Marshal(state) } // runs in the background
+}
+
+func (s *kv) Restore(_ uint64, data []byte) error {
+	state := map[string]string{}
+	if err := json.Unmarshal(data, &state); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state = state
+	return nil
+}
+
+var _ raftstore.SnapshotCapturer = (*kv)(nil)
+
+// A StateMachine that implements SnapshotCapturer is snapshotted in the background: the raft
+// loop goes on committing while a large state is encoded.
+func ExampleSnapshotCapturer() {
+	dir, err := os.MkdirTemp("", "raftstore-example")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	cfg := raftstore.DefaultConfig()
+	cfg.ID, cfg.Dir, cfg.StateMachine = 1, dir, &kv{}
+	cfg.SnapshotInterval = 100
+	n, err := raftstore.New(cfg)
+	if err != nil {
+		panic(err)
+	}
+	if err := n.Start(ctx); err != nil {
+		panic(err)
+	}
+	defer n.Stop(ctx)
+	<-n.Ready()
+	for i := range 250 {
+		if _, err := n.Propose(ctx, fmt.Appendf(nil, "key%d=%d", i%10, i)); err != nil {
+			panic(err)
+		}
+	}
+	for n.Stats().Snapshots < 2 { // background snapshots land shortly after they are due
+		time.Sleep(time.Millisecond)
+	}
+	fmt.Println("snapshots taken:", n.Stats().Snapshots >= 2)
+	// Output:
+	// snapshots taken: true
 }

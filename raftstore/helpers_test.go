@@ -61,13 +61,18 @@ func (s *listSM) Apply(idx uint64, data []byte) any {
 func (s *listSM) Snapshot() ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return encodeList(s.lastIdx, s.items), nil
+}
+
+// encodeList is listSM's snapshot format: the last applied index, then the items.
+func encodeList(lastIdx uint64, items [][]byte) []byte {
 	var out []byte
-	out = binary.BigEndian.AppendUint64(out, s.lastIdx)
-	for _, it := range s.items {
+	out = binary.BigEndian.AppendUint64(out, lastIdx)
+	for _, it := range items {
 		out = binary.AppendUvarint(out, uint64(len(it)))
 		out = append(out, it...)
 	}
-	return out, nil
+	return out
 }
 
 func (s *listSM) Restore(idx uint64, data []byte) error {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -23,8 +24,17 @@ type Stats struct {
 	// AppliedEntries is the number of committed entries applied (including empty and
 	// configuration entries), counting replay at Start.
 	AppliedEntries uint64
-	// Snapshots is the number of snapshots taken locally.
+	// Snapshots is the number of snapshots taken locally: created and durably saved.
 	Snapshots uint64
+	// SnapshotFailures is the number of snapshot encodings (SnapshotCapturer encoders) that
+	// returned an error; each is retried later.
+	SnapshotFailures uint64
+	// SnapshotsDiscarded is the number of background snapshots thrown away when they were
+	// ready because a newer snapshot (received from the leader) had been applied meanwhile.
+	SnapshotsDiscarded uint64
+	// SnapshotEncodeTime is the total time spent encoding snapshots: in StateMachine.Snapshot
+	// on the raft loop, or in SnapshotCapturer encoders in the background.
+	SnapshotEncodeTime time.Duration
 	// Forwarded is the number of Propose calls this member forwarded to the leader.
 	Forwarded uint64
 	// ReadBarriers is the number of ReadBarrier calls; ReadRounds the number of raft ReadIndex
@@ -36,19 +46,23 @@ type Stats struct {
 type counters struct {
 	proposals, readies, dbCommits, fsyncs, applied, snapshots, forwarded atomic.Uint64
 	readBarriers, readRounds                                             atomic.Uint64
+	snapFailures, snapDiscarded, snapEncodeNanos                         atomic.Uint64
 }
 
 func (c *counters) stats() Stats {
 	return Stats{
-		Proposals:      c.proposals.Load(),
-		Readies:        c.readies.Load(),
-		DBCommits:      c.dbCommits.Load(),
-		Fsyncs:         c.fsyncs.Load(),
-		AppliedEntries: c.applied.Load(),
-		Snapshots:      c.snapshots.Load(),
-		Forwarded:      c.forwarded.Load(),
-		ReadBarriers:   c.readBarriers.Load(),
-		ReadRounds:     c.readRounds.Load(),
+		Proposals:          c.proposals.Load(),
+		Readies:            c.readies.Load(),
+		DBCommits:          c.dbCommits.Load(),
+		Fsyncs:             c.fsyncs.Load(),
+		AppliedEntries:     c.applied.Load(),
+		Snapshots:          c.snapshots.Load(),
+		SnapshotFailures:   c.snapFailures.Load(),
+		SnapshotsDiscarded: c.snapDiscarded.Load(),
+		SnapshotEncodeTime: time.Duration(c.snapEncodeNanos.Load()),
+		Forwarded:          c.forwarded.Load(),
+		ReadBarriers:       c.readBarriers.Load(),
+		ReadRounds:         c.readRounds.Load(),
 	}
 }
 
@@ -82,6 +96,12 @@ func newMetrics(n *Node, reg prometheus.Registerer) (*metrics, error) {
 		counter("readies_total", "Raft Ready batches processed.", &n.ctr.readies),
 		counter("applied_entries_total", "Committed entries applied.", &n.ctr.applied),
 		counter("snapshots_total", "Snapshots taken by this member.", &n.ctr.snapshots),
+		counter("snapshot_failures_total", "Snapshot encodings that failed (retried later).", &n.ctr.snapFailures),
+		counter("snapshots_discarded_total", "Background snapshots discarded because a newer received snapshot was applied.", &n.ctr.snapDiscarded),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "shoal", Subsystem: "raft", Name: "snapshot_encode_seconds_total", ConstLabels: labels,
+			Help: "Time spent encoding snapshots (on the raft loop or in the background).",
+		}, func() float64 { return time.Duration(n.ctr.snapEncodeNanos.Load()).Seconds() }),
 		counter("read_barriers_total", "ReadBarrier calls (linearizable reads) on this member.", &n.ctr.readBarriers),
 		counter("read_rounds_total", "Raft ReadIndex rounds started for ReadBarrier calls.", &n.ctr.readRounds),
 		gauge("applied_index", "Index of the last applied log entry.", func() float64 { return float64(n.applied.Load()) }),

@@ -104,6 +104,33 @@ type Node struct {
 	readApplying []*readRound
 	// noLeaderTicks counts the ticks since a leader was last known.
 	noLeaderTicks uint64
+
+	// Background snapshots, when the StateMachine is a SnapshotCapturer (capturer non-nil).
+	// At most one encoder runs (snapRunning); it sends its result on snapc (buffered, so it
+	// never blocks) and the loop stores it. snapWG lets the loop's exit wait for it.
+	capturer SnapshotCapturer
+	snapc    chan snapResult
+	snapWG   sync.WaitGroup
+	// snapRunning: an encoder is running; snapRunningForMember: it was started for a member
+	// added after the latest snapshot (snapForNewMember).
+	snapRunning          bool
+	snapRunningForMember bool
+	// After a failed encoding, periodic snapshots count SnapshotInterval from snapFailIdx (the
+	// failed capture's index) and a new member's snapshot waits for tick snapRetryTick.
+	snapFailIdx   uint64
+	snapRetryTick uint64
+	// snapHeld counts the times raft asked for a snapshot to send and was told to wait.
+	snapHeld uint64
+}
+
+// snapResult is a background snapshot encoder's outcome for the state captured at index, with
+// the configuration as of that index.
+type snapResult struct {
+	index     uint64
+	conf      *pb.ConfState
+	data      []byte
+	err       error
+	forMember bool
 }
 
 type proposal struct {
@@ -140,7 +167,9 @@ func New(cfg Config) (*Node, error) {
 		subs:    make(map[*subscription]struct{}),
 		leadCh:  make(chan struct{}),
 		confSem: make(chan struct{}, 1),
+		snapc:   make(chan snapResult, 1),
 	}
+	n.capturer, _ = cfg.StateMachine.(SnapshotCapturer)
 	return n, nil
 }
 
@@ -267,7 +296,7 @@ func (n *Node) restore(ctx context.Context, st *loadedState) (err error) {
 		ID:              n.cfg.ID,
 		ElectionTick:    n.cfg.ElectionTick,
 		HeartbeatTick:   n.cfg.HeartbeatTick,
-		Storage:         n.ms,
+		Storage:         raftStorage{MemoryStorage: n.ms, n: n},
 		Applied:         n.appliedIdx,
 		MaxSizePerMsg:   n.cfg.MaxSizePerMsg,
 		MaxInflightMsgs: n.cfg.MaxInflightMsgs,
@@ -361,7 +390,13 @@ func (n *Node) Path() string { return filepath.Join(n.cfg.Dir, DBFileName) }
 // still commit and be applied later, without anyone receiving the result. Likewise an entry in
 // flight when Stop is called may have been persisted and will then be applied after the next
 // Start. data is copied; the caller may reuse it.
+//
+// Data longer than Config.MaxEntryBytes is refused at once with an error matching
+// ErrEntryTooLarge (on a follower too, before forwarding): nothing is proposed.
 func (n *Node) Propose(ctx context.Context, data []byte) (any, error) {
+	if err := n.checkEntrySize(data); err != nil {
+		return nil, err
+	}
 	if err := n.waitReady(ctx); err != nil {
 		return nil, err
 	}
@@ -407,10 +442,23 @@ func (n *Node) Propose(ctx context.Context, data []byte) (any, error) {
 // ErrNotLeader at once. The receiving side of a Forwarder uses it, so that a forwarded entry is
 // never forwarded again.
 func (n *Node) ProposeOnLeader(ctx context.Context, data []byte) (any, error) {
+	if err := n.checkEntrySize(data); err != nil {
+		return nil, err
+	}
 	if err := n.waitReady(ctx); err != nil {
 		return nil, err
 	}
 	return n.proposeLocal(ctx, data)
+}
+
+// checkEntrySize refuses data longer than Config.MaxEntryBytes: an entry the transport could
+// not carry would commit on the leader and never replicate.
+func (n *Node) checkEntrySize(data []byte) error {
+	if len(data) > n.cfg.MaxEntryBytes {
+		return fmt.Errorf("%w: %d bytes exceeds the limit of %d bytes (Config.MaxEntryBytes)",
+			ErrEntryTooLarge, len(data), n.cfg.MaxEntryBytes)
+	}
+	return nil
 }
 
 // waitReady returns nil once Ready is closed, or ErrStopped or ctx.Err().
@@ -684,7 +732,9 @@ func (n *Node) failWaiters(err error) {
 // election timeout for a new leader; that is best effort and takes at most two election
 // timeouts (or until ctx ends). Stop then waits for the loop to exit, bounded by ctx; if ctx
 // ends first (a StateMachine call is stuck), Stop returns ctx.Err() and the loop closes the
-// database when that call returns. Pending Propose calls return ErrStopped.
+// database when that call returns. A background snapshot encoder (SnapshotCapturer) that is
+// running is waited for the same way: Done is closed only after it returned, and its result is
+// dropped. Pending Propose calls return ErrStopped.
 func (n *Node) Stop(ctx context.Context) error {
 	n.mu.Lock()
 	if !n.started {
@@ -798,6 +848,12 @@ func (n *Node) run() {
 			n.startReadRound(reqs)
 		case f := <-n.opc:
 			f()
+		case r := <-n.snapc:
+			if err := n.landSnapshot(r); err != nil {
+				loopErr = err
+				return
+			}
+			n.startSnapshotIfDue()
 		}
 	}
 }
@@ -1139,7 +1195,21 @@ func quorumOf(voters []uint64, reachable map[uint64]bool) *QuorumError {
 // It also snapshots right after a member was added while the log is compacted: raft sends the
 // latest snapshot to a member that needs one, and a member refuses a snapshot whose
 // configuration does not include it, so the snapshot must postdate the addition.
+//
+// A StateMachine that is a SnapshotCapturer is snapshotted in the background (see
+// startSnapshotIfDue); any other is encoded here, on the loop.
 func (n *Node) maybeSnapshot() error {
+	if n.capturer != nil {
+		select {
+		case r := <-n.snapc:
+			if err := n.landSnapshot(r); err != nil {
+				return err
+			}
+		default:
+		}
+		n.startSnapshotIfDue()
+		return nil
+	}
 	due := n.appliedIdx-n.snapIndex >= n.cfg.SnapshotInterval
 	if n.snapForNewMember && n.appliedIdx > n.snapIndex {
 		due = true
@@ -1148,17 +1218,100 @@ func (n *Node) maybeSnapshot() error {
 		return nil
 	}
 	n.snapForNewMember = false
+	start := time.Now()
 	data, err := n.cfg.StateMachine.Snapshot()
+	n.ctr.snapEncodeNanos.Add(uint64(time.Since(start)))
 	if err != nil {
 		return fmt.Errorf("raftstore: StateMachine.Snapshot at index %d: %w", n.appliedIdx, err)
 	}
-	snap, err := n.ms.CreateSnapshot(n.appliedIdx, n.confState, data)
+	return n.saveSnapshot(n.appliedIdx, n.confState, data)
+}
+
+// startSnapshotIfDue starts a background snapshot of a SnapshotCapturer when one is due and
+// none is running: it captures the state at the applied index on the loop and encodes it on
+// another goroutine, whose result the loop stores with landSnapshot.
+//
+// After a failed encoding, the periodic snapshot is due again SnapshotInterval entries after
+// the failed one's index, and a new member's snapshot is retried from the next tick on (the
+// member needs it to join; raft holds snapshots back for it meanwhile, see raftStorage).
+func (n *Node) startSnapshotIfDue() {
+	if n.capturer == nil || n.snapRunning {
+		return
+	}
+	due := n.appliedIdx-max(n.snapIndex, n.snapFailIdx) >= n.cfg.SnapshotInterval
+	forMember := n.snapForNewMember && n.appliedIdx > n.snapIndex
+	if forMember && n.ticks >= n.snapRetryTick {
+		due = true
+	}
+	if !due {
+		return
+	}
+	n.snapForNewMember = false
+	r := snapResult{index: n.appliedIdx, conf: proto.Clone(n.confState).(*pb.ConfState), forMember: forMember}
+	encode := n.capturer.CaptureSnapshot()
+	if encode == nil {
+		r.err = errors.New("CaptureSnapshot returned a nil encoder")
+		n.snapRunning, n.snapRunningForMember = true, forMember
+		n.snapc <- r // buffered and empty: no encoder is running
+		return
+	}
+	n.snapRunning, n.snapRunningForMember = true, forMember
+	n.logger.Debug("snapshot captured; encoding in the background", "index", r.index, "for_new_member", forMember)
+	n.snapWG.Go(func() {
+		start := time.Now()
+		r.data, r.err = runEncoder(encode)
+		n.ctr.snapEncodeNanos.Add(uint64(time.Since(start)))
+		n.snapc <- r
+	})
+}
+
+// runEncoder calls a SnapshotCapturer's encoder, turning a panic into an error: the encoder
+// runs off the loop, where a panic would take the whole process down.
+func runEncoder(encode func() ([]byte, error)) (data []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			data, err = nil, fmt.Errorf("snapshot encoder panicked: %v", p)
+		}
+	}()
+	return encode()
+}
+
+// landSnapshot stores a background snapshot's result, on the loop: as the raft snapshot at its
+// captured index, unless the encoder failed (logged, counted, retried later) or a newer
+// snapshot, received from the leader, was applied while it was encoding (discarded).
+func (n *Node) landSnapshot(r snapResult) error {
+	n.snapRunning, n.snapRunningForMember = false, false
+	if r.err != nil {
+		n.ctr.snapFailures.Add(1)
+		n.snapFailIdx = max(n.snapFailIdx, r.index)
+		n.snapRetryTick = n.ticks + 1
+		if r.forMember {
+			n.snapForNewMember = true
+		}
+		n.logger.Error("snapshot encoding failed; will retry", "index", r.index, "err", r.err)
+		return nil
+	}
+	if r.index <= n.snapIndex {
+		// The state machine was restored from a newer snapshot meanwhile (whose configuration
+		// includes any member added before r.index).
+		n.ctr.snapDiscarded.Add(1)
+		n.logger.Debug("background snapshot discarded: a newer snapshot was applied while it was encoding",
+			"index", r.index, "snapshot_index", n.snapIndex)
+		return nil
+	}
+	return n.saveSnapshot(r.index, r.conf, r.data)
+}
+
+// saveSnapshot makes data, the state at applied index idx with configuration cs, the raft
+// snapshot, saves it durably and compacts the log to SnapshotCatchUpEntries before idx.
+func (n *Node) saveSnapshot(idx uint64, cs *pb.ConfState, data []byte) error {
+	snap, err := n.ms.CreateSnapshot(idx, cs, data)
 	if err != nil {
-		return fmt.Errorf("raftstore: creating snapshot at index %d: %w", n.appliedIdx, err)
+		return fmt.Errorf("raftstore: creating snapshot at index %d: %w", idx, err)
 	}
 	var compact uint64
-	if n.appliedIdx > n.cfg.SnapshotCatchUpEntries {
-		compact = n.appliedIdx - n.cfg.SnapshotCatchUpEntries
+	if idx > n.cfg.SnapshotCatchUpEntries {
+		compact = idx - n.cfg.SnapshotCatchUpEntries
 	}
 	if err := n.disk.saveSnapshot(snap, compact); err != nil {
 		return err
@@ -1172,10 +1325,28 @@ func (n *Node) maybeSnapshot() error {
 			return fmt.Errorf("raftstore: compacting log to %d: %w", compact, err)
 		}
 	}
-	n.snapIndex = n.appliedIdx
+	n.snapIndex = idx
 	n.ctr.snapshots.Add(1)
-	n.logger.Debug("snapshot taken", "index", n.appliedIdx, "compacted_to", compact, "bytes", len(data))
+	n.logger.Debug("snapshot taken", "index", idx, "compacted_to", compact, "bytes", len(data))
 	return nil
+}
+
+// raftStorage is the raft.Storage the RawNode reads: the MemoryStorage, except that while a
+// member added after the latest snapshot waits for a newer one (being encoded in the
+// background), Snapshot says it is temporarily unavailable. Raft then retries later instead of
+// sending the old snapshot, which the new member would refuse since its configuration does not
+// include it. Raft calls it only from the loop goroutine.
+type raftStorage struct {
+	*raft.MemoryStorage
+	n *Node
+}
+
+func (s raftStorage) Snapshot() (*pb.Snapshot, error) {
+	if s.n.capturer != nil && (s.n.snapForNewMember || s.n.snapRunningForMember) {
+		s.n.snapHeld++
+		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return s.MemoryStorage.Snapshot()
 }
 
 // finish runs on the loop goroutine as it exits.
@@ -1191,6 +1362,12 @@ func (n *Node) finish(loopErr error) {
 	if err := n.disk.close(); err != nil && loopErr == nil {
 		loopErr = err
 	}
+	if n.snapRunning {
+		n.logger.Info("waiting for the background snapshot encoder to return")
+	}
+	// An encoder still running is waited for (Stop returns only after it): no goroutine
+	// outlives the node. Its result is dropped.
+	n.snapWG.Wait()
 	n.mu.Lock()
 	n.stopping = true
 	if n.err == nil {

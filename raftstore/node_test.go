@@ -42,6 +42,7 @@ func TestConfigValidation(t *testing.T) {
 		{"MaxSizePerMsg", func(c *Config) { c.MaxSizePerMsg = 0 }},
 		{"MaxInflightMsgs", func(c *Config) { c.MaxInflightMsgs = 0 }},
 		{"MaxProposalBatch", func(c *Config) { c.MaxProposalBatch = -1 }},
+		{"MaxEntryBytes", func(c *Config) { c.MaxEntryBytes = 0 }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.field, func(t *testing.T) {
@@ -435,7 +436,9 @@ func TestMetricsRegistered(t *testing.T) {
 	_, err := n.ReadBarrier(context.Background())
 	require.NoError(t, err)
 	values := gather(t, reg)
-	assert.Len(t, values, 10)
+	assert.Len(t, values, 13)
+	assert.Contains(t, values, "shoal_raft_snapshot_failures_total")
+	assert.Contains(t, values, "shoal_raft_snapshots_discarded_total")
 	assert.Equal(t, 1.0, values["shoal_raft_read_barriers_total"])
 	assert.Equal(t, 1.0, values["shoal_raft_read_rounds_total"])
 	assert.Equal(t, 3.0, values["shoal_raft_proposals_total"])

@@ -24,4 +24,6 @@ var (
 	ErrNoQuorum = errors.New("no quorum")
 	// ErrInvalidToken: the join token is malformed or not accepted.
 	ErrInvalidToken = errors.New("invalid join token")
+	// ErrTooLarge: a write is larger than the replicated log accepts.
+	ErrTooLarge = errors.New("too large")
 )

@@ -23,6 +23,7 @@ var codeOf = []struct {
 	{ErrNotLeader, codes.Unavailable},
 	{ErrNotManager, codes.FailedPrecondition},
 	{ErrStopped, codes.Unavailable},
+	{ErrTooLarge, codes.ResourceExhausted},
 }
 
 // ToGRPC converts an error to a gRPC status error that keeps its message and

@@ -14,6 +14,18 @@ import (
 	"google.golang.org/grpc"
 )
 
+// MaxMessageBytes is the largest gRPC message the transport sends or accepts on its client
+// side (grpc.MaxCallSendMsgSize and grpc.MaxCallRecvMsgSize on every peer connection): a batch
+// of raft messages, a snapshot chunk, a forwarded proposal. It is 16 MiB, twice raftstore's
+// default Config.MaxEntryBytes (8 MiB), so an append message carrying one entry of the maximum
+// size, with its message and batch framing (a few dozen bytes), always fits, and so does a
+// forwarded proposal of that size.
+//
+// The gRPC server the transport is registered on must accept it too: create it with
+// grpc.MaxRecvMsgSize(transport.MaxMessageBytes), since gRPC's default receive limit (4 MiB)
+// is smaller than the largest entry. raftstore.Config.MaxEntryBytes must stay below it.
+const MaxMessageBytes = 16 << 20
+
 // Config configures a Transport. Start from DefaultConfig and set ID.
 type Config struct {
 	// ID is the local member's raft ID. Outgoing batches carry it, and incoming messages
@@ -66,8 +78,9 @@ func DefaultConfig() Config {
 		// 64 messages per batch amortise the per-message gRPC cost under load while one batch
 		// never waits for more than what is already queued.
 		BatchSize: 64,
-		// 2 MiB keeps every batch at half of gRPC's default 4 MiB receive limit, with room for
-		// one default-sized (1 MiB) append plus smaller messages.
+		// 2 MiB keeps every batch far below MaxMessageBytes (and even half of gRPC's default
+		// 4 MiB limit), with room for one default-sized (1 MiB) append plus smaller messages;
+		// a bigger single message (one large entry) is sent alone.
 		MaxBatchBytes: 2 << 20,
 		// 1 MiB chunks are far below gRPC's default 4 MiB message limit, so a snapshot of any
 		// size fits, while being large enough that per-chunk overhead is negligible.
@@ -105,9 +118,13 @@ func (c *Config) validate() error {
 	}
 	if c.MaxBatchBytes <= 0 {
 		bad("MaxBatchBytes", "must be positive")
+	} else if c.MaxBatchBytes > MaxMessageBytes/2 {
+		bad("MaxBatchBytes", fmt.Sprintf("must be at most %d (half of MaxMessageBytes, leaving room for framing)", MaxMessageBytes/2))
 	}
 	if c.ChunkSize <= 0 {
 		bad("ChunkSize", "must be positive")
+	} else if c.ChunkSize > MaxMessageBytes/2 {
+		bad("ChunkSize", fmt.Sprintf("must be at most %d (half of MaxMessageBytes, leaving room for framing)", MaxMessageBytes/2))
 	}
 	if c.MaxSnapshotSize == 0 {
 		bad("MaxSnapshotSize", "must be positive")

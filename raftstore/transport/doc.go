@@ -7,7 +7,7 @@
 //	cfg := transport.DefaultConfig()
 //	cfg.ID = 1
 //	tr, err := transport.New(cfg) // validates only
-//	tr.Register(grpcServer)       // the manager's one gRPC server
+//	tr.Register(grpcServer)       // created with grpc.MaxRecvMsgSize(transport.MaxMessageBytes)
 //	err = tr.AddPeer(2, "10.0.0.2:4242")
 //	err = tr.Start(ctx)
 //	node, err := raftstore.New(raftstore.Config{..., Transport: tr, Forwarder: tr})
@@ -26,6 +26,14 @@
 // is reported unreachable, and the sender reconnects after a backoff that doubles from
 // Config.MinBackoff to Config.MaxBackoff. The receiving side hands messages to Local.Step in
 // order; messages addressed to another raft ID (a stale address) are dropped.
+//
+// # Message size
+//
+// Peer connections send and accept gRPC messages of up to MaxMessageBytes (16 MiB), so an
+// append carrying one entry of raftstore's default MaxEntryBytes (8 MiB), or a forwarded
+// proposal of that size, fits in one message. The gRPC server must accept as much: create it
+// with grpc.MaxRecvMsgSize(transport.MaxMessageBytes). A raft message too large even for that
+// is dropped and logged alone, without breaking the stream it would have been sent on.
 //
 // # Snapshots
 //

@@ -37,7 +37,7 @@ func Example() {
 		if err != nil {
 			panic(err)
 		}
-		srv := grpc.NewServer()
+		srv := grpc.NewServer(grpc.MaxRecvMsgSize(transport.MaxMessageBytes))
 		tr.Register(srv)
 		go func() { _ = srv.Serve(lis) }()
 		defer srv.Stop()

@@ -126,7 +126,7 @@ func startMember(t testing.TB, cfg Config) *member {
 	require.NoError(t, err)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	m := &member{tr: tr, srv: grpc.NewServer(), addr: lis.Addr().String(), done: make(chan struct{})}
+	m := &member{tr: tr, srv: grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes)), addr: lis.Addr().String(), done: make(chan struct{})}
 	tr.Register(m.srv)
 	go func() {
 		defer close(m.done)

@@ -148,6 +148,12 @@ func (p *peer) run() {
 			if err != nil {
 				t.logger.Error("cannot encode raft message; dropped", "to", p.id, "type", pending.GetType().String(), "err", err)
 				t.stats.dropped.Add(1)
+			} else if len(b) > maxBatchPayload {
+				// It could never be delivered, and sending it would only break the stream (and
+				// the messages batched with it) over and over.
+				t.logger.Error("raft message larger than the transport's message limit; dropped (is raftstore's MaxEntryBytes above transport.MaxMessageBytes?)",
+					"to", p.id, "type", pending.GetType().String(), "bytes", len(b), "limit", MaxMessageBytes)
+				t.stats.dropped.Add(1)
 			} else if len(batch) > 0 && size+len(b) > t.cfg.MaxBatchBytes {
 				break // pending starts the next batch
 			} else {
@@ -213,6 +219,10 @@ func (p *peer) run() {
 		backoff = min(2*backoff, t.cfg.MaxBackoff)
 	}
 }
+
+// maxBatchPayload is the largest encoded raft message that fits a RaftMessageBatch within
+// MaxMessageBytes, with room for the batch's own framing (sender ID and length prefixes).
+const maxBatchPayload = MaxMessageBytes - 64
 
 // openMessages opens a Messages stream; cancel ends it. On error cancel is a no-op.
 func (p *peer) openMessages() (grpc.ClientStreamingClient[api.RaftMessageBatch, api.RaftAck], context.CancelFunc, error) {

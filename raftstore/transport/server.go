@@ -319,6 +319,10 @@ func responseError(resp *api.ProposeResponse) error {
 		return nil
 	}
 	msg := resp.GetErrorMessage()
+	if strings.Contains(msg, raftstore.ErrEntryTooLarge.Error()) {
+		// The leader's limit is lower than this member's (members should agree on it).
+		return &remoteError{msg: msg, sentinels: []error{raftstore.ErrEntryTooLarge}}
+	}
 	if code == codes.Unknown && strings.Contains(msg, raftstore.ErrLeadershipLost.Error()) {
 		e := &remoteError{msg: msg, sentinels: []error{raftstore.ErrLeadershipLost}}
 		if strings.Contains(msg, errdefs.ErrNoQuorum.Error()) {

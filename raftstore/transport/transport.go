@@ -269,6 +269,9 @@ func (t *Transport) dialOptions() []grpc.DialOption {
 		// gRPC's default reconnect backoff grows to 2 minutes; a raft peer that comes back must
 		// be reachable again within seconds.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 5 * time.Second}),
+		// An append carrying one entry of raftstore's MaxEntryBytes, or a forwarded proposal of
+		// that size, must fit one message each way; gRPC's default receive limit is 4 MiB.
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
 	}
 	if t.cfg.Dial != nil {
 		opts = append(opts, grpc.WithContextDialer(t.cfg.Dial))

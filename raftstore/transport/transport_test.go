@@ -28,6 +28,8 @@ func TestConfigValidation(t *testing.T) {
 		{"BatchSize", func(c *Config) { c.BatchSize = -1 }},
 		{"MaxBatchBytes", func(c *Config) { c.MaxBatchBytes = 0 }},
 		{"ChunkSize", func(c *Config) { c.ChunkSize = 0 }},
+		{"ChunkSize", func(c *Config) { c.ChunkSize = MaxMessageBytes }},
+		{"MaxBatchBytes", func(c *Config) { c.MaxBatchBytes = MaxMessageBytes }},
 		{"MaxSnapshotSize", func(c *Config) { c.MaxSnapshotSize = 0 }},
 		{"SnapshotTimeout", func(c *Config) { c.SnapshotTimeout = 0 }},
 		{"MinBackoff", func(c *Config) { c.MinBackoff = 0 }},
