@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -727,11 +728,20 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	// Serve before a manager's log is loaded: a joining manager receives the
 	// log through the Raft service; everything else waits behind the gate.
 	go func() { _ = n.srv.Serve(lis) }()
-	if ident.Role == Manager {
-		if err := n.startManagerPart(ctx, ident, mode == modeInit, mode != modeInit); err != nil {
+	manager := ident.Role == Manager
+	if manager {
+		err := n.startManagerPart(ctx, ident, mode == modeInit, mode != modeInit)
+		if errors.Is(err, errNoLongerManager) {
+			n.log.Warn("demoted or removed while down; starting as a worker", "raft_id", ident.RaftID)
+			if err := n.saveAsWorker(nil); err != nil {
+				return err
+			}
+			manager = false
+		} else if err != nil {
 			return err
 		}
-	} else {
+	}
+	if !manager {
 		n.servingOnce.Do(func() { close(n.serving) })
 		n.mu.Lock()
 		n.client = workerClient(ident.NodeID)
@@ -857,6 +867,84 @@ func (mg *managerPart) peerLoop(ctx context.Context) {
 		}
 		mg.syncPeers()
 	}
+}
+
+// errNoLongerManager: the other managers no longer list this node as a
+// manager (it was demoted or removed while it was down or cut off).
+var errNoLongerManager = errors.New("the other managers no longer list this node as a manager")
+
+// roleCheckLoop covers what neither the Raft log nor a dispatcher session can
+// tell a manager: that it was demoted or removed while it was down or cut
+// off (the leader no longer sends it anything, and a manager without an agent
+// has no session). While this member hears no leader for several election
+// timeouts, it asks the other managers for its own node object; an up-to-date
+// (not stale) answer that it is no longer a manager demotes it: before its
+// log is ready, noLonger is closed and Start continues as a worker; after,
+// the role loop demotes it.
+func (mg *managerPart) roleCheckLoop(ctx context.Context, noLonger chan struct{}) {
+	defer mg.bg.Done()
+	rc := mg.n.cfg.Raft
+	election := rc.TickInterval * time.Duration(rc.ElectionTicks)
+	t := time.NewTicker(election)
+	defer t.Stop()
+	var leaderless time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if mg.raft.Leader() != 0 {
+			leaderless = time.Time{}
+			continue
+		}
+		now := time.Now()
+		if leaderless.IsZero() {
+			leaderless = now
+		}
+		if now.Sub(leaderless) < 3*election {
+			continue
+		}
+		leaderless = now // ask again after as long, if still leaderless
+		if !mg.stillManager(ctx, election) {
+			mg.n.log.Warn("the other managers no longer list this node as a manager; becoming a worker")
+			if mg.armed.Load() {
+				mg.n.wantRole(roleWant{manager: false})
+			} else {
+				close(noLonger)
+			}
+			return
+		}
+	}
+}
+
+// stillManager asks the other managers whether this node is still a
+// manager. Only authoritative answers count: an error, or a stale read from
+// a manager without quorum, says nothing; the first authoritative answer
+// decides.
+func (mg *managerPart) stillManager(ctx context.Context, timeout time.Duration) bool {
+	for id, addr := range mg.raftPeers() {
+		if id == mg.raftID || addr == mg.n.addr {
+			continue
+		}
+		conn, err := grpc.NewClient(addr, mg.n.dialOptions()...)
+		if err != nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		var md metadata.MD
+		resp, err := api.NewControlClient(conn).GetNode(cctx, &api.GetRequest{Id: mg.nodeID}, grpc.Header(&md))
+		cancel()
+		conn.Close()
+		if status.Code(err) == codes.NotFound && len(md.Get(controlapi.StaleReadHeader)) == 0 {
+			return false // removed from the cluster
+		}
+		if err != nil || len(md.Get(controlapi.StaleReadHeader)) > 0 {
+			continue
+		}
+		return resp.GetNode().GetRole() == api.NodeRole_NODE_ROLE_MANAGER
+	}
+	return true
 }
 
 // syncPeers sets the transport's peers from the store's manager objects.
@@ -1398,8 +1486,15 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 	mg.bgCancel = cancel
 	mg.bg.Add(1)
 	go mg.peerLoop(bgctx)
+	noLonger := make(chan struct{})
+	mg.bg.Add(1)
+	go mg.roleCheckLoop(bgctx, noLonger)
 	select {
 	case <-rn.Ready():
+	case <-noLonger:
+		// Demoted or removed while down: no leader will ever talk to this
+		// member again, so its log would never be ready.
+		return errNoLongerManager
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -1594,22 +1689,11 @@ func (n *Node) demote(ctx context.Context) error {
 	n.mgr.Store(nil)
 	n.mu.Lock()
 	n.client = workerClient(n.ident.NodeID)
-	ident := *n.ident
 	n.mu.Unlock()
 	err := mg.stop(ctx)
 	n.raftSvc.set(nil)
-	if len(managers) == 0 {
-		managers = ident.Managers
-	}
-	ident.Role, ident.RaftID, ident.RaftPeers, ident.Managers = Worker, 0, nil, managers
-	if serr := saveIdentity(n.cfg.StateDir, &ident); serr != nil {
-		return errors.Join(err, fmt.Errorf("demote: %w", serr))
-	}
-	n.mu.Lock()
-	n.ident = &ident
-	n.mu.Unlock()
-	if rerr := os.RemoveAll(filepath.Join(n.cfg.StateDir, "raft")); rerr != nil {
-		err = errors.Join(err, fmt.Errorf("demote: %w", rerr))
+	if serr := n.saveAsWorker(managers); serr != nil {
+		return errors.Join(err, serr)
 	}
 	if n.agent == nil {
 		if aerr := n.startAgent(ctx); aerr != nil {
@@ -1618,6 +1702,34 @@ func (n *Node) demote(ctx context.Context) error {
 	}
 	n.log.Info("now a worker")
 	return err
+}
+
+// saveAsWorker records this node as a worker (which knows the managers'
+// addresses, default the ones it knew) and deletes its Raft log, which
+// belongs to a Raft ID that is no longer a member.
+func (n *Node) saveAsWorker(managers []string) error {
+	n.mu.Lock()
+	ident := *n.ident
+	n.mu.Unlock()
+	if len(managers) == 0 {
+		managers = ident.Managers
+		for _, addr := range ident.RaftPeers {
+			if addr != n.addr && !slices.Contains(managers, addr) {
+				managers = append(managers, addr)
+			}
+		}
+	}
+	ident.Role, ident.RaftID, ident.RaftPeers, ident.Managers = Worker, 0, nil, managers
+	if err := saveIdentity(n.cfg.StateDir, &ident); err != nil {
+		return fmt.Errorf("demote: %w", err)
+	}
+	n.mu.Lock()
+	n.ident = &ident
+	n.mu.Unlock()
+	if err := os.RemoveAll(filepath.Join(n.cfg.StateDir, "raft")); err != nil {
+		return fmt.Errorf("demote: %w", err)
+	}
+	return nil
 }
 
 // switchable serves a gRPC service through whichever implementation is set,

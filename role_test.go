@@ -218,3 +218,40 @@ func TestPromotedNodeRestartsAsManager(t *testing.T) {
 	c.WaitFor("promoted again", func() bool { return voters(w) == 2 })
 	assert.NotEqual(t, raftID, w.Shoal().RaftID())
 }
+
+// A manager without an agent has no dispatcher session, and a demoted member
+// gets no more Raft messages: demoted while it was down, it learns of it on
+// restart by asking the other managers, and comes back as a worker.
+func TestManagerDemotedWhileDownRestartsAsWorker(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3})
+	ctx := ctxT(t)
+	lead := c.Leader()
+	require.NotNil(t, lead)
+	var down *shoaltest.Node
+	for _, m := range c.Managers() {
+		if m != lead {
+			down = m
+			break
+		}
+	}
+	require.NoError(t, down.Crash())
+	c.WaitFor("down manager demoted", func() bool {
+		_, err := lead.Shoal().Client().UpdateNode(ctx, down.ID(), shoal.NodeUpdate{Role: rolePtr(shoal.Worker)})
+		return err == nil
+	})
+	c.WaitFor("two voters left", func() bool { return voters(lead) == 2 })
+
+	require.NoError(t, down.Restart())
+	c.WaitFor("restarted node is a worker", func() bool { return down.Shoal().Role() == shoal.Worker })
+	assert.Zero(t, down.Shoal().RaftID())
+	// As a worker it opens a session with the managers.
+	c.WaitFor("worker ready", func() bool {
+		n, err := lead.Shoal().Client().GetNode(ctx, down.ID())
+		return err == nil && n.Role == shoal.Worker && n.State == shoal.NodeReady
+	})
+	assert.Equal(t, 2, voters(lead))
+	// And it stays a worker across another restart.
+	require.NoError(t, down.Crash())
+	require.NoError(t, down.Restart())
+	assert.Equal(t, shoal.Worker, down.Shoal().Role())
+}
