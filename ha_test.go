@@ -282,7 +282,11 @@ func TestForceNewClusterFromOneSurvivor(t *testing.T) {
 // every manager, through a follower too; one beyond the log's entry limit is
 // refused with ErrTooLarge and writes nothing.
 func TestLargeWritesReplicateAndOversizedAreRefused(t *testing.T) {
-	c := shoaltest.Start(t, shoaltest.Options{Managers: 3})
+	// Default Raft timing: shoaltest's 10 ms ticks give a leader 100 ms to hear
+	// from a quorum, less than moving a 5 MiB entry can take under -race.
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3, Configure: func(_ string, cfg *shoal.Config) {
+		cfg.Raft.TickInterval = 100 * time.Millisecond
+	}})
 	ctx := ctxT(t)
 	f := follower(c)
 	require.NotNil(t, f)
