@@ -113,7 +113,7 @@ func TestCrashManagerSIGKILLKeepsAcknowledgedWrites(t *testing.T) {
 		restartStart := time.Now()
 		child = startCrashChild(ctx, t, exe, "restart", dir, addr, snapshot)
 		restarted := time.Since(restartStart)
-		present := crashVerify(ctx, t, child.addr, h, cycle)
+		present := crashVerify(ctx, t, child.addr, crashClientCredsDir(dir), h, cycle)
 		t.Logf("cycle %d: killed %v after the first ack with %d writes in flight; %d acknowledged this cycle, %d in all, all present after restart (restart took %v); %d unacknowledged writes of this cycle were kept",
 			cycle, delay, res.inflightAtKill, len(res.acked), len(h.acked), restarted.Round(time.Millisecond), present.unackedKept)
 		if t.Failed() {
@@ -155,7 +155,9 @@ func crashSpec(name string) shoal.ServiceSpec {
 // the first acknowledged write, then SIGKILLs the child while they write.
 func crashWriteAndKill(ctx context.Context, t *testing.T, child *crashChild, cycle int, delay time.Duration) crashCycleResult {
 	t.Helper()
-	cl, err := shoal.Dial(ctx, child.addr)
+	creds, err := shoal.LoadClientCredentials(crashClientCredsDir(child.dir))
+	require.NoError(t, err)
+	cl, err := shoal.Dial(ctx, child.addr, shoal.WithCredentials(creds))
 	require.NoError(t, err)
 	defer cl.Close()
 
@@ -237,9 +239,11 @@ type crashVerifyResult struct{ unackedKept int }
 
 // crashVerify checks the restarted manager at addr: every acknowledged write
 // is there with its spec, and every service there was written by the test.
-func crashVerify(ctx context.Context, t *testing.T, addr string, h *crashHistory, cycle int) crashVerifyResult {
+func crashVerify(ctx context.Context, t *testing.T, addr, credsDir string, h *crashHistory, cycle int) crashVerifyResult {
 	t.Helper()
-	cl, err := shoal.Dial(ctx, addr)
+	creds, err := shoal.LoadClientCredentials(credsDir)
+	require.NoError(t, err)
+	cl, err := shoal.Dial(ctx, addr, shoal.WithCredentials(creds))
 	require.NoError(t, err)
 	defer cl.Close()
 
@@ -331,6 +335,7 @@ type crashChild struct {
 	out     *childOutput
 	stderr  *lockedBuffer
 	addr    string
+	dir     string // the manager's StateDir
 	done    chan struct{}
 	waitErr error // set before done closes
 }
@@ -351,7 +356,7 @@ func spawnCrashChild(ctx context.Context, t *testing.T, exe, mode, dir, addr, sn
 		env = append(env, crashEnvSnapshot+"="+snapshot)
 	}
 	cmd.Env = env
-	c := &crashChild{cmd: cmd, out: newChildOutput(), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	c := &crashChild{cmd: cmd, dir: dir, out: newChildOutput(), stderr: &lockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = c.out
 	cmd.Stderr = c.stderr
 	// Output copying must not hold Wait up after the process is gone.

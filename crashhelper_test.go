@@ -93,6 +93,17 @@ func runCrashChild(mode string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case <-ctx.Done():
 		return fail("not ready: %v", ctx.Err())
 	}
+	if mode == "init" {
+		// Operator credentials for the parent test, which dials this
+		// manager from outside.
+		creds, err := node.Client().IssueClientCredentials(ctx, "crash-test", 0)
+		if err != nil {
+			return fail("client credentials: %v", err)
+		}
+		if err := creds.Save(crashClientCredsDir(cfg.StateDir)); err != nil {
+			return fail("client credentials: %v", err)
+		}
+	}
 	fmt.Fprintf(stdout, "READY %s\n", node.Addr())
 
 	// Block until killed. If the parent dies, stdin reaches EOF and the
@@ -189,3 +200,7 @@ func (b *lockedBuffer) Tail(n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// crashClientCredsDir is where the init child leaves operator credentials
+// for the parent (outside the manager's own state).
+func crashClientCredsDir(stateDir string) string { return stateDir + "-client" }

@@ -120,7 +120,14 @@ func ExampleDial() {
 	}
 	defer mgr.Stop(context.Background())
 
-	c, err := shoal.Dial(ctx, mgr.Addr())
+	// Operator credentials: a key made here, certified by the cluster's CA.
+	// A program would Save them and LoadClientCredentials later.
+	creds, err := mgr.Client().IssueClientCredentials(ctx, "example-operator", 0)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	c, err := shoal.Dial(ctx, mgr.Addr(), shoal.WithCredentials(creds))
 	if err != nil {
 		fmt.Println(err)
 		return

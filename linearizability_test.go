@@ -278,9 +278,11 @@ func runLinearizability(t *testing.T, seed uint64, managers int) {
 	// Clients dial the managers from outside the cluster: partitions cut
 	// managers from each other, never a client from its manager, so the
 	// minority side keeps serving clients.
+	creds, err := mgrs[0].Shoal().Client().IssueClientCredentials(context.Background(), "linearizability", 0)
+	require.NoError(t, err)
 	clients := make([]*shoal.Client, len(mgrs))
 	for i, m := range mgrs {
-		cl, err := shoal.Dial(context.Background(), m.Addr, shoal.WithGRPCDialOptions(
+		cl, err := shoal.Dial(context.Background(), m.Addr, shoal.WithCredentials(creds), shoal.WithGRPCDialOptions(
 			grpc.WithContextDialer(c.Network().Dialer("client-of-"+m.Name)),
 			grpc.WithUnaryInterceptor(linStaleInterceptor),
 			// Reconnect quickly after a restart.

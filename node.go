@@ -22,7 +22,7 @@ import (
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -84,6 +84,11 @@ type Config struct {
 	// notices a dead node in about 15s without loading the managers. Tests use
 	// tens of milliseconds.
 	HeartbeatPeriod time.Duration
+	// CertValidity is how long node certificates are valid. Set at Init (a
+	// cluster setting, changed later with UpdateCluster); default 90 days, at
+	// least 30 minutes. Nodes renew at a random point between 50% and 80% of
+	// it, so short validities mean frequent renewals, not outages.
+	CertValidity time.Duration
 	// TaskHistoryLimit is how many dead tasks are kept per slot for
 	// inspection. Set at Init; default 5, as in Docker.
 	TaskHistoryLimit int
@@ -193,6 +198,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.AdvertiseAddr); err != nil {
 			return configError("AdvertiseAddr", "%q must be host:port", c.AdvertiseAddr)
 		}
+	}
+	if c.CertValidity < 0 || (c.CertValidity > 0 && c.CertValidity < pki.MinCertValidity) {
+		return configError("CertValidity", "must be at least %v", pki.MinCertValidity)
 	}
 	if c.HeartbeatPeriod < 0 || (c.HeartbeatPeriod > 0 && c.HeartbeatPeriod < 10*time.Millisecond) {
 		return configError("HeartbeatPeriod", "must be at least 10ms")
@@ -464,6 +472,15 @@ type Node struct {
 
 	agent  *dispatch.Agent
 	client *Client
+
+	// creds is the node's TLS identity (certificate, key, trusted roots);
+	// renewals swap it in place. initRoot is the root CA Init created, for
+	// the cluster object.
+	creds     *pki.Credentials
+	initRoot  *pki.RootCA
+	renewMu   sync.Mutex
+	renewKick chan struct{}
+	caSvc     *switchable
 }
 
 // managerPart is what a manager runs on top of a worker: the object store,
@@ -517,7 +534,8 @@ func New(cfg Config) (*Node, error) {
 	c := cfg.withDefaults()
 	notManager := errdefs.ToGRPC(fmt.Errorf("this node is not a manager: %w", ErrNotManager))
 	return &Node{cfg: c, log: c.Logger, ready: make(chan struct{}), done: make(chan struct{}),
-		serving: make(chan struct{}), roleKick: make(chan struct{}, 1),
+		serving: make(chan struct{}), roleKick: make(chan struct{}, 1), renewKick: make(chan struct{}, 1),
+		caSvc: &switchable{down: notManager},
 		controlSvc: &switchable{down: notManager}, joinSvc: &switchable{down: notManager},
 		raftSvc: &switchable{down: status.Error(codes.Unavailable, "this node is not a Raft member")},
 		dispSvc: &switchable{down: status.Error(codes.Unavailable, "the dispatcher is not running on this manager (no leader yet)")}}, nil
@@ -601,15 +619,6 @@ func (n *Node) listen() (net.Listener, error) {
 	return lis, nil
 }
 
-func (n *Node) dialOptions() []grpc.DialOption {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize))}
-	if n.cfg.Dial != nil {
-		opts = append(opts, grpc.WithContextDialer(n.cfg.Dial))
-	}
-	return opts
-}
-
 func (n *Node) description() *api.NodeDescription {
 	host := n.cfg.Hostname
 	if host == "" {
@@ -676,6 +685,12 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	switch {
 	case mode == modeRestart && ident == nil:
 		return fmt.Errorf("Config.StateDir: %s holds no node; use Init to create a cluster or Join to join one", n.cfg.StateDir)
+	case mode == modeJoin && ident != nil && certificateExpired(n.cfg.StateDir):
+		n.log.Warn("the node's certificate expired; joining again as a new node", "old_node", ident.NodeID)
+		if err := removeStaleNode(n.cfg.StateDir); err != nil {
+			return fmt.Errorf("Config.StateDir: clearing the expired node: %w", err)
+		}
+		ident = nil
 	case mode != modeRestart && ident != nil:
 		return fmt.Errorf("Config.StateDir: %s already holds node %s of cluster %s; restart it with New(cfg) and Start: %w",
 			n.cfg.StateDir, ident.NodeID, ident.ClusterID, ErrExist)
@@ -708,8 +723,15 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	switch mode {
 	case modeInit:
 		ident = &nodeIdentity{NodeID: identity.NewID(), ClusterID: identity.NewID(), Role: Manager, RaftID: 1}
+		if n.initRoot, err = n.initCredentials(ctx, ident); err != nil {
+			return err
+		}
 	case modeJoin:
 		if ident, err = n.join(ctx, joinAddr, token); err != nil {
+			return err
+		}
+	default:
+		if err := n.loadCredentials(ident); err != nil {
 			return err
 		}
 	}
@@ -719,10 +741,14 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 
 	// Raft messages carry entries of up to raftstore's MaxEntryBytes; the
 	// transport's limit leaves room for the message around the largest one.
+	// Every connection is mutual TLS; every RPC is authorized by the
+	// caller's certificate (authorize).
 	n.srv = grpc.NewServer(grpc.MaxRecvMsgSize(transport.MaxMessageBytes),
-		grpc.ChainUnaryInterceptor(n.gateUnary), grpc.ChainStreamInterceptor(n.gateStream))
+		grpc.Creds(credentials.NewTLS(n.credentials().ServerTLS())),
+		grpc.ChainUnaryInterceptor(n.authUnary, n.gateUnary), grpc.ChainStreamInterceptor(n.authStream, n.gateStream))
 	n.controlSvc.register(n.srv, &api.Control_ServiceDesc)
 	n.joinSvc.register(n.srv, &api.Join_ServiceDesc)
+	n.caSvc.register(n.srv, &api.CA_ServiceDesc)
 	n.raftSvc.register(n.srv, &api.Raft_ServiceDesc)
 	n.dispSvc.register(n.srv, &api.Dispatcher_ServiceDesc)
 	// Serve before a manager's log is loaded: a joining manager receives the
@@ -749,8 +775,9 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	n.roleStop = rcancel
-	n.roleWG.Add(1)
+	n.roleWG.Add(2)
 	go n.roleLoop(rctx)
+	go n.renewLoop(rctx)
 	if mode == modeInit {
 		// Written last: a node whose Init failed leaves no identity behind.
 		if err := saveIdentity(n.cfg.StateDir, ident); err != nil {
@@ -771,20 +798,9 @@ func (n *Node) join(ctx context.Context, addr, token string) (*nodeIdentity, err
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(addr, n.dialOptions()...)
+	resp, kp, err := n.joinCluster(ctx, addr, tok, token)
 	if err != nil {
-		return nil, fmt.Errorf("join %s: %w", addr, err)
-	}
-	defer conn.Close()
-	desc := n.description()
-	resp, err := api.NewJoinClient(conn).Join(ctx, &api.JoinRequest{
-		Token: token, Description: desc, Addr: n.addr, Labels: n.cfg.Labels,
-	}, grpc.WaitForReady(true))
-	if err != nil {
-		return nil, fmt.Errorf("join %s: %w", addr, errdefs.FromGRPC(err))
-	}
-	if pki.Digest([]byte(resp.ClusterId)) != tok.Digest {
-		return nil, fmt.Errorf("join %s: %w", addr, pki.ErrDigestMismatch)
+		return nil, err
 	}
 	if !identity.Valid(resp.NodeId) {
 		return nil, fmt.Errorf("join %s: manager returned an invalid node ID", addr)
@@ -802,6 +818,10 @@ func (n *Node) join(ctx context.Context, addr, token string) (*nodeIdentity, err
 	}
 	if len(ident.Managers) == 0 {
 		ident.Managers = []string{addr}
+	}
+	// The key material first: an identity without it cannot restart.
+	if err := n.adoptKeyPair(kp); err != nil {
+		return nil, err
 	}
 	if err := saveIdentity(n.cfg.StateDir, ident); err != nil {
 		return nil, err
@@ -939,6 +959,11 @@ func (mg *managerPart) stillManager(ctx context.Context, timeout time.Duration) 
 		if status.Code(err) == codes.NotFound && len(md.Get(controlapi.StaleReadHeader)) == 0 {
 			return false // removed from the cluster
 		}
+		if status.Code(err) == codes.PermissionDenied {
+			// A manager of this cluster refuses this node's manager
+			// certificate: it was demoted or removed.
+			return false
+		}
 		if err != nil || len(md.Get(controlapi.StaleReadHeader)) > 0 {
 			continue
 		}
@@ -1019,7 +1044,11 @@ func (mg *managerPart) ensureClusterObjects(ctx context.Context, initCluster boo
 			if !initCluster {
 				return fmt.Errorf("state of cluster %s is missing from %s", mg.clusterID, mg.n.cfg.StateDir)
 			}
-			digest := pki.Digest([]byte(mg.clusterID))
+			root := mg.n.initRoot
+			if root == nil {
+				return fmt.Errorf("init: no root CA")
+			}
+			digest := root.Digest()
 			wt, err := pki.NewToken(digest)
 			if err != nil {
 				return err
@@ -1031,8 +1060,9 @@ func (mg *managerPart) ensureClusterObjects(ctx context.Context, initCluster boo
 			if err := tx.CreateCluster(&api.Cluster{
 				Id: mg.clusterID,
 				Spec: &api.ClusterSpec{Name: "default", TaskHistoryLimit: int64(mg.n.cfg.TaskHistoryLimit),
-					HeartbeatPeriod: int64(mg.n.cfg.HeartbeatPeriod)},
+					HeartbeatPeriod: int64(mg.n.cfg.HeartbeatPeriod), NodeCertValidity: int64(mg.n.cfg.CertValidity)},
 				JoinTokens: &api.JoinTokens{Worker: wt.String(), Manager: mt.String()},
+				RootCa:     &api.RootCA{CertPem: root.CertPEM, KeyPem: root.KeyPEM},
 			}); err != nil {
 				return err
 			}
@@ -1239,6 +1269,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 	acfg.Managers = n.managerAddrs
 	acfg.OnSession = n.onSession
 	acfg.Dial = n.cfg.Dial
+	acfg.TransportCredentials = n.clientCreds()
 	acfg.Runtime = rt
 	acfg.Description = n.description()
 	acfg.Addr = n.addr
@@ -1428,6 +1459,7 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 		if err != nil {
 			n.controlSvc.set(nil)
 			n.joinSvc.set(nil)
+			n.caSvc.set(nil)
 			n.mgr.Store(nil)
 			_ = mg.stop(context.Background())
 			n.raftSvc.set(nil)
@@ -1437,6 +1469,7 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 	tcfg := transport.DefaultConfig()
 	tcfg.ID = mg.raftID
 	tcfg.Dial = n.cfg.Dial
+	tcfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(n.clientCreds())}
 	tcfg.Logger = n.log.With("component", "raft-transport")
 	if f := n.cfg.Raft.Fault; f != nil {
 		self := mg.raftID
@@ -1508,9 +1541,11 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 	}
 	mg.selfConn = conn
 	n.controlSvc.set(controlapi.New(mg.store, controlapi.Options{Members: rn, Leader: mg.leaderControl}))
+	signers := &controlapi.Signers{}
 	n.joinSvc.set(controlapi.NewJoinServer(controlapi.JoinConfig{
-		Store: mg.store, Managers: mg.managerAddrs, Membership: rn, Forward: mg.forwardJoin,
+		Store: mg.store, Managers: mg.managerAddrs, Membership: rn, Forward: mg.forwardJoin, Signers: signers,
 	}))
+	n.caSvc.set(controlapi.NewCAServer(mg.store, signers))
 	n.servingOnce.Do(func() { close(n.serving) })
 	n.mu.Lock()
 	n.client = newClient(conn, false)
@@ -1648,6 +1683,11 @@ func (n *Node) promote(ctx context.Context, w *roleWant) error {
 	old := *n.ident
 	n.mu.Unlock()
 	n.log.Info("promoted to manager; starting the manager part", "raft_id", w.raftID)
+	// Raft and the control API need a manager certificate: the CA issues one
+	// now that the store records the node as a manager.
+	if err := n.ensureRole(ctx, pki.OUManager); err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
 	// A Raft log left from an earlier time as manager belongs to another
 	// Raft ID: the new member starts empty.
 	if err := os.RemoveAll(filepath.Join(n.cfg.StateDir, "raft")); err != nil {
@@ -1686,6 +1726,7 @@ func (n *Node) demote(ctx context.Context) error {
 	}
 	n.controlSvc.set(nil)
 	n.joinSvc.set(nil)
+	n.caSvc.set(nil)
 	n.mgr.Store(nil)
 	n.mu.Lock()
 	n.client = workerClient(n.ident.NodeID)
@@ -1695,6 +1736,15 @@ func (n *Node) demote(ctx context.Context) error {
 	if serr := n.saveAsWorker(managers); serr != nil {
 		return errors.Join(err, serr)
 	}
+	// The manager certificate is replaced by a worker's (the managers
+	// already refuse it for Raft and the control API); the renewal loop
+	// retries if no manager answers now.
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if rerr := n.ensureRole(rctx, pki.OUWorker); rerr != nil {
+		n.log.Warn("demote: no worker certificate yet; the renewal loop will retry", "err", rerr)
+		n.kickRenewal()
+	}
+	cancel()
 	if n.agent == nil {
 		if aerr := n.startAgent(ctx); aerr != nil {
 			err = errors.Join(err, fmt.Errorf("demote: start the agent: %w", aerr))

@@ -70,7 +70,6 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/shoalhq/shoal/pki"
 )
@@ -114,7 +113,15 @@ func Join(ctx context.Context, cfg Config, addr, token string) (*Node, error) {
 type DialOption func(*dialOptions)
 
 type dialOptions struct {
-	grpc []grpc.DialOption
+	creds *ClientCredentials
+	grpc  []grpc.DialOption
+}
+
+// WithCredentials gives Dial the operator credentials to present (issued by
+// Client.IssueClientCredentials). Every connection to a manager is mutual
+// TLS, so Dial needs them.
+func WithCredentials(c *ClientCredentials) DialOption {
+	return func(o *dialOptions) { o.creds = c }
 }
 
 // WithGRPCDialOptions passes options to the underlying gRPC connection (for
@@ -123,8 +130,11 @@ func WithGRPCDialOptions(opts ...grpc.DialOption) DialOption {
 	return func(o *dialOptions) { o.grpc = append(o.grpc, opts...) }
 }
 
-// Dial connects a Client to the manager at addr. The connection is made
-// lazily and kept up; Close the client when done.
+// Dial connects a Client to the manager at addr with operator credentials
+// (WithCredentials): the connection is mutual TLS, the manager must present
+// a manager certificate from the credentials' root CA. The connection is
+// made lazily and kept up; Close the client when done. A program embedding
+// a manager node uses Node.Client instead.
 func Dial(ctx context.Context, addr string, opts ...DialOption) (*Client, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("dial: address is required: %w", ErrInvalidSpec)
@@ -133,7 +143,15 @@ func Dial(ctx context.Context, addr string, opts ...DialOption) (*Client, error)
 	for _, opt := range opts {
 		opt(&o)
 	}
-	gopts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+	if o.creds == nil {
+		return nil, fmt.Errorf("dial: credentials are required (WithCredentials): managers accept only mutual TLS; "+
+			"issue operator credentials with Client.IssueClientCredentials: %w", ErrInvalidSpec)
+	}
+	tlsCreds, err := o.creds.transport()
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	gopts := append([]grpc.DialOption{grpc.WithTransportCredentials(tlsCreds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize))}, o.grpc...)
 	conn, err := grpc.NewClient(addr, gopts...)
 	if err != nil {

@@ -75,6 +75,20 @@ type Forwarder interface {
 	Forward(ctx context.Context, leader uint64, data []byte) error
 }
 
+// Encryptor seals Raft entries and snapshots before they are written to the database file, and
+// opens them when read (encryption at rest). *keys.Cipher (internal/keys) satisfies it. Both
+// methods are called from the raft loop, and from Start before the loop runs; an implementation
+// must be safe for use from one goroutine at a time at least.
+type Encryptor interface {
+	// Seal encrypts and authenticates plaintext and authenticates additionalData (which the
+	// result need not contain), returning a new slice. It must not fail: a nonce or key problem
+	// is the implementation's to prevent.
+	Seal(plaintext, additionalData []byte) []byte
+	// Open reverses Seal given the same additionalData. It returns an error, and no data, if
+	// the key, the additional data or any byte of ciphertext differs.
+	Open(ciphertext, additionalData []byte) ([]byte, error)
+}
+
 // Config configures a Node. Start from DefaultConfig and set ID, Dir and StateMachine.
 type Config struct {
 	// ID is this member's raft ID. It must be nonzero and is stored in the database: reopening a
@@ -144,6 +158,12 @@ type Config struct {
 	// MaxProposalBatch caps how many queued proposals the loop takes into one Ready, i.e. into
 	// one fsync.
 	MaxProposalBatch int
+	// Encryptor, if set, seals every stored entry and the stored snapshot data (the hard state,
+	// configuration, member contexts and format metadata stay in the clear). Whether a file is
+	// encrypted is recorded in it when it is created: reopening it requires an Encryptor with
+	// the same data key if it is encrypted, and no Encryptor if it is not; a mismatch fails
+	// Start with an error naming the file. Nil stores everything in the clear.
+	Encryptor Encryptor
 	// UnsafeNoFsync skips fsync on every write. A crash can then lose acknowledged writes or
 	// corrupt the log. Only for tests and benchmarks of code above this package.
 	UnsafeNoFsync bool
@@ -183,6 +203,8 @@ func DefaultConfig() Config {
 		// 4096 proposals per fsync is far more than a batch ever reaches in practice; the cap
 		// only keeps one Ready (and its memory) bounded under a flood of writes.
 		MaxProposalBatch: 4096,
+		// Encryptor stays nil: the data key is the host's key material (internal/keys), which
+		// raftstore cannot make up; the host sets it when encryption at rest is on.
 	}
 }
 

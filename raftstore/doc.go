@@ -94,6 +94,19 @@
 // The change is in the log, so later starts without the flag find the same one-member cluster;
 // it grows again with AddLearner. The other members' old databases must not rejoin.
 //
+// # Encryption at rest
+//
+// With Config.Encryptor set (a *keys.Cipher holding the node's data key, from internal/keys),
+// every entry and the snapshot data are sealed before they are written to raft.db and opened
+// when read back; a sealed blob's additional data names its purpose ("entry" or "snapshot") and
+// its log index, so blobs cannot be moved within the file or between files sealed with the same
+// key. The hard state, configuration, member contexts and format metadata stay in the clear:
+// they hold no user data. The file records at creation whether it is encrypted, with a sealed
+// key check: Start fails, naming the file, when an encrypted file is opened without an
+// Encryptor, a clear file with one, or an encrypted file with a different data key ("the data
+// key does not match"); a blob that fails to open under the right key is reported as ErrCorrupt.
+// Messages between members are not sealed here: the transport's mutual TLS protects them.
+//
 // # Proposals on followers, and quorum loss
 //
 // Proposals are made on the leader. With Config.Forwarder set, Propose on a follower forwards

@@ -110,11 +110,7 @@ func (d *diskStore) forceNewCluster(id uint64, st *loadedState) (bool, error) {
 			return err
 		}
 		for _, e := range ents {
-			b, err := proto.Marshal(e)
-			if err != nil {
-				return err
-			}
-			if err := eb.Put(indexKey(e.GetIndex()), b); err != nil {
+			if err := d.putEntry(eb, e); err != nil {
 				return err
 			}
 		}

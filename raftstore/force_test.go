@@ -196,7 +196,7 @@ func TestForceNewClusterOnSingleMemberChangesNothing(t *testing.T) {
 	stopNode(t, n)
 
 	// The log holds the bootstrap's configuration entry and no other.
-	ds, st, err := openDisk(dir, 1, true)
+	ds, st, err := openDisk(dir, 1, true, nil)
 	require.NoError(t, err)
 	require.NoError(t, ds.close())
 	confEntries := 0
@@ -227,7 +227,7 @@ func TestForceNewClusterRefusals(t *testing.T) {
 	})
 	t.Run("database never written", func(t *testing.T) {
 		dir := t.TempDir()
-		ds, _, err := openDisk(dir, 1, true)
+		ds, _, err := openDisk(dir, 1, true, nil)
 		require.NoError(t, err)
 		require.NoError(t, ds.close())
 		cfg := testConfig(t, dir, &listSM{})
@@ -260,7 +260,7 @@ func TestForceNewClusterRefusals(t *testing.T) {
 // leader may have committed them). All are kept and applied, in order.
 func TestForceNewClusterKeepsUncommittedTail(t *testing.T) {
 	dir := t.TempDir()
-	ds, _, err := openDisk(dir, 2, true)
+	ds, _, err := openDisk(dir, 2, true, nil)
 	require.NoError(t, err)
 	ds.committed = func(bool) {}
 	var ents []*pb.Entry

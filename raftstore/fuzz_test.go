@@ -21,7 +21,7 @@ func FuzzOpenDisk(f *testing.F) {
 	f.Add([]byte{0xff}, []byte{0x08}, []byte{}, []byte{0x12, 0x80})
 	f.Fuzz(func(t *testing.T, entry, hard, conf, snapMeta []byte) {
 		dir := t.TempDir()
-		ds, _, err := openDisk(dir, 1, true)
+		ds, _, err := openDisk(dir, 1, true, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -46,7 +46,7 @@ func FuzzOpenDisk(f *testing.F) {
 		if err := ds.close(); err != nil {
 			t.Fatal(err)
 		}
-		ds, st, err := openDisk(dir, 1, true)
+		ds, st, err := openDisk(dir, 1, true, nil)
 		if err != nil {
 			if ds != nil {
 				t.Fatal("diskStore returned with an error")

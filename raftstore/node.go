@@ -215,7 +215,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("raftstore: invalid config: ForceNewCluster needs an existing database, and %s cannot be used: %w", path, err)
 		}
 	}
-	disk, st, err := openDisk(n.cfg.Dir, n.cfg.ID, n.cfg.UnsafeNoFsync)
+	disk, st, err := openDisk(n.cfg.Dir, n.cfg.ID, n.cfg.UnsafeNoFsync, n.cfg.Encryptor)
 	if err != nil {
 		return err
 	}

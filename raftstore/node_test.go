@@ -486,7 +486,7 @@ func TestRaftLoggerPanicsStopNodeNotProcess(t *testing.T) {
 
 func TestDatabaseCreatedButNeverWrittenBootstraps(t *testing.T) {
 	dir := t.TempDir()
-	ds, st, err := openDisk(dir, 1, true) // as if the process died right after creating the file
+	ds, st, err := openDisk(dir, 1, true, nil) // as if the process died right after creating the file
 	require.NoError(t, err)
 	require.True(t, st.fresh)
 	require.NoError(t, ds.close())

@@ -13,7 +13,7 @@ import (
 func freshFile(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
-	ds, _, err := openDisk(dir, 1, true)
+	ds, _, err := openDisk(dir, 1, true, nil)
 	require.NoError(t, err)
 	require.NoError(t, ds.close())
 	return filepath.Join(dir, DBFileName)
@@ -71,7 +71,7 @@ func TestPrecheckFile(t *testing.T) {
 	require.Contains(t, err.Error(), "truncated")
 
 	// openDisk refuses it the same way, without touching the missing pages.
-	_, _, err = openDisk(filepath.Dir(path), 1, true)
+	_, _, err = openDisk(filepath.Dir(path), 1, true, nil)
 	require.ErrorIs(t, err, ErrCorrupt)
 	require.Contains(t, err.Error(), "truncated")
 }

@@ -30,7 +30,7 @@ const formatVersion uint32 = 1
 const lockTimeout = time.Second
 
 var (
-	bucketMeta     = []byte("meta")     // format version, member ID
+	bucketMeta     = []byte("meta")     // format version, member ID, encryption key check
 	bucketState    = []byte("state")    // hard state, conf state
 	bucketEntries  = []byte("entries")  // big-endian index -> marshalled raftpb.Entry
 	bucketSnapshot = []byte("snapshot") // metadata -> marshalled SnapshotMetadata, data -> bytes
@@ -38,6 +38,7 @@ var (
 	// its address). It holds only current members; files from before it existed get it on open.
 	bucketMembers = []byte("members")
 
+	// keyEncryption (encrypt.go) records whether entries and snapshot data are sealed.
 	keyVersion  = []byte("version")
 	keyMemberID = []byte("member_id")
 	keyHard     = []byte("hard_state")
@@ -56,6 +57,8 @@ type diskStore struct {
 	noSync bool
 	// committed is called after each write transaction with whether it was fsynced.
 	committed func(synced bool)
+	// enc seals entries and snapshot data (Config.Encryptor); nil: stored in the clear.
+	enc Encryptor
 }
 
 // loadedState is everything read back from disk at open.
@@ -81,8 +84,8 @@ func corrupt(path string, format string, args ...any) error {
 }
 
 // openDisk opens (creating if needed) the database in dir and loads its state. A new file is
-// initialised with the format version and member ID.
-func openDisk(dir string, id uint64, noSync bool) (*diskStore, *loadedState, error) {
+// initialised with the format version, member ID and whether it is encrypted (enc non-nil).
+func openDisk(dir string, id uint64, noSync bool, enc Encryptor) (*diskStore, *loadedState, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("raftstore: creating Dir %s: %w", dir, err)
 	}
@@ -100,7 +103,7 @@ func openDisk(dir string, id uint64, noSync bool) (*diskStore, *loadedState, err
 		}
 		return nil, nil, fmt.Errorf("raftstore: %s: %w: cannot open database: %w", path, ErrCorrupt, err)
 	}
-	ds := &diskStore{path: path, db: db, noSync: noSync}
+	ds := &diskStore{path: path, db: db, noSync: noSync, enc: enc}
 	st, err := ds.init(id)
 	if err != nil {
 		_ = db.Close()
@@ -162,6 +165,9 @@ func (d *diskStore) init(id uint64) (st *loadedState, err error) {
 			if err := meta.Put(keyVersion, v[:]); err != nil {
 				return err
 			}
+			if err := d.initEncryption(meta); err != nil {
+				return err
+			}
 			return meta.Put(keyMemberID, indexKey(id))
 		}
 		v := meta.Get(keyVersion)
@@ -177,6 +183,9 @@ func (d *diskStore) init(id uint64) (st *loadedState, err error) {
 		}
 		if got := binary.BigEndian.Uint64(m); got != id {
 			return fmt.Errorf("raftstore: %s: belongs to member %d, but Config.ID is %d", d.path, got, id)
+		}
+		if err := d.checkEncryption(meta); err != nil {
+			return err
 		}
 		state, ents, snap := tx.Bucket(bucketState), tx.Bucket(bucketEntries), tx.Bucket(bucketSnapshot)
 		if state == nil || ents == nil || snap == nil {
@@ -213,7 +222,11 @@ func (d *diskStore) init(id uint64) (st *loadedState, err error) {
 			if err := proto.Unmarshal(b, md); err != nil {
 				return corrupt(d.path, "snapshot metadata: %v", err)
 			}
-			st.snapshot = &pb.Snapshot{Metadata: md, Data: bytes.Clone(snap.Get(keySnapData))}
+			data, err := d.decodeSnapshotData(md.GetIndex(), snap.Get(keySnapData))
+			if err != nil {
+				return err
+			}
+			st.snapshot = &pb.Snapshot{Metadata: md, Data: bytes.Clone(data)}
 			st.snapshot = pb.EnsureSnapshot(st.snapshot)
 			snapIndex = md.GetIndex()
 		}
@@ -222,11 +235,11 @@ func (d *diskStore) init(id uint64) (st *loadedState, err error) {
 			if len(k) != 8 {
 				return corrupt(d.path, "entry key of %d bytes", len(k))
 			}
-			e := &pb.Entry{}
-			if err := proto.Unmarshal(v, e); err != nil {
-				return corrupt(d.path, "entry %d: %v", binary.BigEndian.Uint64(k), err)
-			}
 			idx := binary.BigEndian.Uint64(k)
+			e, err := d.decodeEntry(idx, v)
+			if err != nil {
+				return err
+			}
 			if e.GetIndex() != idx {
 				return corrupt(d.path, "entry under key %d has index %d", idx, e.GetIndex())
 			}
@@ -286,7 +299,7 @@ func (d *diskStore) save(hard *pb.HardState, ents []*pb.Entry, snap *pb.Snapshot
 	err := d.update(mustSync || !raft.IsEmptySnap(snap), func(tx *bolt.Tx) error {
 		eb := tx.Bucket(bucketEntries)
 		if !raft.IsEmptySnap(snap) {
-			if err := putSnapshot(tx, snap); err != nil {
+			if err := d.putSnapshot(tx, snap); err != nil {
 				return err
 			}
 			// Entries up to the snapshot are covered by it. Entries after it that came with
@@ -306,11 +319,7 @@ func (d *diskStore) save(hard *pb.HardState, ents []*pb.Entry, snap *pb.Snapshot
 				}
 			}
 			for _, e := range ents {
-				b, err := proto.Marshal(e)
-				if err != nil {
-					return err
-				}
-				if err := eb.Put(indexKey(e.GetIndex()), b); err != nil {
+				if err := d.putEntry(eb, e); err != nil {
 					return err
 				}
 			}
@@ -334,7 +343,8 @@ func (d *diskStore) save(hard *pb.HardState, ents []*pb.Entry, snap *pb.Snapshot
 	return nil
 }
 
-func putSnapshot(tx *bolt.Tx, snap *pb.Snapshot) error {
+// putSnapshot stores snap's metadata and (sealed, if encrypted) data, and its configuration.
+func (d *diskStore) putSnapshot(tx *bolt.Tx, snap *pb.Snapshot) error {
 	md, err := proto.Marshal(snap.GetMetadata())
 	if err != nil {
 		return err
@@ -343,7 +353,7 @@ func putSnapshot(tx *bolt.Tx, snap *pb.Snapshot) error {
 	if err := sb.Put(keySnapMeta, md); err != nil {
 		return err
 	}
-	if err := sb.Put(keySnapData, snap.GetData()); err != nil {
+	if err := sb.Put(keySnapData, d.encodeSnapshotData(snap.GetMetadata().GetIndex(), snap.GetData())); err != nil {
 		return err
 	}
 	return putConfState(tx, snap.GetMetadata().GetConfState(), nil)
@@ -411,7 +421,7 @@ func deleteRange(b *bolt.Bucket, lo, hi uint64) error {
 // saveSnapshot stores a locally taken snapshot and deletes log entries up to compactIndex.
 func (d *diskStore) saveSnapshot(snap *pb.Snapshot, compactIndex uint64) error {
 	err := d.update(true, func(tx *bolt.Tx) error {
-		if err := putSnapshot(tx, snap); err != nil {
+		if err := d.putSnapshot(tx, snap); err != nil {
 			return err
 		}
 		return deleteRange(tx.Bucket(bucketEntries), 0, compactIndex)

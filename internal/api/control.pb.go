@@ -850,12 +850,16 @@ func (x *ClusterResponse) GetCluster() *Cluster {
 }
 
 type UpdateClusterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	Spec          *ClusterSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Version uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Spec    *ClusterSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	// rotate_worker_token and rotate_manager_token replace that join token
+	// with a new one; the old one stops working at once.
+	RotateWorkerToken  bool `protobuf:"varint,4,opt,name=rotate_worker_token,json=rotateWorkerToken,proto3" json:"rotate_worker_token,omitempty"`
+	RotateManagerToken bool `protobuf:"varint,5,opt,name=rotate_manager_token,json=rotateManagerToken,proto3" json:"rotate_manager_token,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *UpdateClusterRequest) Reset() {
@@ -907,6 +911,20 @@ func (x *UpdateClusterRequest) GetSpec() *ClusterSpec {
 		return x.Spec
 	}
 	return nil
+}
+
+func (x *UpdateClusterRequest) GetRotateWorkerToken() bool {
+	if x != nil {
+		return x.RotateWorkerToken
+	}
+	return false
+}
+
+func (x *UpdateClusterRequest) GetRotateManagerToken() bool {
+	if x != nil {
+		return x.RotateManagerToken
+	}
+	return false
 }
 
 type WatchRequest struct {
@@ -1104,7 +1122,10 @@ type JoinRequest struct {
 	// addr is the address the node listens on.
 	Addr string `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`
 	// labels are the node's initial labels.
-	Labels        map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// csr is the node's certificate signing request (PEM); its private key
+	// never leaves the node.
+	Csr           []byte `protobuf:"bytes,6,opt,name=csr,proto3" json:"csr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1174,6 +1195,13 @@ func (x *JoinRequest) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *JoinRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
 type JoinResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	NodeId    string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1184,7 +1212,11 @@ type JoinResponse struct {
 	// raft_id is the new member's Raft ID (managers only).
 	RaftId uint64 `protobuf:"varint,5,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
 	// peers are the Raft members the new manager starts with (managers only).
-	Peers         []*RaftPeer `protobuf:"bytes,6,rep,name=peers,proto3" json:"peers,omitempty"`
+	Peers []*RaftPeer `protobuf:"bytes,6,rep,name=peers,proto3" json:"peers,omitempty"`
+	// certificate_pem is the node's certificate chain, leaf first.
+	CertificatePem []byte `protobuf:"bytes,7,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	// root_ca_pem holds the roots the node trusts.
+	RootCaPem     []byte `protobuf:"bytes,8,opt,name=root_ca_pem,json=rootCaPem,proto3" json:"root_ca_pem,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1261,6 +1293,259 @@ func (x *JoinResponse) GetPeers() []*RaftPeer {
 	return nil
 }
 
+func (x *JoinResponse) GetCertificatePem() []byte {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetRootCaPem() []byte {
+	if x != nil {
+		return x.RootCaPem
+	}
+	return nil
+}
+
+type GetRootCARequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRootCARequest) Reset() {
+	*x = GetRootCARequest{}
+	mi := &file_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRootCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRootCARequest) ProtoMessage() {}
+
+func (x *GetRootCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRootCARequest.ProtoReflect.Descriptor instead.
+func (*GetRootCARequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{22}
+}
+
+type GetRootCAResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cert_pem holds the roots to trust (two during a root rotation).
+	CertPem       []byte `protobuf:"bytes,1,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRootCAResponse) Reset() {
+	*x = GetRootCAResponse{}
+	mi := &file_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRootCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRootCAResponse) ProtoMessage() {}
+
+func (x *GetRootCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRootCAResponse.ProtoReflect.Descriptor instead.
+func (*GetRootCAResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetRootCAResponse) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+type RenewCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateRequest) Reset() {
+	*x = RenewCertificateRequest{}
+	mi := &file_control_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateRequest) ProtoMessage() {}
+
+func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RenewCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type IssueClientCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Csr   []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// name is the certificate's CN (an operator or program name).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// validity in nanoseconds; 0 = the cluster's node certificate validity.
+	Validity      int64 `protobuf:"varint,3,opt,name=validity,proto3" json:"validity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueClientCertificateRequest) Reset() {
+	*x = IssueClientCertificateRequest{}
+	mi := &file_control_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueClientCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueClientCertificateRequest) ProtoMessage() {}
+
+func (x *IssueClientCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueClientCertificateRequest.ProtoReflect.Descriptor instead.
+func (*IssueClientCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *IssueClientCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *IssueClientCertificateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *IssueClientCertificateRequest) GetValidity() int64 {
+	if x != nil {
+		return x.Validity
+	}
+	return 0
+}
+
+type CertificateResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	CertificatePem []byte                 `protobuf:"bytes,1,opt,name=certificate_pem,json=certificatePem,proto3" json:"certificate_pem,omitempty"`
+	RootCaPem      []byte                 `protobuf:"bytes,2,opt,name=root_ca_pem,json=rootCaPem,proto3" json:"root_ca_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CertificateResponse) Reset() {
+	*x = CertificateResponse{}
+	mi := &file_control_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateResponse) ProtoMessage() {}
+
+func (x *CertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateResponse.ProtoReflect.Descriptor instead.
+func (*CertificateResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CertificateResponse) GetCertificatePem() []byte {
+	if x != nil {
+		return x.CertificatePem
+	}
+	return nil
+}
+
+func (x *CertificateResponse) GetRootCaPem() []byte {
+	if x != nil {
+		return x.RootCaPem
+	}
+	return nil
+}
+
 type RaftPeer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RaftId        uint64                 `protobuf:"varint,1,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
@@ -1271,7 +1556,7 @@ type RaftPeer struct {
 
 func (x *RaftPeer) Reset() {
 	*x = RaftPeer{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1568,7 @@ func (x *RaftPeer) String() string {
 func (*RaftPeer) ProtoMessage() {}
 
 func (x *RaftPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1581,7 @@ func (x *RaftPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftPeer.ProtoReflect.Descriptor instead.
 func (*RaftPeer) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RaftPeer) GetRaftId() uint64 {
@@ -1360,11 +1645,13 @@ const file_control_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12'\n" +
 	"\x04spec\x18\x03 \x01(\v2\x13.shoal.api.NodeSpecR\x04spec\"?\n" +
 	"\x0fClusterResponse\x12,\n" +
-	"\acluster\x18\x01 \x01(\v2\x12.shoal.api.ClusterR\acluster\"l\n" +
+	"\acluster\x18\x01 \x01(\v2\x12.shoal.api.ClusterR\acluster\"\xce\x01\n" +
 	"\x14UpdateClusterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12*\n" +
-	"\x04spec\x18\x03 \x01(\v2\x16.shoal.api.ClusterSpecR\x04spec\"\x89\x01\n" +
+	"\x04spec\x18\x03 \x01(\v2\x16.shoal.api.ClusterSpecR\x04spec\x12.\n" +
+	"\x13rotate_worker_token\x18\x04 \x01(\bR\x11rotateWorkerToken\x120\n" +
+	"\x14rotate_manager_token\x18\x05 \x01(\bR\x12rotateManagerToken\"\x89\x01\n" +
 	"\fWatchRequest\x12+\n" +
 	"\x05kinds\x18\x01 \x03(\x0e2\x15.shoal.api.ObjectKindR\x05kinds\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x1f\n" +
@@ -1378,16 +1665,17 @@ const file_control_proto_rawDesc = "" +
 	"\x03old\x18\x03 \x01(\v2\x16.shoal.api.StoreActionR\x03old\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\x04R\aversion\"=\n" +
 	"\fWatchMessage\x12-\n" +
-	"\x06events\x18\x01 \x03(\v2\x15.shoal.api.WatchEventR\x06events\"\x85\x02\n" +
+	"\x06events\x18\x01 \x03(\v2\x15.shoal.api.WatchEventR\x06events\"\x97\x02\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12<\n" +
 	"\vdescription\x18\x03 \x01(\v2\x1a.shoal.api.NodeDescriptionR\vdescription\x12\x12\n" +
 	"\x04addr\x18\x04 \x01(\tR\x04addr\x12:\n" +
-	"\x06labels\x18\x05 \x03(\v2\".shoal.api.JoinRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x05 \x03(\v2\".shoal.api.JoinRequest.LabelsEntryR\x06labels\x12\x10\n" +
+	"\x03csr\x18\x06 \x01(\fR\x03csr\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcf\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x98\x02\n" +
 	"\fJoinResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
@@ -1395,7 +1683,21 @@ const file_control_proto_rawDesc = "" +
 	"\x04role\x18\x03 \x01(\x0e2\x13.shoal.api.NodeRoleR\x04role\x12\x1a\n" +
 	"\bmanagers\x18\x04 \x03(\tR\bmanagers\x12\x17\n" +
 	"\araft_id\x18\x05 \x01(\x04R\x06raftId\x12)\n" +
-	"\x05peers\x18\x06 \x03(\v2\x13.shoal.api.RaftPeerR\x05peers\"7\n" +
+	"\x05peers\x18\x06 \x03(\v2\x13.shoal.api.RaftPeerR\x05peers\x12'\n" +
+	"\x0fcertificate_pem\x18\a \x01(\fR\x0ecertificatePem\x12\x1e\n" +
+	"\vroot_ca_pem\x18\b \x01(\fR\trootCaPem\"\x12\n" +
+	"\x10GetRootCARequest\".\n" +
+	"\x11GetRootCAResponse\x12\x19\n" +
+	"\bcert_pem\x18\x01 \x01(\fR\acertPem\"+\n" +
+	"\x17RenewCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"a\n" +
+	"\x1dIssueClientCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bvalidity\x18\x03 \x01(\x03R\bvalidity\"^\n" +
+	"\x13CertificateResponse\x12'\n" +
+	"\x0fcertificate_pem\x18\x01 \x01(\fR\x0ecertificatePem\x12\x1e\n" +
+	"\vroot_ca_pem\x18\x02 \x01(\fR\trootCaPem\"7\n" +
 	"\bRaftPeer\x12\x17\n" +
 	"\araft_id\x18\x01 \x01(\x04R\x06raftId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr*\x83\x01\n" +
@@ -1426,7 +1728,11 @@ const file_control_proto_rawDesc = "" +
 	"\rUpdateCluster\x12\x1f.shoal.api.UpdateClusterRequest\x1a\x1a.shoal.api.ClusterResponse\x12;\n" +
 	"\x05Watch\x12\x17.shoal.api.WatchRequest\x1a\x17.shoal.api.WatchMessage0\x012?\n" +
 	"\x04Join\x127\n" +
-	"\x04Join\x12\x16.shoal.api.JoinRequest\x1a\x17.shoal.api.JoinResponseB'Z%github.com/shoalhq/shoal/internal/apib\x06proto3"
+	"\x04Join\x12\x16.shoal.api.JoinRequest\x1a\x17.shoal.api.JoinResponse2\x88\x02\n" +
+	"\x02CA\x12F\n" +
+	"\tGetRootCA\x12\x1b.shoal.api.GetRootCARequest\x1a\x1c.shoal.api.GetRootCAResponse\x12V\n" +
+	"\x10RenewCertificate\x12\".shoal.api.RenewCertificateRequest\x1a\x1e.shoal.api.CertificateResponse\x12b\n" +
+	"\x16IssueClientCertificate\x12(.shoal.api.IssueClientCertificateRequest\x1a\x1e.shoal.api.CertificateResponseB'Z%github.com/shoalhq/shoal/internal/apib\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1441,69 +1747,74 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_control_proto_goTypes = []any{
-	(ObjectKind)(0),              // 0: shoal.api.ObjectKind
-	(*GetRequest)(nil),           // 1: shoal.api.GetRequest
-	(*RemoveRequest)(nil),        // 2: shoal.api.RemoveRequest
-	(*RemoveResponse)(nil),       // 3: shoal.api.RemoveResponse
-	(*CreateServiceRequest)(nil), // 4: shoal.api.CreateServiceRequest
-	(*ServiceResponse)(nil),      // 5: shoal.api.ServiceResponse
-	(*ListServicesRequest)(nil),  // 6: shoal.api.ListServicesRequest
-	(*ListServicesResponse)(nil), // 7: shoal.api.ListServicesResponse
-	(*UpdateServiceRequest)(nil), // 8: shoal.api.UpdateServiceRequest
-	(*TaskResponse)(nil),         // 9: shoal.api.TaskResponse
-	(*ListTasksRequest)(nil),     // 10: shoal.api.ListTasksRequest
-	(*ListTasksResponse)(nil),    // 11: shoal.api.ListTasksResponse
-	(*NodeResponse)(nil),         // 12: shoal.api.NodeResponse
-	(*ListNodesRequest)(nil),     // 13: shoal.api.ListNodesRequest
-	(*ListNodesResponse)(nil),    // 14: shoal.api.ListNodesResponse
-	(*UpdateNodeRequest)(nil),    // 15: shoal.api.UpdateNodeRequest
-	(*ClusterResponse)(nil),      // 16: shoal.api.ClusterResponse
-	(*UpdateClusterRequest)(nil), // 17: shoal.api.UpdateClusterRequest
-	(*WatchRequest)(nil),         // 18: shoal.api.WatchRequest
-	(*WatchEvent)(nil),           // 19: shoal.api.WatchEvent
-	(*WatchMessage)(nil),         // 20: shoal.api.WatchMessage
-	(*JoinRequest)(nil),          // 21: shoal.api.JoinRequest
-	(*JoinResponse)(nil),         // 22: shoal.api.JoinResponse
-	(*RaftPeer)(nil),             // 23: shoal.api.RaftPeer
-	nil,                          // 24: shoal.api.JoinRequest.LabelsEntry
-	(*ServiceSpec)(nil),          // 25: shoal.api.ServiceSpec
-	(*Service)(nil),              // 26: shoal.api.Service
-	(*Task)(nil),                 // 27: shoal.api.Task
-	(TaskState)(0),               // 28: shoal.api.TaskState
-	(*Node)(nil),                 // 29: shoal.api.Node
-	(NodeRole)(0),                // 30: shoal.api.NodeRole
-	(*NodeSpec)(nil),             // 31: shoal.api.NodeSpec
-	(*Cluster)(nil),              // 32: shoal.api.Cluster
-	(*ClusterSpec)(nil),          // 33: shoal.api.ClusterSpec
-	(StoreAction_Kind)(0),        // 34: shoal.api.StoreAction.Kind
-	(*StoreAction)(nil),          // 35: shoal.api.StoreAction
-	(*NodeDescription)(nil),      // 36: shoal.api.NodeDescription
+	(ObjectKind)(0),                       // 0: shoal.api.ObjectKind
+	(*GetRequest)(nil),                    // 1: shoal.api.GetRequest
+	(*RemoveRequest)(nil),                 // 2: shoal.api.RemoveRequest
+	(*RemoveResponse)(nil),                // 3: shoal.api.RemoveResponse
+	(*CreateServiceRequest)(nil),          // 4: shoal.api.CreateServiceRequest
+	(*ServiceResponse)(nil),               // 5: shoal.api.ServiceResponse
+	(*ListServicesRequest)(nil),           // 6: shoal.api.ListServicesRequest
+	(*ListServicesResponse)(nil),          // 7: shoal.api.ListServicesResponse
+	(*UpdateServiceRequest)(nil),          // 8: shoal.api.UpdateServiceRequest
+	(*TaskResponse)(nil),                  // 9: shoal.api.TaskResponse
+	(*ListTasksRequest)(nil),              // 10: shoal.api.ListTasksRequest
+	(*ListTasksResponse)(nil),             // 11: shoal.api.ListTasksResponse
+	(*NodeResponse)(nil),                  // 12: shoal.api.NodeResponse
+	(*ListNodesRequest)(nil),              // 13: shoal.api.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 14: shoal.api.ListNodesResponse
+	(*UpdateNodeRequest)(nil),             // 15: shoal.api.UpdateNodeRequest
+	(*ClusterResponse)(nil),               // 16: shoal.api.ClusterResponse
+	(*UpdateClusterRequest)(nil),          // 17: shoal.api.UpdateClusterRequest
+	(*WatchRequest)(nil),                  // 18: shoal.api.WatchRequest
+	(*WatchEvent)(nil),                    // 19: shoal.api.WatchEvent
+	(*WatchMessage)(nil),                  // 20: shoal.api.WatchMessage
+	(*JoinRequest)(nil),                   // 21: shoal.api.JoinRequest
+	(*JoinResponse)(nil),                  // 22: shoal.api.JoinResponse
+	(*GetRootCARequest)(nil),              // 23: shoal.api.GetRootCARequest
+	(*GetRootCAResponse)(nil),             // 24: shoal.api.GetRootCAResponse
+	(*RenewCertificateRequest)(nil),       // 25: shoal.api.RenewCertificateRequest
+	(*IssueClientCertificateRequest)(nil), // 26: shoal.api.IssueClientCertificateRequest
+	(*CertificateResponse)(nil),           // 27: shoal.api.CertificateResponse
+	(*RaftPeer)(nil),                      // 28: shoal.api.RaftPeer
+	nil,                                   // 29: shoal.api.JoinRequest.LabelsEntry
+	(*ServiceSpec)(nil),                   // 30: shoal.api.ServiceSpec
+	(*Service)(nil),                       // 31: shoal.api.Service
+	(*Task)(nil),                          // 32: shoal.api.Task
+	(TaskState)(0),                        // 33: shoal.api.TaskState
+	(*Node)(nil),                          // 34: shoal.api.Node
+	(NodeRole)(0),                         // 35: shoal.api.NodeRole
+	(*NodeSpec)(nil),                      // 36: shoal.api.NodeSpec
+	(*Cluster)(nil),                       // 37: shoal.api.Cluster
+	(*ClusterSpec)(nil),                   // 38: shoal.api.ClusterSpec
+	(StoreAction_Kind)(0),                 // 39: shoal.api.StoreAction.Kind
+	(*StoreAction)(nil),                   // 40: shoal.api.StoreAction
+	(*NodeDescription)(nil),               // 41: shoal.api.NodeDescription
 }
 var file_control_proto_depIdxs = []int32{
-	25, // 0: shoal.api.CreateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
-	26, // 1: shoal.api.ServiceResponse.service:type_name -> shoal.api.Service
-	26, // 2: shoal.api.ListServicesResponse.services:type_name -> shoal.api.Service
-	25, // 3: shoal.api.UpdateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
-	27, // 4: shoal.api.TaskResponse.task:type_name -> shoal.api.Task
-	28, // 5: shoal.api.ListTasksRequest.desired_states:type_name -> shoal.api.TaskState
-	27, // 6: shoal.api.ListTasksResponse.tasks:type_name -> shoal.api.Task
-	29, // 7: shoal.api.NodeResponse.node:type_name -> shoal.api.Node
-	30, // 8: shoal.api.ListNodesRequest.roles:type_name -> shoal.api.NodeRole
-	29, // 9: shoal.api.ListNodesResponse.nodes:type_name -> shoal.api.Node
-	31, // 10: shoal.api.UpdateNodeRequest.spec:type_name -> shoal.api.NodeSpec
-	32, // 11: shoal.api.ClusterResponse.cluster:type_name -> shoal.api.Cluster
-	33, // 12: shoal.api.UpdateClusterRequest.spec:type_name -> shoal.api.ClusterSpec
+	30, // 0: shoal.api.CreateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
+	31, // 1: shoal.api.ServiceResponse.service:type_name -> shoal.api.Service
+	31, // 2: shoal.api.ListServicesResponse.services:type_name -> shoal.api.Service
+	30, // 3: shoal.api.UpdateServiceRequest.spec:type_name -> shoal.api.ServiceSpec
+	32, // 4: shoal.api.TaskResponse.task:type_name -> shoal.api.Task
+	33, // 5: shoal.api.ListTasksRequest.desired_states:type_name -> shoal.api.TaskState
+	32, // 6: shoal.api.ListTasksResponse.tasks:type_name -> shoal.api.Task
+	34, // 7: shoal.api.NodeResponse.node:type_name -> shoal.api.Node
+	35, // 8: shoal.api.ListNodesRequest.roles:type_name -> shoal.api.NodeRole
+	34, // 9: shoal.api.ListNodesResponse.nodes:type_name -> shoal.api.Node
+	36, // 10: shoal.api.UpdateNodeRequest.spec:type_name -> shoal.api.NodeSpec
+	37, // 11: shoal.api.ClusterResponse.cluster:type_name -> shoal.api.Cluster
+	38, // 12: shoal.api.UpdateClusterRequest.spec:type_name -> shoal.api.ClusterSpec
 	0,  // 13: shoal.api.WatchRequest.kinds:type_name -> shoal.api.ObjectKind
-	34, // 14: shoal.api.WatchEvent.action:type_name -> shoal.api.StoreAction.Kind
-	35, // 15: shoal.api.WatchEvent.object:type_name -> shoal.api.StoreAction
-	35, // 16: shoal.api.WatchEvent.old:type_name -> shoal.api.StoreAction
+	39, // 14: shoal.api.WatchEvent.action:type_name -> shoal.api.StoreAction.Kind
+	40, // 15: shoal.api.WatchEvent.object:type_name -> shoal.api.StoreAction
+	40, // 16: shoal.api.WatchEvent.old:type_name -> shoal.api.StoreAction
 	19, // 17: shoal.api.WatchMessage.events:type_name -> shoal.api.WatchEvent
-	36, // 18: shoal.api.JoinRequest.description:type_name -> shoal.api.NodeDescription
-	24, // 19: shoal.api.JoinRequest.labels:type_name -> shoal.api.JoinRequest.LabelsEntry
-	30, // 20: shoal.api.JoinResponse.role:type_name -> shoal.api.NodeRole
-	23, // 21: shoal.api.JoinResponse.peers:type_name -> shoal.api.RaftPeer
+	41, // 18: shoal.api.JoinRequest.description:type_name -> shoal.api.NodeDescription
+	29, // 19: shoal.api.JoinRequest.labels:type_name -> shoal.api.JoinRequest.LabelsEntry
+	35, // 20: shoal.api.JoinResponse.role:type_name -> shoal.api.NodeRole
+	28, // 21: shoal.api.JoinResponse.peers:type_name -> shoal.api.RaftPeer
 	4,  // 22: shoal.api.Control.CreateService:input_type -> shoal.api.CreateServiceRequest
 	1,  // 23: shoal.api.Control.GetService:input_type -> shoal.api.GetRequest
 	6,  // 24: shoal.api.Control.ListServices:input_type -> shoal.api.ListServicesRequest
@@ -1519,23 +1830,29 @@ var file_control_proto_depIdxs = []int32{
 	17, // 34: shoal.api.Control.UpdateCluster:input_type -> shoal.api.UpdateClusterRequest
 	18, // 35: shoal.api.Control.Watch:input_type -> shoal.api.WatchRequest
 	21, // 36: shoal.api.Join.Join:input_type -> shoal.api.JoinRequest
-	5,  // 37: shoal.api.Control.CreateService:output_type -> shoal.api.ServiceResponse
-	5,  // 38: shoal.api.Control.GetService:output_type -> shoal.api.ServiceResponse
-	7,  // 39: shoal.api.Control.ListServices:output_type -> shoal.api.ListServicesResponse
-	5,  // 40: shoal.api.Control.UpdateService:output_type -> shoal.api.ServiceResponse
-	3,  // 41: shoal.api.Control.RemoveService:output_type -> shoal.api.RemoveResponse
-	9,  // 42: shoal.api.Control.GetTask:output_type -> shoal.api.TaskResponse
-	11, // 43: shoal.api.Control.ListTasks:output_type -> shoal.api.ListTasksResponse
-	12, // 44: shoal.api.Control.GetNode:output_type -> shoal.api.NodeResponse
-	14, // 45: shoal.api.Control.ListNodes:output_type -> shoal.api.ListNodesResponse
-	12, // 46: shoal.api.Control.UpdateNode:output_type -> shoal.api.NodeResponse
-	3,  // 47: shoal.api.Control.RemoveNode:output_type -> shoal.api.RemoveResponse
-	16, // 48: shoal.api.Control.GetCluster:output_type -> shoal.api.ClusterResponse
-	16, // 49: shoal.api.Control.UpdateCluster:output_type -> shoal.api.ClusterResponse
-	20, // 50: shoal.api.Control.Watch:output_type -> shoal.api.WatchMessage
-	22, // 51: shoal.api.Join.Join:output_type -> shoal.api.JoinResponse
-	37, // [37:52] is the sub-list for method output_type
-	22, // [22:37] is the sub-list for method input_type
+	23, // 37: shoal.api.CA.GetRootCA:input_type -> shoal.api.GetRootCARequest
+	25, // 38: shoal.api.CA.RenewCertificate:input_type -> shoal.api.RenewCertificateRequest
+	26, // 39: shoal.api.CA.IssueClientCertificate:input_type -> shoal.api.IssueClientCertificateRequest
+	5,  // 40: shoal.api.Control.CreateService:output_type -> shoal.api.ServiceResponse
+	5,  // 41: shoal.api.Control.GetService:output_type -> shoal.api.ServiceResponse
+	7,  // 42: shoal.api.Control.ListServices:output_type -> shoal.api.ListServicesResponse
+	5,  // 43: shoal.api.Control.UpdateService:output_type -> shoal.api.ServiceResponse
+	3,  // 44: shoal.api.Control.RemoveService:output_type -> shoal.api.RemoveResponse
+	9,  // 45: shoal.api.Control.GetTask:output_type -> shoal.api.TaskResponse
+	11, // 46: shoal.api.Control.ListTasks:output_type -> shoal.api.ListTasksResponse
+	12, // 47: shoal.api.Control.GetNode:output_type -> shoal.api.NodeResponse
+	14, // 48: shoal.api.Control.ListNodes:output_type -> shoal.api.ListNodesResponse
+	12, // 49: shoal.api.Control.UpdateNode:output_type -> shoal.api.NodeResponse
+	3,  // 50: shoal.api.Control.RemoveNode:output_type -> shoal.api.RemoveResponse
+	16, // 51: shoal.api.Control.GetCluster:output_type -> shoal.api.ClusterResponse
+	16, // 52: shoal.api.Control.UpdateCluster:output_type -> shoal.api.ClusterResponse
+	20, // 53: shoal.api.Control.Watch:output_type -> shoal.api.WatchMessage
+	22, // 54: shoal.api.Join.Join:output_type -> shoal.api.JoinResponse
+	24, // 55: shoal.api.CA.GetRootCA:output_type -> shoal.api.GetRootCAResponse
+	27, // 56: shoal.api.CA.RenewCertificate:output_type -> shoal.api.CertificateResponse
+	27, // 57: shoal.api.CA.IssueClientCertificate:output_type -> shoal.api.CertificateResponse
+	40, // [40:58] is the sub-list for method output_type
+	22, // [22:40] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -1553,9 +1870,9 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   29,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_control_proto_goTypes,
 		DependencyIndexes: file_control_proto_depIdxs,

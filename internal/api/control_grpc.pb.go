@@ -732,3 +732,201 @@ var Join_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "control.proto",
 }
+
+const (
+	CA_GetRootCA_FullMethodName              = "/shoal.api.CA/GetRootCA"
+	CA_RenewCertificate_FullMethodName       = "/shoal.api.CA/RenewCertificate"
+	CA_IssueClientCertificate_FullMethodName = "/shoal.api.CA/IssueClientCertificate"
+)
+
+// CAClient is the client API for CA service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// CA issues and renews certificates. GetRootCA needs no certificate (a
+// joining node fetches the root to check it against its token); the others
+// need the caller's certificate.
+type CAClient interface {
+	GetRootCA(ctx context.Context, in *GetRootCARequest, opts ...grpc.CallOption) (*GetRootCAResponse, error)
+	// RenewCertificate issues the caller a new certificate for a new key, with
+	// the role the cluster records for it now (a promotion or demotion is
+	// picked up this way).
+	RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*CertificateResponse, error)
+	// IssueClientCertificate issues an operator client certificate (OU
+	// shoal-client) for the control API; the caller must be a manager or an
+	// operator.
+	IssueClientCertificate(ctx context.Context, in *IssueClientCertificateRequest, opts ...grpc.CallOption) (*CertificateResponse, error)
+}
+
+type cAClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewCAClient(cc grpc.ClientConnInterface) CAClient {
+	return &cAClient{cc}
+}
+
+func (c *cAClient) GetRootCA(ctx context.Context, in *GetRootCARequest, opts ...grpc.CallOption) (*GetRootCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRootCAResponse)
+	err := c.cc.Invoke(ctx, CA_GetRootCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAClient) RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*CertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CertificateResponse)
+	err := c.cc.Invoke(ctx, CA_RenewCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAClient) IssueClientCertificate(ctx context.Context, in *IssueClientCertificateRequest, opts ...grpc.CallOption) (*CertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CertificateResponse)
+	err := c.cc.Invoke(ctx, CA_IssueClientCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CAServer is the server API for CA service.
+// All implementations must embed UnimplementedCAServer
+// for forward compatibility.
+//
+// CA issues and renews certificates. GetRootCA needs no certificate (a
+// joining node fetches the root to check it against its token); the others
+// need the caller's certificate.
+type CAServer interface {
+	GetRootCA(context.Context, *GetRootCARequest) (*GetRootCAResponse, error)
+	// RenewCertificate issues the caller a new certificate for a new key, with
+	// the role the cluster records for it now (a promotion or demotion is
+	// picked up this way).
+	RenewCertificate(context.Context, *RenewCertificateRequest) (*CertificateResponse, error)
+	// IssueClientCertificate issues an operator client certificate (OU
+	// shoal-client) for the control API; the caller must be a manager or an
+	// operator.
+	IssueClientCertificate(context.Context, *IssueClientCertificateRequest) (*CertificateResponse, error)
+	mustEmbedUnimplementedCAServer()
+}
+
+// UnimplementedCAServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedCAServer struct{}
+
+func (UnimplementedCAServer) GetRootCA(context.Context, *GetRootCARequest) (*GetRootCAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRootCA not implemented")
+}
+func (UnimplementedCAServer) RenewCertificate(context.Context, *RenewCertificateRequest) (*CertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewCertificate not implemented")
+}
+func (UnimplementedCAServer) IssueClientCertificate(context.Context, *IssueClientCertificateRequest) (*CertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueClientCertificate not implemented")
+}
+func (UnimplementedCAServer) mustEmbedUnimplementedCAServer() {}
+func (UnimplementedCAServer) testEmbeddedByValue()            {}
+
+// UnsafeCAServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to CAServer will
+// result in compilation errors.
+type UnsafeCAServer interface {
+	mustEmbedUnimplementedCAServer()
+}
+
+func RegisterCAServer(s grpc.ServiceRegistrar, srv CAServer) {
+	// If the following call panics, it indicates UnimplementedCAServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&CA_ServiceDesc, srv)
+}
+
+func _CA_GetRootCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRootCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServer).GetRootCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CA_GetRootCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServer).GetRootCA(ctx, req.(*GetRootCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CA_RenewCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServer).RenewCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CA_RenewCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServer).RenewCertificate(ctx, req.(*RenewCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CA_IssueClientCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueClientCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServer).IssueClientCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CA_IssueClientCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServer).IssueClientCertificate(ctx, req.(*IssueClientCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// CA_ServiceDesc is the grpc.ServiceDesc for CA service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var CA_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "shoal.api.CA",
+	HandlerType: (*CAServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetRootCA",
+			Handler:    _CA_GetRootCA_Handler,
+		},
+		{
+			MethodName: "RenewCertificate",
+			Handler:    _CA_RenewCertificate_Handler,
+		},
+		{
+			MethodName: "IssueClientCertificate",
+			Handler:    _CA_IssueClientCertificate_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "control.proto",
+}

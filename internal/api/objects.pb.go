@@ -450,7 +450,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23, 0}
+	return file_objects_proto_rawDescGZIP(), []int{24, 0}
 }
 
 type Meta struct {
@@ -1844,8 +1844,11 @@ type ClusterSpec struct {
 	TaskHistoryLimit int64 `protobuf:"varint,2,opt,name=task_history_limit,json=taskHistoryLimit,proto3" json:"task_history_limit,omitempty"`
 	// heartbeat_period in nanoseconds; a node is DOWN after 3 missed periods.
 	HeartbeatPeriod int64 `protobuf:"varint,3,opt,name=heartbeat_period,json=heartbeatPeriod,proto3" json:"heartbeat_period,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// node_cert_validity in nanoseconds: how long node certificates issued from
+	// now on are valid (0 = the default, 90 days; at least 30 minutes).
+	NodeCertValidity int64 `protobuf:"varint,4,opt,name=node_cert_validity,json=nodeCertValidity,proto3" json:"node_cert_validity,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ClusterSpec) Reset() {
@@ -1895,6 +1898,13 @@ func (x *ClusterSpec) GetTaskHistoryLimit() int64 {
 func (x *ClusterSpec) GetHeartbeatPeriod() int64 {
 	if x != nil {
 		return x.HeartbeatPeriod
+	}
+	return 0
+}
+
+func (x *ClusterSpec) GetNodeCertValidity() int64 {
+	if x != nil {
+		return x.NodeCertValidity
 	}
 	return 0
 }
@@ -1951,19 +1961,95 @@ func (x *JoinTokens) GetManager() string {
 	return ""
 }
 
+// RootCA is the cluster's certificate authority as replicated in the store
+// (entries and snapshots are encrypted at rest).
+type RootCA struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cert_pem is the root certificate nodes trust; during a root rotation,
+	// trust_pem holds both roots.
+	CertPem []byte `protobuf:"bytes,1,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	// key_pem is the root's private key; empty when an external CA signs.
+	KeyPem []byte `protobuf:"bytes,2,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	// external_url is the cfssl signing server CSRs are forwarded to, if any.
+	ExternalUrl string `protobuf:"bytes,3,opt,name=external_url,json=externalUrl,proto3" json:"external_url,omitempty"`
+	// external_auth_key is the hex key for cfssl's authenticated signing.
+	ExternalAuthKey string `protobuf:"bytes,4,opt,name=external_auth_key,json=externalAuthKey,proto3" json:"external_auth_key,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RootCA) Reset() {
+	*x = RootCA{}
+	mi := &file_objects_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RootCA) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RootCA) ProtoMessage() {}
+
+func (x *RootCA) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
+func (*RootCA) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RootCA) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *RootCA) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
+func (x *RootCA) GetExternalUrl() string {
+	if x != nil {
+		return x.ExternalUrl
+	}
+	return ""
+}
+
+func (x *RootCA) GetExternalAuthKey() string {
+	if x != nil {
+		return x.ExternalAuthKey
+	}
+	return ""
+}
+
 type Cluster struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Meta          *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
 	Spec          *ClusterSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	JoinTokens    *JoinTokens            `protobuf:"bytes,4,opt,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	RootCa        *RootCA                `protobuf:"bytes,5,opt,name=root_ca,json=rootCa,proto3" json:"root_ca,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1975,7 +2061,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1988,7 +2074,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Cluster) GetId() string {
@@ -2019,6 +2105,13 @@ func (x *Cluster) GetJoinTokens() *JoinTokens {
 	return nil
 }
 
+func (x *Cluster) GetRootCa() *RootCA {
+	if x != nil {
+		return x.RootCa
+	}
+	return nil
+}
+
 // StoreAction is one change of a write transaction.
 type StoreAction struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2036,7 +2129,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2141,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2154,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -2158,7 +2251,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2170,7 +2263,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2183,7 +2276,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -2213,7 +2306,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2318,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2331,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -2388,21 +2481,28 @@ const file_objects_proto_rawDesc = "" +
 	"\fspec_version\x18\b \x01(\x04R\vspecVersion\x129\n" +
 	"\rdesired_state\x18\t \x01(\x0e2\x14.shoal.api.TaskStateR\fdesiredState\x12-\n" +
 	"\x06status\x18\n" +
-	" \x01(\v2\x15.shoal.api.TaskStatusR\x06status\"z\n" +
+	" \x01(\v2\x15.shoal.api.TaskStatusR\x06status\"\xa8\x01\n" +
 	"\vClusterSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x12)\n" +
-	"\x10heartbeat_period\x18\x03 \x01(\x03R\x0fheartbeatPeriod\">\n" +
+	"\x10heartbeat_period\x18\x03 \x01(\x03R\x0fheartbeatPeriod\x12,\n" +
+	"\x12node_cert_validity\x18\x04 \x01(\x03R\x10nodeCertValidity\">\n" +
 	"\n" +
 	"JoinTokens\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x18\n" +
-	"\amanager\x18\x02 \x01(\tR\amanager\"\xa2\x01\n" +
+	"\amanager\x18\x02 \x01(\tR\amanager\"\x8b\x01\n" +
+	"\x06RootCA\x12\x19\n" +
+	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x02 \x01(\fR\x06keyPem\x12!\n" +
+	"\fexternal_url\x18\x03 \x01(\tR\vexternalUrl\x12*\n" +
+	"\x11external_auth_key\x18\x04 \x01(\tR\x0fexternalAuthKey\"\xce\x01\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12*\n" +
 	"\x04spec\x18\x03 \x01(\v2\x16.shoal.api.ClusterSpecR\x04spec\x126\n" +
 	"\vjoin_tokens\x18\x04 \x01(\v2\x15.shoal.api.JoinTokensR\n" +
-	"joinTokens\"\xc3\x02\n" +
+	"joinTokens\x12*\n" +
+	"\aroot_ca\x18\x05 \x01(\v2\x11.shoal.api.RootCAR\x06rootCa\"\xc3\x02\n" +
 	"\vStoreAction\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.shoal.api.StoreAction.KindR\x04kind\x12%\n" +
 	"\x04node\x18\x02 \x01(\v2\x0f.shoal.api.NodeH\x00R\x04node\x12.\n" +
@@ -2478,7 +2578,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.api.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.api.NodeAvailability
@@ -2510,15 +2610,16 @@ var file_objects_proto_goTypes = []any{
 	(*Task)(nil),                 // 27: shoal.api.Task
 	(*ClusterSpec)(nil),          // 28: shoal.api.ClusterSpec
 	(*JoinTokens)(nil),           // 29: shoal.api.JoinTokens
-	(*Cluster)(nil),              // 30: shoal.api.Cluster
-	(*StoreAction)(nil),          // 31: shoal.api.StoreAction
-	(*StoreRequest)(nil),         // 32: shoal.api.StoreRequest
-	(*StoreSnapshot)(nil),        // 33: shoal.api.StoreSnapshot
-	nil,                          // 34: shoal.api.NodeSpec.LabelsEntry
-	nil,                          // 35: shoal.api.ServiceSpec.LabelsEntry
+	(*RootCA)(nil),               // 30: shoal.api.RootCA
+	(*Cluster)(nil),              // 31: shoal.api.Cluster
+	(*StoreAction)(nil),          // 32: shoal.api.StoreAction
+	(*StoreRequest)(nil),         // 33: shoal.api.StoreRequest
+	(*StoreSnapshot)(nil),        // 34: shoal.api.StoreSnapshot
+	nil,                          // 35: shoal.api.NodeSpec.LabelsEntry
+	nil,                          // 36: shoal.api.ServiceSpec.LabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	34, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
+	35, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
 	0,  // 1: shoal.api.NodeSpec.desired_role:type_name -> shoal.api.NodeRole
 	1,  // 2: shoal.api.NodeSpec.availability:type_name -> shoal.api.NodeAvailability
 	10, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
@@ -2537,7 +2638,7 @@ var file_objects_proto_depIdxs = []int32{
 	17, // 16: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
 	16, // 17: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
 	4,  // 18: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
-	35, // 19: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
+	36, // 19: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
 	19, // 20: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
 	21, // 21: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
 	22, // 22: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
@@ -2554,21 +2655,22 @@ var file_objects_proto_depIdxs = []int32{
 	8,  // 33: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
 	28, // 34: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
 	29, // 35: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
-	7,  // 36: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
-	15, // 37: shoal.api.StoreAction.node:type_name -> shoal.api.Node
-	25, // 38: shoal.api.StoreAction.service:type_name -> shoal.api.Service
-	27, // 39: shoal.api.StoreAction.task:type_name -> shoal.api.Task
-	30, // 40: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
-	31, // 41: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
-	15, // 42: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
-	25, // 43: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
-	27, // 44: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
-	30, // 45: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	30, // 36: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
+	7,  // 37: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
+	15, // 38: shoal.api.StoreAction.node:type_name -> shoal.api.Node
+	25, // 39: shoal.api.StoreAction.service:type_name -> shoal.api.Service
+	27, // 40: shoal.api.StoreAction.task:type_name -> shoal.api.Task
+	31, // 41: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
+	32, // 42: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
+	15, // 43: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
+	25, // 44: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
+	27, // 45: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
+	31, // 46: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -2580,7 +2682,7 @@ func file_objects_proto_init() {
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[23].OneofWrappers = []any{
+	file_objects_proto_msgTypes[24].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -2592,7 +2694,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -33,13 +33,17 @@ type JoinConfig struct {
 	// Forward sends a join to the leader; used when this manager is not the
 	// leader (adding a Raft member needs the leader).
 	Forward func(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error)
+	// Signers signs the new node's certificate with the cluster's CA.
+	Signers *Signers
 }
 
 // JoinServer admits nodes that present a valid join token: it creates their
 // Node object, whose ID the new node keeps for life, and adds managers to the
 // Raft group as learners (the leader promotes them once they caught up).
-// Until the security work lands, the token's secret is the only credential;
-// the API is shaped so a certificate signing request slots into JoinRequest.
+// The token's digest must be the cluster's root CA digest (the joining node
+// checked the same against the root it fetched), and its secret one of the
+// cluster's current tokens; the node's CSR is signed with the role the token
+// grants.
 type JoinServer struct {
 	api.UnimplementedJoinServer
 	cfg JoinConfig
@@ -65,8 +69,18 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 	if cluster == nil {
 		return nil, errdefs.ToGRPC(fmt.Errorf("join: this manager has no cluster yet: %w", errdefs.ErrStopped))
 	}
-	if tok.Digest != pki.Digest([]byte(cluster.Id)) {
-		return nil, errdefs.ToGRPC(fmt.Errorf("join token is for another cluster: %w", errdefs.ErrInvalidToken))
+	root, err := pki.ParseRootCA(cluster.GetRootCa().GetCertPem(), nil)
+	if err != nil {
+		return nil, errdefs.ToGRPC(fmt.Errorf("join: cluster root CA: %w", err))
+	}
+	if tok.Digest != root.Digest() {
+		return nil, errdefs.ToGRPC(fmt.Errorf("join token is for another cluster (its digest is not this cluster's root CA): %w", errdefs.ErrInvalidToken))
+	}
+	if len(req.GetCsr()) == 0 {
+		return nil, errdefs.ToGRPC(invalid("JoinRequest.Csr", "is required: the node's certificate signing request"))
+	}
+	if _, err := pki.ParseCSR(req.GetCsr()); err != nil {
+		return nil, errdefs.ToGRPC(invalid("JoinRequest.Csr", "%v", err))
 	}
 	role := api.NodeRole_NODE_ROLE_WORKER
 	worker, _ := pki.ParseToken(cluster.GetJoinTokens().GetWorker())
@@ -110,6 +124,15 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		resp.RaftId = raftID
 		resp.Peers = peers
 	}
+	signers := s.cfg.Signers
+	if signers == nil {
+		signers = &Signers{}
+	}
+	cert, err := signers.issue(ctx, cluster, req.GetCsr(), pki.Subject{NodeID: node.Id, Role: OU(role)}, CertValidity(cluster))
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	resp.CertificatePem, resp.RootCaPem = cert.CertificatePem, cert.RootCaPem
 	if err := s.cfg.Store.Update(ctx, func(tx state.WriteTx) error { return tx.CreateNode(node) }); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}

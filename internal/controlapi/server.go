@@ -139,7 +139,7 @@ func (s *Server) localCluster(id string) (*api.ClusterResponse, error) {
 	if c == nil {
 		return nil, notFound("cluster", id)
 	}
-	return &api.ClusterResponse{Cluster: c}, nil
+	return &api.ClusterResponse{Cluster: Redact(c)}, nil
 }
 
 // lookupService finds a service by ID, then by name, then by unique ID prefix.
@@ -605,7 +605,7 @@ func (s *Server) GetCluster(ctx context.Context, req *api.GetRequest) (*api.Clus
 	if c == nil {
 		return nil, notFound("cluster", req.GetId())
 	}
-	return &api.ClusterResponse{Cluster: c}, nil
+	return &api.ClusterResponse{Cluster: Redact(c)}, nil
 }
 
 // UpdateCluster replaces the cluster's spec.
@@ -626,6 +626,13 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 		name := cur.Spec.GetName()
 		cur.Spec = req.Spec
 		cur.Spec.Name = name
+		if req.GetRotateWorkerToken() || req.GetRotateManagerToken() {
+			tokens, err := RotateTokens(cur, req.GetRotateWorkerToken(), req.GetRotateManagerToken())
+			if err != nil {
+				return err
+			}
+			cur.JoinTokens = tokens
+		}
 		return tx.UpdateCluster(cur)
 	})
 	if err != nil {
@@ -681,7 +688,27 @@ func toWatchEvent(e state.Event) *api.WatchEvent {
 	case state.ActionDelete:
 		kind = api.StoreAction_KIND_DELETE
 	}
-	return &api.WatchEvent{Action: kind, Object: state.StoreAction(kind, e.Object), Old: state.StoreAction(kind, e.Old), Version: e.Index}
+	obj, old := e.Object, e.Old
+	if c, ok := obj.(*api.Cluster); ok {
+		obj = Redact(c)
+	}
+	if c, ok := old.(*api.Cluster); ok && c != nil {
+		old = Redact(c)
+	}
+	return &api.WatchEvent{Action: kind, Object: state.StoreAction(kind, obj), Old: state.StoreAction(kind, old), Version: e.Index}
+}
+
+// Redact returns the cluster object as the API shows it: without the root
+// CA's private key and the external CA's authentication key, which never
+// leave the managers' store. c itself is not modified.
+func Redact(c *api.Cluster) *api.Cluster {
+	if c == nil || (len(c.GetRootCa().GetKeyPem()) == 0 && c.GetRootCa().GetExternalAuthKey() == "") {
+		return c
+	}
+	out := proto.Clone(c).(*api.Cluster)
+	out.RootCa.KeyPem = nil
+	out.RootCa.ExternalAuthKey = ""
+	return out
 }
 
 func watchFilter(req *api.WatchRequest) state.Filter {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/pki"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/scheduler"
@@ -153,6 +154,9 @@ func ValidateClusterSpec(s *api.ClusterSpec) error {
 	}
 	if s.HeartbeatPeriod != 0 && time.Duration(s.HeartbeatPeriod) < MinHeartbeatPeriod {
 		return invalid("ClusterSpec.HeartbeatPeriod", "must be at least %v", MinHeartbeatPeriod)
+	}
+	if s.NodeCertValidity != 0 && time.Duration(s.NodeCertValidity) < pki.MinCertValidity {
+		return invalid("ClusterSpec.NodeCertValidity", "must be at least %v", pki.MinCertValidity)
 	}
 	return nil
 }
