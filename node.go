@@ -535,7 +535,7 @@ func New(cfg Config) (*Node, error) {
 	notManager := errdefs.ToGRPC(fmt.Errorf("this node is not a manager: %w", ErrNotManager))
 	return &Node{cfg: c, log: c.Logger, ready: make(chan struct{}), done: make(chan struct{}),
 		serving: make(chan struct{}), roleKick: make(chan struct{}, 1), renewKick: make(chan struct{}, 1),
-		caSvc: &switchable{down: notManager},
+		caSvc:      &switchable{down: notManager},
 		controlSvc: &switchable{down: notManager}, joinSvc: &switchable{down: notManager},
 		raftSvc: &switchable{down: status.Error(codes.Unavailable, "this node is not a Raft member")},
 		dispSvc: &switchable{down: status.Error(codes.Unavailable, "the dispatcher is not running on this manager (no leader yet)")}}, nil

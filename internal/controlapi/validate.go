@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/shoalhq/shoal/internal/api"
-	"github.com/shoalhq/shoal/pki"
 	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/pki"
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/scheduler"
 )
