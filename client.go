@@ -13,6 +13,7 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/controlapi"
 	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/pki"
 )
 
 // Client is the control API of a cluster: services, tasks, nodes and cluster
@@ -364,6 +365,14 @@ type ClusterUpdate struct {
 	// TaskHistoryLimit is how many dead tasks are kept per slot (>= 0); the
 	// reaper applies a new limit at once.
 	TaskHistoryLimit *int
+	// CertValidity is how long node certificates issued from now on are
+	// valid (at least 30 minutes; 0 restores the default of 90 days).
+	// Nodes pick it up at their next renewal.
+	CertValidity *time.Duration
+	// RotateWorkerToken and RotateManagerToken replace that join token with a
+	// new one; the old token stops working at once. Nodes already joined are
+	// not affected.
+	RotateWorkerToken, RotateManagerToken bool
 }
 
 // UpdateCluster changes cluster-wide settings, retrying if the cluster
@@ -374,6 +383,9 @@ func (c *Client) UpdateCluster(ctx context.Context, u ClusterUpdate) (*ClusterIn
 	}
 	if u.TaskHistoryLimit != nil && *u.TaskHistoryLimit < 0 {
 		return nil, specError("ClusterUpdate.TaskHistoryLimit", "must be >= 0, got %d", *u.TaskHistoryLimit)
+	}
+	if u.CertValidity != nil && *u.CertValidity != 0 && *u.CertValidity < pki.MinCertValidity {
+		return nil, specError("ClusterUpdate.CertValidity", "must be 0 (the default) or at least %v, got %v", pki.MinCertValidity, *u.CertValidity)
 	}
 	return retryOnConflict(func() (*ClusterInfo, error) {
 		resp, err := c.ctl.GetCluster(ctx, &api.GetRequest{})
@@ -388,7 +400,11 @@ func (c *Client) UpdateCluster(ctx context.Context, u ClusterUpdate) (*ClusterIn
 		if u.TaskHistoryLimit != nil {
 			spec.TaskHistoryLimit = int64(*u.TaskHistoryLimit)
 		}
-		up, err := c.ctl.UpdateCluster(ctx, &api.UpdateClusterRequest{Id: cl.Id, Version: cl.GetMeta().GetVersion(), Spec: spec})
+		if u.CertValidity != nil {
+			spec.NodeCertValidity = int64(*u.CertValidity)
+		}
+		up, err := c.ctl.UpdateCluster(ctx, &api.UpdateClusterRequest{Id: cl.Id, Version: cl.GetMeta().GetVersion(), Spec: spec,
+			RotateWorkerToken: u.RotateWorkerToken, RotateManagerToken: u.RotateManagerToken})
 		if err != nil {
 			return nil, errdefs.FromGRPC(err)
 		}
@@ -743,7 +759,25 @@ func fromAPICluster(c *api.Cluster) *ClusterInfo {
 		HeartbeatPeriod:  time.Duration(c.GetSpec().GetHeartbeatPeriod()),
 		WorkerToken:      c.GetJoinTokens().GetWorker(),
 		ManagerToken:     c.GetJoinTokens().GetManager(),
+		CertValidity:     certValidity(c),
+		RootCADigest:     rootDigest(c),
+		RootCACert:       c.GetRootCa().GetCertPem(),
 	}
+}
+
+func certValidity(c *api.Cluster) time.Duration {
+	if v := time.Duration(c.GetSpec().GetNodeCertValidity()); v > 0 {
+		return v
+	}
+	return pki.DefaultCertValidity
+}
+
+func rootDigest(c *api.Cluster) string {
+	root, err := pki.ParseRootCA(firstCertPEM(c.GetRootCa().GetCertPem()), nil)
+	if err != nil {
+		return ""
+	}
+	return root.Digest()
 }
 
 func fromAPIEvent(e *api.WatchEvent) (Event, bool) {

@@ -348,6 +348,12 @@ type ClusterInfo struct {
 	// WorkerToken and ManagerToken admit new nodes in those roles.
 	WorkerToken  string
 	ManagerToken string
+	// CertValidity is how long node certificates are issued for.
+	CertValidity time.Duration
+	// RootCADigest is the digest of the cluster's root CA certificate (the
+	// one the join tokens carry); RootCACert is that certificate (PEM).
+	RootCADigest string
+	RootCACert   []byte
 }
 
 // maxResponseSize caps a control API response a client accepts: listing the
@@ -531,6 +537,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	quietCFSSL()
 	c := cfg.withDefaults()
 	notManager := errdefs.ToGRPC(fmt.Errorf("this node is not a manager: %w", ErrNotManager))
 	return &Node{cfg: c, log: c.Logger, ready: make(chan struct{}), done: make(chan struct{}),

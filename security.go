@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	cfsslog "github.com/cloudflare/cfssl/log"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -38,6 +39,11 @@ import (
 //     every RPC is authorized by the caller's certificate role (authorize).
 //   - Certificates are renewed at a random point between 50% and 80% of their
 //     validity, and when the node's role changes.
+
+// quietCFSSL turns cfssl's package-wide logger (which logs every signature
+// at info level to the standard logger) down to errors, once per process:
+// Shoal reports what matters through the node's own logger.
+var quietCFSSL = sync.OnceFunc(func() { cfsslog.Level = cfsslog.LevelError })
 
 // certDir holds the node's key, certificate chain and trusted roots.
 func certDir(stateDir string) string { return filepath.Join(stateDir, "certificates") }
