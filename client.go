@@ -373,6 +373,14 @@ type ClusterUpdate struct {
 	// new one; the old token stops working at once. Nodes already joined are
 	// not affected.
 	RotateWorkerToken, RotateManagerToken bool
+	// AutoLock turns autolock on or off: with it on, every manager keeps the
+	// key of its Raft log wrapped with the cluster's unlock key and a
+	// restarted manager waits for Node.Unlock. Turning it on creates the
+	// unlock key (ClusterInfo.UnlockKey).
+	AutoLock *bool
+	// RotateUnlockKey replaces the unlock key (autolock on): managers rewrap
+	// their data keys and the old key stops working.
+	RotateUnlockKey bool
 }
 
 // UpdateCluster changes cluster-wide settings, retrying if the cluster
@@ -403,8 +411,11 @@ func (c *Client) UpdateCluster(ctx context.Context, u ClusterUpdate) (*ClusterIn
 		if u.CertValidity != nil {
 			spec.NodeCertValidity = int64(*u.CertValidity)
 		}
+		if u.AutoLock != nil {
+			spec.Autolock = *u.AutoLock
+		}
 		up, err := c.ctl.UpdateCluster(ctx, &api.UpdateClusterRequest{Id: cl.Id, Version: cl.GetMeta().GetVersion(), Spec: spec,
-			RotateWorkerToken: u.RotateWorkerToken, RotateManagerToken: u.RotateManagerToken})
+			RotateWorkerToken: u.RotateWorkerToken, RotateManagerToken: u.RotateManagerToken, RotateUnlockKey: u.RotateUnlockKey})
 		if err != nil {
 			return nil, errdefs.FromGRPC(err)
 		}
@@ -762,6 +773,8 @@ func fromAPICluster(c *api.Cluster) *ClusterInfo {
 		CertValidity:     certValidity(c),
 		RootCADigest:     rootDigest(c),
 		RootCACert:       c.GetRootCa().GetCertPem(),
+		AutoLock:         c.GetSpec().GetAutolock(),
+		UnlockKey:        c.GetUnlockKey(),
 	}
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/shoalhq/shoal/internal/controlapi"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/identity"
+	"github.com/shoalhq/shoal/internal/keys"
 	"github.com/shoalhq/shoal/internal/orchestrator"
 	"github.com/shoalhq/shoal/internal/schedule"
 	"github.com/shoalhq/shoal/internal/state"
@@ -89,6 +90,13 @@ type Config struct {
 	// least 30 minutes. Nodes renew at a random point between 50% and 80% of
 	// it, so short validities mean frequent renewals, not outages.
 	CertValidity time.Duration
+	// AutoLock turns autolock on at Init (a cluster setting, changed later
+	// with UpdateCluster): every manager keeps the key that encrypts its Raft
+	// log wrapped with the cluster's unlock key (ClusterInfo.UnlockKey,
+	// Node.UnlockKey), and a restarted manager serves nothing until
+	// Node.Unlock is given that key. Default off: a restarted manager starts
+	// by itself.
+	AutoLock bool
 	// TaskHistoryLimit is how many dead tasks are kept per slot for
 	// inspection. Set at Init; default 5, as in Docker.
 	TaskHistoryLimit int
@@ -354,6 +362,9 @@ type ClusterInfo struct {
 	// one the join tokens carry); RootCACert is that certificate (PEM).
 	RootCADigest string
 	RootCACert   []byte
+	// AutoLock says whether managers need UnlockKey to start after a restart.
+	AutoLock  bool
+	UnlockKey string
 }
 
 // maxResponseSize caps a control API response a client accepts: listing the
@@ -487,6 +498,14 @@ type Node struct {
 	renewMu   sync.Mutex
 	renewKick chan struct{}
 	caSvc     *switchable
+
+	// cipher encrypts a manager's Raft log (its data key); wrapKey is the
+	// unlock key the data key file is wrapped with (nil: plain); locked is
+	// set while a restarted autolocked manager waits for Unlock.
+	cipher   *keys.Cipher
+	wrapKey  []byte
+	locked   bool
+	unlockMu sync.Mutex
 }
 
 // managerPart is what a manager runs on top of a worker: the object store,
@@ -673,12 +692,7 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	n.mu.Unlock()
 	defer func() {
 		if err != nil {
-			n.cleanup(context.Background())
-			n.mu.Lock()
-			n.stopped = true
-			n.err = err
-			n.mu.Unlock()
-			close(n.done)
+			n.abortStart(err)
 		}
 	}()
 
@@ -761,6 +775,41 @@ func (n *Node) start(ctx context.Context, mode startMode, joinAddr, token string
 	// Serve before a manager's log is loaded: a joining manager receives the
 	// log through the Raft service; everything else waits behind the gate.
 	go func() { _ = n.srv.Serve(lis) }()
+	if ident.Role == Manager {
+		// The Raft log is encrypted with the manager's data key; with
+		// autolock, a restarted manager waits for Unlock.
+		locked, err := n.dataKeyLocked()
+		if err != nil {
+			return err
+		}
+		if locked && mode == modeRestart {
+			n.mu.Lock()
+			n.locked = true
+			n.mu.Unlock()
+			n.log.Warn("the manager is locked (autolock): call Node.Unlock with the cluster's unlock key to start it")
+			return nil
+		}
+		if err := n.openDataKey(nil); err != nil {
+			return err
+		}
+	}
+	return n.finishStart(ctx, mode, ident)
+}
+
+// abortStart ends a node whose start failed.
+func (n *Node) abortStart(err error) {
+	n.cleanup(context.Background())
+	n.mu.Lock()
+	n.stopped = true
+	n.err = err
+	n.mu.Unlock()
+	close(n.done)
+}
+
+// finishStart starts the node's parts once its key material is open: the
+// manager part (Raft log, store, API), the role and renewal loops, the agent.
+func (n *Node) finishStart(ctx context.Context, mode startMode, ident *nodeIdentity) error {
+	addr := n.Addr()
 	manager := ident.Role == Manager
 	if manager {
 		err := n.startManagerPart(ctx, ident, mode == modeInit, mode != modeInit)
@@ -1064,10 +1113,18 @@ func (mg *managerPart) ensureClusterObjects(ctx context.Context, initCluster boo
 			if err != nil {
 				return err
 			}
+			unlock := ""
+			if mg.n.cfg.AutoLock {
+				if unlock, err = keys.NewUnlockKey(); err != nil {
+					return err
+				}
+			}
 			if err := tx.CreateCluster(&api.Cluster{
-				Id: mg.clusterID,
+				UnlockKey: unlock,
+				Id:        mg.clusterID,
 				Spec: &api.ClusterSpec{Name: "default", TaskHistoryLimit: int64(mg.n.cfg.TaskHistoryLimit),
-					HeartbeatPeriod: int64(mg.n.cfg.HeartbeatPeriod), NodeCertValidity: int64(mg.n.cfg.CertValidity)},
+					HeartbeatPeriod: int64(mg.n.cfg.HeartbeatPeriod), NodeCertValidity: int64(mg.n.cfg.CertValidity),
+					Autolock: mg.n.cfg.AutoLock},
 				JoinTokens: &api.JoinTokens{Worker: wt.String(), Manager: mt.String()},
 				RootCa:     &api.RootCA{CertPem: root.CertPEM, KeyPem: root.KeyPEM},
 			}); err != nil {
@@ -1419,6 +1476,9 @@ func (n *Node) gate(method string) error {
 	case <-n.serving:
 		return nil
 	default:
+		if n.Locked() {
+			return status.Error(codes.FailedPrecondition, "the manager is locked (autolock): it serves nothing until Node.Unlock is given the cluster's unlock key")
+		}
 		return status.Error(codes.Unavailable, "the node is starting")
 	}
 }
@@ -1491,6 +1551,11 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 	rcfg.ID = mg.raftID
 	rcfg.Dir = filepath.Join(n.cfg.StateDir, "raft")
 	rcfg.StateMachine = mg.store
+	n.mu.Lock()
+	if n.cipher != nil {
+		rcfg.Encryptor = n.cipher
+	}
+	n.mu.Unlock()
 	rcfg.Transport = tr
 	rcfg.Forwarder = tr
 	rcfg.Join = joined && !n.cfg.ForceNewCluster // Join matters only for a new log, which ForceNewCluster refuses
@@ -1557,8 +1622,9 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 	n.mu.Lock()
 	n.client = newClient(conn, false)
 	n.mu.Unlock()
-	mg.bg.Add(1)
+	mg.bg.Add(2)
 	go mg.leadershipLoop(bgctx)
+	go mg.lockLoop(bgctx)
 	return nil
 }
 
@@ -1696,8 +1762,14 @@ func (n *Node) promote(ctx context.Context, w *roleWant) error {
 		return fmt.Errorf("promote: %w", err)
 	}
 	// A Raft log left from an earlier time as manager belongs to another
-	// Raft ID: the new member starts empty.
+	// Raft ID: the new member starts empty, with a new data key.
 	if err := os.RemoveAll(filepath.Join(n.cfg.StateDir, "raft")); err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
+	if err := n.removeDataKey(); err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
+	if err := n.openDataKey(nil); err != nil {
 		return fmt.Errorf("promote: %w", err)
 	}
 	ident := old
@@ -1784,6 +1856,9 @@ func (n *Node) saveAsWorker(managers []string) error {
 	n.ident = &ident
 	n.mu.Unlock()
 	if err := os.RemoveAll(filepath.Join(n.cfg.StateDir, "raft")); err != nil {
+		return fmt.Errorf("demote: %w", err)
+	}
+	if err := n.removeDataKey(); err != nil {
 		return fmt.Errorf("demote: %w", err)
 	}
 	return nil

@@ -1847,8 +1847,11 @@ type ClusterSpec struct {
 	// node_cert_validity in nanoseconds: how long node certificates issued from
 	// now on are valid (0 = the default, 90 days; at least 30 minutes).
 	NodeCertValidity int64 `protobuf:"varint,4,opt,name=node_cert_validity,json=nodeCertValidity,proto3" json:"node_cert_validity,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// autolock: managers keep their data key wrapped with the cluster's unlock
+	// key, so a restarted manager needs the key before it can serve.
+	Autolock      bool `protobuf:"varint,5,opt,name=autolock,proto3" json:"autolock,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterSpec) Reset() {
@@ -1907,6 +1910,13 @@ func (x *ClusterSpec) GetNodeCertValidity() int64 {
 		return x.NodeCertValidity
 	}
 	return 0
+}
+
+func (x *ClusterSpec) GetAutolock() bool {
+	if x != nil {
+		return x.Autolock
+	}
+	return false
 }
 
 type JoinTokens struct {
@@ -2037,12 +2047,15 @@ func (x *RootCA) GetExternalAuthKey() string {
 }
 
 type Cluster struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Meta          *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
-	Spec          *ClusterSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
-	JoinTokens    *JoinTokens            `protobuf:"bytes,4,opt,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
-	RootCa        *RootCA                `protobuf:"bytes,5,opt,name=root_ca,json=rootCa,proto3" json:"root_ca,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Meta       *Meta                  `protobuf:"bytes,2,opt,name=meta,proto3" json:"meta,omitempty"`
+	Spec       *ClusterSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	JoinTokens *JoinTokens            `protobuf:"bytes,4,opt,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	RootCa     *RootCA                `protobuf:"bytes,5,opt,name=root_ca,json=rootCa,proto3" json:"root_ca,omitempty"`
+	// unlock_key is the cluster's unlock key (SHLKEY-1-...) while autolock is
+	// on; every manager wraps its data key with it.
+	UnlockKey     string `protobuf:"bytes,6,opt,name=unlock_key,json=unlockKey,proto3" json:"unlock_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2110,6 +2123,13 @@ func (x *Cluster) GetRootCa() *RootCA {
 		return x.RootCa
 	}
 	return nil
+}
+
+func (x *Cluster) GetUnlockKey() string {
+	if x != nil {
+		return x.UnlockKey
+	}
+	return ""
 }
 
 // StoreAction is one change of a write transaction.
@@ -2481,12 +2501,13 @@ const file_objects_proto_rawDesc = "" +
 	"\fspec_version\x18\b \x01(\x04R\vspecVersion\x129\n" +
 	"\rdesired_state\x18\t \x01(\x0e2\x14.shoal.api.TaskStateR\fdesiredState\x12-\n" +
 	"\x06status\x18\n" +
-	" \x01(\v2\x15.shoal.api.TaskStatusR\x06status\"\xa8\x01\n" +
+	" \x01(\v2\x15.shoal.api.TaskStatusR\x06status\"\xc4\x01\n" +
 	"\vClusterSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x12)\n" +
 	"\x10heartbeat_period\x18\x03 \x01(\x03R\x0fheartbeatPeriod\x12,\n" +
-	"\x12node_cert_validity\x18\x04 \x01(\x03R\x10nodeCertValidity\">\n" +
+	"\x12node_cert_validity\x18\x04 \x01(\x03R\x10nodeCertValidity\x12\x1a\n" +
+	"\bautolock\x18\x05 \x01(\bR\bautolock\">\n" +
 	"\n" +
 	"JoinTokens\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x18\n" +
@@ -2495,14 +2516,16 @@ const file_objects_proto_rawDesc = "" +
 	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\fR\x06keyPem\x12!\n" +
 	"\fexternal_url\x18\x03 \x01(\tR\vexternalUrl\x12*\n" +
-	"\x11external_auth_key\x18\x04 \x01(\tR\x0fexternalAuthKey\"\xce\x01\n" +
+	"\x11external_auth_key\x18\x04 \x01(\tR\x0fexternalAuthKey\"\xed\x01\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12*\n" +
 	"\x04spec\x18\x03 \x01(\v2\x16.shoal.api.ClusterSpecR\x04spec\x126\n" +
 	"\vjoin_tokens\x18\x04 \x01(\v2\x15.shoal.api.JoinTokensR\n" +
 	"joinTokens\x12*\n" +
-	"\aroot_ca\x18\x05 \x01(\v2\x11.shoal.api.RootCAR\x06rootCa\"\xc3\x02\n" +
+	"\aroot_ca\x18\x05 \x01(\v2\x11.shoal.api.RootCAR\x06rootCa\x12\x1d\n" +
+	"\n" +
+	"unlock_key\x18\x06 \x01(\tR\tunlockKey\"\xc3\x02\n" +
 	"\vStoreAction\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.shoal.api.StoreAction.KindR\x04kind\x12%\n" +
 	"\x04node\x18\x02 \x01(\v2\x0f.shoal.api.NodeH\x00R\x04node\x12.\n" +

@@ -18,6 +18,7 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/identity"
+	"github.com/shoalhq/shoal/internal/keys"
 	"github.com/shoalhq/shoal/internal/state"
 )
 
@@ -626,6 +627,18 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 		name := cur.Spec.GetName()
 		cur.Spec = req.Spec
 		cur.Spec.Name = name
+		switch {
+		case !cur.Spec.GetAutolock() && req.GetRotateUnlockKey():
+			return invalid("UpdateClusterRequest.RotateUnlockKey", "autolock is off: there is no unlock key to rotate")
+		case !cur.Spec.GetAutolock():
+			cur.UnlockKey = ""
+		case cur.UnlockKey == "" || req.GetRotateUnlockKey():
+			k, err := keys.NewUnlockKey()
+			if err != nil {
+				return err
+			}
+			cur.UnlockKey = k
+		}
 		if req.GetRotateWorkerToken() || req.GetRotateManagerToken() {
 			tokens, err := RotateTokens(cur, req.GetRotateWorkerToken(), req.GetRotateManagerToken())
 			if err != nil {
