@@ -90,6 +90,11 @@ type Config struct {
 	// least 30 minutes. Nodes renew at a random point between 50% and 80% of
 	// it, so short validities mean frequent renewals, not outages.
 	CertValidity time.Duration
+	// ExternalCA, set at Init, makes the cluster's certificates come from an
+	// external cfssl signing server instead of a root CA Shoal creates:
+	// managers forward every CSR to it. Its root certificate becomes the
+	// cluster's root (join tokens carry its digest).
+	ExternalCA *ExternalCA
 	// AutoLock turns autolock on at Init (a cluster setting, changed later
 	// with UpdateCluster): every manager keeps the key that encrypts its Raft
 	// log wrapped with the cluster's unlock key (ClusterInfo.UnlockKey,
@@ -205,6 +210,14 @@ func (c Config) Validate() error {
 	if c.AdvertiseAddr != "" {
 		if _, _, err := net.SplitHostPort(c.AdvertiseAddr); err != nil {
 			return configError("AdvertiseAddr", "%q must be host:port", c.AdvertiseAddr)
+		}
+	}
+	if e := c.ExternalCA; e != nil {
+		if e.URL == "" {
+			return configError("ExternalCA.URL", "is required")
+		}
+		if _, err := pki.ParseRootCA(e.RootCert, nil); err != nil {
+			return configError("ExternalCA.RootCert", "must be the PEM root certificate of the external CA: %v", err)
 		}
 	}
 	if c.CertValidity < 0 || (c.CertValidity > 0 && c.CertValidity < pki.MinCertValidity) {
@@ -344,6 +357,19 @@ type NodeUpdate struct {
 	// the remaining managers could not reach a quorum (ErrNoQuorum) and for
 	// the last manager; a leader that is demoted hands leadership over first.
 	Role *NodeRole
+}
+
+// ExternalCA is a cfssl signing server (cfssl serve, or any server of
+// cfssl's signing API) that issues the cluster's certificates.
+type ExternalCA struct {
+	// URL is the server's base URL, e.g. "https://ca.example.com:8888".
+	URL string
+	// AuthKey is the hex key of cfssl's "standard" authenticated signing
+	// (the server's auth_key); empty for unauthenticated /api/v1/cfssl/sign.
+	AuthKey string
+	// RootCert is the PEM root certificate the server's certificates chain
+	// to; every certificate it returns is checked against it.
+	RootCert []byte
 }
 
 // ClusterInfo is the cluster-wide settings and join tokens.
@@ -1126,7 +1152,7 @@ func (mg *managerPart) ensureClusterObjects(ctx context.Context, initCluster boo
 					HeartbeatPeriod: int64(mg.n.cfg.HeartbeatPeriod), NodeCertValidity: int64(mg.n.cfg.CertValidity),
 					Autolock: mg.n.cfg.AutoLock},
 				JoinTokens: &api.JoinTokens{Worker: wt.String(), Manager: mt.String()},
-				RootCa:     &api.RootCA{CertPem: root.CertPEM, KeyPem: root.KeyPEM},
+				RootCa:     mg.n.initRootCA(root),
 			}); err != nil {
 				return err
 			}

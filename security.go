@@ -96,17 +96,27 @@ func (n *Node) setCredentials(c *pki.Credentials) {
 // initCredentials creates the cluster's root CA and this first manager's
 // key and certificate.
 func (n *Node) initCredentials(ctx context.Context, ident *nodeIdentity) (*pki.RootCA, error) {
-	root, err := pki.NewRootCA(ident.ClusterID, 0)
-	if err != nil {
-		return nil, fmt.Errorf("init: root CA: %w", err)
+	var root *pki.RootCA
+	var signer pki.Signer
+	var err error
+	if e := n.cfg.ExternalCA; e != nil {
+		if root, err = pki.ParseRootCA(e.RootCert, nil); err != nil {
+			return nil, fmt.Errorf("Config.ExternalCA.RootCert: %w", err)
+		}
+		if signer, err = pki.NewExternalSigner(pki.ExternalCAConfig{URL: e.URL, AuthKey: e.AuthKey, RootCA: root}); err != nil {
+			return nil, fmt.Errorf("Config.ExternalCA: %w", err)
+		}
+	} else {
+		if root, err = pki.NewRootCA(ident.ClusterID, 0); err != nil {
+			return nil, fmt.Errorf("init: root CA: %w", err)
+		}
+		if signer, err = pki.NewLocalSigner(root, nil); err != nil {
+			return nil, fmt.Errorf("init: %w", err)
+		}
 	}
 	key, csr, err := pki.NewKeyAndCSR(ident.NodeID)
 	if err != nil {
 		return nil, fmt.Errorf("init: node key: %w", err)
-	}
-	signer, err := pki.NewLocalSigner(root, nil)
-	if err != nil {
-		return nil, fmt.Errorf("init: %w", err)
 	}
 	validity := n.cfg.CertValidity
 	if validity == 0 {
@@ -121,6 +131,15 @@ func (n *Node) initCredentials(ctx context.Context, ident *nodeIdentity) (*pki.R
 		return nil, err
 	}
 	return root, nil
+}
+
+// initRootCA is the cluster object's root CA at Init.
+func (n *Node) initRootCA(root *pki.RootCA) *api.RootCA {
+	rc := &api.RootCA{CertPem: root.CertPEM, KeyPem: root.KeyPEM}
+	if e := n.cfg.ExternalCA; e != nil {
+		rc.KeyPem, rc.ExternalUrl, rc.ExternalAuthKey = nil, e.URL, e.AuthKey
+	}
+	return rc
 }
 
 // adoptKeyPair saves kp under StateDir and makes it the node's credentials.
