@@ -146,6 +146,7 @@ func (mg *managerPart) lockLoop(ctx context.Context) {
 	defer func() { w.Cancel() }()
 	for {
 		mg.syncLock()
+		mg.followRoots()
 		select {
 		case <-ctx.Done():
 			return

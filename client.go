@@ -381,6 +381,14 @@ type ClusterUpdate struct {
 	// RotateUnlockKey replaces the unlock key (autolock on): managers rewrap
 	// their data keys and the old key stops working.
 	RotateUnlockKey bool
+	// RotateRootCA starts a root CA rotation: a new root, cross-signed by the
+	// current one, is trusted next to it; every node gets a certificate from
+	// it (its connections keep working throughout); once all nodes that are
+	// not DOWN have one, the old root is retired and the join tokens change
+	// (ClusterInfo.RootRotating turns false). Operator credentials issued
+	// before must be issued again afterwards. Not available with an external
+	// CA.
+	RotateRootCA bool
 }
 
 // UpdateCluster changes cluster-wide settings, retrying if the cluster
@@ -415,7 +423,7 @@ func (c *Client) UpdateCluster(ctx context.Context, u ClusterUpdate) (*ClusterIn
 			spec.Autolock = *u.AutoLock
 		}
 		up, err := c.ctl.UpdateCluster(ctx, &api.UpdateClusterRequest{Id: cl.Id, Version: cl.GetMeta().GetVersion(), Spec: spec,
-			RotateWorkerToken: u.RotateWorkerToken, RotateManagerToken: u.RotateManagerToken, RotateUnlockKey: u.RotateUnlockKey})
+			RotateWorkerToken: u.RotateWorkerToken, RotateManagerToken: u.RotateManagerToken, RotateUnlockKey: u.RotateUnlockKey, RotateRootCa: u.RotateRootCA})
 		if err != nil {
 			return nil, errdefs.FromGRPC(err)
 		}
@@ -774,6 +782,7 @@ func fromAPICluster(c *api.Cluster) *ClusterInfo {
 		RootCADigest:     rootDigest(c),
 		RootCACert:       c.GetRootCa().GetCertPem(),
 		AutoLock:         c.GetSpec().GetAutolock(),
+		RootRotating:     c.GetRootCa().GetRotation() != nil,
 		UnlockKey:        c.GetUnlockKey(),
 	}
 }

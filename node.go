@@ -388,6 +388,8 @@ type ClusterInfo struct {
 	// one the join tokens carry); RootCACert is that certificate (PEM).
 	RootCADigest string
 	RootCACert   []byte
+	// RootRotating is true while a root CA rotation is in progress.
+	RootRotating bool
 	// AutoLock says whether managers need UnlockKey to start after a restart.
 	AutoLock  bool
 	UnlockKey string
@@ -524,6 +526,11 @@ type Node struct {
 	renewMu   sync.Mutex
 	renewKick chan struct{}
 	caSvc     *switchable
+	// renewFromRoot is the digest of a root a rotation wants the node's
+	// certificate from ("" when none).
+	renewFromRoot atomic.Value
+	// wantRoots is the latest trust bundle the cluster sent ([]byte).
+	wantRoots atomic.Value
 
 	// cipher encrypts a manager's Raft log (its data key); wrapKey is the
 	// unlock key the data key file is wrapped with (nil: plain); locked is
@@ -1265,8 +1272,9 @@ func (mg *managerPart) startTerm(ctx context.Context) error {
 	mg.n.dispSvc.set(t.disp)
 	tctx, cancel := context.WithCancel(context.Background())
 	t.cancel = cancel
-	t.wg.Add(1)
+	t.wg.Add(2)
 	go mg.membershipLoop(tctx, &t.wg)
+	go mg.rootRotationLoop(tctx, &t.wg)
 	mg.term = t
 	return nil
 }
@@ -1693,6 +1701,9 @@ func (mg *managerPart) onMembers(ids []uint64) {
 // onSession is the agent's view of its dispatcher session: the role the
 // managers record for this node. It must not block.
 func (n *Node) onSession(m *api.SessionMessage) {
+	if len(m.GetRootCaPem()) > 0 && n.mgr.Load() == nil {
+		n.followRoots(m.GetRootCaPem())
+	}
 	isManager := n.Role() == Manager
 	switch {
 	case m.GetRole() == api.NodeRole_NODE_ROLE_MANAGER && m.GetRaftId() != 0 && !isManager:

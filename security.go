@@ -1,6 +1,7 @@
 package shoal
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -173,7 +174,7 @@ func (n *Node) loadCredentials(ident *nodeIdentity) error {
 	}
 	c, err := pki.NewCredentials(kp)
 	if errors.Is(err, pki.ErrCertExpired) {
-		return fmt.Errorf("node %s: %w (%v): the node was offline longer than its certificate's validity; "+
+		return fmt.Errorf("node %s: %w (%w): the node was offline longer than its certificate's validity; "+
 			"call Join with a join token and the same Config to join again (the old node can then be removed)",
 			ident.NodeID, ErrCertificateExpired, err)
 	}
@@ -481,6 +482,9 @@ func (n *Node) RenewCertificate(ctx context.Context) error {
 		}
 		subj := n.credentials().Subject()
 		n.log.Info("node certificate renewed", "role", subj.Role, "not_after", n.credentials().Leaf().NotAfter)
+		// The roots the cluster trusts may have changed while this renewal was
+		// in flight (a root rotation completing): follow the latest ones.
+		n.applyRootsLocked()
 		n.kickRenewal()
 		return nil
 	}
@@ -512,10 +516,16 @@ func (n *Node) renewLoop(ctx context.Context) {
 	defer n.roleWG.Done()
 	var retry time.Duration
 	for {
+		n.renewMu.Lock()
+		n.applyRootsLocked()
+		n.renewMu.Unlock()
 		at := pki.RenewAt(n.credentials().Leaf())
 		wait := time.Until(at)
 		if n.credentials().Subject().Role != n.wantCertRole() {
 			wait = 0 // the role changed and no certificate for it was had yet
+		}
+		if n.needsNewRoot() {
+			wait = 0 // a root rotation: a certificate from the new root is needed
 		}
 		if retry > 0 {
 			wait = retry
@@ -587,4 +597,120 @@ func removeStaleNode(stateDir string) error {
 		}
 	}
 	return nil
+}
+
+// Root CA rotation. The leader starts it on request (ClusterUpdate.RotateRootCA):
+// the cluster object holds a new root and its certificate cross-signed by the
+// old root, nodes trust both, and the CA issues from the new root, sending the
+// cross-signed certificate along so nodes trusting only the old root accept
+// it. Every node follows the trust bundle (workers through their dispatcher
+// session, managers from their store) and renews when the newest root did not
+// issue its certificate. Once every node that is not DOWN has such a
+// certificate, the leader makes the new root the only one and replaces the
+// join tokens; nodes then drop the old root.
+
+// rootRotationLoop runs on the leader and completes a root rotation when
+// every node has a certificate from the new root.
+func (mg *managerPart) rootRotationLoop(ctx context.Context, wg *sync.WaitGroup) {
+	defer wg.Done()
+	w := mg.store.Watch(state.KindIs(state.KindNode, state.KindCluster))
+	defer func() { w.Cancel() }()
+	t := time.NewTicker(time.Second) // nodes going DOWN also count
+	defer t.Stop()
+	for {
+		done, err := controlapi.FinishRootRotation(ctx, mg.store)
+		if err != nil && ctx.Err() == nil {
+			mg.n.log.Warn("completing the root CA rotation", "err", err)
+		}
+		if done {
+			mg.n.log.Info("root CA rotation complete: the new root is the only one; join tokens replaced")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case _, ok := <-w.C:
+			if !ok {
+				if ctx.Err() != nil {
+					return
+				}
+				w = mg.store.Watch(state.KindIs(state.KindNode, state.KindCluster))
+			}
+		}
+	}
+}
+
+// followRoots makes a manager follow its store's trust bundle.
+func (mg *managerPart) followRoots() {
+	var bundle []byte
+	mg.store.ViewShared(func(tx state.ReadTx) {
+		if c := tx.GetCluster(mg.clusterID); c != nil {
+			bundle = c.GetRootCa().TrustBundle()
+		}
+	})
+	mg.n.followRoots(bundle)
+}
+
+// followRoots records the roots the cluster trusts now (from the dispatcher
+// session or the manager's store) and wakes the renewal loop, which applies
+// them: every change to the node's credentials happens under renewMu.
+func (n *Node) followRoots(bundle []byte) {
+	if len(bundle) == 0 {
+		return
+	}
+	if old, _ := n.wantRoots.Load().([]byte); bytes.Equal(old, bundle) {
+		return
+	}
+	n.wantRoots.Store(bundle)
+	n.kickRenewal()
+}
+
+// applyRootsLocked makes the node trust exactly the wanted roots, when its
+// certificate verifies against them, and asks for a renewal when the newest
+// of them did not issue its certificate. renewMu must be held.
+func (n *Node) applyRootsLocked() {
+	c := n.credentials()
+	bundle, _ := n.wantRoots.Load().([]byte)
+	if c == nil || len(bundle) == 0 {
+		return
+	}
+	kp := c.KeyPair()
+	if !bytes.Equal(bytes.TrimSpace(kp.RootPEM), bytes.TrimSpace(bundle)) {
+		next := kp
+		next.RootPEM = bundle
+		// Update checks the certificate verifies against the new roots; one
+		// from a retired root keeps what it has until it is renewed.
+		if err := c.Update(next); err == nil {
+			if err := pki.SaveKeyPair(certDir(n.cfg.StateDir), next); err != nil {
+				n.log.Warn("saving the trusted roots", "err", err)
+			}
+			n.log.Info("trusted root CAs changed", "roots", strings.Count(string(bundle), "BEGIN CERTIFICATE"))
+		}
+	}
+	root, err := pki.ParseRootCA(api.NewestRoot(bundle), nil)
+	if err != nil {
+		return
+	}
+	if _, _, err := pki.VerifyCert(c.KeyPair().CertPEM, root.Pool(), time.Now()); err != nil {
+		n.renewFromRoot.Store(root.Digest())
+	}
+}
+
+// needsNewRoot reports whether a root rotation asks for a certificate from a
+// root that did not issue the current one.
+func (n *Node) needsNewRoot() bool {
+	want, _ := n.renewFromRoot.Load().(string)
+	if want == "" {
+		return false
+	}
+	kp := n.credentials().KeyPair()
+	root, err := pki.ParseRootCA(api.NewestRoot(kp.RootPEM), nil)
+	if err != nil || root.Digest() != want {
+		return true
+	}
+	if _, _, err := pki.VerifyCert(kp.CertPEM, root.Pool(), time.Now()); err != nil {
+		return true
+	}
+	n.renewFromRoot.Store("")
+	return false
 }

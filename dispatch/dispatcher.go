@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -307,8 +308,9 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 
 	managers := slices.Clone(d.cfg.Managers())
 	role, raftID, peers := d.roleOf(nodeID)
+	roots := d.trustBundle()
 	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers,
-		Role: role, RaftId: raftID, Peers: peers}
+		Role: role, RaftId: raftID, Peers: peers, RootCaPem: roots}
 	if err := stream.Send(msg); err != nil {
 		unregister()
 		return err
@@ -339,12 +341,12 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.roleKick:
 			// The node was promoted or demoted: tell it now, not at the next check.
-			if err := d.resendSession(stream, s, &managers, &role, &raftID); err != nil {
+			if err := d.resendSession(stream, s, &managers, &role, &raftID, &roots); err != nil {
 				return err
 			}
 		case <-t.C():
 			// The manager list changes without a store event (Raft membership).
-			if err := d.resendSession(stream, s, &managers, &role, &raftID); err != nil {
+			if err := d.resendSession(stream, s, &managers, &role, &raftID, &roots); err != nil {
 				return err
 			}
 			t.Reset(d.cfg.HeartbeatPeriod)
@@ -355,15 +357,27 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 // resendSession sends the session message again if the manager list or the
 // node's role changed since it was last sent.
 func (d *Dispatcher) resendSession(stream grpc.ServerStreamingServer[api.SessionMessage], s *session,
-	managers *[]string, role *api.NodeRole, raftID *uint64) error {
+	managers *[]string, role *api.NodeRole, raftID *uint64, roots *[]byte) error {
 	cur := d.cfg.Managers()
 	curRole, curRaftID, curPeers := d.roleOf(s.nodeID)
-	if slices.Equal(cur, *managers) && curRole == *role && curRaftID == *raftID {
+	curRoots := d.trustBundle()
+	if slices.Equal(cur, *managers) && curRole == *role && curRaftID == *raftID && bytes.Equal(curRoots, *roots) {
 		return nil
 	}
-	*managers, *role, *raftID = slices.Clone(cur), curRole, curRaftID
+	*managers, *role, *raftID, *roots = slices.Clone(cur), curRole, curRaftID, curRoots
 	return stream.Send(&api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod),
-		Managers: cur, Role: curRole, RaftId: curRaftID, Peers: curPeers})
+		Managers: cur, Role: curRole, RaftId: curRaftID, Peers: curPeers, RootCaPem: curRoots})
+}
+
+// trustBundle is the root certificates the cluster trusts now.
+func (d *Dispatcher) trustBundle() []byte {
+	var b []byte
+	d.store.ViewShared(func(tx state.ReadTx) {
+		if cs, _ := tx.FindClusters(state.All()); len(cs) > 0 {
+			b = cs[0].GetRootCa().TrustBundle()
+		}
+	})
+	return b
 }
 
 // roleLoop watches the store for role changes (promotion, demotion) and wakes
@@ -371,11 +385,18 @@ func (d *Dispatcher) resendSession(stream grpc.ServerStreamingServer[api.Session
 // than at its session's next periodic check.
 func (d *Dispatcher) roleLoop(ctx context.Context) {
 	changed := func(e state.Event) bool {
-		if e.Kind != state.KindNode || e.Action != state.ActionUpdate {
+		if e.Action != state.ActionUpdate {
 			return false
 		}
-		old, _ := e.Old.(*api.Node)
-		return old.GetRole() != e.Node().GetRole()
+		switch e.Kind {
+		case state.KindNode:
+			old, _ := e.Old.(*api.Node)
+			return old.GetRole() != e.Node().GetRole()
+		case state.KindCluster:
+			old, _ := e.Old.(*api.Cluster)
+			return !bytes.Equal(old.GetRootCa().TrustBundle(), e.Cluster().GetRootCa().TrustBundle())
+		}
+		return false
 	}
 	for {
 		w := d.store.Watch(changed)
@@ -388,6 +409,16 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 				if !ok {
 					open = false
 					break
+				}
+				if ev.Kind == state.KindCluster {
+					// The trusted roots changed (a root rotation): every node
+					// hears of it now.
+					d.mu.Lock()
+					for id := range d.nodes {
+						d.kickRoleLocked(id)
+					}
+					d.mu.Unlock()
+					continue
 				}
 				d.kickRole(ev.Object.GetId())
 			}

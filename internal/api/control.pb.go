@@ -861,8 +861,10 @@ type UpdateClusterRequest struct {
 	// rotate_unlock_key replaces the unlock key (autolock on); managers rewrap
 	// their data keys with the new one, and the old one stops working.
 	RotateUnlockKey bool `protobuf:"varint,6,opt,name=rotate_unlock_key,json=rotateUnlockKey,proto3" json:"rotate_unlock_key,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// rotate_root_ca starts a root CA rotation.
+	RotateRootCa  bool `protobuf:"varint,7,opt,name=rotate_root_ca,json=rotateRootCa,proto3" json:"rotate_root_ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateClusterRequest) Reset() {
@@ -933,6 +935,13 @@ func (x *UpdateClusterRequest) GetRotateManagerToken() bool {
 func (x *UpdateClusterRequest) GetRotateUnlockKey() bool {
 	if x != nil {
 		return x.RotateUnlockKey
+	}
+	return false
+}
+
+func (x *UpdateClusterRequest) GetRotateRootCa() bool {
+	if x != nil {
+		return x.RotateRootCa
 	}
 	return false
 }
@@ -1655,14 +1664,15 @@ const file_control_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12'\n" +
 	"\x04spec\x18\x03 \x01(\v2\x13.shoal.api.NodeSpecR\x04spec\"?\n" +
 	"\x0fClusterResponse\x12,\n" +
-	"\acluster\x18\x01 \x01(\v2\x12.shoal.api.ClusterR\acluster\"\xfa\x01\n" +
+	"\acluster\x18\x01 \x01(\v2\x12.shoal.api.ClusterR\acluster\"\xa0\x02\n" +
 	"\x14UpdateClusterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12*\n" +
 	"\x04spec\x18\x03 \x01(\v2\x16.shoal.api.ClusterSpecR\x04spec\x12.\n" +
 	"\x13rotate_worker_token\x18\x04 \x01(\bR\x11rotateWorkerToken\x120\n" +
 	"\x14rotate_manager_token\x18\x05 \x01(\bR\x12rotateManagerToken\x12*\n" +
-	"\x11rotate_unlock_key\x18\x06 \x01(\bR\x0frotateUnlockKey\"\x89\x01\n" +
+	"\x11rotate_unlock_key\x18\x06 \x01(\bR\x0frotateUnlockKey\x12$\n" +
+	"\x0erotate_root_ca\x18\a \x01(\bR\frotateRootCa\"\x89\x01\n" +
 	"\fWatchRequest\x12+\n" +
 	"\x05kinds\x18\x01 \x03(\x0e2\x15.shoal.api.ObjectKindR\x05kinds\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x1f\n" +

@@ -141,7 +141,11 @@ type SessionMessage struct {
 	// raft_id is the node's Raft member ID when role is MANAGER.
 	RaftId uint64 `protobuf:"varint,5,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
 	// peers are the managers' Raft IDs and addresses when role is MANAGER.
-	Peers         []*RaftPeer `protobuf:"bytes,6,rep,name=peers,proto3" json:"peers,omitempty"`
+	Peers []*RaftPeer `protobuf:"bytes,6,rep,name=peers,proto3" json:"peers,omitempty"`
+	// root_ca_pem holds the root certificates the cluster trusts now (two
+	// during a root rotation, the new one last); a node follows it and renews
+	// its certificate if the newest root did not issue it.
+	RootCaPem     []byte `protobuf:"bytes,7,opt,name=root_ca_pem,json=rootCaPem,proto3" json:"root_ca_pem,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -214,6 +218,13 @@ func (x *SessionMessage) GetRaftId() uint64 {
 func (x *SessionMessage) GetPeers() []*RaftPeer {
 	if x != nil {
 		return x.Peers
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetRootCaPem() []byte {
+	if x != nil {
+		return x.RootCaPem
 	}
 	return nil
 }
@@ -673,7 +684,7 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x0eSessionRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12<\n" +
 	"\vdescription\x18\x02 \x01(\v2\x1a.shoal.api.NodeDescriptionR\vdescription\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xe3\x01\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\"\x83\x02\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
@@ -681,7 +692,8 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\bmanagers\x18\x03 \x03(\tR\bmanagers\x12'\n" +
 	"\x04role\x18\x04 \x01(\x0e2\x13.shoal.api.NodeRoleR\x04role\x12\x17\n" +
 	"\araft_id\x18\x05 \x01(\x04R\x06raftId\x12)\n" +
-	"\x05peers\x18\x06 \x03(\v2\x13.shoal.api.RaftPeerR\x05peers\"J\n" +
+	"\x05peers\x18\x06 \x03(\v2\x13.shoal.api.RaftPeerR\x05peers\x12\x1e\n" +
+	"\vroot_ca_pem\x18\a \x01(\fR\trootCaPem\"J\n" +
 	"\x10HeartbeatRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +

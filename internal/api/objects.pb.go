@@ -450,7 +450,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24, 0}
+	return file_objects_proto_rawDescGZIP(), []int{25, 0}
 }
 
 type Meta struct {
@@ -877,8 +877,12 @@ type Node struct {
 	Status        *NodeStatus            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	Role          NodeRole               `protobuf:"varint,6,opt,name=role,proto3,enum=shoal.api.NodeRole" json:"role,omitempty"`
 	ManagerStatus *ManagerStatus         `protobuf:"bytes,7,opt,name=manager_status,json=managerStatus,proto3" json:"manager_status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// cert_root_digest is the digest of the root CA that issued the node's
+	// latest certificate (a root rotation completes once every node has one
+	// from the new root).
+	CertRootDigest string `protobuf:"bytes,8,opt,name=cert_root_digest,json=certRootDigest,proto3" json:"cert_root_digest,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -958,6 +962,13 @@ func (x *Node) GetManagerStatus() *ManagerStatus {
 		return x.ManagerStatus
 	}
 	return nil
+}
+
+func (x *Node) GetCertRootDigest() string {
+	if x != nil {
+		return x.CertRootDigest
+	}
+	return ""
 }
 
 type RestartPolicy struct {
@@ -1984,8 +1995,10 @@ type RootCA struct {
 	ExternalUrl string `protobuf:"bytes,3,opt,name=external_url,json=externalUrl,proto3" json:"external_url,omitempty"`
 	// external_auth_key is the hex key for cfssl's authenticated signing.
 	ExternalAuthKey string `protobuf:"bytes,4,opt,name=external_auth_key,json=externalAuthKey,proto3" json:"external_auth_key,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// rotation is set while a new root is being introduced.
+	Rotation      *RootRotation `protobuf:"bytes,5,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RootCA) Reset() {
@@ -2046,6 +2059,78 @@ func (x *RootCA) GetExternalAuthKey() string {
 	return ""
 }
 
+func (x *RootCA) GetRotation() *RootRotation {
+	if x != nil {
+		return x.Rotation
+	}
+	return nil
+}
+
+// RootRotation is a root CA rotation in progress: nodes trust both roots,
+// certificates are issued by the new root and sent with the cross-signed
+// certificate (the new root signed by the old one), so nodes that trust only
+// the old root accept them. Once every node has a certificate from the new
+// root, the new root replaces the old one and the join tokens change.
+type RootRotation struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	NewCertPem     []byte                 `protobuf:"bytes,1,opt,name=new_cert_pem,json=newCertPem,proto3" json:"new_cert_pem,omitempty"`
+	NewKeyPem      []byte                 `protobuf:"bytes,2,opt,name=new_key_pem,json=newKeyPem,proto3" json:"new_key_pem,omitempty"`
+	CrossSignedPem []byte                 `protobuf:"bytes,3,opt,name=cross_signed_pem,json=crossSignedPem,proto3" json:"cross_signed_pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RootRotation) Reset() {
+	*x = RootRotation{}
+	mi := &file_objects_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RootRotation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RootRotation) ProtoMessage() {}
+
+func (x *RootRotation) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RootRotation.ProtoReflect.Descriptor instead.
+func (*RootRotation) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RootRotation) GetNewCertPem() []byte {
+	if x != nil {
+		return x.NewCertPem
+	}
+	return nil
+}
+
+func (x *RootRotation) GetNewKeyPem() []byte {
+	if x != nil {
+		return x.NewKeyPem
+	}
+	return nil
+}
+
+func (x *RootRotation) GetCrossSignedPem() []byte {
+	if x != nil {
+		return x.CrossSignedPem
+	}
+	return nil
+}
+
 type Cluster struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -2062,7 +2147,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2159,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2172,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Cluster) GetId() string {
@@ -2149,7 +2234,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2161,7 +2246,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2174,7 +2259,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -2271,7 +2356,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2368,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2381,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -2326,7 +2411,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2423,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2436,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -2419,7 +2504,7 @@ const file_objects_proto_rawDesc = "" +
 	"\rManagerStatus\x12\x17\n" +
 	"\araft_id\x18\x01 \x01(\x04R\x06raftId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"\xbb\x02\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\"\xe5\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12'\n" +
@@ -2427,7 +2512,8 @@ const file_objects_proto_rawDesc = "" +
 	"\vdescription\x18\x04 \x01(\v2\x1a.shoal.api.NodeDescriptionR\vdescription\x12-\n" +
 	"\x06status\x18\x05 \x01(\v2\x15.shoal.api.NodeStatusR\x06status\x12'\n" +
 	"\x04role\x18\x06 \x01(\x0e2\x13.shoal.api.NodeRoleR\x04role\x12?\n" +
-	"\x0emanager_status\x18\a \x01(\v2\x18.shoal.api.ManagerStatusR\rmanagerStatus\"\x9b\x01\n" +
+	"\x0emanager_status\x18\a \x01(\v2\x18.shoal.api.ManagerStatusR\rmanagerStatus\x12(\n" +
+	"\x10cert_root_digest\x18\b \x01(\tR\x0ecertRootDigest\"\x9b\x01\n" +
 	"\rRestartPolicy\x129\n" +
 	"\tcondition\x18\x01 \x01(\x0e2\x1b.shoal.api.RestartConditionR\tcondition\x12\x14\n" +
 	"\x05delay\x18\x02 \x01(\x03R\x05delay\x12!\n" +
@@ -2511,12 +2597,18 @@ const file_objects_proto_rawDesc = "" +
 	"\n" +
 	"JoinTokens\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x18\n" +
-	"\amanager\x18\x02 \x01(\tR\amanager\"\x8b\x01\n" +
+	"\amanager\x18\x02 \x01(\tR\amanager\"\xc0\x01\n" +
 	"\x06RootCA\x12\x19\n" +
 	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\x17\n" +
 	"\akey_pem\x18\x02 \x01(\fR\x06keyPem\x12!\n" +
 	"\fexternal_url\x18\x03 \x01(\tR\vexternalUrl\x12*\n" +
-	"\x11external_auth_key\x18\x04 \x01(\tR\x0fexternalAuthKey\"\xed\x01\n" +
+	"\x11external_auth_key\x18\x04 \x01(\tR\x0fexternalAuthKey\x123\n" +
+	"\brotation\x18\x05 \x01(\v2\x17.shoal.api.RootRotationR\brotation\"z\n" +
+	"\fRootRotation\x12 \n" +
+	"\fnew_cert_pem\x18\x01 \x01(\fR\n" +
+	"newCertPem\x12\x1e\n" +
+	"\vnew_key_pem\x18\x02 \x01(\fR\tnewKeyPem\x12(\n" +
+	"\x10cross_signed_pem\x18\x03 \x01(\fR\x0ecrossSignedPem\"\xed\x01\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12*\n" +
@@ -2601,7 +2693,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.api.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.api.NodeAvailability
@@ -2634,15 +2726,16 @@ var file_objects_proto_goTypes = []any{
 	(*ClusterSpec)(nil),          // 28: shoal.api.ClusterSpec
 	(*JoinTokens)(nil),           // 29: shoal.api.JoinTokens
 	(*RootCA)(nil),               // 30: shoal.api.RootCA
-	(*Cluster)(nil),              // 31: shoal.api.Cluster
-	(*StoreAction)(nil),          // 32: shoal.api.StoreAction
-	(*StoreRequest)(nil),         // 33: shoal.api.StoreRequest
-	(*StoreSnapshot)(nil),        // 34: shoal.api.StoreSnapshot
-	nil,                          // 35: shoal.api.NodeSpec.LabelsEntry
-	nil,                          // 36: shoal.api.ServiceSpec.LabelsEntry
+	(*RootRotation)(nil),         // 31: shoal.api.RootRotation
+	(*Cluster)(nil),              // 32: shoal.api.Cluster
+	(*StoreAction)(nil),          // 33: shoal.api.StoreAction
+	(*StoreRequest)(nil),         // 34: shoal.api.StoreRequest
+	(*StoreSnapshot)(nil),        // 35: shoal.api.StoreSnapshot
+	nil,                          // 36: shoal.api.NodeSpec.LabelsEntry
+	nil,                          // 37: shoal.api.ServiceSpec.LabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	35, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
+	36, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
 	0,  // 1: shoal.api.NodeSpec.desired_role:type_name -> shoal.api.NodeRole
 	1,  // 2: shoal.api.NodeSpec.availability:type_name -> shoal.api.NodeAvailability
 	10, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
@@ -2661,7 +2754,7 @@ var file_objects_proto_depIdxs = []int32{
 	17, // 16: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
 	16, // 17: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
 	4,  // 18: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
-	36, // 19: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
+	37, // 19: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
 	19, // 20: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
 	21, // 21: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
 	22, // 22: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
@@ -2675,25 +2768,26 @@ var file_objects_proto_depIdxs = []int32{
 	19, // 30: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
 	6,  // 31: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
 	26, // 32: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
-	8,  // 33: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
-	28, // 34: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
-	29, // 35: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
-	30, // 36: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
-	7,  // 37: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
-	15, // 38: shoal.api.StoreAction.node:type_name -> shoal.api.Node
-	25, // 39: shoal.api.StoreAction.service:type_name -> shoal.api.Service
-	27, // 40: shoal.api.StoreAction.task:type_name -> shoal.api.Task
-	31, // 41: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
-	32, // 42: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
-	15, // 43: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
-	25, // 44: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
-	27, // 45: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
-	31, // 46: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	31, // 33: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
+	8,  // 34: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
+	28, // 35: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
+	29, // 36: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
+	30, // 37: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
+	7,  // 38: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
+	15, // 39: shoal.api.StoreAction.node:type_name -> shoal.api.Node
+	25, // 40: shoal.api.StoreAction.service:type_name -> shoal.api.Service
+	27, // 41: shoal.api.StoreAction.task:type_name -> shoal.api.Task
+	32, // 42: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
+	33, // 43: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
+	15, // 44: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
+	25, // 45: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
+	27, // 46: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
+	32, // 47: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
+	48, // [48:48] is the sub-list for method output_type
+	48, // [48:48] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -2705,7 +2799,7 @@ func file_objects_proto_init() {
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[24].OneofWrappers = []any{
+	file_objects_proto_msgTypes[25].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -2717,7 +2811,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

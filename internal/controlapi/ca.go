@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
@@ -41,20 +42,29 @@ func NewCAServer(store *state.Store, signers *Signers) *CAServer {
 
 // Signers builds and caches the signer of the cluster's current CA.
 type Signers struct {
-	mu  sync.Mutex
-	key [32]byte
-	s   pki.Signer
+	mu     sync.Mutex
+	key    [32]byte
+	s      pki.Signer
+	digest string // of the root that signs
 }
 
-// For returns the signer of cluster's CA: local with the root key, or the
+// For returns the signer of cluster's CA: local with the root key (the new
+// root's, with the cross-signed certificate, during a rotation), or the
 // external cfssl server.
 func (c *Signers) For(cluster *api.Cluster) (pki.Signer, error) {
+	s, _, err := c.signer(cluster)
+	return s, err
+}
+
+func (c *Signers) signer(cluster *api.Cluster) (pki.Signer, string, error) {
 	rc := cluster.GetRootCa()
 	if len(rc.GetCertPem()) == 0 {
-		return nil, fmt.Errorf("cluster %s has no root CA: %w", cluster.GetId(), errdefs.ErrStopped)
+		return nil, "", fmt.Errorf("cluster %s has no root CA: %w", cluster.GetId(), errdefs.ErrStopped)
 	}
+	rot := rc.GetRotation()
 	h := sha256.New()
-	for _, b := range [][]byte{rc.GetCertPem(), rc.GetKeyPem(), []byte(rc.GetExternalUrl()), []byte(rc.GetExternalAuthKey())} {
+	for _, b := range [][]byte{rc.GetCertPem(), rc.GetKeyPem(), []byte(rc.GetExternalUrl()), []byte(rc.GetExternalAuthKey()),
+		rot.GetNewCertPem(), rot.GetNewKeyPem(), rot.GetCrossSignedPem()} {
 		fmt.Fprintf(h, "%d:", len(b))
 		h.Write(b)
 	}
@@ -63,29 +73,42 @@ func (c *Signers) For(cluster *api.Cluster) (pki.Signer, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.s != nil && c.key == key {
-		return c.s, nil
+		return c.s, c.digest, nil
 	}
 	var s pki.Signer
-	if rc.GetExternalUrl() != "" {
+	var digest string
+	switch {
+	case rc.GetExternalUrl() != "":
 		root, err := pki.ParseRootCA(rc.GetCertPem(), nil)
 		if err != nil {
-			return nil, fmt.Errorf("cluster root CA: %w", err)
+			return nil, "", fmt.Errorf("cluster root CA: %w", err)
 		}
 		s, err = pki.NewExternalSigner(pki.ExternalCAConfig{URL: rc.GetExternalUrl(), AuthKey: rc.GetExternalAuthKey(), RootCA: root})
 		if err != nil {
-			return nil, fmt.Errorf("external CA: %w", err)
+			return nil, "", fmt.Errorf("external CA: %w", err)
 		}
-	} else {
+		digest = root.Digest()
+	case rot != nil:
+		root, err := pki.ParseRootCA(rot.GetNewCertPem(), rot.GetNewKeyPem())
+		if err != nil {
+			return nil, "", fmt.Errorf("cluster root CA rotation: new root: %w", err)
+		}
+		if s, err = pki.NewLocalSigner(root, rot.GetCrossSignedPem()); err != nil {
+			return nil, "", fmt.Errorf("cluster root CA rotation: %w", err)
+		}
+		digest = root.Digest()
+	default:
 		root, err := pki.ParseRootCA(rc.GetCertPem(), rc.GetKeyPem())
 		if err != nil {
-			return nil, fmt.Errorf("cluster root CA: %w", err)
+			return nil, "", fmt.Errorf("cluster root CA: %w", err)
 		}
 		if s, err = pki.NewLocalSigner(root, nil); err != nil {
-			return nil, fmt.Errorf("cluster root CA: %w", err)
+			return nil, "", fmt.Errorf("cluster root CA: %w", err)
 		}
+		digest = root.Digest()
 	}
-	c.key, c.s = key, s
-	return s, nil
+	c.key, c.s, c.digest = key, s, digest
+	return s, digest, nil
 }
 
 // CertValidity is how long certificates issued now are valid.
@@ -104,21 +127,22 @@ func OU(role api.NodeRole) string {
 	return pki.OUWorker
 }
 
-// issue signs csr for subj with the cluster's CA.
-func (c *Signers) issue(ctx context.Context, cluster *api.Cluster, csr []byte, subj pki.Subject, validity time.Duration) (*api.CertificateResponse, error) {
+// issue signs csr for subj with the cluster's CA; rootDigest names the root
+// that signed.
+func (c *Signers) issue(ctx context.Context, cluster *api.Cluster, csr []byte, subj pki.Subject, validity time.Duration) (resp *api.CertificateResponse, rootDigest string, err error) {
 	if _, err := pki.ParseCSR(csr); err != nil {
-		return nil, fmt.Errorf("csr: %v: %w", err, errdefs.ErrInvalidSpec)
+		return nil, "", fmt.Errorf("csr: %v: %w", err, errdefs.ErrInvalidSpec)
 	}
-	s, err := c.For(cluster)
+	s, rootDigest, err := c.signer(cluster)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	subj.ClusterID = cluster.GetId()
 	cert, err := s.Sign(ctx, pki.SignRequest{CSR: csr, Subject: subj, Validity: validity})
 	if err != nil {
-		return nil, fmt.Errorf("signing a certificate for %s %s: %w", subj.Role, subj.NodeID, err)
+		return nil, "", fmt.Errorf("signing a certificate for %s %s: %w", subj.Role, subj.NodeID, err)
 	}
-	return &api.CertificateResponse{CertificatePem: cert, RootCaPem: cluster.GetRootCa().GetCertPem()}, nil
+	return &api.CertificateResponse{CertificatePem: cert, RootCaPem: cluster.GetRootCa().TrustBundle()}, rootDigest, nil
 }
 
 func (s *CAServer) cluster() *api.Cluster {
@@ -138,7 +162,7 @@ func (s *CAServer) GetRootCA(ctx context.Context, _ *api.GetRootCARequest) (*api
 	if c == nil || len(c.GetRootCa().GetCertPem()) == 0 {
 		return nil, status.Error(codes.Unavailable, "this manager has no cluster yet")
 	}
-	return &api.GetRootCAResponse{CertPem: c.GetRootCa().GetCertPem()}, nil
+	return &api.GetRootCAResponse{CertPem: c.GetRootCa().TrustBundle()}, nil
 }
 
 // RenewCertificate issues the caller a certificate for a new key with the
@@ -161,14 +185,30 @@ func (s *CAServer) RenewCertificate(ctx context.Context, req *api.RenewCertifica
 		}
 		subj.Role = OU(node.GetRole())
 	}
-	resp, err := s.signers.issue(ctx, c, req.GetCsr(), subj, CertValidity(c))
+	resp, digest, err := s.signers.issue(ctx, c, req.GetCsr(), subj, CertValidity(c))
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
+	}
+	if caller.Role != pki.OUClient {
+		// Record which root issued it: a root rotation completes once every
+		// node has a certificate from the new root.
+		err := s.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
+			n := tx.GetNode(caller.NodeID)
+			if n == nil || n.CertRootDigest == digest {
+				return nil
+			}
+			n.CertRootDigest = digest
+			return tx.UpdateNode(n)
+		})
+		if err != nil {
+			return nil, errdefs.ToGRPC(fmt.Errorf("recording the renewal of node %s: %w", caller.NodeID, err))
+		}
 	}
 	return resp, nil
 }
 
-var clientNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$`)
+// ClientNameRE is the rule for operator names (a certificate CN).
+var ClientNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // IssueClientCertificate issues an operator client certificate for the
 // control API. The caller must be a manager or an operator.
@@ -177,9 +217,9 @@ func (s *CAServer) IssueClientCertificate(ctx context.Context, req *api.IssueCli
 	if !ok || (caller.Role != pki.OUManager && caller.Role != pki.OUClient) {
 		return nil, status.Error(codes.PermissionDenied, "only a manager or an operator may issue client certificates")
 	}
-	if !clientNameRE.MatchString(req.GetName()) {
+	if !ClientNameRE.MatchString(req.GetName()) {
 		return nil, errdefs.ToGRPC(invalid("IssueClientCertificateRequest.Name",
-			"must be 1-64 characters of letters, digits, '.', '_', '@' and '-', starting with a letter or digit"))
+			"must be 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit"))
 	}
 	c := s.cluster()
 	if c == nil {
@@ -192,11 +232,90 @@ func (s *CAServer) IssueClientCertificate(ctx context.Context, req *api.IssueCli
 			return nil, errdefs.ToGRPC(invalid("IssueClientCertificateRequest.Validity", "must be at least %v", pki.MinCertValidity))
 		}
 	}
-	resp, err := s.signers.issue(ctx, c, req.GetCsr(), pki.Subject{NodeID: req.GetName(), Role: pki.OUClient}, validity)
+	resp, _, err := s.signers.issue(ctx, c, req.GetCsr(), pki.Subject{NodeID: req.GetName(), Role: pki.OUClient}, validity)
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
 	return resp, nil
+}
+
+// StartRootRotation returns the cluster's root CA with a rotation started: a
+// new root, and its certificate cross-signed by the current root.
+func StartRootRotation(c *api.Cluster) (*api.RootCA, error) {
+	rc := c.GetRootCa()
+	switch {
+	case rc.GetExternalUrl() != "":
+		return nil, invalid("UpdateClusterRequest.RotateRootCA", "the cluster uses an external CA; rotate its root there")
+	case rc.GetRotation() != nil:
+		return nil, invalid("UpdateClusterRequest.RotateRootCA", "a root rotation is already in progress")
+	}
+	old, err := pki.ParseRootCA(rc.GetCertPem(), rc.GetKeyPem())
+	if err != nil {
+		return nil, fmt.Errorf("cluster root CA: %w", err)
+	}
+	next, err := pki.NewRootCA(c.GetId(), 0)
+	if err != nil {
+		return nil, err
+	}
+	cross, err := pki.CrossSign(old, next)
+	if err != nil {
+		return nil, err
+	}
+	out := proto.Clone(rc).(*api.RootCA)
+	out.Rotation = &api.RootRotation{NewCertPem: next.CertPEM, NewKeyPem: next.KeyPEM, CrossSignedPem: cross}
+	return out, nil
+}
+
+// RootRotationProgress reports, during a root rotation, how many nodes still
+// need a certificate from the new root (nodes that are DOWN do not count:
+// they join again after the rotation), and whether a rotation is in progress.
+func RootRotationProgress(tx state.ReadTx, c *api.Cluster) (pending int, rotating bool) {
+	rot := c.GetRootCa().GetRotation()
+	if rot == nil {
+		return 0, false
+	}
+	next, err := pki.ParseRootCA(rot.GetNewCertPem(), nil)
+	if err != nil {
+		return -1, true
+	}
+	nodes, _ := tx.FindNodes(state.All())
+	for _, n := range nodes {
+		if n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN {
+			continue
+		}
+		if n.GetCertRootDigest() != next.Digest() {
+			pending++
+		}
+	}
+	return pending, true
+}
+
+// FinishRootRotation completes a root rotation whose nodes all have
+// certificates from the new root: the new root replaces the old, and the join
+// tokens are replaced with tokens carrying its digest. It reports whether it
+// did.
+func FinishRootRotation(ctx context.Context, store *state.Store) (bool, error) {
+	done := false
+	err := store.Update(ctx, func(tx state.WriteTx) error {
+		cs, _ := tx.FindClusters(state.All())
+		if len(cs) == 0 {
+			return nil
+		}
+		c := cs[0]
+		if pending, rotating := RootRotationProgress(tx, c); !rotating || pending != 0 {
+			return nil
+		}
+		rot := c.RootCa.Rotation
+		c.RootCa = &api.RootCA{CertPem: rot.NewCertPem, KeyPem: rot.NewKeyPem}
+		tokens, err := RotateTokens(c, true, true)
+		if err != nil {
+			return err
+		}
+		c.JoinTokens = tokens
+		done = true
+		return tx.UpdateCluster(c)
+	})
+	return done, err
 }
 
 // RotateTokens returns the cluster's join tokens with the worker and/or

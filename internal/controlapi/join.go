@@ -128,10 +128,11 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 	if signers == nil {
 		signers = &Signers{}
 	}
-	cert, err := signers.issue(ctx, cluster, req.GetCsr(), pki.Subject{NodeID: node.Id, Role: OU(role)}, CertValidity(cluster))
+	cert, digest, err := signers.issue(ctx, cluster, req.GetCsr(), pki.Subject{NodeID: node.Id, Role: OU(role)}, CertValidity(cluster))
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
+	node.CertRootDigest = digest
 	resp.CertificatePem, resp.RootCaPem = cert.CertificatePem, cert.RootCaPem
 	if err := s.cfg.Store.Update(ctx, func(tx state.WriteTx) error { return tx.CreateNode(node) }); err != nil {
 		return nil, errdefs.ToGRPC(err)

@@ -639,6 +639,13 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 			}
 			cur.UnlockKey = k
 		}
+		if req.GetRotateRootCa() {
+			rc, err := StartRootRotation(cur)
+			if err != nil {
+				return err
+			}
+			cur.RootCa = rc
+		}
 		if req.GetRotateWorkerToken() || req.GetRotateManagerToken() {
 			tokens, err := RotateTokens(cur, req.GetRotateWorkerToken(), req.GetRotateManagerToken())
 			if err != nil {
