@@ -28,7 +28,9 @@ func TestCipherRoundTrip(t *testing.T) {
 		assert.Equal(t, len(pt), len(got))
 		assert.True(t, bytes.Equal(pt, got))
 		assert.NotNil(t, got)
-		if len(pt) > 0 {
+		// A short plaintext can occur in random ciphertext by chance (one byte
+		// in 42 random ones: ~15%); only a long one says anything.
+		if len(pt) >= 16 {
 			assert.False(t, bytes.Contains(sealed, pt), "plaintext visible in sealed blob")
 		}
 	}
