@@ -95,6 +95,8 @@ func TestAutolockAndEncryptionAtRest(t *testing.T) {
 	assert.Equal(t, marker, svc.Spec.Name)
 
 	// Rotation: the old key stops working.
+	before, err := os.ReadFile(dataKey)
+	require.NoError(t, err)
 	upd, err := n.Client().UpdateCluster(ctx, shoal.ClusterUpdate{RotateUnlockKey: true})
 	require.NoError(t, err)
 	newKey := upd.UnlockKey
@@ -102,7 +104,6 @@ func TestAutolockAndEncryptionAtRest(t *testing.T) {
 	require.Eventually(t, func() bool { return n.UnlockKey() == newKey }, 30*time.Second, 10*time.Millisecond)
 	// The manager rewraps asynchronously; a restart before that would still
 	// take the old key, so wait for the file to change.
-	before, _ := os.ReadFile(dataKey)
 	require.Eventually(t, func() bool {
 		b, err := os.ReadFile(dataKey)
 		return err == nil && !bytes.Equal(b, before)
