@@ -388,3 +388,39 @@ func TestCredentialsConcurrentUpdate(t *testing.T) {
 	close(stop)
 	<-updated
 }
+
+// A client certificate from the right CA whose validity has ended is refused
+// by the server's handshake, as is a server certificate that has expired.
+func TestTLSExpiredCertificateRefused(t *testing.T) {
+	tc := newTestCluster(t)
+	mgr := tc.creds(t, "m1", OUManager)
+	wrk := tc.creds(t, "w1", OUWorker)
+	expired := func(id, role string) tls.Certificate {
+		keyPEM, csrPEM, err := NewKeyAndCSR(id)
+		require.NoError(t, err)
+		past := *tc.signer.(*localSigner)
+		past.now = func() time.Time { return time.Now().Add(-2 * time.Hour) }
+		chain, err := past.Sign(context.Background(), SignRequest{CSR: csrPEM,
+			Subject: Subject{NodeID: id, Role: role, ClusterID: testCluster}, Validity: time.Hour})
+		require.NoError(t, err)
+		cert, err := tls.X509KeyPair(chain, keyPEM)
+		require.NoError(t, err)
+		return cert
+	}
+
+	oldWorker := expired("w-old", OUWorker)
+	cli := wrk.ClientTLS(ManagerServerName)
+	cli.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &oldWorker, nil }
+	r := handshake(t, mgr.ServerTLS(), cli)
+	require.Error(t, r.serverErr, "the server accepted an expired client certificate")
+	assert.Contains(t, r.serverErr.Error(), "expired")
+
+	oldMgr := expired("m-old", OUManager)
+	srv := mgr.ServerTLS()
+	srv.GetConfigForClient = nil
+	srv.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &oldMgr, nil }
+	srv.ClientAuth = tls.NoClientCert
+	r = handshake(t, srv, wrk.ClientTLS(ManagerServerName))
+	require.Error(t, r.clientErr, "the client accepted an expired server certificate")
+	assert.Contains(t, r.clientErr.Error(), "expired")
+}
