@@ -385,6 +385,9 @@ func (d *Dispatcher) trustBundle() []byte {
 // than at its session's next periodic check.
 func (d *Dispatcher) roleLoop(ctx context.Context) {
 	changed := func(e state.Event) bool {
+		if e.Kind == state.KindNode && e.Action == state.ActionDelete {
+			return true
+		}
 		if e.Action != state.ActionUpdate {
 			return false
 		}
@@ -416,6 +419,18 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 					d.mu.Lock()
 					for id := range d.nodes {
 						d.kickRoleLocked(id)
+					}
+					d.mu.Unlock()
+					continue
+				}
+				if ev.Action == state.ActionDelete {
+					// A removed node's session ends at once: its certificate
+					// is refused from now on, and so is what it has open.
+					id := ev.Object.GetId()
+					d.mu.Lock()
+					if s := d.nodes[id]; s != nil {
+						s.end(status.Errorf(codes.PermissionDenied, "node %s was removed from the cluster", id))
+						delete(d.nodes, id)
 					}
 					d.mu.Unlock()
 					continue

@@ -478,3 +478,17 @@ func TestSessionHearsRoleChangeAtOnce(t *testing.T) {
 	assert.Equal(t, api.NodeRole_NODE_ROLE_WORKER, msg.GetRole())
 	assert.Zero(t, msg.GetRaftId())
 }
+
+// Removing a node from the store ends its open session at once.
+func TestSessionEndsWhenNodeRemoved(t *testing.T) {
+	st := newStore(t)
+	createNode(t, st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
+	s := startServer(t, st, fastConfig(), "")
+	c := dial(t, s.addr)
+	_, stream, _ := openSession(t, c, "n1")
+	require.NoError(t, st.Update(context.Background(), func(tx state.WriteTx) error { return tx.DeleteNode("n1") }))
+	_, err := stream.Recv()
+	require.Error(t, err)
+	assert.Equal(t, codes.PermissionDenied, status.Code(err))
+	assert.Contains(t, err.Error(), "removed")
+}
