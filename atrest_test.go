@@ -113,6 +113,17 @@ func TestAutolockAndEncryptionAtRest(t *testing.T) {
 	require.NoError(t, n2.Unlock(ctx, newKey))
 	waitUnlocked(ctx, t, n2)
 
+	// A locked manager can be stopped without ever being unlocked.
+	locked := restartNode(ctx, t, n2, dir)
+	require.True(t, locked.Locked())
+	require.NoError(t, locked.Stop(ctx))
+	n2, err = shoal.New(lockConfig(dir))
+	require.NoError(t, err)
+	require.NoError(t, n2.Start(ctx))
+	t.Cleanup(func() { _ = n2.Stop(context.Background()) })
+	require.NoError(t, n2.Unlock(ctx, newKey))
+	waitUnlocked(ctx, t, n2)
+
 	// Autolock off: the next restart needs no key.
 	off := false
 	upd, err = n2.Client().UpdateCluster(ctx, shoal.ClusterUpdate{AutoLock: &off})
