@@ -1,0 +1,224 @@
+package ingress
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// tcpPort is one published TCP port: a listener, an accept loop, and a
+// goroutine pair per proxied connection.
+type tcpPort struct {
+	port    Port
+	cfg     Config
+	log     *slog.Logger
+	metrics portMetrics
+	ln      *net.TCPListener
+	rot     rotation
+	slots   chan struct{} // one token per connection being proxied
+
+	ctx    context.Context // cancelled by close: aborts dials
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	fin    chan struct{} // closed when wg is done after close
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[*net.TCPConn]struct{} // client and endpoint sides
+}
+
+func openTCP(ctx context.Context, cfg Config, log *slog.Logger, pm portMetrics, p Port, eps []Endpoint) (*tcpPort, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", netip.AddrPortFrom(cfg.ListenAddr, p.Published).String())
+	if err != nil {
+		return nil, err
+	}
+	t := &tcpPort{
+		port:    p,
+		cfg:     cfg,
+		log:     log.With("protocol", "tcp", "port", p.Published, "service", p.Service),
+		metrics: pm,
+		ln:      ln.(*net.TCPListener),
+		slots:   make(chan struct{}, cfg.MaxConnsPerPort),
+		conns:   make(map[*net.TCPConn]struct{}),
+		fin:     make(chan struct{}),
+	}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.rot.set(eps)
+	t.wg.Add(1)
+	go t.acceptLoop()
+	return t, nil
+}
+
+func (t *tcpPort) service() string             { return t.port.Service }
+func (t *tcpPort) setEndpoints(eps []Endpoint) { t.rot.set(eps) }
+func (t *tcpPort) endpoints() []Endpoint       { return t.rot.list() }
+func (t *tcpPort) done() <-chan struct{}       { return t.fin }
+
+func (t *tcpPort) close() {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.closed = true
+	conns := t.conns
+	t.conns = nil
+	t.mu.Unlock()
+
+	t.cancel()
+	_ = t.ln.Close()
+	for c := range conns {
+		_ = c.Close()
+	}
+	go func() {
+		t.wg.Wait()
+		close(t.fin)
+	}()
+}
+
+// track registers c so close can reach it; false means the port is closed
+// and c has been closed.
+func (t *tcpPort) track(c *net.TCPConn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		_ = c.Close()
+		return false
+	}
+	t.conns[c] = struct{}{}
+	return true
+}
+
+func (t *tcpPort) untrack(c *net.TCPConn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+	_ = c.Close()
+}
+
+func (t *tcpPort) acceptLoop() {
+	defer t.wg.Done()
+	var backoff time.Duration
+	for {
+		// Take a slot before accepting: at the limit, new connections wait
+		// in the kernel's backlog instead of being accepted and dropped.
+		select {
+		case t.slots <- struct{}{}:
+		case <-t.ctx.Done():
+			return
+		}
+		c, err := t.ln.AcceptTCP()
+		if err != nil {
+			<-t.slots
+			if errors.Is(err, net.ErrClosed) || t.ctx.Err() != nil {
+				return
+			}
+			// Temporary trouble such as EMFILE: back off instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t.log.Warn("accept failed", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-t.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		t.wg.Add(1)
+		go t.serve(c)
+	}
+}
+
+// serve balances one accepted connection and proxies it until both
+// directions have ended.
+func (t *tcpPort) serve(client *net.TCPConn) {
+	defer t.wg.Done()
+	defer func() { <-t.slots }()
+	if !t.track(client) {
+		return
+	}
+	defer t.untrack(client)
+
+	backend := t.dial()
+	if backend == nil {
+		return
+	}
+	if !t.track(backend) {
+		return
+	}
+	defer t.untrack(backend)
+
+	t.metrics.accepted.Inc()
+	t.metrics.active.Inc()
+	defer t.metrics.active.Dec()
+	t.proxy(client, backend)
+}
+
+// dial connects to the next endpoint round robin, trying the following
+// ones when it refuses or times out. It returns nil if none answered.
+func (t *tcpPort) dial() *net.TCPConn {
+	eps, first := t.rot.pick()
+	if len(eps) == 0 {
+		t.metrics.noEndpoint.Inc()
+		t.log.Debug("no endpoint for connection")
+		return nil
+	}
+	d := net.Dialer{Timeout: t.cfg.DialTimeout}
+	for i := range eps {
+		ep := eps[(first+i)%len(eps)]
+		c, err := d.DialContext(t.ctx, "tcp", ep.Addr.String())
+		if err == nil {
+			return c.(*net.TCPConn)
+		}
+		if t.ctx.Err() != nil {
+			return nil
+		}
+		t.metrics.dialFailures.Inc()
+		t.log.Debug("endpoint failed, trying the next", "task", ep.Task, "addr", ep.Addr, "err", err)
+	}
+	t.metrics.noEndpoint.Inc()
+	t.log.Warn("no endpoint answered", "endpoints", len(eps))
+	return nil
+}
+
+// proxy copies both directions. Both sides are *net.TCPConn, so ReadFrom
+// uses splice(2) on Linux: the bytes go socket to pipe to socket inside the
+// kernel. When one direction reaches EOF its destination's write side is
+// shut (half-close) and the other direction goes on; an error in either
+// direction aborts both.
+func (t *tcpPort) proxy(client, backend *net.TCPConn) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n, err := spliceOneWay(backend, client)
+		t.metrics.bytesIn.Add(float64(n))
+		if err != nil {
+			_ = client.Close()
+			_ = backend.Close()
+		}
+	}()
+	n, err := spliceOneWay(client, backend)
+	t.metrics.bytesOut.Add(float64(n))
+	if err != nil {
+		_ = client.Close()
+		_ = backend.Close()
+	}
+	wg.Wait()
+}
+
+// spliceOneWay copies src to dst until EOF, then shuts dst's write side.
+// Taking concrete *net.TCPConn values (never net.Conn or a wrapper) is what
+// keeps Go on its splice path.
+func spliceOneWay(dst, src *net.TCPConn) (int64, error) {
+	n, err := dst.ReadFrom(src)
+	if err != nil {
+		return n, err
+	}
+	return n, dst.CloseWrite()
+}
