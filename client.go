@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -616,7 +617,46 @@ func toAPIServiceSpec(s ServiceSpec) (*api.ServiceSpec, error) {
 		return nil, specError("ServiceSpec.Update.Order", "must be StopFirst or StartFirst, got %d", int(u.Order))
 	}
 	out.Update = &api.UpdateConfig{Parallelism: uint64(u.Parallelism), Delay: int64(u.Delay), Order: api.UpdateOrder(u.Order)}
+	for i, p := range s.Ports {
+		if p.Protocol != TCP && p.Protocol != UDP {
+			return nil, specError(fmt.Sprintf("ServiceSpec.Ports[%d].Protocol", i), "must be TCP or UDP, got %d", int(p.Protocol))
+		}
+		if p.Mode != Ingress && p.Mode != Host {
+			return nil, specError(fmt.Sprintf("ServiceSpec.Ports[%d].Mode", i), "must be Ingress or Host, got %d", int(p.Mode))
+		}
+		out.Task.Ports = append(out.Task.Ports, &api.PortConfig{TargetPort: uint32(p.Target), PublishedPort: uint32(p.Published),
+			Protocol: api.PortProtocol(p.Protocol), Mode: api.PublishMode(p.Mode)})
+	}
 	return out, nil
+}
+
+func fromAPIPorts(ps []*api.PortConfig) []PortConfig {
+	if len(ps) == 0 {
+		return nil
+	}
+	out := make([]PortConfig, len(ps))
+	for i, p := range ps {
+		out[i] = PortConfig{Target: uint16(p.GetTargetPort()), Published: uint16(p.GetPublishedPort()),
+			Protocol: Protocol(p.GetProtocol()), Mode: PublishMode(p.GetMode())}
+	}
+	return out
+}
+
+func fromAPITaskEndpoints(es []*api.TaskEndpoint) []TaskEndpoint {
+	if len(es) == 0 {
+		return nil
+	}
+	out := make([]TaskEndpoint, 0, len(es))
+	for _, e := range es {
+		te := TaskEndpoint{Target: uint16(e.GetTargetPort()), Protocol: Protocol(e.GetProtocol())}
+		if ip, err := netip.ParseAddr(e.GetIp()); err == nil {
+			te.Addr = netip.AddrPortFrom(ip.Unmap(), uint16(e.GetPort()))
+		} else {
+			te.Addr = netip.AddrPortFrom(netip.Addr{}, uint16(e.GetPort()))
+		}
+		out = append(out, te)
+	}
+	return out
 }
 
 func toAPITaskSpec(t TaskSpec) (*api.TaskSpec, error) {
@@ -702,7 +742,9 @@ func fromAPIService(s *api.Service) *Service {
 				Delay:       time.Duration(spec.GetUpdate().GetDelay()),
 				Order:       UpdateOrder(spec.GetUpdate().GetOrder()),
 			},
+			Ports: fromAPIPorts(spec.GetTask().GetPorts()),
 		},
+		Ports: fromAPIPorts(s.GetEndpoint().GetPorts()),
 		UpdateStatus: UpdateStatus{
 			State:       UpdateState(s.GetUpdateStatus().GetState()),
 			StartedAt:   unixTime(s.GetUpdateStatus().GetStartedAt()),
@@ -742,6 +784,7 @@ func fromAPITask(t *api.Task) *Task {
 			Err:       st.GetErr(),
 			ExitCode:  int(st.GetExitCode()),
 		},
+		Endpoints: fromAPITaskEndpoints(st.GetEndpoints()),
 	}
 }
 

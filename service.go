@@ -2,6 +2,7 @@ package shoal
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -42,6 +43,85 @@ type ServiceSpec struct {
 	Task TaskSpec
 	// Update says how tasks are replaced when Task changes.
 	Update UpdatePolicy
+	// Ports are the ports the service publishes. Each task gets its own
+	// host port for every target (see Task.Endpoints); a change of Ports
+	// redeploys the tasks.
+	Ports []PortConfig
+}
+
+// Protocol is a port's transport protocol.
+type Protocol int
+
+const (
+	// TCP is the zero value.
+	TCP Protocol = iota
+	UDP
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("Protocol(%d)", int(p))
+}
+
+// PublishMode says where a published port is bound.
+type PublishMode int
+
+const (
+	// Ingress publishes the port on every node through the routing mesh,
+	// which forwards connections to the service's tasks (the default).
+	Ingress PublishMode = iota
+	// Host binds the published port only on the nodes that run a task of
+	// the service, straight to that task. The scheduler then never puts two
+	// tasks using the same host port and protocol on one node.
+	Host
+)
+
+func (m PublishMode) String() string {
+	switch m {
+	case Ingress:
+		return "ingress"
+	case Host:
+		return "host"
+	}
+	return fmt.Sprintf("PublishMode(%d)", int(m))
+}
+
+// PortConfig is one port of a service.
+type PortConfig struct {
+	// Target is the port the task listens on (1-65535). The process runtime
+	// tells the task which host port to listen on instead, through PORT
+	// (the first target) and SHOAL_PORT_<Target>.
+	Target uint16
+	// Published is the port clients connect to. In Ingress mode 0 asks the
+	// manager to allocate one from 30000-32767 (reported in Service.Ports);
+	// in Host mode it must be set. A published ingress port is unique in
+	// the cluster: a second service asking for it is refused with
+	// ErrInvalidSpec naming the service that has it.
+	Published uint16
+	// Protocol is TCP (the zero value) or UDP.
+	Protocol Protocol
+	// Mode is Ingress (the zero value) or Host.
+	Mode PublishMode
+}
+
+// String returns e.g. "8080:80/tcp (ingress)".
+func (p PortConfig) String() string {
+	return fmt.Sprintf("%d:%d/%s (%s)", p.Published, p.Target, p.Protocol, p.Mode)
+}
+
+// TaskEndpoint is where one target port of a running task is reachable.
+type TaskEndpoint struct {
+	Target   uint16
+	Protocol Protocol
+	// Addr is the task's node address and the host port the runtime gave
+	// the task, or, for runtimes that give each task its own address, that
+	// address and port.
+	Addr netip.AddrPort
 }
 
 // TaskSpec says what a task runs and where it may run.
@@ -198,6 +278,10 @@ type Service struct {
 	// SpecVersion they were made from.
 	SpecVersion  uint64
 	UpdateStatus UpdateStatus
+	// Ports are Spec.Ports as the manager allocated them: every Published
+	// filled in. Spec keeps the ports as they were written, so an update
+	// from Spec asks for the same allocation again (and keeps it).
+	Ports []PortConfig
 }
 
 // TaskState is a task's place in its life. States only move forward.
@@ -258,6 +342,10 @@ type Task struct {
 	SpecVersion  uint64
 	DesiredState TaskState
 	Status       TaskStatus
+	// Endpoints are where the task's target ports are reachable, one per
+	// port of the service, reported by the task's node once the task runs
+	// (empty before, and again once the task ended).
+	Endpoints []TaskEndpoint
 }
 
 // Name returns the task's display name: service.slot (replicated) or

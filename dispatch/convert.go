@@ -1,6 +1,8 @@
 package dispatch
 
 import (
+	"net"
+	"net/netip"
 	"time"
 
 	"github.com/shoalhq/shoal/internal/api"
@@ -29,6 +31,79 @@ func runtimeTask(t *api.Task) runtime.Task {
 				NanoCPUs:    limits.GetNanoCpus(),
 				MemoryBytes: limits.GetMemoryBytes(),
 			},
+			Ports: portRequests(spec.GetPorts()),
 		},
+	}
+}
+
+// portRequests converts a task's ports: every target gets a host port, the
+// published one in host mode, one the runtime picks in ingress mode (the
+// routing mesh forwards the published port to it).
+func portRequests(ports []*api.PortConfig) []runtime.PortRequest {
+	if len(ports) == 0 {
+		return nil
+	}
+	out := make([]runtime.PortRequest, len(ports))
+	for i, p := range ports {
+		out[i] = runtime.PortRequest{Target: uint16(p.GetTargetPort()), Protocol: protocolName(p.GetProtocol())}
+		if p.GetMode() == api.PublishMode_PUBLISH_MODE_HOST {
+			out[i].HostPort = uint16(p.GetPublishedPort())
+		}
+	}
+	return out
+}
+
+func protocolName(p api.PortProtocol) string {
+	if p == api.PortProtocol_PORT_PROTOCOL_UDP {
+		return runtime.ProtocolUDP
+	}
+	return runtime.ProtocolTCP
+}
+
+// taskEndpoints asks a started controller where its ports are, if its
+// runtime can say. An unspecified address goes on the wire as "" (the
+// node's address, which the dispatcher fills in).
+func taskEndpoints(ctl runtime.Controller) []*api.TaskEndpoint {
+	rep, ok := ctl.(runtime.EndpointReporter)
+	if !ok {
+		return nil
+	}
+	eps := rep.Endpoints()
+	if len(eps) == 0 {
+		return nil
+	}
+	out := make([]*api.TaskEndpoint, len(eps))
+	for i, e := range eps {
+		te := &api.TaskEndpoint{TargetPort: uint32(e.Target), Port: uint32(e.Addr.Port())}
+		if e.Protocol == runtime.ProtocolUDP {
+			te.Protocol = api.PortProtocol_PORT_PROTOCOL_UDP
+		}
+		if ip := e.Addr.Addr(); ip.IsValid() && !ip.IsUnspecified() {
+			te.Ip = ip.String()
+		}
+		out[i] = te
+	}
+	return out
+}
+
+// fillNodeAddr sets the address of the endpoints that have none (they are
+// on the node's address) from nodeAddr, the "host:port" the node's session
+// was seen from.
+func fillNodeAddr(st *api.TaskStatus, nodeAddr string) {
+	if len(st.GetEndpoints()) == 0 {
+		return
+	}
+	host := nodeAddr
+	if h, _, err := net.SplitHostPort(nodeAddr); err == nil {
+		host = h
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return
+	}
+	for _, e := range st.Endpoints {
+		if e.GetIp() == "" {
+			e.Ip = ip.Unmap().String()
+		}
 	}
 }

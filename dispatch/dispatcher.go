@@ -911,6 +911,7 @@ func (d *Dispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskSt
 			if st.Timestamp == 0 {
 				st.Timestamp = now
 			}
+			fillNodeAddr(st, tx.GetNode(nodeID).GetStatus().GetAddr())
 			accepted = append(accepted, queuedStatus{taskID: u.GetTaskId(), nodeID: nodeID, status: st})
 		}
 	})

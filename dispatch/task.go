@@ -85,6 +85,11 @@ func (r *taskRunner) agentStopping() bool {
 // is not past the last reported one is dropped: task state only moves
 // forward.
 func (r *taskRunner) report(state api.TaskState, msg, errStr string, exitCode int32) {
+	r.reportWith(state, msg, errStr, exitCode, nil)
+}
+
+// reportWith is report with the task's endpoints (the RUNNING report).
+func (r *taskRunner) reportWith(state api.TaskState, msg, errStr string, exitCode int32, eps []*api.TaskEndpoint) {
 	r.mu.Lock()
 	if state <= r.reported {
 		r.mu.Unlock()
@@ -96,6 +101,7 @@ func (r *taskRunner) report(state api.TaskState, msg, errStr string, exitCode in
 		Message:   msg,
 		Err:       errStr,
 		ExitCode:  exitCode,
+		Endpoints: eps,
 	}
 	r.reported = state
 	r.last = st
@@ -185,7 +191,7 @@ func (r *taskRunner) run() {
 		r.waitEnd()
 		return
 	}
-	r.report(api.TaskState_TASK_STATE_RUNNING, "started", "", 0)
+	r.reportWith(api.TaskState_TASK_STATE_RUNNING, "started", "", 0, taskEndpoints(ctl))
 
 	type waitResult struct {
 		st  runtime.ExitStatus

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"time"
@@ -79,6 +80,34 @@ type Spec struct {
 	StopGracePeriod time.Duration
 	// Resources are limits; runtimes that cannot enforce them document so.
 	Resources Resources
+	// Ports are the ports the task listens on; the runtime makes each
+	// reachable and reports where through EndpointReporter.
+	Ports []PortRequest
+}
+
+// Port protocols, the values of PortRequest.Protocol.
+const (
+	ProtocolTCP = "tcp"
+	ProtocolUDP = "udp"
+)
+
+// PortRequest is one port a task listens on.
+type PortRequest struct {
+	// Target is the port the task's program is written for (1-65535).
+	Target uint16
+	// Protocol is ProtocolTCP ("" means TCP too) or ProtocolUDP.
+	Protocol string
+	// HostPort is the node port to use (a host-mode published port); 0 lets
+	// the runtime pick a free one.
+	HostPort uint16
+}
+
+// EffectiveProtocol returns Protocol, or ProtocolTCP when it is empty.
+func (p PortRequest) EffectiveProtocol() string {
+	if p.Protocol == "" {
+		return ProtocolTCP
+	}
+	return p.Protocol
 }
 
 // Resources are per-task limits. Zero means unlimited.
@@ -129,6 +158,30 @@ func (s Spec) Validate() error {
 	}
 	if s.Resources.MemoryBytes < 0 {
 		return invalid("Spec.Resources.MemoryBytes", "must not be negative")
+	}
+	targets := make(map[PortRequest]int, len(s.Ports))
+	hosts := make(map[PortRequest]int, len(s.Ports))
+	for i, p := range s.Ports {
+		field := fmt.Sprintf("Spec.Ports[%d]", i)
+		if p.Target == 0 {
+			return invalid(field+".Target", "must be 1-65535")
+		}
+		proto := p.EffectiveProtocol()
+		if proto != ProtocolTCP && proto != ProtocolUDP {
+			return invalid(field+".Protocol", fmt.Sprintf("must be %q or %q, got %q", ProtocolTCP, ProtocolUDP, p.Protocol))
+		}
+		tk := PortRequest{Target: p.Target, Protocol: proto}
+		if j, dup := targets[tk]; dup {
+			return invalid(field+".Target", fmt.Sprintf("%d/%s is already listed in Spec.Ports[%d]", p.Target, proto, j))
+		}
+		targets[tk] = i
+		if p.HostPort != 0 {
+			hk := PortRequest{HostPort: p.HostPort, Protocol: proto}
+			if j, dup := hosts[hk]; dup {
+				return invalid(field+".HostPort", fmt.Sprintf("%d/%s is already used by Spec.Ports[%d]", p.HostPort, proto, j))
+			}
+			hosts[hk] = i
+		}
 	}
 	return nil
 }
@@ -223,6 +276,27 @@ func (e ExitStatus) String() string {
 		return "killed by " + e.Signal
 	}
 	return fmt.Sprintf("exit code %d", e.Code)
+}
+
+// Endpoint is where one target port of a started task is reachable.
+type Endpoint struct {
+	Target   uint16
+	Protocol string // ProtocolTCP or ProtocolUDP
+	// Addr is the address and port to connect to. An unspecified address
+	// (0.0.0.0, or the zero netip.Addr) means the address of the task's
+	// node: runtimes that run tasks in the node's network (the process
+	// runtime) report only the host port; runtimes that give each task its
+	// own address report that address.
+	Addr netip.AddrPort
+}
+
+// EndpointReporter is an optional capability of a Controller, found by type
+// assertion: the runtime tells where the task's Spec.Ports are reachable.
+type EndpointReporter interface {
+	// Endpoints returns one Endpoint per Spec.Ports entry, in the same
+	// order, once Start succeeded (nil before, and for a task without
+	// ports). The result is the caller's to keep. Safe for concurrent use.
+	Endpoints() []Endpoint
 }
 
 // LogStreamer is an optional capability of a Controller, found by type

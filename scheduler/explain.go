@@ -14,6 +14,7 @@ type rejections struct {
 	cpu         int
 	memory      int
 	maxReplicas int
+	hostPort    int
 }
 
 func (r *rejections) add(f fit) {
@@ -24,12 +25,14 @@ func (r *rejections) add(f fit) {
 		r.memory++
 	case fitMaxReplicas:
 		r.maxReplicas++
+	case fitHostPort:
+		r.hostPort++
 	}
 }
 
 // explain builds the Reason of a task that fits nowhere, e.g.
 // "no suitable node (2 nodes not ready; 1 node lacks 1 GiB memory)".
-func (r *rejections) explain(cons []compiled, key groupKey, nodes int) string {
+func (r *rejections) explain(cons []compiled, key groupKey, ports []HostPort, nodes int) string {
 	const prefix = "no suitable node ("
 	if nodes == 0 {
 		return prefix + "no nodes in the cluster)"
@@ -66,6 +69,20 @@ func (r *rejections) explain(cons []compiled, key groupKey, nodes int) string {
 	part(r.memory, "lacks "+mem, "lack "+mem)
 	limit := "at max replicas (" + strconv.FormatUint(key.maxRep, 10) + ") for this service"
 	part(r.maxReplicas, limit, limit)
+	if r.hostPort > 0 {
+		list := make([]string, len(ports))
+		for i, p := range ports {
+			list[i] = p.String()
+		}
+		what := "host port"
+		if len(ports) > 1 {
+			what = "a host port of "
+		} else {
+			what += " "
+		}
+		what += strings.Join(list, ", ") + " in use"
+		part(r.hostPort, "has "+what, "have "+what)
+	}
 	if n == 0 {
 		// Not reached: every node is counted under some filter.
 		b.WriteString("no candidates")

@@ -3,6 +3,8 @@ package scheduler
 import (
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 )
 
 // Scheduler holds the cluster as the scheduler sees it, nodes and the tasks
@@ -39,12 +41,14 @@ type nodeInfo struct {
 	slot     int // index in Scheduler.list, -1 while the node is not described
 	tasks    int
 	reserved Resources
+	ports    map[HostPort]int32 // host ports in use -> tasks using them; nil while none
 }
 
 type taskRecord struct {
 	serviceID string
 	node      *nodeInfo
 	res       Resources
+	ports     []HostPort
 }
 
 // groupKey is what tasks of one group share besides their constraints.
@@ -53,11 +57,13 @@ type groupKey struct {
 	version uint64
 	res     Resources
 	maxRep  uint64
+	ports   string // canonical form of the host ports, see portsKey
 }
 
 type group struct {
 	key    groupKey
 	cons   []Constraint
+	ports  []HostPort
 	next   int32 // next group with the same key, -1 at the end
 	count  int32
 	start  int32
@@ -157,7 +163,7 @@ func (s *Scheduler) AddTask(t Task, nodeID string) error {
 		ni = &nodeInfo{node: Node{ID: nodeID}, slot: -1}
 		s.nodes[nodeID] = ni
 	}
-	s.record(s.serviceMap(t.ServiceID), t.ID, t.ServiceID, ni, t.Reservations)
+	s.record(s.serviceMap(t.ServiceID), t.ID, t.ServiceID, ni, t.Reservations, t.HostPorts)
 	s.gen++
 	return nil
 }
@@ -208,8 +214,17 @@ func (s *Scheduler) serviceMap(serviceID string) map[*nodeInfo]int32 {
 	return m
 }
 
-func (s *Scheduler) record(m map[*nodeInfo]int32, taskID, serviceID string, ni *nodeInfo, res Resources) {
-	s.tasks[taskID] = taskRecord{serviceID: serviceID, node: ni, res: res}
+func (s *Scheduler) record(m map[*nodeInfo]int32, taskID, serviceID string, ni *nodeInfo, res Resources, ports []HostPort) {
+	if len(ports) > 0 {
+		ports = append([]HostPort(nil), ports...)
+		if ni.ports == nil {
+			ni.ports = make(map[HostPort]int32)
+		}
+		for _, p := range ports {
+			ni.ports[p]++
+		}
+	}
+	s.tasks[taskID] = taskRecord{serviceID: serviceID, node: ni, res: res, ports: ports}
 	s.changes++
 	ni.tasks++
 	ni.reserved.NanoCPUs += res.NanoCPUs
@@ -224,6 +239,16 @@ func (s *Scheduler) drop(taskID string, rec taskRecord) {
 	ni.tasks--
 	ni.reserved.NanoCPUs -= rec.res.NanoCPUs
 	ni.reserved.MemoryBytes -= rec.res.MemoryBytes
+	for _, p := range rec.ports {
+		if ni.ports[p] <= 1 {
+			delete(ni.ports, p)
+		} else {
+			ni.ports[p]--
+		}
+	}
+	if len(ni.ports) == 0 {
+		ni.ports = nil
+	}
 	if m := s.services[rec.serviceID]; m != nil {
 		if m[ni] <= 1 {
 			delete(m, ni)
@@ -242,12 +267,12 @@ func (s *Scheduler) drop(taskID string, rec taskRecord) {
 // Schedule places pending tasks and returns one Decision per task, in the
 // order of pending.
 //
-// Tasks with the same service, spec version, constraints, reservations and
-// max-replicas limit form a group, placed in one pass: the nodes are filtered
-// once (ready, active, constraints, free CPU and memory, max replicas per
-// node) and the group's tasks go one by one to the candidate with the fewest
-// tasks of the service, then the fewest tasks in total, then the smallest
-// node ID. Groups are placed in the order their first task appears.
+// Tasks with the same service, spec version, constraints, reservations,
+// max-replicas limit and host ports form a group, placed in one pass: the
+// nodes are filtered once (ready, active, constraints, free CPU and memory,
+// max replicas per node, host ports free) and the group's tasks go one by
+// one to the candidate with the fewest tasks of the service, then the fewest
+// tasks in total, then the smallest node ID. Groups are placed in the order their first task appears.
 //
 // Every placement is recorded as if by AddTask; the driver calls RemoveTask
 // when it cannot commit one. A pending task whose ID is recorded is first
@@ -270,7 +295,7 @@ func (s *Scheduler) Schedule(pending []Task) []Decision {
 	if s.changes != before {
 		s.gen++
 	}
-	clear(s.groups) // drop references to the caller's constraint slices
+	clear(s.groups) // drop references to the caller's constraint and port slices
 	s.groups = s.groups[:0]
 	clear(s.groupIdx)
 	return out
@@ -292,7 +317,8 @@ func (s *Scheduler) groupTasks(pending []Task, out []Decision) {
 		if old, ok := s.tasks[t.ID]; ok {
 			s.drop(t.ID, old)
 		}
-		key := groupKey{service: t.ServiceID, version: t.SpecVersion, res: t.Reservations, maxRep: t.MaxReplicasPerNode}
+		key := groupKey{service: t.ServiceID, version: t.SpecVersion, res: t.Reservations, maxRep: t.MaxReplicasPerNode,
+			ports: portsKey(t.HostPorts)}
 		if last >= 0 && s.groups[last].key == key && constraintsEqual(s.groups[last].cons, t.Constraints) {
 			s.groups[last].count++
 			s.taskGroup[i] = last
@@ -312,7 +338,7 @@ func (s *Scheduler) groupTasks(pending []Task, out []Decision) {
 				next = head
 			}
 			found = int32(len(s.groups))
-			s.groups = append(s.groups, group{key: key, cons: t.Constraints, next: next})
+			s.groups = append(s.groups, group{key: key, cons: t.Constraints, ports: t.HostPorts, next: next})
 			s.groupIdx[key] = found
 		}
 		s.groups[found].count++
@@ -365,9 +391,24 @@ const (
 	fitCPU
 	fitMemory
 	fitMaxReplicas
+	fitHostPort
 )
 
-func fits(ni *nodeInfo, res Resources, svcCount int32, maxRep uint64) fit {
+// portsKey is a canonical form of a task's host ports, so tasks asking for
+// the same ports share a group whatever their order.
+func portsKey(ports []HostPort) string {
+	if len(ports) == 0 {
+		return ""
+	}
+	list := make([]string, len(ports))
+	for i, p := range ports {
+		list[i] = p.String()
+	}
+	slices.Sort(list)
+	return strings.Join(list, ",")
+}
+
+func fits(ni *nodeInfo, res Resources, svcCount int32, maxRep uint64, ports []HostPort) fit {
 	if res.NanoCPUs > 0 && ni.node.Resources.NanoCPUs-ni.reserved.NanoCPUs < res.NanoCPUs {
 		return fitCPU
 	}
@@ -376,6 +417,13 @@ func fits(ni *nodeInfo, res Resources, svcCount int32, maxRep uint64) fit {
 	}
 	if maxRep > 0 && uint64(svcCount) >= maxRep {
 		return fitMaxReplicas
+	}
+	if ni.ports != nil {
+		for _, p := range ports {
+			if ni.ports[p] > 0 {
+				return fitHostPort
+			}
+		}
 	}
 	return fitOK
 }
@@ -423,7 +471,7 @@ func (s *Scheduler) placeGroup(g *group, pending []Task, idx []int32, out []Deci
 			rej.constraint[failed]++
 			continue
 		}
-		if f := fits(ni, key.res, s.svc[slot], key.maxRep); f != fitOK {
+		if f := fits(ni, key.res, s.svc[slot], key.maxRep, g.ports); f != fitOK {
 			rej.add(f)
 			continue
 		}
@@ -446,10 +494,10 @@ func (s *Scheduler) placeGroup(g *group, pending []Task, idx []int32, out []Deci
 		}
 		slot := h[0]
 		ni := s.list[slot]
-		s.record(m, t.ID, t.ServiceID, ni, t.Reservations)
+		s.record(m, t.ID, t.ServiceID, ni, t.Reservations, t.HostPorts)
 		s.svc[slot]++
 		out[ti].NodeID = ni.node.ID
-		if f := fits(ni, key.res, s.svc[slot], key.maxRep); f != fitOK {
+		if f := fits(ni, key.res, s.svc[slot], key.maxRep, g.ports); f != fitOK {
 			// Full for this group: count it as rejected and drop it.
 			rej.add(f)
 			last := len(h) - 1
@@ -459,7 +507,7 @@ func (s *Scheduler) placeGroup(g *group, pending []Task, idx []int32, out []Deci
 		s.down(h, 0)
 	}
 	if unplaced {
-		reason := rej.explain(cons, key, len(s.list))
+		reason := rej.explain(cons, key, g.ports, len(s.list))
 		for _, ti := range idx {
 			if out[ti].NodeID == "" && out[ti].Reason == "" {
 				out[ti].Reason = reason

@@ -104,7 +104,26 @@ type Task struct {
 	// MaxReplicasPerNode limits the tasks of this service (any spec version)
 	// on one node; 0 means no limit.
 	MaxReplicasPerNode uint64
+	// HostPorts are the ports the task binds on its node (host-mode
+	// published ports): a node where a recorded task already uses one of
+	// them, whatever its service, is not a candidate.
+	HostPorts []HostPort
 }
+
+// Host port protocols, the values of HostPort.Protocol.
+const (
+	ProtocolTCP = "tcp"
+	ProtocolUDP = "udp"
+)
+
+// HostPort is a port bound on a node.
+type HostPort struct {
+	Port     uint16
+	Protocol string // ProtocolTCP or ProtocolUDP
+}
+
+// String returns e.g. "8080/tcp".
+func (p HostPort) String() string { return fmt.Sprintf("%d/%s", p.Port, p.Protocol) }
 
 // Decision is the scheduler's answer for one pending task.
 type Decision struct {
@@ -164,6 +183,14 @@ func taskRule(t *Task) string {
 		return "Reservations.NanoCPUs must not be negative"
 	case t.Reservations.MemoryBytes < 0:
 		return "Reservations.MemoryBytes must not be negative"
+	}
+	for i, p := range t.HostPorts {
+		if p.Port == 0 {
+			return fmt.Sprintf("HostPorts[%d].Port must be 1-65535", i)
+		}
+		if p.Protocol != ProtocolTCP && p.Protocol != ProtocolUDP {
+			return fmt.Sprintf("HostPorts[%d].Protocol %q must be %q or %q", i, p.Protocol, ProtocolTCP, ProtocolUDP)
+		}
 	}
 	return ""
 }

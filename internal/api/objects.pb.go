@@ -220,6 +220,102 @@ func (RestartCondition) EnumDescriptor() ([]byte, []int) {
 	return file_objects_proto_rawDescGZIP(), []int{3}
 }
 
+type PortProtocol int32
+
+const (
+	PortProtocol_PORT_PROTOCOL_TCP PortProtocol = 0
+	PortProtocol_PORT_PROTOCOL_UDP PortProtocol = 1
+)
+
+// Enum value maps for PortProtocol.
+var (
+	PortProtocol_name = map[int32]string{
+		0: "PORT_PROTOCOL_TCP",
+		1: "PORT_PROTOCOL_UDP",
+	}
+	PortProtocol_value = map[string]int32{
+		"PORT_PROTOCOL_TCP": 0,
+		"PORT_PROTOCOL_UDP": 1,
+	}
+)
+
+func (x PortProtocol) Enum() *PortProtocol {
+	p := new(PortProtocol)
+	*p = x
+	return p
+}
+
+func (x PortProtocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PortProtocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[4].Descriptor()
+}
+
+func (PortProtocol) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[4]
+}
+
+func (x PortProtocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PortProtocol.Descriptor instead.
+func (PortProtocol) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{4}
+}
+
+type PublishMode int32
+
+const (
+	// PUBLISH_MODE_INGRESS publishes the port on every node through the
+	// routing mesh.
+	PublishMode_PUBLISH_MODE_INGRESS PublishMode = 0
+	// PUBLISH_MODE_HOST binds the published port only on the nodes that run
+	// a task; at most one such task per node and port.
+	PublishMode_PUBLISH_MODE_HOST PublishMode = 1
+)
+
+// Enum value maps for PublishMode.
+var (
+	PublishMode_name = map[int32]string{
+		0: "PUBLISH_MODE_INGRESS",
+		1: "PUBLISH_MODE_HOST",
+	}
+	PublishMode_value = map[string]int32{
+		"PUBLISH_MODE_INGRESS": 0,
+		"PUBLISH_MODE_HOST":    1,
+	}
+)
+
+func (x PublishMode) Enum() *PublishMode {
+	p := new(PublishMode)
+	*p = x
+	return p
+}
+
+func (x PublishMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PublishMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[5].Descriptor()
+}
+
+func (PublishMode) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[5]
+}
+
+func (x PublishMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PublishMode.Descriptor instead.
+func (PublishMode) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{5}
+}
+
 type UpdateOrder int32
 
 const (
@@ -250,11 +346,11 @@ func (x UpdateOrder) String() string {
 }
 
 func (UpdateOrder) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[4].Descriptor()
+	return file_objects_proto_enumTypes[6].Descriptor()
 }
 
 func (UpdateOrder) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[4]
+	return &file_objects_proto_enumTypes[6]
 }
 
 func (x UpdateOrder) Number() protoreflect.EnumNumber {
@@ -263,7 +359,7 @@ func (x UpdateOrder) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateOrder.Descriptor instead.
 func (UpdateOrder) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{4}
+	return file_objects_proto_rawDescGZIP(), []int{6}
 }
 
 type UpdateState int32
@@ -302,11 +398,11 @@ func (x UpdateState) String() string {
 }
 
 func (UpdateState) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[5].Descriptor()
+	return file_objects_proto_enumTypes[7].Descriptor()
 }
 
 func (UpdateState) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[5]
+	return &file_objects_proto_enumTypes[7]
 }
 
 func (x UpdateState) Number() protoreflect.EnumNumber {
@@ -315,7 +411,7 @@ func (x UpdateState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateState.Descriptor instead.
 func (UpdateState) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{5}
+	return file_objects_proto_rawDescGZIP(), []int{7}
 }
 
 // TaskState values are ordered: a task's status only moves forward.
@@ -385,11 +481,11 @@ func (x TaskState) String() string {
 }
 
 func (TaskState) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[6].Descriptor()
+	return file_objects_proto_enumTypes[8].Descriptor()
 }
 
 func (TaskState) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[6]
+	return &file_objects_proto_enumTypes[8]
 }
 
 func (x TaskState) Number() protoreflect.EnumNumber {
@@ -398,7 +494,7 @@ func (x TaskState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskState.Descriptor instead.
 func (TaskState) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{6}
+	return file_objects_proto_rawDescGZIP(), []int{8}
 }
 
 type StoreAction_Kind int32
@@ -437,11 +533,11 @@ func (x StoreAction_Kind) String() string {
 }
 
 func (StoreAction_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[7].Descriptor()
+	return file_objects_proto_enumTypes[9].Descriptor()
 }
 
 func (StoreAction_Kind) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[7]
+	return &file_objects_proto_enumTypes[9]
 }
 
 func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
@@ -450,7 +546,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25, 0}
+	return file_objects_proto_rawDescGZIP(), []int{28, 0}
 }
 
 type Meta struct {
@@ -1156,7 +1252,12 @@ type TaskSpec struct {
 	Placement       *Placement             `protobuf:"bytes,7,opt,name=placement,proto3" json:"placement,omitempty"`
 	Restart         *RestartPolicy         `protobuf:"bytes,8,opt,name=restart,proto3" json:"restart,omitempty"`
 	// force_update changes to redeploy tasks whose spec is otherwise equal.
-	ForceUpdate   uint64 `protobuf:"varint,9,opt,name=force_update,json=forceUpdate,proto3" json:"force_update,omitempty"`
+	ForceUpdate uint64 `protobuf:"varint,9,opt,name=force_update,json=forceUpdate,proto3" json:"force_update,omitempty"`
+	// ports are the service's ports as the user wrote them (ServiceSpec.Ports
+	// in the public API). They live in the task spec so that every task
+	// carries them (the scheduler needs host-mode ports, the runtime the
+	// targets) and a change of them redeploys the tasks.
+	Ports         []*PortConfig `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1254,6 +1355,200 @@ func (x *TaskSpec) GetForceUpdate() uint64 {
 	return 0
 }
 
+func (x *TaskSpec) GetPorts() []*PortConfig {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+type PortConfig struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TargetPort uint32                 `protobuf:"varint,1,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	// published_port 0 in ingress mode asks for one allocated from the
+	// dynamic range.
+	PublishedPort uint32       `protobuf:"varint,2,opt,name=published_port,json=publishedPort,proto3" json:"published_port,omitempty"`
+	Protocol      PortProtocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=shoal.api.PortProtocol" json:"protocol,omitempty"`
+	Mode          PublishMode  `protobuf:"varint,4,opt,name=mode,proto3,enum=shoal.api.PublishMode" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortConfig) Reset() {
+	*x = PortConfig{}
+	mi := &file_objects_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortConfig) ProtoMessage() {}
+
+func (x *PortConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
+func (*PortConfig) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PortConfig) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+func (x *PortConfig) GetPublishedPort() uint32 {
+	if x != nil {
+		return x.PublishedPort
+	}
+	return 0
+}
+
+func (x *PortConfig) GetProtocol() PortProtocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return PortProtocol_PORT_PROTOCOL_TCP
+}
+
+func (x *PortConfig) GetMode() PublishMode {
+	if x != nil {
+		return x.Mode
+	}
+	return PublishMode_PUBLISH_MODE_INGRESS
+}
+
+// Endpoint is what the manager allocated for a service.
+type Endpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ports are the spec's ports with every published port filled in.
+	Ports         []*PortConfig `protobuf:"bytes,1,rep,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Endpoint) Reset() {
+	*x = Endpoint{}
+	mi := &file_objects_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Endpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Endpoint) ProtoMessage() {}
+
+func (x *Endpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
+func (*Endpoint) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Endpoint) GetPorts() []*PortConfig {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+// TaskEndpoint is where one target port of a running task is reachable.
+type TaskEndpoint struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TargetPort uint32                 `protobuf:"varint,1,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	Protocol   PortProtocol           `protobuf:"varint,2,opt,name=protocol,proto3,enum=shoal.api.PortProtocol" json:"protocol,omitempty"`
+	// ip is the address; empty means the address of the task's node, which
+	// the dispatcher fills in.
+	Ip            string `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
+	Port          uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskEndpoint) Reset() {
+	*x = TaskEndpoint{}
+	mi := &file_objects_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskEndpoint) ProtoMessage() {}
+
+func (x *TaskEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskEndpoint.ProtoReflect.Descriptor instead.
+func (*TaskEndpoint) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TaskEndpoint) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+func (x *TaskEndpoint) GetProtocol() PortProtocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return PortProtocol_PORT_PROTOCOL_TCP
+}
+
+func (x *TaskEndpoint) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *TaskEndpoint) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 type UpdateConfig struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Parallelism   uint64                 `protobuf:"varint,1,opt,name=parallelism,proto3" json:"parallelism,omitempty"`
@@ -1265,7 +1560,7 @@ type UpdateConfig struct {
 
 func (x *UpdateConfig) Reset() {
 	*x = UpdateConfig{}
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1572,7 @@ func (x *UpdateConfig) String() string {
 func (*UpdateConfig) ProtoMessage() {}
 
 func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1585,7 @@ func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConfig.ProtoReflect.Descriptor instead.
 func (*UpdateConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{12}
+	return file_objects_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateConfig) GetParallelism() uint64 {
@@ -1323,7 +1618,7 @@ type ReplicatedService struct {
 
 func (x *ReplicatedService) Reset() {
 	*x = ReplicatedService{}
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1630,7 @@ func (x *ReplicatedService) String() string {
 func (*ReplicatedService) ProtoMessage() {}
 
 func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1643,7 @@ func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedService.ProtoReflect.Descriptor instead.
 func (*ReplicatedService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{13}
+	return file_objects_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReplicatedService) GetReplicas() uint64 {
@@ -1366,7 +1661,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1673,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1686,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{14}
+	return file_objects_proto_rawDescGZIP(), []int{17}
 }
 
 type ServiceSpec struct {
@@ -1411,7 +1706,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1718,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1731,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{15}
+	return file_objects_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ServiceSpec) GetName() string {
@@ -1520,7 +1815,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1827,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1840,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -1583,15 +1878,18 @@ type Service struct {
 	Spec  *ServiceSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// spec_version increases whenever spec.task changes; tasks carry the
 	// spec_version they were created from.
-	SpecVersion   uint64        `protobuf:"varint,4,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
-	UpdateStatus  *UpdateStatus `protobuf:"bytes,5,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
+	SpecVersion  uint64        `protobuf:"varint,4,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
+	UpdateStatus *UpdateStatus `protobuf:"bytes,5,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
+	// endpoint holds the allocated published ports, written in the same
+	// transaction as the spec.
+	Endpoint      *Endpoint `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1901,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1914,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Service) GetId() string {
@@ -1654,21 +1952,30 @@ func (x *Service) GetUpdateStatus() *UpdateStatus {
 	return nil
 }
 
+func (x *Service) GetEndpoint() *Endpoint {
+	if x != nil {
+		return x.Endpoint
+	}
+	return nil
+}
+
 type TaskStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	State TaskState              `protobuf:"varint,1,opt,name=state,proto3,enum=shoal.api.TaskState" json:"state,omitempty"`
 	// timestamp in Unix nanoseconds of the report that set state.
-	Timestamp     int64  `protobuf:"varint,2,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
-	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
-	Err           string `protobuf:"bytes,4,opt,name=err,proto3" json:"err,omitempty"`
-	ExitCode      int32  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Timestamp int64  `protobuf:"varint,2,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	Message   string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Err       string `protobuf:"bytes,4,opt,name=err,proto3" json:"err,omitempty"`
+	ExitCode  int32  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	// endpoints are reported by the agent once the task runs.
+	Endpoints     []*TaskEndpoint `protobuf:"bytes,6,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1987,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +2000,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TaskStatus) GetState() TaskState {
@@ -1731,6 +2038,13 @@ func (x *TaskStatus) GetExitCode() int32 {
 	return 0
 }
 
+func (x *TaskStatus) GetEndpoints() []*TaskEndpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
 type Task struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1750,7 +2064,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +2076,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +2089,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Task) GetId() string {
@@ -1867,7 +2181,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +2193,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +2206,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ClusterSpec) GetName() string {
@@ -1940,7 +2254,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2266,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2279,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -2003,7 +2317,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2015,7 +2329,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2028,7 +2342,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RootCA) GetCertPem() []byte {
@@ -2082,7 +2396,7 @@ type RootRotation struct {
 
 func (x *RootRotation) Reset() {
 	*x = RootRotation{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2408,7 @@ func (x *RootRotation) String() string {
 func (*RootRotation) ProtoMessage() {}
 
 func (x *RootRotation) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2421,7 @@ func (x *RootRotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootRotation.ProtoReflect.Descriptor instead.
 func (*RootRotation) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RootRotation) GetNewCertPem() []byte {
@@ -2147,7 +2461,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2473,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2486,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Cluster) GetId() string {
@@ -2234,7 +2548,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2560,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2573,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -2356,7 +2670,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2368,7 +2682,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2381,7 +2695,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -2411,7 +2725,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2737,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2750,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -2524,7 +2838,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x15max_replicas_per_node\x18\x02 \x01(\x04R\x12maxReplicasPerNode\"~\n" +
 	"\x14ResourceRequirements\x128\n" +
 	"\freservations\x18\x01 \x01(\v2\x14.shoal.api.ResourcesR\freservations\x12,\n" +
-	"\x06limits\x18\x02 \x01(\v2\x14.shoal.api.ResourcesR\x06limits\"\xdf\x02\n" +
+	"\x06limits\x18\x02 \x01(\v2\x14.shoal.api.ResourcesR\x06limits\"\x8c\x03\n" +
 	"\bTaskSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
@@ -2535,7 +2849,24 @@ const file_objects_proto_rawDesc = "" +
 	"\tresources\x18\x06 \x01(\v2\x1f.shoal.api.ResourceRequirementsR\tresources\x122\n" +
 	"\tplacement\x18\a \x01(\v2\x14.shoal.api.PlacementR\tplacement\x122\n" +
 	"\arestart\x18\b \x01(\v2\x18.shoal.api.RestartPolicyR\arestart\x12!\n" +
-	"\fforce_update\x18\t \x01(\x04R\vforceUpdate\"t\n" +
+	"\fforce_update\x18\t \x01(\x04R\vforceUpdate\x12+\n" +
+	"\x05ports\x18\n" +
+	" \x03(\v2\x15.shoal.api.PortConfigR\x05ports\"\xb5\x01\n" +
+	"\n" +
+	"PortConfig\x12\x1f\n" +
+	"\vtarget_port\x18\x01 \x01(\rR\n" +
+	"targetPort\x12%\n" +
+	"\x0epublished_port\x18\x02 \x01(\rR\rpublishedPort\x123\n" +
+	"\bprotocol\x18\x03 \x01(\x0e2\x17.shoal.api.PortProtocolR\bprotocol\x12*\n" +
+	"\x04mode\x18\x04 \x01(\x0e2\x16.shoal.api.PublishModeR\x04mode\"7\n" +
+	"\bEndpoint\x12+\n" +
+	"\x05ports\x18\x01 \x03(\v2\x15.shoal.api.PortConfigR\x05ports\"\x88\x01\n" +
+	"\fTaskEndpoint\x12\x1f\n" +
+	"\vtarget_port\x18\x01 \x01(\rR\n" +
+	"targetPort\x123\n" +
+	"\bprotocol\x18\x02 \x01(\x0e2\x17.shoal.api.PortProtocolR\bprotocol\x12\x0e\n" +
+	"\x02ip\x18\x03 \x01(\tR\x02ip\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\"t\n" +
 	"\fUpdateConfig\x12 \n" +
 	"\vparallelism\x18\x01 \x01(\x04R\vparallelism\x12\x14\n" +
 	"\x05delay\x18\x02 \x01(\x03R\x05delay\x12,\n" +
@@ -2561,20 +2892,22 @@ const file_objects_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
 	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xcb\x01\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xfc\x01\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12*\n" +
 	"\x04spec\x18\x03 \x01(\v2\x16.shoal.api.ServiceSpecR\x04spec\x12!\n" +
 	"\fspec_version\x18\x04 \x01(\x04R\vspecVersion\x12<\n" +
-	"\rupdate_status\x18\x05 \x01(\v2\x17.shoal.api.UpdateStatusR\fupdateStatus\"\x9f\x01\n" +
+	"\rupdate_status\x18\x05 \x01(\v2\x17.shoal.api.UpdateStatusR\fupdateStatus\x12/\n" +
+	"\bendpoint\x18\x06 \x01(\v2\x13.shoal.api.EndpointR\bendpoint\"\xd6\x01\n" +
 	"\n" +
 	"TaskStatus\x12*\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x14.shoal.api.TaskStateR\x05state\x12\x1c\n" +
 	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x10\n" +
 	"\x03err\x18\x04 \x01(\tR\x03err\x12\x1b\n" +
-	"\texit_code\x18\x05 \x01(\x05R\bexitCode\"\xe0\x02\n" +
+	"\texit_code\x18\x05 \x01(\x05R\bexitCode\x125\n" +
+	"\tendpoints\x18\x06 \x03(\v2\x17.shoal.api.TaskEndpointR\tendpoints\"\xe0\x02\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12\x1d\n" +
@@ -2654,7 +2987,13 @@ const file_objects_proto_rawDesc = "" +
 	"\x10RestartCondition\x12\x19\n" +
 	"\x15RESTART_CONDITION_ANY\x10\x00\x12 \n" +
 	"\x1cRESTART_CONDITION_ON_FAILURE\x10\x01\x12\x1a\n" +
-	"\x16RESTART_CONDITION_NONE\x10\x02*H\n" +
+	"\x16RESTART_CONDITION_NONE\x10\x02*<\n" +
+	"\fPortProtocol\x12\x15\n" +
+	"\x11PORT_PROTOCOL_TCP\x10\x00\x12\x15\n" +
+	"\x11PORT_PROTOCOL_UDP\x10\x01*>\n" +
+	"\vPublishMode\x12\x18\n" +
+	"\x14PUBLISH_MODE_INGRESS\x10\x00\x12\x15\n" +
+	"\x11PUBLISH_MODE_HOST\x10\x01*H\n" +
 	"\vUpdateOrder\x12\x1b\n" +
 	"\x17UPDATE_ORDER_STOP_FIRST\x10\x00\x12\x1c\n" +
 	"\x18UPDATE_ORDER_START_FIRST\x10\x01*w\n" +
@@ -2692,102 +3031,114 @@ func file_objects_proto_rawDescGZIP() []byte {
 	return file_objects_proto_rawDescData
 }
 
-var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.api.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.api.NodeAvailability
 	(NodeState)(0),               // 2: shoal.api.NodeState
 	(RestartCondition)(0),        // 3: shoal.api.RestartCondition
-	(UpdateOrder)(0),             // 4: shoal.api.UpdateOrder
-	(UpdateState)(0),             // 5: shoal.api.UpdateState
-	(TaskState)(0),               // 6: shoal.api.TaskState
-	(StoreAction_Kind)(0),        // 7: shoal.api.StoreAction.Kind
-	(*Meta)(nil),                 // 8: shoal.api.Meta
-	(*NodeSpec)(nil),             // 9: shoal.api.NodeSpec
-	(*Platform)(nil),             // 10: shoal.api.Platform
-	(*Resources)(nil),            // 11: shoal.api.Resources
-	(*NodeDescription)(nil),      // 12: shoal.api.NodeDescription
-	(*NodeStatus)(nil),           // 13: shoal.api.NodeStatus
-	(*ManagerStatus)(nil),        // 14: shoal.api.ManagerStatus
-	(*Node)(nil),                 // 15: shoal.api.Node
-	(*RestartPolicy)(nil),        // 16: shoal.api.RestartPolicy
-	(*Placement)(nil),            // 17: shoal.api.Placement
-	(*ResourceRequirements)(nil), // 18: shoal.api.ResourceRequirements
-	(*TaskSpec)(nil),             // 19: shoal.api.TaskSpec
-	(*UpdateConfig)(nil),         // 20: shoal.api.UpdateConfig
-	(*ReplicatedService)(nil),    // 21: shoal.api.ReplicatedService
-	(*GlobalService)(nil),        // 22: shoal.api.GlobalService
-	(*ServiceSpec)(nil),          // 23: shoal.api.ServiceSpec
-	(*UpdateStatus)(nil),         // 24: shoal.api.UpdateStatus
-	(*Service)(nil),              // 25: shoal.api.Service
-	(*TaskStatus)(nil),           // 26: shoal.api.TaskStatus
-	(*Task)(nil),                 // 27: shoal.api.Task
-	(*ClusterSpec)(nil),          // 28: shoal.api.ClusterSpec
-	(*JoinTokens)(nil),           // 29: shoal.api.JoinTokens
-	(*RootCA)(nil),               // 30: shoal.api.RootCA
-	(*RootRotation)(nil),         // 31: shoal.api.RootRotation
-	(*Cluster)(nil),              // 32: shoal.api.Cluster
-	(*StoreAction)(nil),          // 33: shoal.api.StoreAction
-	(*StoreRequest)(nil),         // 34: shoal.api.StoreRequest
-	(*StoreSnapshot)(nil),        // 35: shoal.api.StoreSnapshot
-	nil,                          // 36: shoal.api.NodeSpec.LabelsEntry
-	nil,                          // 37: shoal.api.ServiceSpec.LabelsEntry
+	(PortProtocol)(0),            // 4: shoal.api.PortProtocol
+	(PublishMode)(0),             // 5: shoal.api.PublishMode
+	(UpdateOrder)(0),             // 6: shoal.api.UpdateOrder
+	(UpdateState)(0),             // 7: shoal.api.UpdateState
+	(TaskState)(0),               // 8: shoal.api.TaskState
+	(StoreAction_Kind)(0),        // 9: shoal.api.StoreAction.Kind
+	(*Meta)(nil),                 // 10: shoal.api.Meta
+	(*NodeSpec)(nil),             // 11: shoal.api.NodeSpec
+	(*Platform)(nil),             // 12: shoal.api.Platform
+	(*Resources)(nil),            // 13: shoal.api.Resources
+	(*NodeDescription)(nil),      // 14: shoal.api.NodeDescription
+	(*NodeStatus)(nil),           // 15: shoal.api.NodeStatus
+	(*ManagerStatus)(nil),        // 16: shoal.api.ManagerStatus
+	(*Node)(nil),                 // 17: shoal.api.Node
+	(*RestartPolicy)(nil),        // 18: shoal.api.RestartPolicy
+	(*Placement)(nil),            // 19: shoal.api.Placement
+	(*ResourceRequirements)(nil), // 20: shoal.api.ResourceRequirements
+	(*TaskSpec)(nil),             // 21: shoal.api.TaskSpec
+	(*PortConfig)(nil),           // 22: shoal.api.PortConfig
+	(*Endpoint)(nil),             // 23: shoal.api.Endpoint
+	(*TaskEndpoint)(nil),         // 24: shoal.api.TaskEndpoint
+	(*UpdateConfig)(nil),         // 25: shoal.api.UpdateConfig
+	(*ReplicatedService)(nil),    // 26: shoal.api.ReplicatedService
+	(*GlobalService)(nil),        // 27: shoal.api.GlobalService
+	(*ServiceSpec)(nil),          // 28: shoal.api.ServiceSpec
+	(*UpdateStatus)(nil),         // 29: shoal.api.UpdateStatus
+	(*Service)(nil),              // 30: shoal.api.Service
+	(*TaskStatus)(nil),           // 31: shoal.api.TaskStatus
+	(*Task)(nil),                 // 32: shoal.api.Task
+	(*ClusterSpec)(nil),          // 33: shoal.api.ClusterSpec
+	(*JoinTokens)(nil),           // 34: shoal.api.JoinTokens
+	(*RootCA)(nil),               // 35: shoal.api.RootCA
+	(*RootRotation)(nil),         // 36: shoal.api.RootRotation
+	(*Cluster)(nil),              // 37: shoal.api.Cluster
+	(*StoreAction)(nil),          // 38: shoal.api.StoreAction
+	(*StoreRequest)(nil),         // 39: shoal.api.StoreRequest
+	(*StoreSnapshot)(nil),        // 40: shoal.api.StoreSnapshot
+	nil,                          // 41: shoal.api.NodeSpec.LabelsEntry
+	nil,                          // 42: shoal.api.ServiceSpec.LabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	36, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
+	41, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
 	0,  // 1: shoal.api.NodeSpec.desired_role:type_name -> shoal.api.NodeRole
 	1,  // 2: shoal.api.NodeSpec.availability:type_name -> shoal.api.NodeAvailability
-	10, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
-	11, // 4: shoal.api.NodeDescription.resources:type_name -> shoal.api.Resources
+	12, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
+	13, // 4: shoal.api.NodeDescription.resources:type_name -> shoal.api.Resources
 	2,  // 5: shoal.api.NodeStatus.state:type_name -> shoal.api.NodeState
-	8,  // 6: shoal.api.Node.meta:type_name -> shoal.api.Meta
-	9,  // 7: shoal.api.Node.spec:type_name -> shoal.api.NodeSpec
-	12, // 8: shoal.api.Node.description:type_name -> shoal.api.NodeDescription
-	13, // 9: shoal.api.Node.status:type_name -> shoal.api.NodeStatus
+	10, // 6: shoal.api.Node.meta:type_name -> shoal.api.Meta
+	11, // 7: shoal.api.Node.spec:type_name -> shoal.api.NodeSpec
+	14, // 8: shoal.api.Node.description:type_name -> shoal.api.NodeDescription
+	15, // 9: shoal.api.Node.status:type_name -> shoal.api.NodeStatus
 	0,  // 10: shoal.api.Node.role:type_name -> shoal.api.NodeRole
-	14, // 11: shoal.api.Node.manager_status:type_name -> shoal.api.ManagerStatus
+	16, // 11: shoal.api.Node.manager_status:type_name -> shoal.api.ManagerStatus
 	3,  // 12: shoal.api.RestartPolicy.condition:type_name -> shoal.api.RestartCondition
-	11, // 13: shoal.api.ResourceRequirements.reservations:type_name -> shoal.api.Resources
-	11, // 14: shoal.api.ResourceRequirements.limits:type_name -> shoal.api.Resources
-	18, // 15: shoal.api.TaskSpec.resources:type_name -> shoal.api.ResourceRequirements
-	17, // 16: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
-	16, // 17: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
-	4,  // 18: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
-	37, // 19: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
-	19, // 20: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
-	21, // 21: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
-	22, // 22: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
-	20, // 23: shoal.api.ServiceSpec.update:type_name -> shoal.api.UpdateConfig
-	5,  // 24: shoal.api.UpdateStatus.state:type_name -> shoal.api.UpdateState
-	8,  // 25: shoal.api.Service.meta:type_name -> shoal.api.Meta
-	23, // 26: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
-	24, // 27: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
-	6,  // 28: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
-	8,  // 29: shoal.api.Task.meta:type_name -> shoal.api.Meta
-	19, // 30: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
-	6,  // 31: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
-	26, // 32: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
-	31, // 33: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
-	8,  // 34: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
-	28, // 35: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
-	29, // 36: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
-	30, // 37: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
-	7,  // 38: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
-	15, // 39: shoal.api.StoreAction.node:type_name -> shoal.api.Node
-	25, // 40: shoal.api.StoreAction.service:type_name -> shoal.api.Service
-	27, // 41: shoal.api.StoreAction.task:type_name -> shoal.api.Task
-	32, // 42: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
-	33, // 43: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
-	15, // 44: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
-	25, // 45: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
-	27, // 46: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
-	32, // 47: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
-	48, // [48:48] is the sub-list for method output_type
-	48, // [48:48] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	13, // 13: shoal.api.ResourceRequirements.reservations:type_name -> shoal.api.Resources
+	13, // 14: shoal.api.ResourceRequirements.limits:type_name -> shoal.api.Resources
+	20, // 15: shoal.api.TaskSpec.resources:type_name -> shoal.api.ResourceRequirements
+	19, // 16: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
+	18, // 17: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
+	22, // 18: shoal.api.TaskSpec.ports:type_name -> shoal.api.PortConfig
+	4,  // 19: shoal.api.PortConfig.protocol:type_name -> shoal.api.PortProtocol
+	5,  // 20: shoal.api.PortConfig.mode:type_name -> shoal.api.PublishMode
+	22, // 21: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
+	4,  // 22: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
+	6,  // 23: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
+	42, // 24: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
+	21, // 25: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
+	26, // 26: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
+	27, // 27: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
+	25, // 28: shoal.api.ServiceSpec.update:type_name -> shoal.api.UpdateConfig
+	7,  // 29: shoal.api.UpdateStatus.state:type_name -> shoal.api.UpdateState
+	10, // 30: shoal.api.Service.meta:type_name -> shoal.api.Meta
+	28, // 31: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
+	29, // 32: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
+	23, // 33: shoal.api.Service.endpoint:type_name -> shoal.api.Endpoint
+	8,  // 34: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
+	24, // 35: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
+	10, // 36: shoal.api.Task.meta:type_name -> shoal.api.Meta
+	21, // 37: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
+	8,  // 38: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
+	31, // 39: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
+	36, // 40: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
+	10, // 41: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
+	33, // 42: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
+	34, // 43: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
+	35, // 44: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
+	9,  // 45: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
+	17, // 46: shoal.api.StoreAction.node:type_name -> shoal.api.Node
+	30, // 47: shoal.api.StoreAction.service:type_name -> shoal.api.Service
+	32, // 48: shoal.api.StoreAction.task:type_name -> shoal.api.Task
+	37, // 49: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
+	38, // 50: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
+	17, // 51: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
+	30, // 52: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
+	32, // 53: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
+	37, // 54: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
+	55, // [55:55] is the sub-list for method output_type
+	55, // [55:55] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -2795,11 +3146,11 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[15].OneofWrappers = []any{
+	file_objects_proto_msgTypes[18].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[25].OneofWrappers = []any{
+	file_objects_proto_msgTypes[28].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -2810,8 +3161,8 @@ func file_objects_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   30,
+			NumEnums:      10,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -32,6 +33,12 @@ type Server struct {
 	api.UnimplementedControlServer
 	store *state.Store
 	opts  Options
+	// ports is the dynamic range ingress ports are allocated from; tests
+	// shrink it.
+	ports portRange
+	// portMu serializes the service writes of this manager that allocate
+	// ports, so two of them do not hand out the same free port.
+	portMu sync.Mutex
 }
 
 var _ api.ControlServer = (*Server)(nil)
@@ -63,12 +70,16 @@ type Options struct {
 
 // New returns a control API server over store.
 func New(store *state.Store, opts ...Options) *Server {
-	s := &Server{store: store}
+	s := &Server{store: store, ports: portRange{DynamicPortFirst, DynamicPortLast}}
 	if len(opts) > 0 {
 		s.opts = opts[0]
 	}
 	return s
 }
+
+// portRetries bounds the attempts of a service write whose allocated port
+// another manager took at the same moment.
+const portRetries = 5
 
 // StaleReadHeader is the response header a read carries when it was served
 // from this manager's local state without a quorum to confirm it is current.
@@ -100,13 +111,26 @@ func notFound(kind, id string) error {
 	return errdefs.ToGRPC(fmt.Errorf("%s %q: %w", kind, id, errdefs.ErrNotFound))
 }
 
-// CreateService validates the spec and stores a new service.
+// CreateService validates the spec and stores a new service with its
+// published ports allocated (see allocatePorts; a port another service
+// publishes is refused with ErrInvalidSpec naming the port and the service).
 func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceRequest) (*api.ServiceResponse, error) {
 	if err := ValidateServiceSpec(req.GetSpec()); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
+	if len(req.GetSpec().GetTask().GetPorts()) > 0 {
+		s.portMu.Lock()
+		defer s.portMu.Unlock()
+	}
 	svc := &api.Service{Id: identity.NewID(), Spec: req.Spec, SpecVersion: 1}
-	err := s.store.Update(ctx, func(tx state.WriteTx) error { return tx.CreateService(svc) })
+	// Retried on a conflict: another manager may have allocated the same free
+	// port at the same moment (the store refuses the second when it applies).
+	err := s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
+		if err := allocatePorts(tx, svc, s.ports); err != nil {
+			return err
+		}
+		return tx.CreateService(svc)
+	})
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
@@ -200,13 +224,19 @@ func (s *Server) ListServices(ctx context.Context, req *api.ListServicesRequest)
 
 // UpdateService replaces a service's spec. The request's version must be the
 // service's current version. A change of the task spec bumps SpecVersion,
-// which makes the orchestrator replace the tasks.
+// which makes the orchestrator replace the tasks. Published ports are
+// allocated again in the same write; a port the spec leaves at 0 keeps the
+// one allocated before for the same target and protocol.
 func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceRequest) (*api.ServiceResponse, error) {
 	if err := ValidateServiceSpec(req.GetSpec()); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
+	if len(req.GetSpec().GetTask().GetPorts()) > 0 {
+		s.portMu.Lock()
+		defer s.portMu.Unlock()
+	}
 	var id string
-	err := s.store.Update(ctx, func(tx state.WriteTx) error {
+	err := s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
 		cur := lookupService(tx, req.GetId())
 		if cur == nil {
 			return fmt.Errorf("service %q: %w", req.GetId(), errdefs.ErrNotFound)
@@ -224,6 +254,9 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 			cur.SpecVersion++
 		}
 		cur.Spec = req.Spec
+		if err := allocatePorts(tx, cur, s.ports); err != nil {
+			return err
+		}
 		return tx.UpdateService(cur)
 	})
 	if err != nil {

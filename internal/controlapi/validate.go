@@ -108,6 +108,9 @@ func ValidateTaskSpec(t *api.TaskSpec) error {
 	if _, err := scheduler.ParseConstraints(t.GetPlacement().GetConstraints()); err != nil {
 		return invalid("ServiceSpec.Task.Constraints", "%v", err)
 	}
+	if err := validatePorts(t.Ports); err != nil {
+		return err
+	}
 	if rp := t.Restart; rp != nil {
 		switch rp.Condition {
 		case api.RestartCondition_RESTART_CONDITION_ANY, api.RestartCondition_RESTART_CONDITION_ON_FAILURE,
@@ -157,6 +160,69 @@ func ValidateClusterSpec(s *api.ClusterSpec) error {
 	}
 	if s.NodeCertValidity != 0 && time.Duration(s.NodeCertValidity) < pki.MinCertValidity {
 		return invalid("ClusterSpec.NodeCertValidity", "must be at least %v", pki.MinCertValidity)
+	}
+	return nil
+}
+
+// portKey is a port number with its protocol, e.g. 8080/tcp.
+type portKey struct {
+	port  uint32
+	proto api.PortProtocol
+}
+
+func (k portKey) String() string { return fmt.Sprintf("%d/%s", k.port, protoName(k.proto)) }
+
+func protoName(p api.PortProtocol) string {
+	if p == api.PortProtocol_PORT_PROTOCOL_UDP {
+		return "udp"
+	}
+	return "tcp"
+}
+
+// validatePorts checks a service's ports: targets and published ports in
+// 1-65535 (published 0 asks for an allocated port in ingress mode; host
+// mode needs an explicit one), known protocols and modes, no target listed
+// twice for one protocol and no published port used twice in the service.
+func validatePorts(ports []*api.PortConfig) error {
+	targets := make(map[portKey]int, len(ports))
+	published := make(map[portKey]int, len(ports))
+	for i, p := range ports {
+		field := fmt.Sprintf("ServiceSpec.Ports[%d]", i)
+		if p == nil {
+			return invalid(field, "must not be nil")
+		}
+		if p.TargetPort < 1 || p.TargetPort > 65535 {
+			return invalid(field+".Target", "must be 1-65535, got %d", p.TargetPort)
+		}
+		if p.PublishedPort > 65535 {
+			return invalid(field+".Published", "must be 1-65535 (or 0 to allocate one in ingress mode), got %d", p.PublishedPort)
+		}
+		switch p.Protocol {
+		case api.PortProtocol_PORT_PROTOCOL_TCP, api.PortProtocol_PORT_PROTOCOL_UDP:
+		default:
+			return invalid(field+".Protocol", "must be tcp or udp, got %d", int32(p.Protocol))
+		}
+		switch p.Mode {
+		case api.PublishMode_PUBLISH_MODE_INGRESS:
+		case api.PublishMode_PUBLISH_MODE_HOST:
+			if p.PublishedPort == 0 {
+				return invalid(field+".Published", "must be set in host mode (1-65535)")
+			}
+		default:
+			return invalid(field+".Mode", "must be ingress or host, got %d", int32(p.Mode))
+		}
+		tk := portKey{p.TargetPort, p.Protocol}
+		if j, dup := targets[tk]; dup {
+			return invalid(field+".Target", "%s is already listed in Ports[%d]", tk, j)
+		}
+		targets[tk] = i
+		if p.PublishedPort != 0 {
+			pk := portKey{p.PublishedPort, p.Protocol}
+			if j, dup := published[pk]; dup {
+				return invalid(field+".Published", "%s is already published by Ports[%d]", pk, j)
+			}
+			published[pk] = i
+		}
 	}
 	return nil
 }

@@ -248,10 +248,11 @@ func isPending(t *api.Task) bool {
 
 func (d *Driver) trackTask(t *api.Task) {
 	if occupies(t) {
-		// A task on a node counts for spread and reservations only.
+		// A task on a node counts for spread, reservations and host ports only.
 		res := t.GetSpec().GetResources().GetReservations()
 		st := scheduler.Task{ID: t.Id, ServiceID: t.ServiceId, SpecVersion: t.SpecVersion,
-			Reservations: scheduler.Resources{NanoCPUs: res.GetNanoCpus(), MemoryBytes: res.GetMemoryBytes()}}
+			Reservations: scheduler.Resources{NanoCPUs: res.GetNanoCpus(), MemoryBytes: res.GetMemoryBytes()},
+			HostPorts:    hostPorts(t.GetSpec())}
 		if err := d.sched.AddTask(st, t.NodeId); err != nil {
 			d.cfg.Logger.Warn("schedule: task not recorded", "task", t.Id, "err", err)
 		}
@@ -301,7 +302,25 @@ func (d *Driver) toSched(t *api.Task) (scheduler.Task, error) {
 		Constraints:        cons,
 		Reservations:       scheduler.Resources{NanoCPUs: res.GetNanoCpus(), MemoryBytes: res.GetMemoryBytes()},
 		MaxReplicasPerNode: spec.GetPlacement().GetMaxReplicasPerNode(),
+		HostPorts:          hostPorts(spec),
 	}, err
+}
+
+// hostPorts returns the host-mode published ports of a task spec: the ports
+// its task binds on its node.
+func hostPorts(spec *api.TaskSpec) []scheduler.HostPort {
+	var out []scheduler.HostPort
+	for _, p := range spec.GetPorts() {
+		if p.GetMode() != api.PublishMode_PUBLISH_MODE_HOST || p.GetPublishedPort() == 0 {
+			continue
+		}
+		proto := scheduler.ProtocolTCP
+		if p.GetProtocol() == api.PortProtocol_PORT_PROTOCOL_UDP {
+			proto = scheduler.ProtocolUDP
+		}
+		out = append(out, scheduler.HostPort{Port: uint16(p.GetPublishedPort()), Protocol: proto})
+	}
+	return out
 }
 
 // pass places the pending tasks if anything changed since the last pass.

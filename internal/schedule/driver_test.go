@@ -235,3 +235,34 @@ func BenchmarkScheduleThroughStore(b *testing.B) {
 		require.NoError(b, d.Stop(ctx))
 	}
 }
+
+func TestHostPortsOnePerNode(t *testing.T) {
+	st := newCheckedStore(t)
+	ready, active := api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_ACTIVE
+	create(t, st, node("n1", ready, active, nil))
+	start(t, st)
+	spec := &api.TaskSpec{Command: []string{"x"}, Ports: []*api.PortConfig{
+		{TargetPort: 80, PublishedPort: 8080, Mode: api.PublishMode_PUBLISH_MODE_HOST},
+		{TargetPort: 81, PublishedPort: 0}, // ingress: not a host port
+	}}
+	create(t, st, pendingTask("t1", "web", 1, spec), pendingTask("t2", "web", 2, spec))
+	var waiting string
+	require.Eventually(t, func() bool {
+		c, _ := perNode(st)
+		if c["n1"] != 1 {
+			return false
+		}
+		for _, id := range []string{"t1", "t2"} {
+			if tk := task(st, id); tk.Status.State == api.TaskState_TASK_STATE_PENDING && tk.Status.Message != "" {
+				waiting = id
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, "no suitable node (1 node has host port 8080/tcp in use)", task(st, waiting).Status.Message)
+
+	// A second node: the waiting task goes there.
+	create(t, st, node("n2", ready, active, nil))
+	require.Eventually(t, func() bool { return task(st, waiting).NodeId == "n2" }, 10*time.Second, 5*time.Millisecond)
+}

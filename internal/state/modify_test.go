@@ -47,6 +47,10 @@ func scalar(f protoreflect.FieldDescriptor) protoreflect.Value {
 		return protoreflect.ValueOfInt64(7)
 	case protoreflect.Int32Kind:
 		return protoreflect.ValueOfInt32(7)
+	case protoreflect.Uint32Kind:
+		return protoreflect.ValueOfUint32(7)
+	case protoreflect.BytesKind:
+		return protoreflect.ValueOfBytes([]byte{7})
 	case protoreflect.BoolKind:
 		return protoreflect.ValueOfBool(true)
 	case protoreflect.EnumKind:

@@ -24,6 +24,7 @@ const (
 	indexServiceID = "service_id"
 	indexNodeID    = "node_id"
 	indexRole      = "role"
+	indexPublished = "published_port"
 )
 
 // Kind names the type of a stored object.
@@ -89,42 +90,79 @@ func setMeta(o Object, m *api.Meta) {
 }
 
 // indexDef computes the key an object has in one secondary index; ok is
-// false when the object has no value for it.
+// false when the object has no value for it. A multi-valued index sets keys
+// instead: the object is found under each of them.
 type indexDef struct {
 	name string
 	key  func(o Object) (key string, ok bool)
+	keys func(o Object) []string
+}
+
+// keysOf returns the keys o has in d.
+func (d indexDef) keysOf(o Object) []string {
+	if d.keys != nil {
+		return d.keys(o)
+	}
+	if k, ok := d.key(o); ok {
+		return []string{k}
+	}
+	return nil
+}
+
+// PublishedPortKey is the key of an ingress published port in the
+// published-port index ("8080/tcp").
+func PublishedPortKey(port uint32, proto api.PortProtocol) string {
+	p := "tcp"
+	if proto == api.PortProtocol_PORT_PROTOCOL_UDP {
+		p = "udp"
+	}
+	return fmt.Sprintf("%d/%s", port, p)
+}
+
+// publishedPorts lists the ingress ports a service has published (as
+// allocated): the routing mesh binds them on every node, so no two services
+// may share one.
+func publishedPorts(o Object) []string {
+	var out []string
+	for _, p := range o.(*api.Service).GetEndpoint().GetPorts() {
+		if p.GetMode() == api.PublishMode_PUBLISH_MODE_INGRESS && p.GetPublishedPort() != 0 {
+			out = append(out, PublishedPortKey(p.GetPublishedPort(), p.GetProtocol()))
+		}
+	}
+	return out
 }
 
 // schema lists each kind's secondary indexes (the ID is the primary key).
 func schema() map[Kind][]indexDef {
 	return map[Kind][]indexDef{
 		KindNode: {
-			{indexName, func(o Object) (string, bool) {
+			{name: indexName, key: func(o Object) (string, bool) {
 				h := o.(*api.Node).GetDescription().GetHostname()
 				return strings.ToLower(h), h != ""
 			}},
-			{indexRole, func(o Object) (string, bool) {
+			{name: indexRole, key: func(o Object) (string, bool) {
 				return enumKey(int32(o.(*api.Node).GetRole())), true
 			}},
 		},
 		KindService: {
-			{indexName, func(o Object) (string, bool) {
+			{name: indexName, key: func(o Object) (string, bool) {
 				n := o.(*api.Service).GetSpec().GetName()
 				return strings.ToLower(n), n != ""
 			}},
+			{name: indexPublished, keys: publishedPorts},
 		},
 		KindTask: {
-			{indexServiceID, func(o Object) (string, bool) {
+			{name: indexServiceID, key: func(o Object) (string, bool) {
 				t := o.(*api.Task)
 				return t.GetServiceId(), t.GetServiceId() != ""
 			}},
-			{indexNodeID, func(o Object) (string, bool) {
+			{name: indexNodeID, key: func(o Object) (string, bool) {
 				t := o.(*api.Task)
 				return t.GetNodeId(), t.GetNodeId() != ""
 			}},
 		},
 		KindCluster: {
-			{indexName, func(o Object) (string, bool) {
+			{name: indexName, key: func(o Object) (string, bool) {
 				n := o.(*api.Cluster).GetSpec().GetName()
 				return strings.ToLower(n), n != ""
 			}},
@@ -148,6 +186,12 @@ type By struct {
 func All() By { return By{index: indexID, prefix: true} }
 
 // ByIDPrefix selects objects whose ID starts with p.
+// ByPublishedPort selects the service that publishes an ingress port (key
+// from PublishedPortKey).
+func ByPublishedPort(key string) By {
+	return By{index: indexPublished, arg: key, tables: []string{tableService}}
+}
+
 func ByIDPrefix(p string) By { return By{index: indexID, arg: p, prefix: true} }
 
 // ByName selects services, clusters (by spec name) or nodes (by hostname),

@@ -469,8 +469,24 @@ func nameTaken(kind Kind, name, by string) error {
 }
 
 // checkUnique enforces unique service and cluster names (case-insensitive)
-// at apply time. self is the ID being written ("" on create).
+// and, for services, unique ingress published ports, at apply time. self is
+// the ID being written ("" on create). Two managers may allocate the same
+// free port for two writes at once: the second to apply fails here with
+// ErrConflict, and its writer plans again.
 func (s *Store) checkUnique(t *table, o Object, self string) error {
+	if t.kind == KindService {
+		for _, k := range publishedPorts(o) {
+			for id := range t.idx[indexPublished][k] {
+				if id != self {
+					return fmt.Errorf("published port %s is already used by service %s: %w", k, id, ErrConflict)
+				}
+			}
+		}
+	}
+	return s.checkUniqueName(t, o, self)
+}
+
+func (s *Store) checkUniqueName(t *table, o Object, self string) error {
 	name, ok := uniqueName(o)
 	if !ok {
 		return nil

@@ -496,3 +496,41 @@ func TestRecentRequestsWindow(t *testing.T) {
 	_, ok = r.lookup(nil)
 	assert.False(t, ok)
 }
+
+// Two writes planned from the same state that publish the same ingress port
+// (two managers allocating at once): the one applied second fails with
+// ErrConflict, and the index follows updates and deletes.
+func TestPublishedPortUniqueAtApply(t *testing.T) {
+	s := newInMemory(t, Config{})
+	ctx := context.Background()
+	svc := func(id string, port uint32) *api.Service {
+		return &api.Service{Id: id, Spec: &api.ServiceSpec{Name: id},
+			Endpoint: &api.Endpoint{Ports: []*api.PortConfig{{TargetPort: 80, PublishedPort: port}}}}
+	}
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("a", 30000)) }))
+	err := s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("b", 30000)) })
+	require.ErrorIs(t, err, ErrConflict)
+	assert.Contains(t, err.Error(), "30000/tcp")
+	// The same port over UDP, or in host mode, is another port.
+	udp := svc("c", 30000)
+	udp.Endpoint.Ports[0].Protocol = api.PortProtocol_PORT_PROTOCOL_UDP
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(udp) }))
+	host := svc("d", 30000)
+	host.Endpoint.Ports[0].Mode = api.PublishMode_PUBLISH_MODE_HOST
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(host) }))
+	var found []*api.Service
+	s.View(func(tx ReadTx) {
+		found, _ = tx.FindServices(ByPublishedPort(PublishedPortKey(30000, api.PortProtocol_PORT_PROTOCOL_TCP)))
+	})
+	require.Len(t, found, 1)
+	assert.Equal(t, "a", found[0].Id)
+	// Moving a to another port frees 30000; deleting frees its new port.
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		a := tx.GetService("a")
+		a.Endpoint.Ports[0].PublishedPort = 30001
+		return tx.UpdateService(a)
+	}))
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("b", 30000)) }))
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.DeleteService("a") }))
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("e", 30001)) }))
+}

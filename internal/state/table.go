@@ -1,6 +1,7 @@
 package state
 
 import (
+	"slices"
 	"sort"
 	"strings"
 )
@@ -49,7 +50,7 @@ func (t *table) put(o Object) Object {
 		t.chk.stored(t.kind, old, o)
 	}
 	for _, d := range t.defs {
-		if k, ok := d.key(o); ok {
+		for _, k := range d.keysOf(o) {
 			set := t.idx[d.name][k]
 			if set == nil {
 				set = map[string]struct{}{}
@@ -77,7 +78,7 @@ func (t *table) del(id string) Object {
 func (t *table) unindex(o Object) {
 	id := o.GetId()
 	for _, d := range t.defs {
-		if k, ok := d.key(o); ok {
+		for _, k := range d.keysOf(o) {
 			set := t.idx[d.name][k]
 			delete(set, id)
 			if len(set) == 0 {
@@ -165,8 +166,7 @@ func (t *table) matches(o Object, b By) bool {
 	}
 	for _, d := range t.defs {
 		if d.name == b.index {
-			k, ok := d.key(o)
-			return ok && k == b.arg
+			return slices.Contains(d.keysOf(o), b.arg)
 		}
 	}
 	return false

@@ -3,6 +3,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -393,7 +394,11 @@ func copyStatus(s *api.TaskStatus) *api.TaskStatus {
 	if s == nil {
 		return nil
 	}
-	return &api.TaskStatus{State: s.State, Timestamp: s.Timestamp, Message: s.Message, Err: s.Err, ExitCode: s.ExitCode}
+	// Endpoints are shared with the stored status (immutable): a callback may
+	// replace the slice, or append (clipped, so appending copies), but must
+	// not modify its elements.
+	return &api.TaskStatus{State: s.State, Timestamp: s.Timestamp, Message: s.Message, Err: s.Err, ExitCode: s.ExitCode,
+		Endpoints: slices.Clip(s.Endpoints)}
 }
 
 // ErrSkip, returned by a ModifyTask callback, leaves the task as it is.

@@ -49,11 +49,13 @@ type Controller struct {
 	waitErr          error
 	isRemoved        bool
 	cleaned          bool
+	endpoints        []runtime.Endpoint // set by Start
 }
 
 var (
-	_ runtime.Controller  = (*Controller)(nil)
-	_ runtime.LogStreamer = (*Controller)(nil)
+	_ runtime.Controller       = (*Controller)(nil)
+	_ runtime.LogStreamer      = (*Controller)(nil)
+	_ runtime.EndpointReporter = (*Controller)(nil)
 )
 
 func newController(r *Runtime, t runtime.Task) *Controller {
@@ -170,10 +172,18 @@ func (c *Controller) Start(ctx context.Context) error {
 	case !c.prepared:
 		return fmt.Errorf("process: start task %s: %w", c.task.ID, runtime.ErrNotPrepared)
 	}
+	eps, err := pickPorts(c.task.Spec.Ports)
+	if err != nil {
+		return fmt.Errorf("process: start task %s: %w", c.task.ID, err)
+	}
+	env := c.env
+	if len(eps) > 0 {
+		env = dedupEnv(append(append([]string(nil), c.env...), portEnv(eps)...))
+	}
 	cmd := &exec.Cmd{
 		Path:        c.program,
 		Args:        c.task.Spec.Command,
-		Env:         c.env,
+		Env:         env,
 		Dir:         c.cwd,
 		Stdout:      c.stdout,
 		Stderr:      c.stderr,
@@ -182,10 +192,19 @@ func (c *Controller) Start(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("process: start task %s: %w", c.task.ID, err)
 	}
-	c.cmd, c.pgid, c.started = cmd, cmd.Process.Pid, true
-	c.log.Info("task started", "pid", c.pgid, "program", c.program)
+	c.cmd, c.pgid, c.started, c.endpoints = cmd, cmd.Process.Pid, true, eps
+	c.log.Info("task started", "pid", c.pgid, "program", c.program, "endpoints", len(eps))
 	go c.reap()
 	return nil
+}
+
+// Endpoints returns, once Start succeeded, the host port of every
+// Spec.Ports entry with an unspecified address: the task listens on its
+// node's addresses. Nil before Start.
+func (c *Controller) Endpoints() []runtime.Endpoint {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]runtime.Endpoint(nil), c.endpoints...)
 }
 
 // reap is the one goroutine that waits for the started process.

@@ -24,6 +24,17 @@
 //	SHOAL_TASK_ID, SHOAL_TASK_DIR (=<work dir>), SHOAL_SERVICE_ID,
 //	    SHOAL_SERVICE_NAME, SHOAL_TASK_SLOT, SHOAL_NODE_ID
 //	Spec.Env
+//	with Spec.Ports, set at Start: PORT (the host port of the first
+//	    port), SHOAL_PORT_<target> and, for UDP, SHOAL_PORT_<target>_UDP
+//
+// # Ports
+//
+// Each Spec.Ports entry gets its own host port: HostPort when set, else a
+// free one found by binding port 0 and closing it just before the program
+// starts (another program may take it in between; the task then fails to
+// bind and is replaced). The program listens on the port it is told, and
+// the controller's Endpoints reports it with an unspecified address: the
+// task is reachable on its node's addresses.
 //
 // Command[0] without a slash is looked up in that environment's PATH
 // (absolute entries only), at Prepare; a relative path with a slash is

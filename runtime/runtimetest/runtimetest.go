@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -124,16 +125,24 @@ type Runtime struct {
 	tasks   map[string]*Controller // latest controller per task ID
 	hook    func(Event)
 	changed chan struct{} // closed and replaced on every change
+	// nextPort is the next fake host port handed to a task's port without
+	// a HostPort.
+	nextPort uint16
 }
+
+// FirstFakePort is the first fake host port a Runtime hands out for a
+// Spec.Ports entry without HostPort; later ones count up from it.
+const FirstFakePort = 40000
 
 var _ runtime.Runtime = (*Runtime)(nil)
 
 // New returns an empty fake runtime whose tasks use the zero Behavior.
 func New() *Runtime {
 	return &Runtime{
-		perTask: make(map[string]Behavior),
-		tasks:   make(map[string]*Controller),
-		changed: make(chan struct{}),
+		perTask:  make(map[string]Behavior),
+		tasks:    make(map[string]*Controller),
+		changed:  make(chan struct{}),
+		nextPort: FirstFakePort,
 	}
 }
 
@@ -390,12 +399,40 @@ type Controller struct {
 	status      runtime.ExitStatus
 	waitErr     error
 	calls       []string
+	endpoints   []runtime.Endpoint
 }
 
 var (
-	_ runtime.Controller  = (*Controller)(nil)
-	_ runtime.LogStreamer = (*Controller)(nil)
+	_ runtime.Controller       = (*Controller)(nil)
+	_ runtime.LogStreamer      = (*Controller)(nil)
+	_ runtime.EndpointReporter = (*Controller)(nil)
 )
+
+// Endpoints returns, once the task was started, one endpoint per
+// Spec.Ports entry with an unspecified address (the node's, like the
+// process runtime): HostPort when set, else a fake port counting up from
+// FirstFakePort (no socket is bound). Nil before Start.
+func (c *Controller) Endpoints() []runtime.Endpoint {
+	c.rt.mu.Lock()
+	defer c.rt.mu.Unlock()
+	return append([]runtime.Endpoint(nil), c.endpoints...)
+}
+
+// fakeEndpointsLocked assigns the task's endpoints; rt.mu is held.
+func (c *Controller) fakeEndpointsLocked() {
+	for _, p := range c.task.Spec.Ports {
+		port := p.HostPort
+		if port == 0 {
+			port = c.rt.nextPort
+			c.rt.nextPort++
+			if c.rt.nextPort == 0 {
+				c.rt.nextPort = FirstFakePort
+			}
+		}
+		c.endpoints = append(c.endpoints, runtime.Endpoint{Target: p.Target, Protocol: p.EffectiveProtocol(),
+			Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), port)})
+	}
+}
 
 // call records method and returns the current behavior.
 func (c *Controller) call(method string) Behavior {
@@ -486,6 +523,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	c.state, c.wasStarted = StateRunning, true
 	c.waitErr = b.WaitErr
+	c.fakeEndpointsLocked()
 	c.rt.notifyLocked()
 	evs := []Event{{Kind: EventStarted, Task: c.task}}
 	if b.ExitCode != nil {
