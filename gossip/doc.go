@@ -1,0 +1,61 @@
+// Package gossip is the routing mesh's endpoint table: every node runs a
+// hashicorp/serf member and holds the table of every running, healthy task
+// endpoint in the cluster, spread by gossip.
+//
+// # Usage
+//
+// Create a Node with New (a Config from DefaultConfig, NodeID and the
+// cluster's Keys set), Start it, Join any existing member, then call
+// SetLocal whenever this node's own running tasks change. Balancers read
+// Table after each signal from Watch. Stop leaves the cluster gracefully.
+//
+// # Design
+//
+// Membership, failure detection, leave, encryption and key rotation are
+// serf's: members gossip over memberlist, encrypted with the AES-256 keys in
+// Config.Keys; RotateKeys drives serf's KeyManager (install, use, remove).
+//
+// Each node is the sole author of its own endpoint set and numbers its
+// versions. The counter starts from the wall clock at New (nanoseconds), so a
+// restarted node outranks its previous incarnation; the highest version wins.
+// The table holds, per live member, its set and version.
+//
+//   - Deltas. A change made by SetLocal is split into delta messages, each one
+//     version step and small enough (under 1 KiB) for one serf user event and
+//     thus one UDP packet; serf gossips them with retransmission. Receivers
+//     apply a delta only on top of the version it starts from, buffer ones
+//     that arrive early and, if a gap does not fill within PullDelay, pull
+//     the author's whole set over a stream.
+//   - Announcements. A change larger than MaxDeltaChunks messages is gossiped
+//     as "node X is at version V" only, and every member pulls X's set.
+//   - Anti-entropy. Every PushPullInterval each member runs a two-way sync
+//     with a random peer over a stream: it sends its digest (node → version),
+//     receives the sets it lacks with the peer's digest, and pushes back the
+//     sets the peer lacks. This repairs any lost gossip. Streams have no size
+//     limit, so the table can grow without bound while no gossip packet
+//     exceeds memberlist's UDP buffer.
+//   - Joiners. Join runs a full sync with a contacted member before returning,
+//     so a new member holds the whole table at once; the others pull the
+//     joiner's set when serf tells them it joined.
+//   - Departures. When serf reports a member failed or left, every member
+//     drops its endpoints at once and refuses its state (from stale gossip or
+//     anti-entropy) until serf reports it alive again. With the default
+//     probe settings a dead member is declared in about 2-4 s, well inside a
+//     manager's heartbeat timeout.
+//
+// The table's streams share serf's transport: they start with a byte
+// memberlist never sends and are sealed with AES-GCM under the keyring's
+// primary key (opened with any installed key), so rotation covers them too.
+//
+// # Testing
+//
+// MemNetwork provides in-memory memberlist transports with packet loss and
+// isolation, so tests run dozens of members in one process.
+//
+// # Caveats
+//
+// Version ordering across restarts relies on the wall clock not going
+// backwards between incarnations. Endpoints are trusted from any holder of
+// the cluster key; a member can only publish under its own serf name, but
+// the key holders are not otherwise authenticated.
+package gossip

@@ -1,0 +1,54 @@
+package gossip_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/shoalhq/shoal/gossip"
+)
+
+// Two members on an in-memory network: one publishes an endpoint, the
+// other sees it in its table.
+func ExampleNew() {
+	netw := gossip.NewMemNetwork(1)
+	key := make([]byte, gossip.KeySize) // managers distribute a random key
+	start := func(id string) (*gossip.Node, *gossip.MemTransport) {
+		tr := netw.NewTransport()
+		cfg := gossip.DefaultConfig()
+		cfg.NodeID, cfg.Transport, cfg.Keys = id, tr, [][]byte{key}
+		n, err := gossip.New(cfg)
+		if err != nil {
+			panic(err)
+		}
+		if err := n.Start(context.Background()); err != nil {
+			panic(err)
+		}
+		return n, tr
+	}
+	a, aTr := start("worker-a")
+	b, _ := start("worker-b")
+	defer a.Stop(context.Background())
+	defer b.Stop(context.Background())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.Join(ctx, []string{aTr.Addr()}); err != nil {
+		panic(err)
+	}
+	changed, stop := b.Watch()
+	defer stop()
+	a.SetLocal([]gossip.Endpoint{{
+		Service: "web", Task: "web.1", Port: 80, Protocol: "tcp",
+		Addr: netip.MustParseAddrPort("10.0.0.1:31000"),
+	}})
+	for len(b.Table()) == 0 {
+		<-changed
+	}
+	fmt.Println(b.Table()[0])
+	fmt.Println(b.Members())
+	// Output:
+	// web/web.1@worker-a 80/tcp -> 10.0.0.1:31000
+	// [worker-a worker-b]
+}
