@@ -28,6 +28,15 @@
 //     the author's whole set over a stream.
 //   - Announcements. A change larger than MaxDeltaChunks messages is gossiped
 //     as "node X is at version V" only, and every member pulls X's set.
+//   - Version digests. Every DigestInterval each member sends GossipNodes
+//     random peers one packet listing versions it holds: its own, those of
+//     the members that changed most recently, and a rotating share of the
+//     rest (under 1.1 KiB whatever the cluster size). A member that missed a
+//     delta sees within a round or two that it is behind and, after
+//     PullDelay, pulls the set from the peer that reported it, so gossip's
+//     rare misses are repaired in about a second rather than at the next
+//     anti-entropy round. Digest packets start with a byte memberlist never
+//     sends and are sealed like the streams below.
 //   - Anti-entropy. Every PushPullInterval each member runs a two-way sync
 //     with a random peer over a stream: it sends its digest (node → version),
 //     receives the sets it lacks with the peer's digest, and pushes back the

@@ -31,6 +31,16 @@ const userEventLimit = 1024
 // leaving room for serf's encoding of the event (LTime, name, flags).
 const maxDeltaPayload = userEventLimit - 96
 
+// digestBudget bounds a digest packet's payload; with the magic byte and
+// AES-GCM's 29 bytes it stays well inside one 1400-byte UDP packet. With
+// short node IDs it holds ~50 versions.
+const digestBudget = 1024
+
+// digestHot is how many of the most recently changed members every digest
+// names besides its rotating share: a change that gossip missed somewhere is
+// then in nearly every digest while it is fresh.
+const digestHot = 8
+
 // pullWorkers bounds concurrent pulls per node.
 const pullWorkers = 4
 
@@ -82,10 +92,12 @@ type Node struct {
 // stats counts protocol activity, for tests and benchmarks.
 type stats struct {
 	deltas, announces, pulls, pullErrs, syncs, drops atomic.Int64
+	digestsSent, digestsRecv, digestGaps             atomic.Int64
 }
 
 type pullReq struct {
 	node     string
+	via      string // a member that reported holding a newer set; "" means node itself
 	due      time.Time
 	force    bool
 	attempts int
@@ -192,7 +204,7 @@ func (n *Node) Start(ctx context.Context) error {
 		}
 		inner = nt
 	}
-	n.mux = newMuxTransport(inner, cfg.StreamTimeout, n.serveTracked)
+	n.mux = newMuxTransport(inner, cfg.StreamTimeout, n.serveTracked, n.handleDigest)
 	ml.Transport = n.mux
 
 	sc := serf.DefaultConfig()
@@ -217,8 +229,9 @@ func (n *Node) Start(ctx context.Context) error {
 	n.serf = s
 	n.started = true
 
-	n.wg.Add(3 + pullWorkers)
+	n.wg.Add(4 + pullWorkers)
 	go n.eventLoop()
+	go n.digestLoop()
 	go n.pullLoop()
 	go n.antiEntropyLoop()
 	for range pullWorkers {
@@ -604,6 +617,12 @@ func (n *Node) handleEvent(e serf.Event) {
 // schedulePull arranges to pull node's set from it after delay, unless an
 // earlier pull is already due.
 func (n *Node) schedulePull(node string, delay time.Duration, force bool) {
+	n.schedulePullVia(node, "", delay, force)
+}
+
+// schedulePullVia is schedulePull from member via, which reported holding a
+// newer set, rather than from node itself.
+func (n *Node) schedulePullVia(node, via string, delay time.Duration, force bool) {
 	due := time.Now().Add(delay)
 	n.pullMu.Lock()
 	defer n.pullMu.Unlock()
@@ -612,8 +631,11 @@ func (n *Node) schedulePull(node string, delay time.Duration, force bool) {
 			due = old.due
 		}
 		force = force || old.force
+		if old.via != "" || via == "" {
+			via = old.via
+		}
 	}
-	n.pullDue[node] = pullReq{node: node, due: due, force: force}
+	n.pullDue[node] = pullReq{node: node, via: via, due: due, force: force}
 }
 
 func (n *Node) cancelPull(node string) {
@@ -660,6 +682,9 @@ func (n *Node) pullWorker() {
 			}
 			n.mu.Lock()
 			addr, ok := n.addrs[r.node]
+			if viaAddr, live := n.addrs[r.via]; ok && live {
+				addr = viaAddr // spread pulls of a fresh change over its holders
+			}
 			n.mu.Unlock()
 			if !ok {
 				continue // not a live member (yet): its join event schedules a pull
@@ -671,6 +696,7 @@ func (n *Node) pullWorker() {
 				r.attempts++
 				n.log.Debug("gossip: pull failed", "member", r.node, "attempt", r.attempts, "err", err)
 				if r.attempts < maxPullAttempts {
+					r.via = "" // retry from the author
 					n.pullMu.Lock()
 					if _, ok := n.pullDue[r.node]; !ok {
 						r.due = time.Now().Add(n.cfg.PullDelay << r.attempts)
@@ -680,6 +706,74 @@ func (n *Node) pullWorker() {
 				}
 			}
 		}
+	}
+}
+
+// digestLoop sends a version digest to GossipNodes random live members
+// every DigestInterval (jittered, so members do not send in lockstep).
+func (n *Node) digestLoop() {
+	defer n.wg.Done()
+	for {
+		d := n.cfg.DigestInterval*3/4 + rand.N(n.cfg.DigestInterval/2+1)
+		t := time.NewTimer(d)
+		select {
+		case <-n.done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		n.sendDigest()
+	}
+}
+
+func (n *Node) sendDigest() {
+	n.mu.Lock()
+	if n.stopped || len(n.addrs) == 0 {
+		n.mu.Unlock()
+		return
+	}
+	// Pick GossipNodes distinct peers by partial shuffle.
+	peers := slices.Collect(maps.Values(n.addrs))
+	n.mu.Unlock()
+	k := min(n.cfg.GossipNodes, len(peers))
+	for i := range k {
+		j := i + rand.N(len(peers)-i)
+		peers[i], peers[j] = peers[j], peers[i]
+	}
+	vd := &versionDigest{From: n.cfg.NodeID, Versions: n.tbl.versionDigest(digestBudget-len(n.cfg.NodeID)-12, digestHot)}
+	pkt, err := seal(n.keyring, digestAAD, []byte{packetMagic}, encodeVersionDigest(vd))
+	if err != nil {
+		n.log.Warn("gossip: digest not sealed", "err", err)
+		return
+	}
+	for _, p := range peers[:k] {
+		if _, err := n.mux.WriteTo(pkt, p); err != nil {
+			n.log.Debug("gossip: digest not sent", "peer", p, "err", err)
+			continue
+		}
+		n.stats.digestsSent.Add(1)
+	}
+}
+
+// handleDigest handles a digest packet (the magic byte already removed):
+// for every member the sender holds a newer set of, a pull from the sender
+// is scheduled after PullDelay, which the delta most likely still in flight
+// makes unnecessary if it lands first.
+func (n *Node) handleDigest(b []byte) {
+	pt, err := open(n.keyring, digestAAD, b)
+	if err != nil {
+		n.log.Debug("gossip: digest packet refused", "err", err)
+		return
+	}
+	vd, err := decodeVersionDigest(pt)
+	if err != nil {
+		n.log.Warn("gossip: bad digest", "err", err)
+		return
+	}
+	n.stats.digestsRecv.Add(1)
+	for _, node := range n.tbl.noteVersions(vd.Versions) {
+		n.stats.digestGaps.Add(1)
+		n.schedulePullVia(node, vd.From, n.cfg.PullDelay, false)
 	}
 }
 

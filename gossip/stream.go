@@ -22,6 +22,11 @@ import (
 // table instead of memberlist.
 const streamMagic byte = 0xd7
 
+// packetMagic starts every packet this package sends (version digests) on
+// serf's transport; memberlist never uses it as a message type, and
+// muxTransport hands those packets to the table instead of memberlist.
+const packetMagic byte = 0xd8
+
 // maxFrame bounds one sync frame; 64 MiB is ~1 million endpoints.
 const maxFrame = 64 << 20
 
@@ -29,33 +34,65 @@ const maxFrame = 64 << 20
 // be confused with memberlist's messages encrypted under the same key.
 var frameAAD = []byte("shoal-gossip-sync-v1")
 
+// digestAAD binds digest packets to their use of the cluster key.
+var digestAAD = []byte("shoal-gossip-digest-v1")
+
 // errPlaintext rejects unencrypted frames on an encrypted cluster.
 var errPlaintext = errors.New("gossip: unencrypted sync frame refused")
 
 // muxTransport wraps serf's transport and diverts the table's streams.
 type muxTransport struct {
 	memberlist.Transport
-	streamCh chan net.Conn
-	handle   func(net.Conn)
-	timeout  time.Duration
-	done     chan struct{}
-	wg       sync.WaitGroup
+	streamCh     chan net.Conn
+	packetCh     chan *memberlist.Packet
+	handle       func(net.Conn)
+	handlePacket func([]byte)
+	timeout      time.Duration
+	done         chan struct{}
+	wg           sync.WaitGroup
 }
 
-func newMuxTransport(inner memberlist.Transport, timeout time.Duration, handle func(net.Conn)) *muxTransport {
+func newMuxTransport(inner memberlist.Transport, timeout time.Duration, handle func(net.Conn), handlePacket func([]byte)) *muxTransport {
 	m := &muxTransport{
-		Transport: inner,
-		streamCh:  make(chan net.Conn),
-		handle:    handle,
-		timeout:   timeout,
-		done:      make(chan struct{}),
+		Transport:    inner,
+		streamCh:     make(chan net.Conn),
+		packetCh:     make(chan *memberlist.Packet, 1024),
+		handle:       handle,
+		handlePacket: handlePacket,
+		timeout:      timeout,
+		done:         make(chan struct{}),
 	}
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go m.accept()
+	go m.route()
 	return m
 }
 
 func (m *muxTransport) StreamCh() <-chan net.Conn { return m.streamCh }
+
+func (m *muxTransport) PacketCh() <-chan *memberlist.Packet { return m.packetCh }
+
+// route diverts the table's packets and passes memberlist's on.
+func (m *muxTransport) route() {
+	defer m.wg.Done()
+	in := m.Transport.PacketCh()
+	for {
+		select {
+		case <-m.done:
+			return
+		case p := <-in:
+			if len(p.Buf) > 0 && p.Buf[0] == packetMagic {
+				m.handlePacket(p.Buf[1:])
+				continue
+			}
+			select {
+			case m.packetCh <- p:
+			case <-m.done:
+				return
+			}
+		}
+	}
+}
 
 func (m *muxTransport) accept() {
 	defer m.wg.Done()
@@ -121,20 +158,9 @@ type framer struct {
 }
 
 func (f framer) write(w io.Writer, payload []byte) error {
-	var body []byte
-	if f.keyring == nil {
-		body = append([]byte{0}, payload...)
-	} else {
-		aead, err := newAEAD(f.keyring.GetPrimaryKey())
-		if err != nil {
-			return err
-		}
-		body = make([]byte, 1+aead.NonceSize(), 1+aead.NonceSize()+len(payload)+aead.Overhead())
-		body[0] = 1
-		if _, err := rand.Read(body[1:]); err != nil {
-			return err
-		}
-		body = aead.Seal(body, body[1:1+aead.NonceSize()], payload, frameAAD)
+	body, err := seal(f.keyring, frameAAD, nil, payload)
+	if err != nil {
+		return err
 	}
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
@@ -160,14 +186,40 @@ func (f framer) read(r io.Reader) ([]byte, error) {
 	return f.open(body)
 }
 
-func (f framer) open(body []byte) ([]byte, error) {
+func (f framer) open(body []byte) ([]byte, error) { return open(f.keyring, frameAAD, body) }
+
+// seal appends to dst payload as a sealed body: a kind byte (0 plaintext, 1
+// AES-GCM), then the nonce and ciphertext under kr's primary key, with aad.
+func seal(kr *memberlist.Keyring, aad, dst, payload []byte) ([]byte, error) {
+	if kr == nil {
+		return append(append(dst, 0), payload...), nil
+	}
+	aead, err := newAEAD(kr.GetPrimaryKey())
+	if err != nil {
+		return nil, err
+	}
+	start := len(dst)
+	body := append(dst, make([]byte, 1+aead.NonceSize())...)
+	body[start] = 1
+	nonce := body[start+1 : start+1+aead.NonceSize()]
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return aead.Seal(body, nonce, payload, aad), nil
+}
+
+// open reverses seal, trying every key in kr.
+func open(kr *memberlist.Keyring, aad, body []byte) ([]byte, error) {
+	if len(body) == 0 {
+		return nil, errShort
+	}
 	switch {
-	case body[0] == 0 && f.keyring == nil:
+	case body[0] == 0 && kr == nil:
 		return body[1:], nil
 	case body[0] == 0:
 		return nil, errPlaintext
-	case body[0] == 1 && f.keyring != nil:
-		for _, k := range f.keyring.GetKeys() {
+	case body[0] == 1 && kr != nil:
+		for _, k := range kr.GetKeys() {
 			aead, err := newAEAD(k)
 			if err != nil {
 				continue
@@ -176,11 +228,11 @@ func (f framer) open(body []byte) ([]byte, error) {
 				return nil, errShort
 			}
 			nonce := body[1 : 1+aead.NonceSize()]
-			if out, err := aead.Open(nil, nonce, body[1+aead.NonceSize():], frameAAD); err == nil {
+			if out, err := aead.Open(nil, nonce, body[1+aead.NonceSize():], aad); err == nil {
 				return out, nil
 			}
 		}
-		return nil, errors.New("gossip: sync frame fails to decrypt with any cluster key")
+		return nil, errors.New("gossip: sealed message fails to decrypt with any cluster key")
 	default:
 		return nil, fmt.Errorf("%w: frame kind %d", errBad, body[0])
 	}

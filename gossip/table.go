@@ -15,6 +15,7 @@ type nodeSet struct {
 	epoch   uint64
 	version uint64
 	eps     map[epKey]Endpoint
+	updated uint64 // table.seq when the version last moved: recency for digests
 }
 
 // table is the endpoint table: one versioned set per live node, plus the
@@ -29,6 +30,9 @@ type table struct {
 	want    map[string]uint64            // highest version heard of per node
 	pending map[string]map[uint64]*delta // out-of-order deltas per node, by From
 	cache   []Endpoint                   // flattened, sorted table; nil when stale
+	seq     uint64                       // counts version moves, to order sets by recency
+	cursor  int                          // where the next digest's rotating part starts
+	ids     []string                     // sorted IDs of the other sets held; nil when stale
 }
 
 func newTable(self string, epoch uint64) *table {
@@ -100,6 +104,8 @@ func (t *table) setLocal(eps map[epKey]Endpoint, version uint64) {
 	s := t.sets[t.self]
 	s.eps = eps
 	s.version = version
+	t.seq++
+	s.updated = t.seq
 	t.cache = nil
 }
 
@@ -128,6 +134,9 @@ func (t *table) applyDelta(dl *delta) (changed, pullNow, pullLater bool) {
 		s = &nodeSet{epoch: dl.Epoch, version: dl.Epoch, eps: map[epKey]Endpoint{}}
 		if old := t.sets[dl.Node]; old != nil && len(old.eps) > 0 {
 			changed = true
+		}
+		if t.sets[dl.Node] == nil {
+			t.ids = nil
 		}
 		t.sets[dl.Node] = s
 	case s == nil || s.version != dl.From:
@@ -166,6 +175,8 @@ func (t *table) stepLocked(s *nodeSet, dl *delta) bool {
 		}
 	}
 	s.version = dl.To
+	t.seq++
+	s.updated = t.seq
 	return changed
 }
 
@@ -212,7 +223,11 @@ func (t *table) applyRecord(r *record) bool {
 		eps[ep.key()] = ep
 	}
 	changed := s == nil && len(eps) > 0 || s != nil && !maps.Equal(s.eps, eps)
-	s = &nodeSet{epoch: r.Epoch, version: r.Version, eps: eps}
+	t.seq++
+	if s == nil {
+		t.ids = nil
+	}
+	s = &nodeSet{epoch: r.Epoch, version: r.Version, eps: eps, updated: t.seq}
 	t.sets[r.Node] = s
 	changed = t.drainLocked(r.Node, s) || changed
 	if changed {
@@ -244,6 +259,9 @@ func (t *table) drop(node string) bool {
 	delete(t.want, node)
 	delete(t.pending, node)
 	s := t.sets[node]
+	if s != nil {
+		t.ids = nil
+	}
 	delete(t.sets, node)
 	if s != nil && len(s.eps) > 0 {
 		t.cache = nil
@@ -305,4 +323,103 @@ func (t *table) newerThan(dg map[string]uint64, all bool) []*record {
 		}
 	}
 	return out
+}
+
+// versionDigest returns entries of this table's digest that encode to at
+// most budget bytes: this node's own version, then the hot most recently
+// updated sets (the changes most likely to have been missed; at most half
+// the budget), then a
+// rotating run over the rest, so successive digests cover the whole table.
+func (t *table) versionDigest(budget, hot int) []nodeVersion {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	self := t.sets[t.self]
+	out := []nodeVersion{{Node: t.self, Version: self.version}}
+	used := nodeVersionSize(out[0])
+	if len(t.sets) <= 1 {
+		return out
+	}
+	if t.ids == nil {
+		t.ids = make([]string, 0, len(t.sets)-1)
+		for id := range t.sets {
+			if id != t.self {
+				t.ids = append(t.ids, id)
+			}
+		}
+		slices.Sort(t.ids)
+	}
+	ids := t.ids
+	add := func(id string) bool {
+		nv := nodeVersion{Node: id, Version: t.sets[id].version}
+		sz := nodeVersionSize(nv)
+		if used+sz > budget {
+			return false
+		}
+		out = append(out, nv)
+		used += sz
+		return true
+	}
+	// The hot most recently updated, by one pass keeping a small sorted
+	// list; they take at most half the budget, so the rotation always
+	// advances, even with long node IDs.
+	var top []string
+	if hot > 0 {
+		top = make([]string, 0, hot+1)
+		for _, id := range ids {
+			u := t.sets[id].updated
+			if len(top) == hot && u <= t.sets[top[hot-1]].updated {
+				continue
+			}
+			i := len(top)
+			for i > 0 && t.sets[top[i-1]].updated < u {
+				i--
+			}
+			top = slices.Insert(top, i, id)
+			if len(top) > hot {
+				top = top[:hot]
+			}
+		}
+		for _, id := range top {
+			if used > budget/2 {
+				top = top[:0]
+				break
+			}
+			add(id)
+		}
+	}
+	start := t.cursor % len(ids)
+	i := 0
+	for ; i < len(ids); i++ {
+		id := ids[(start+i)%len(ids)]
+		if slices.Contains(top, id) {
+			continue
+		}
+		if !add(id) {
+			break
+		}
+	}
+	t.cursor = start + i
+	return out
+}
+
+// noteVersions records versions a peer reported holding and returns the
+// nodes this table now knows it is behind on (skipping itself and dead
+// nodes).
+func (t *table) noteVersions(vs []nodeVersion) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var behind []string
+	for _, nv := range vs {
+		if nv.Node == t.self || t.dead[nv.Node] {
+			continue
+		}
+		if s := t.sets[nv.Node]; s != nil && s.version >= nv.Version {
+			continue
+		}
+		if nv.Version > t.want[nv.Node] {
+			t.want[nv.Node] = nv.Version
+		}
+		behind = append(behind, nv.Node)
+	}
+	return behind
 }

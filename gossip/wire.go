@@ -461,3 +461,70 @@ func decodeSyncReply(b []byte) (*syncReply, error) {
 	}
 	return r, nil
 }
+
+// versionDigest is the payload of a digest packet: some of the versions its
+// sender holds (its own first), so a receiver that missed a delta learns
+// that it is behind without waiting for anti-entropy.
+type versionDigest struct {
+	From     string // sender's node ID
+	Versions []nodeVersion
+}
+
+// nodeVersion is one entry of a version digest.
+type nodeVersion struct {
+	Node    string
+	Version uint64
+}
+
+// nodeVersionSize is the encoded size of one digest entry.
+func nodeVersionSize(nv nodeVersion) int {
+	return uvarintLen(uint64(len(nv.Node))) + len(nv.Node) + uvarintLen(nv.Version)
+}
+
+// uvarintLen is the encoded size of v as a uvarint.
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+func encodeVersionDigest(vd *versionDigest) []byte {
+	var e encoder
+	e.byte(wireFormat)
+	e.str(vd.From)
+	e.uvarint(uint64(len(vd.Versions)))
+	for _, nv := range vd.Versions {
+		e.str(nv.Node)
+		e.uvarint(nv.Version)
+	}
+	return e.b
+}
+
+// decodeVersionDigest parses a digest packet's payload; it never panics on
+// bad input.
+func decodeVersionDigest(b []byte) (*versionDigest, error) {
+	d := decoder{b: b}
+	if f := d.byte(); d.err == nil && f != wireFormat {
+		return nil, fmt.Errorf("%w: unknown format %d", errBad, f)
+	}
+	vd := &versionDigest{From: d.nodeID()}
+	n := d.count(3)
+	if d.err == nil {
+		vd.Versions = make([]nodeVersion, 0, n)
+	}
+	for i := 0; i < n && d.err == nil; i++ {
+		nv := nodeVersion{Node: d.nodeID()}
+		nv.Version = d.uvarint()
+		vd.Versions = append(vd.Versions, nv)
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail(fmt.Errorf("%w: trailing bytes", errBad))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return vd, nil
+}
