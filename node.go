@@ -1028,14 +1028,20 @@ func (mg *managerPart) roleCheckLoop(ctx context.Context, noLonger chan struct{}
 }
 
 // stillManager asks the other managers whether this node is still a
-// manager. Only authoritative answers count: an error, or a stale read from
-// a manager without quorum, says nothing; the first authoritative answer
-// decides.
+// manager, and says no only when a strict majority of them answers that it
+// is not: a manager whose state lags (it has not applied this node's
+// promotion or join yet) may refuse this node's certificate or not know the
+// node, but it cannot make a majority. A manager that refuses this node's
+// manager certificate (PermissionDenied: removed, or no longer a manager),
+// or an up-to-date read (not stale) that finds the node gone or a worker,
+// counts as "not a manager"; errors and stale reads count as no answer.
 func (mg *managerPart) stillManager(ctx context.Context, timeout time.Duration) bool {
+	peers, notManager := 0, 0
 	for id, addr := range mg.raftPeers() {
 		if id == mg.raftID || addr == mg.n.addr {
 			continue
 		}
+		peers++
 		conn, err := grpc.NewClient(addr, mg.n.dialOptions()...)
 		if err != nil {
 			continue
@@ -1045,20 +1051,17 @@ func (mg *managerPart) stillManager(ctx context.Context, timeout time.Duration) 
 		resp, err := api.NewControlClient(conn).GetNode(cctx, &api.GetRequest{Id: mg.nodeID}, grpc.Header(&md))
 		cancel()
 		conn.Close()
-		if status.Code(err) == codes.NotFound && len(md.Get(controlapi.StaleReadHeader)) == 0 {
-			return false // removed from the cluster
+		stale := len(md.Get(controlapi.StaleReadHeader)) > 0
+		switch {
+		case status.Code(err) == codes.PermissionDenied:
+			notManager++
+		case status.Code(err) == codes.NotFound && !stale:
+			notManager++
+		case err == nil && !stale && resp.GetNode().GetRole() != api.NodeRole_NODE_ROLE_MANAGER:
+			notManager++
 		}
-		if status.Code(err) == codes.PermissionDenied {
-			// A manager of this cluster refuses this node's manager
-			// certificate: it was demoted or removed.
-			return false
-		}
-		if err != nil || len(md.Get(controlapi.StaleReadHeader)) > 0 {
-			continue
-		}
-		return resp.GetNode().GetRole() == api.NodeRole_NODE_ROLE_MANAGER
 	}
-	return true
+	return peers == 0 || notManager*2 <= peers
 }
 
 // syncPeers sets the transport's peers from the store's manager objects.
