@@ -136,7 +136,10 @@ func testConfig(t testing.TB, dir string, sm StateMachine) Config {
 	return cfg
 }
 
-const waitFor = 20 * time.Second
+// waitFor bounds every wait in these tests. It is generous: CI runs them
+// under the race detector next to other packages on 2 cores, where a
+// learner's catch-up by snapshot once took longer than 20 s.
+const waitFor = 60 * time.Second
 
 // startNode creates and starts a node and waits for Ready.
 func startNode(t testing.TB, cfg Config) *Node {
