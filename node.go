@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -1003,7 +1004,7 @@ func (mg *managerPart) roleCheckLoop(ctx context.Context, noLonger chan struct{}
 			return
 		case <-t.C:
 		}
-		if mg.raft.Leader() != 0 {
+		if mg.hasLeader(ctx) {
 			leaderless = time.Time{}
 			continue
 		}
@@ -1014,8 +1015,8 @@ func (mg *managerPart) roleCheckLoop(ctx context.Context, noLonger chan struct{}
 		if now.Sub(leaderless) < 3*election {
 			continue
 		}
-		leaderless = now // ask again after as long, if still leaderless
-		if !mg.stillManager(ctx, election) {
+		leaderless = now                                         // ask again after as long, if still leaderless
+		if !mg.stillManager(ctx, max(election, 3*time.Second)) { // a new mTLS connection each: not an election timeout under load
 			mg.n.log.Warn("the other managers no longer list this node as a manager; becoming a worker")
 			if mg.armed.Load() {
 				mg.n.wantRole(roleWant{manager: false})
@@ -1025,6 +1026,21 @@ func (mg *managerPart) roleCheckLoop(ctx context.Context, noLonger chan struct{}
 			return
 		}
 	}
+}
+
+// hasLeader reports whether this member follows (or is) a working leader.
+// raft keeps the last leader it heard of while it (pre-)campaigns without
+// success, so the leader ID alone does not tell: a member that was removed
+// while down may have heard one stale message and never again.
+func (mg *managerPart) hasLeader(ctx context.Context) bool {
+	if mg.raft.Leader() == 0 {
+		return false
+	}
+	st, err := mg.raft.Status(ctx)
+	if err != nil {
+		return false
+	}
+	return st.RaftState == raft.StateFollower || st.RaftState == raft.StateLeader
 }
 
 // stillManager asks the other managers whether this node is still a
