@@ -838,7 +838,7 @@ func certValidity(c *api.Cluster) time.Duration {
 }
 
 func rootDigest(c *api.Cluster) string {
-	root, err := pki.ParseRootCA(firstCertPEM(c.GetRootCa().GetCertPem()), nil)
+	root, err := pki.ParseRootCA(api.FirstRoot(c.GetRootCa().GetCertPem()), nil)
 	if err != nil {
 		return ""
 	}

@@ -75,7 +75,7 @@ func (n *Node) Certificate() CertificateInfo {
 	leaf, subj := creds.Leaf(), creds.Subject()
 	info := CertificateInfo{NodeID: subj.NodeID, Role: subj.Role, ClusterID: subj.ClusterID,
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}
-	if root, err := pki.ParseRootCA(firstCertPEM(creds.KeyPair().RootPEM), nil); err == nil {
+	if root, err := pki.ParseRootCA(api.FirstRoot(creds.KeyPair().RootPEM), nil); err == nil {
 		info.RootDigest = root.Digest()
 	}
 	return info
@@ -214,16 +214,6 @@ func (n *Node) dialOptions() []grpc.DialOption {
 	return append(n.baseDialOptions(), grpc.WithTransportCredentials(n.clientCreds()))
 }
 
-// firstCertPEM returns the first PEM block of a bundle.
-func firstCertPEM(bundle []byte) []byte {
-	const end = "-----END CERTIFICATE-----"
-	s := string(bundle)
-	if i := strings.Index(s, end); i >= 0 {
-		return []byte(s[:i+len(end)] + "\n")
-	}
-	return bundle
-}
-
 // joinCluster runs the join handshake with the manager at addr: fetch the
 // root CA untrusted, check it against the token, check the manager's
 // certificate chains to it, then send the CSR with the token.
@@ -251,7 +241,7 @@ func (n *Node) joinCluster(ctx context.Context, addr string, tok pki.Token, toke
 	if err != nil {
 		return nil, pki.KeyPair{}, fmt.Errorf("join %s: fetching the root CA: %w", addr, errdefs.FromGRPC(err))
 	}
-	root, err := pki.ParseRootCA(firstCertPEM(rootResp.GetCertPem()), nil)
+	root, err := pki.ParseRootCA(api.FirstRoot(rootResp.GetCertPem()), nil)
 	if err != nil {
 		return nil, pki.KeyPair{}, fmt.Errorf("join %s: the manager's root CA: %w", addr, err)
 	}

@@ -23,18 +23,37 @@ func (r *RootCA) TrustBundle() []byte {
 	return b.Bytes()
 }
 
+// FirstRoot returns the first certificate of a PEM bundle (the cluster's
+// current root; join tokens carry its digest), or nil.
+func FirstRoot(bundle []byte) []byte {
+	certs := rootCerts(bundle)
+	if len(certs) == 0 {
+		return nil
+	}
+	return certs[0]
+}
+
 // NewestRoot returns the last certificate of a PEM bundle (the root node
 // certificates should come from), or nil.
 func NewestRoot(bundle []byte) []byte {
-	var last []byte
+	certs := rootCerts(bundle)
+	if len(certs) == 0 {
+		return nil
+	}
+	return certs[len(certs)-1]
+}
+
+// rootCerts splits a PEM bundle into its certificates.
+func rootCerts(bundle []byte) [][]byte {
+	var out [][]byte
 	for rest := bundle; ; {
 		var blk *pem.Block
 		blk, rest = pem.Decode(rest)
 		if blk == nil {
-			return last
+			return out
 		}
 		if blk.Type == "CERTIFICATE" {
-			last = pem.EncodeToMemory(blk)
+			out = append(out, pem.EncodeToMemory(blk))
 		}
 	}
 }

@@ -48,14 +48,9 @@ type Signers struct {
 	digest string // of the root that signs
 }
 
-// For returns the signer of cluster's CA: local with the root key (the new
-// root's, with the cross-signed certificate, during a rotation), or the
-// external cfssl server.
-func (c *Signers) For(cluster *api.Cluster) (pki.Signer, error) {
-	s, _, err := c.signer(cluster)
-	return s, err
-}
-
+// signer returns the signer of cluster's CA (local with the root key; the
+// new root's, with the cross-signed certificate, during a rotation; or the
+// external cfssl server) and the digest of the root that signs.
 func (c *Signers) signer(cluster *api.Cluster) (pki.Signer, string, error) {
 	rc := cluster.GetRootCa()
 	if len(rc.GetCertPem()) == 0 {
