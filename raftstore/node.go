@@ -104,6 +104,8 @@ type Node struct {
 	readApplying []*readRound
 	// noLeaderTicks counts the ticks since a leader was last known.
 	noLeaderTicks uint64
+	// startedAt is when the raft loop was started (set before it runs, then only read).
+	startedAt time.Time
 
 	// Background snapshots, when the StateMachine is a SnapshotCapturer (capturer non-nil).
 	// At most one encoder runs (snapRunning); it sends its result on snapc (buffered, so it
@@ -253,6 +255,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.metrics = m
 	n.logger.Info("raft log opened", "path", disk.path, "new", st.fresh, "snapshot_index", n.snapIndex,
 		"commit", n.startCommit, "entries", len(st.entries))
+	n.startedAt = time.Now()
 	go n.run()
 	return nil
 }
@@ -563,10 +566,29 @@ func (n *Node) leaderChanged() {
 	n.leadMu.Unlock()
 }
 
-// awaitLeader returns the known leader, waiting up to one election timeout for one; then it
-// fails with a *QuorumError.
+// awaitLeader returns the known leader, waiting for one; then it fails with a *QuorumError.
+//
+// It waits one election timeout, and longer in two cases where failing would be wrong:
+//   - the member started less than startGraceTimeouts election timeouts ago: it may not have
+//     heard from its peers yet (their transports may still be backing off from when it was
+//     down), so "unreachable" would only mean "not heard from yet";
+//   - a quorum of voters is reachable: an election is under way (raft randomizes the election
+//     timeout up to twice its minimum, and PreVote adds a round), so a leader is coming; this
+//     extension is bounded by maxElectionWaitTimeouts election timeouts in all.
+//
+// Without quorum the error still comes after one election timeout (or the start grace).
 func (n *Node) awaitLeader(ctx context.Context) (uint64, error) {
-	timer := time.NewTimer(n.electionTimeout())
+	et := n.electionTimeout()
+	now := time.Now()
+	deadline := now.Add(et)
+	if grace := n.startedAt.Add(startGraceTimeouts * et); grace.After(deadline) {
+		deadline = grace
+	}
+	hardDeadline := now.Add(maxElectionWaitTimeouts * et)
+	if deadline.After(hardDeadline) {
+		hardDeadline = deadline
+	}
+	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	for {
 		ch := n.leaderWatch()
@@ -583,6 +605,10 @@ func (n *Node) awaitLeader(ctx context.Context) (uint64, error) {
 			if err := n.do(ctx, func() { qe = n.quorumError() }); err != nil {
 				return 0, err
 			}
+			if qe.Reachable >= qe.Needed && time.Now().Before(hardDeadline) {
+				timer.Reset(min(et/2, time.Until(hardDeadline)))
+				continue
+			}
 			return 0, qe
 		case <-n.donec:
 			return 0, ErrStopped
@@ -591,6 +617,15 @@ func (n *Node) awaitLeader(ctx context.Context) (uint64, error) {
 		}
 	}
 }
+
+const (
+	// startGraceTimeouts: for this many election timeouts after it started, a member waits for
+	// a leader rather than report a lack of quorum.
+	startGraceTimeouts = 3
+	// maxElectionWaitTimeouts bounds, in election timeouts, how long a write waits for an
+	// election that a reachable quorum is holding.
+	maxElectionWaitTimeouts = 4
+)
 
 // awaitLeaderChange waits until the known leader is no longer old, for up to one election
 // timeout (then the caller tries again with whatever is known).
