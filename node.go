@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.etcd.io/raft/v3"
 	raftpb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -1028,19 +1027,11 @@ func (mg *managerPart) roleCheckLoop(ctx context.Context, noLonger chan struct{}
 	}
 }
 
-// hasLeader reports whether this member follows (or is) a working leader.
-// raft keeps the last leader it heard of while it (pre-)campaigns without
-// success, so the leader ID alone does not tell: a member that was removed
-// while down may have heard one stale message and never again.
+// hasLeader reports whether this member follows (or is) a working leader
+// (see raftstore's WorkingLeader: the leader's ID alone does not tell).
 func (mg *managerPart) hasLeader(ctx context.Context) bool {
-	if mg.raft.Leader() == 0 {
-		return false
-	}
-	st, err := mg.raft.Status(ctx)
-	if err != nil {
-		return false
-	}
-	return st.RaftState == raft.StateFollower || st.RaftState == raft.StateLeader
+	ok, err := mg.raft.WorkingLeader(ctx)
+	return err == nil && ok
 }
 
 // stillManager asks the other managers whether this node is still a

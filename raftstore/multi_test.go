@@ -466,3 +466,32 @@ func TestForwardRetriesWhenLeaderAnswersNotLeader(t *testing.T) {
 	_, count := c.sms[lead.ID()].state()
 	assert.Equal(t, uint64(1), count)
 }
+
+// WorkingLeader is true on the leader and on followers that hear it; false
+// on a member cut off from the leader, and on a member removed from the
+// configuration (it keeps the last leader's ID but hears nothing more).
+func TestWorkingLeader(t *testing.T) {
+	c := newClusterOpts(t, 3, true, nil)
+	ctx := context.Background()
+	lead := c.leader()
+	working := func(n *Node) bool {
+		ok, err := n.WorkingLeader(ctx)
+		require.NoError(t, err)
+		return ok
+	}
+	for _, n := range c.nodes {
+		require.Eventually(t, func() bool { return working(n) }, waitFor, 5*time.Millisecond, "member %d", n.ID())
+	}
+
+	f := c.follower(lead)
+	c.net.isolate(f.ID(), true)
+	require.Eventually(t, func() bool { return !working(f) }, waitFor, 5*time.Millisecond)
+	c.net.isolate(f.ID(), false)
+	require.Eventually(t, func() bool { return working(f) }, waitFor, 5*time.Millisecond)
+
+	lead = c.leader()
+	f = c.follower(lead)
+	require.NoError(t, lead.RemoveMember(ctx, f.ID()))
+	require.Eventually(t, func() bool { return !working(f) }, waitFor, 5*time.Millisecond)
+	assert.True(t, working(lead))
+}

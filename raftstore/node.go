@@ -694,6 +694,30 @@ func (n *Node) Status(ctx context.Context) (raft.Status, error) {
 	return <-ch, nil
 }
 
+// WorkingLeader reports whether this member leads or follows a leader it can
+// hear: it leads, or it is a member of its own configuration, a follower,
+// and it heard from its leader within the last election timeout. raft keeps
+// the last leader it heard of until it learns of another, so Leader alone
+// does not tell: a member removed while it was down may have received one
+// stale message from the old leader (and applied its own removal, so it
+// never campaigns) and then hear nothing more.
+func (n *Node) WorkingLeader(ctx context.Context) (bool, error) {
+	var ok bool
+	err := n.do(ctx, func() {
+		st := n.rn.BasicStatus()
+		switch {
+		case st.RaftState == raft.StateLeader:
+			ok = true
+		case st.RaftState != raft.StateFollower || st.Lead == raft.None:
+		case !memberSet(n.confState)[n.cfg.ID]:
+		default:
+			at, heard := n.lastHeard[st.Lead]
+			ok = heard && n.ticks-at <= uint64(n.cfg.ElectionTick)
+		}
+	})
+	return ok, err
+}
+
 // do runs f on the loop goroutine and waits until it has run.
 func (n *Node) do(ctx context.Context, f func()) error {
 	if !n.running() {
