@@ -862,9 +862,11 @@ type UpdateClusterRequest struct {
 	// their data keys with the new one, and the old one stops working.
 	RotateUnlockKey bool `protobuf:"varint,6,opt,name=rotate_unlock_key,json=rotateUnlockKey,proto3" json:"rotate_unlock_key,omitempty"`
 	// rotate_root_ca starts a root CA rotation.
-	RotateRootCa  bool `protobuf:"varint,7,opt,name=rotate_root_ca,json=rotateRootCa,proto3" json:"rotate_root_ca,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RotateRootCa bool `protobuf:"varint,7,opt,name=rotate_root_ca,json=rotateRootCa,proto3" json:"rotate_root_ca,omitempty"`
+	// rotate_gossip_key starts a rotation of the routing mesh's gossip key.
+	RotateGossipKey bool `protobuf:"varint,8,opt,name=rotate_gossip_key,json=rotateGossipKey,proto3" json:"rotate_gossip_key,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UpdateClusterRequest) Reset() {
@@ -942,6 +944,13 @@ func (x *UpdateClusterRequest) GetRotateUnlockKey() bool {
 func (x *UpdateClusterRequest) GetRotateRootCa() bool {
 	if x != nil {
 		return x.RotateRootCa
+	}
+	return false
+}
+
+func (x *UpdateClusterRequest) GetRotateGossipKey() bool {
+	if x != nil {
+		return x.RotateGossipKey
 	}
 	return false
 }
@@ -1664,7 +1673,7 @@ const file_control_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12'\n" +
 	"\x04spec\x18\x03 \x01(\v2\x13.shoal.api.NodeSpecR\x04spec\"?\n" +
 	"\x0fClusterResponse\x12,\n" +
-	"\acluster\x18\x01 \x01(\v2\x12.shoal.api.ClusterR\acluster\"\xa0\x02\n" +
+	"\acluster\x18\x01 \x01(\v2\x12.shoal.api.ClusterR\acluster\"\xcc\x02\n" +
 	"\x14UpdateClusterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12*\n" +
@@ -1672,7 +1681,8 @@ const file_control_proto_rawDesc = "" +
 	"\x13rotate_worker_token\x18\x04 \x01(\bR\x11rotateWorkerToken\x120\n" +
 	"\x14rotate_manager_token\x18\x05 \x01(\bR\x12rotateManagerToken\x12*\n" +
 	"\x11rotate_unlock_key\x18\x06 \x01(\bR\x0frotateUnlockKey\x12$\n" +
-	"\x0erotate_root_ca\x18\a \x01(\bR\frotateRootCa\"\x89\x01\n" +
+	"\x0erotate_root_ca\x18\a \x01(\bR\frotateRootCa\x12*\n" +
+	"\x11rotate_gossip_key\x18\b \x01(\bR\x0frotateGossipKey\"\x89\x01\n" +
 	"\fWatchRequest\x12+\n" +
 	"\x05kinds\x18\x01 \x03(\x0e2\x15.shoal.api.ObjectKindR\x05kinds\x12\x10\n" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x1f\n" +

@@ -145,7 +145,13 @@ type SessionMessage struct {
 	// root_ca_pem holds the root certificates the cluster trusts now (two
 	// during a root rotation, the new one last); a node follows it and renews
 	// its certificate if the newest root did not issue it.
-	RootCaPem     []byte `protobuf:"bytes,7,opt,name=root_ca_pem,json=rootCaPem,proto3" json:"root_ca_pem,omitempty"`
+	RootCaPem []byte `protobuf:"bytes,7,opt,name=root_ca_pem,json=rootCaPem,proto3" json:"root_ca_pem,omitempty"`
+	// gossip_keys are the routing mesh's gossip keys, the one to encrypt
+	// with first (see GossipKeys).
+	GossipKeys [][]byte `protobuf:"bytes,8,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	// gossip_peers are gossip addresses of other nodes, for this node's
+	// gossip member to join.
+	GossipPeers   []string `protobuf:"bytes,9,rep,name=gossip_peers,json=gossipPeers,proto3" json:"gossip_peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -225,6 +231,20 @@ func (x *SessionMessage) GetPeers() []*RaftPeer {
 func (x *SessionMessage) GetRootCaPem() []byte {
 	if x != nil {
 		return x.RootCaPem
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetGossipKeys() [][]byte {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
+}
+
+func (x *SessionMessage) GetGossipPeers() []string {
+	if x != nil {
+		return x.GossipPeers
 	}
 	return nil
 }
@@ -684,7 +704,7 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x0eSessionRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12<\n" +
 	"\vdescription\x18\x02 \x01(\v2\x1a.shoal.api.NodeDescriptionR\vdescription\x12\x12\n" +
-	"\x04addr\x18\x03 \x01(\tR\x04addr\"\x83\x02\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\"\xc7\x02\n" +
 	"\x0eSessionMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
@@ -693,7 +713,10 @@ const file_dispatcher_proto_rawDesc = "" +
 	"\x04role\x18\x04 \x01(\x0e2\x13.shoal.api.NodeRoleR\x04role\x12\x17\n" +
 	"\araft_id\x18\x05 \x01(\x04R\x06raftId\x12)\n" +
 	"\x05peers\x18\x06 \x03(\v2\x13.shoal.api.RaftPeerR\x05peers\x12\x1e\n" +
-	"\vroot_ca_pem\x18\a \x01(\fR\trootCaPem\"J\n" +
+	"\vroot_ca_pem\x18\a \x01(\fR\trootCaPem\x12\x1f\n" +
+	"\vgossip_keys\x18\b \x03(\fR\n" +
+	"gossipKeys\x12!\n" +
+	"\fgossip_peers\x18\t \x03(\tR\vgossipPeers\"J\n" +
 	"\x10HeartbeatRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +

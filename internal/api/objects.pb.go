@@ -546,7 +546,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28, 0}
+	return file_objects_proto_rawDescGZIP(), []int{29, 0}
 }
 
 type Meta struct {
@@ -776,10 +776,13 @@ func (x *Resources) GetMemoryBytes() int64 {
 }
 
 type NodeDescription struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Platform      *Platform              `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
-	Resources     *Resources             `protobuf:"bytes,3,opt,name=resources,proto3" json:"resources,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Hostname  string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Platform  *Platform              `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	Resources *Resources             `protobuf:"bytes,3,opt,name=resources,proto3" json:"resources,omitempty"`
+	// gossip_addr is where the node's gossip member (routing mesh) listens,
+	// host:port; empty when the node runs none.
+	GossipAddr    string `protobuf:"bytes,4,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -833,6 +836,13 @@ func (x *NodeDescription) GetResources() *Resources {
 		return x.Resources
 	}
 	return nil
+}
+
+func (x *NodeDescription) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
 }
 
 type NodeStatus struct {
@@ -2454,7 +2464,9 @@ type Cluster struct {
 	RootCa     *RootCA                `protobuf:"bytes,5,opt,name=root_ca,json=rootCa,proto3" json:"root_ca,omitempty"`
 	// unlock_key is the cluster's unlock key (SHLKEY-1-...) while autolock is
 	// on; every manager wraps its data key with it.
-	UnlockKey     string `protobuf:"bytes,6,opt,name=unlock_key,json=unlockKey,proto3" json:"unlock_key,omitempty"`
+	UnlockKey string `protobuf:"bytes,6,opt,name=unlock_key,json=unlockKey,proto3" json:"unlock_key,omitempty"`
+	// gossip holds the routing mesh's gossip encryption keys.
+	Gossip        *GossipKeys `protobuf:"bytes,7,opt,name=gossip,proto3" json:"gossip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2531,6 +2543,81 @@ func (x *Cluster) GetUnlockKey() string {
 	return ""
 }
 
+func (x *Cluster) GetGossip() *GossipKeys {
+	if x != nil {
+		return x.Gossip
+	}
+	return nil
+}
+
+// GossipKeys are the AES-256 keys of the cluster's gossip (serf). Every node
+// installs all of them and encrypts with the first. A rotation runs in
+// phases a grace period apart, so no node ever receives a message it cannot
+// decrypt: phase 1 installs the new key everywhere (keys = [old, new]),
+// phase 2 makes it the one to encrypt with (keys = [new, old]), and the
+// end drops the old key (keys = [new]).
+type GossipKeys struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Keys  [][]byte               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// rotation_phase is 0 when no rotation runs, else 1 or 2 as above.
+	RotationPhase uint32 `protobuf:"varint,2,opt,name=rotation_phase,json=rotationPhase,proto3" json:"rotation_phase,omitempty"`
+	// phase_since is when the current phase began (Unix nanoseconds).
+	PhaseSince    int64 `protobuf:"varint,3,opt,name=phase_since,json=phaseSince,proto3" json:"phase_since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeys) Reset() {
+	*x = GossipKeys{}
+	mi := &file_objects_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeys) ProtoMessage() {}
+
+func (x *GossipKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeys.ProtoReflect.Descriptor instead.
+func (*GossipKeys) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GossipKeys) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *GossipKeys) GetRotationPhase() uint32 {
+	if x != nil {
+		return x.RotationPhase
+	}
+	return 0
+}
+
+func (x *GossipKeys) GetPhaseSince() int64 {
+	if x != nil {
+		return x.PhaseSince
+	}
+	return 0
+}
+
 // StoreAction is one change of a write transaction.
 type StoreAction struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2548,7 +2635,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2647,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2660,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -2670,7 +2757,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2682,7 +2769,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2695,7 +2782,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -2725,7 +2812,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +2824,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +2837,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -2804,11 +2891,13 @@ const file_objects_proto_rawDesc = "" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\"K\n" +
 	"\tResources\x12\x1b\n" +
 	"\tnano_cpus\x18\x01 \x01(\x03R\bnanoCpus\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\x92\x01\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xb3\x01\n" +
 	"\x0fNodeDescription\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12/\n" +
 	"\bplatform\x18\x02 \x01(\v2\x13.shoal.api.PlatformR\bplatform\x122\n" +
-	"\tresources\x18\x03 \x01(\v2\x14.shoal.api.ResourcesR\tresources\"\x84\x01\n" +
+	"\tresources\x18\x03 \x01(\v2\x14.shoal.api.ResourcesR\tresources\x12\x1f\n" +
+	"\vgossip_addr\x18\x04 \x01(\tR\n" +
+	"gossipAddr\"\x84\x01\n" +
 	"\n" +
 	"NodeStatus\x12*\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x14.shoal.api.NodeStateR\x05state\x12\x18\n" +
@@ -2941,7 +3030,7 @@ const file_objects_proto_rawDesc = "" +
 	"\fnew_cert_pem\x18\x01 \x01(\fR\n" +
 	"newCertPem\x12\x1e\n" +
 	"\vnew_key_pem\x18\x02 \x01(\fR\tnewKeyPem\x12(\n" +
-	"\x10cross_signed_pem\x18\x03 \x01(\fR\x0ecrossSignedPem\"\xed\x01\n" +
+	"\x10cross_signed_pem\x18\x03 \x01(\fR\x0ecrossSignedPem\"\x9c\x02\n" +
 	"\aCluster\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12*\n" +
@@ -2950,7 +3039,14 @@ const file_objects_proto_rawDesc = "" +
 	"joinTokens\x12*\n" +
 	"\aroot_ca\x18\x05 \x01(\v2\x11.shoal.api.RootCAR\x06rootCa\x12\x1d\n" +
 	"\n" +
-	"unlock_key\x18\x06 \x01(\tR\tunlockKey\"\xc3\x02\n" +
+	"unlock_key\x18\x06 \x01(\tR\tunlockKey\x12-\n" +
+	"\x06gossip\x18\a \x01(\v2\x15.shoal.api.GossipKeysR\x06gossip\"h\n" +
+	"\n" +
+	"GossipKeys\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys\x12%\n" +
+	"\x0erotation_phase\x18\x02 \x01(\rR\rrotationPhase\x12\x1f\n" +
+	"\vphase_since\x18\x03 \x01(\x03R\n" +
+	"phaseSince\"\xc3\x02\n" +
 	"\vStoreAction\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.shoal.api.StoreAction.KindR\x04kind\x12%\n" +
 	"\x04node\x18\x02 \x01(\v2\x0f.shoal.api.NodeH\x00R\x04node\x12.\n" +
@@ -3032,7 +3128,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.api.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.api.NodeAvailability
@@ -3072,14 +3168,15 @@ var file_objects_proto_goTypes = []any{
 	(*RootCA)(nil),               // 35: shoal.api.RootCA
 	(*RootRotation)(nil),         // 36: shoal.api.RootRotation
 	(*Cluster)(nil),              // 37: shoal.api.Cluster
-	(*StoreAction)(nil),          // 38: shoal.api.StoreAction
-	(*StoreRequest)(nil),         // 39: shoal.api.StoreRequest
-	(*StoreSnapshot)(nil),        // 40: shoal.api.StoreSnapshot
-	nil,                          // 41: shoal.api.NodeSpec.LabelsEntry
-	nil,                          // 42: shoal.api.ServiceSpec.LabelsEntry
+	(*GossipKeys)(nil),           // 38: shoal.api.GossipKeys
+	(*StoreAction)(nil),          // 39: shoal.api.StoreAction
+	(*StoreRequest)(nil),         // 40: shoal.api.StoreRequest
+	(*StoreSnapshot)(nil),        // 41: shoal.api.StoreSnapshot
+	nil,                          // 42: shoal.api.NodeSpec.LabelsEntry
+	nil,                          // 43: shoal.api.ServiceSpec.LabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	41, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
+	42, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
 	0,  // 1: shoal.api.NodeSpec.desired_role:type_name -> shoal.api.NodeRole
 	1,  // 2: shoal.api.NodeSpec.availability:type_name -> shoal.api.NodeAvailability
 	12, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
@@ -3103,7 +3200,7 @@ var file_objects_proto_depIdxs = []int32{
 	22, // 21: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
 	4,  // 22: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
 	6,  // 23: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
-	42, // 24: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
+	43, // 24: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
 	21, // 25: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
 	26, // 26: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
 	27, // 27: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
@@ -3124,21 +3221,22 @@ var file_objects_proto_depIdxs = []int32{
 	33, // 42: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
 	34, // 43: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
 	35, // 44: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
-	9,  // 45: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
-	17, // 46: shoal.api.StoreAction.node:type_name -> shoal.api.Node
-	30, // 47: shoal.api.StoreAction.service:type_name -> shoal.api.Service
-	32, // 48: shoal.api.StoreAction.task:type_name -> shoal.api.Task
-	37, // 49: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
-	38, // 50: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
-	17, // 51: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
-	30, // 52: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
-	32, // 53: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
-	37, // 54: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
-	55, // [55:55] is the sub-list for method output_type
-	55, // [55:55] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	38, // 45: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
+	9,  // 46: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
+	17, // 47: shoal.api.StoreAction.node:type_name -> shoal.api.Node
+	30, // 48: shoal.api.StoreAction.service:type_name -> shoal.api.Service
+	32, // 49: shoal.api.StoreAction.task:type_name -> shoal.api.Task
+	37, // 50: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
+	39, // 51: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
+	17, // 52: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
+	30, // 53: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
+	32, // 54: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
+	37, // 55: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
+	56, // [56:56] is the sub-list for method output_type
+	56, // [56:56] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -3150,7 +3248,7 @@ func file_objects_proto_init() {
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[28].OneofWrappers = []any{
+	file_objects_proto_msgTypes[29].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -3162,7 +3260,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -755,12 +755,18 @@ func toWatchEvent(e state.Event) *api.WatchEvent {
 // CA's private key and the external CA's authentication key, which never
 // leave the managers' store. c itself is not modified.
 func Redact(c *api.Cluster) *api.Cluster {
-	if c == nil || (len(c.GetRootCa().GetKeyPem()) == 0 && c.GetRootCa().GetExternalAuthKey() == "") {
+	if c == nil || (len(c.GetRootCa().GetKeyPem()) == 0 && c.GetRootCa().GetExternalAuthKey() == "" &&
+		len(c.GetGossip().GetKeys()) == 0) {
 		return c
 	}
 	out := proto.Clone(c).(*api.Cluster)
-	out.RootCa.KeyPem = nil
-	out.RootCa.ExternalAuthKey = ""
+	if out.RootCa != nil {
+		out.RootCa.KeyPem = nil
+		out.RootCa.ExternalAuthKey = ""
+	}
+	if out.Gossip != nil {
+		out.Gossip.Keys = nil
+	}
 	return out
 }
 
