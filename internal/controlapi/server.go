@@ -5,6 +5,8 @@
 package controlapi
 
 import (
+	"time"
+
 	"context"
 	"errors"
 	"fmt"
@@ -678,6 +680,13 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 				return err
 			}
 			cur.RootCa = rc
+		}
+		if req.GetRotateGossipKey() {
+			g, err := StartGossipKeyRotation(cur.GetGossip(), time.Now())
+			if err != nil {
+				return err
+			}
+			cur.Gossip = g
 		}
 		if req.GetRotateWorkerToken() || req.GetRotateManagerToken() {
 			tokens, err := RotateTokens(cur, req.GetRotateWorkerToken(), req.GetRotateManagerToken())
