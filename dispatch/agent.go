@@ -48,7 +48,8 @@ type Agent struct {
 	tasks      map[string]*taskRunner
 	taskWG     sync.WaitGroup
 
-	reports *reportQueue
+	reports   *reportQueue
+	endpoints *endpointSet
 }
 
 // liveSession is the session the agent has open, for Stop to leave through
@@ -76,6 +77,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		tasks:    map[string]*taskRunner{},
 		reports:  newReportQueue(),
 	}
+	a.endpoints = newEndpointSet(cfg.OnEndpoints)
 	a.taskCtx, a.taskCancel = context.WithCancel(context.Background())
 	return a, nil
 }
@@ -97,12 +99,17 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.phase = phaseRunning
 	loopCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
+	go a.endpoints.run()
 	go func() {
 		defer close(a.loopDone)
 		a.loop(loopCtx)
 	}()
 	return nil
 }
+
+// Endpoints returns the endpoints this node publishes in the routing mesh
+// now, sorted as OnEndpoints receives them. Safe for concurrent use.
+func (a *Agent) Endpoints() []PublishedEndpoint { return a.endpoints.current() }
 
 // Ready returns a channel closed once the agent has received its first
 // complete assignment set.
@@ -179,6 +186,16 @@ func (a *Agent) Stop(ctx context.Context) error {
 		<-tasksDone
 	}
 	a.taskCancel()
+	// Every task has withdrawn its endpoints: the host hears of the last set,
+	// and the notifier ends (it can only be held by an OnEndpoints call).
+	close(a.endpoints.quit)
+	select {
+	case <-a.endpoints.done:
+	case <-ctx.Done():
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
 	if ls != nil && err == nil {
 		a.flush(ctx, ls)
 	}

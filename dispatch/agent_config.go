@@ -66,6 +66,24 @@ type AgentConfig struct {
 	// RPCTimeout bounds opening a session and each status report. Default
 	// 10s: generous for a loaded manager, short enough to fail over.
 	RPCTimeout time.Duration
+	// OnEndpoints, if set, is called with the complete set of endpoints this
+	// node publishes in the routing mesh (sorted by service, task, published
+	// port, protocol) each time the set changes: a task publishes its
+	// ingress-mode ports with a published port while it is RUNNING and
+	// desired RUNNING. Calls come from one goroutine of the agent, never
+	// concurrently; changes in quick succession may be coalesced into one
+	// call. It must return promptly: a task being stopped waits for the call
+	// that withdraws its endpoints before it drains, and Stop waits for the
+	// last call (with the set its stopped tasks left). Default nil.
+	OnEndpoints func([]PublishedEndpoint)
+	// DrainDelay is how long a running task that published endpoints keeps
+	// running after they were withdrawn (OnEndpoints called without them)
+	// and before it is stopped, so that the routing mesh of every node stops
+	// sending it new connections and those in flight finish. Tasks without
+	// published endpoints, and tasks stopped because the agent stops, are not
+	// delayed. Measured on Clock. Default 0: an agent alone has no mesh to
+	// drain; the node sets it to its gossip propagation time.
+	DrainDelay time.Duration
 }
 
 // DefaultAgentConfig returns the configuration with every default set; the
@@ -79,6 +97,7 @@ func DefaultAgentConfig() AgentConfig {
 		BackoffMax:          5 * time.Second,
 		StatusBatchInterval: 10 * time.Millisecond,
 		RPCTimeout:          10 * time.Second,
+		DrainDelay:          0,
 	}
 }
 
@@ -129,6 +148,9 @@ func (c AgentConfig) withDefaults() (AgentConfig, error) {
 	}
 	if c.StatusBatchInterval < 0 {
 		errs = append(errs, fmt.Errorf("AgentConfig.StatusBatchInterval: must not be negative, got %v", c.StatusBatchInterval))
+	}
+	if c.DrainDelay < 0 {
+		errs = append(errs, fmt.Errorf("AgentConfig.DrainDelay: must not be negative, got %v", c.DrainDelay))
 	}
 	if c.RPCTimeout < 0 {
 		errs = append(errs, fmt.Errorf("AgentConfig.RPCTimeout: must not be negative, got %v", c.RPCTimeout))

@@ -63,3 +63,36 @@ func BenchmarkUpdateTaskStatus(b *testing.B) {
 		b.ReportMetric(float64(b.N)/float64(txs), "updates/txn")
 	}
 }
+
+// BenchmarkSessionView measures what each session costs the dispatcher per
+// heartbeat period and per push: reading the node's role, the cluster's
+// keys and choosing its gossip peers among 1000 nodes.
+func BenchmarkSessionView(b *testing.B) {
+	const nodes = 1000
+	st := state.NewInMemory(state.Config{})
+	defer st.Close()
+	require.NoError(b, st.Update(context.Background(), func(tx state.WriteTx) error {
+		if err := tx.CreateCluster(&api.Cluster{Id: "c1", Spec: &api.ClusterSpec{Name: "default"},
+			Gossip: &api.GossipKeys{Keys: [][]byte{make([]byte, 32), make([]byte, 32)}}}); err != nil {
+			return err
+		}
+		for i := range nodes {
+			if err := tx.CreateNode(&api.Node{Id: fmt.Sprintf("n%04d", i),
+				Status:      &api.NodeStatus{State: api.NodeState(i % 3)},
+				Description: &api.NodeDescription{GossipAddr: fmt.Sprintf("10.0.%d.%d:7946", i/256, i%256)}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	d, err := NewDispatcher(st, fastConfig())
+	require.NoError(b, err)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		v := d.sessionView(fmt.Sprintf("n%04d", i%nodes))
+		if len(v.gossipPeers) != maxGossipPeers {
+			b.Fatalf("got %d peers", len(v.gossipPeers))
+		}
+	}
+}

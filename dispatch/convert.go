@@ -60,15 +60,20 @@ func protocolName(p api.PortProtocol) string {
 	return runtime.ProtocolTCP
 }
 
-// taskEndpoints asks a started controller where its ports are, if its
-// runtime can say. An unspecified address goes on the wire as "" (the
-// node's address, which the dispatcher fills in).
-func taskEndpoints(ctl runtime.Controller) []*api.TaskEndpoint {
+// runtimeEndpoints asks a started controller where its ports are, if its
+// runtime can say.
+func runtimeEndpoints(ctl runtime.Controller) []runtime.Endpoint {
 	rep, ok := ctl.(runtime.EndpointReporter)
 	if !ok {
 		return nil
 	}
-	eps := rep.Endpoints()
+	return rep.Endpoints()
+}
+
+// taskEndpoints converts what the runtime said about a task's ports for the
+// wire. An unspecified address goes on the wire as "" (the node's address,
+// which the dispatcher fills in).
+func taskEndpoints(eps []runtime.Endpoint) []*api.TaskEndpoint {
 	if len(eps) == 0 {
 		return nil
 	}

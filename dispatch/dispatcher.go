@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -306,18 +307,17 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 	defer d.m.sessions.Dec()
 	d.log.Info("node session opened", "node", nodeID, "session", s.id, "addr", addr)
 
-	managers := slices.Clone(d.cfg.Managers())
-	role, raftID, peers := d.roleOf(nodeID)
-	roots := d.trustBundle()
-	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod), Managers: managers,
-		Role: role, RaftId: raftID, Peers: peers, RootCaPem: roots}
-	if err := stream.Send(msg); err != nil {
+	view := d.sessionView(nodeID)
+	if err := stream.Send(view.message(s.id, d.cfg.HeartbeatPeriod)); err != nil {
 		unregister()
 		return err
 	}
-	// The manager list and the node's role can change while the session lasts
-	// (a manager joins or leaves, the node is promoted or demoted); check them
-	// once per heartbeat period and send them when they did.
+	// The manager list, the node's role, the trusted roots, the gossip keys
+	// and the gossip peers can change while the session lasts (a manager
+	// joins or leaves, the node is promoted or demoted, a rotation, nodes
+	// come and go); check them once per heartbeat period, and at once when
+	// the store says the role, the roots or the keys changed, and send them
+	// when they did.
 	t := d.cfg.Clock.NewTimer(d.cfg.HeartbeatPeriod)
 	defer t.Stop()
 	for {
@@ -340,13 +340,14 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 			}
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.roleKick:
-			// The node was promoted or demoted: tell it now, not at the next check.
-			if err := d.resendSession(stream, s, &managers, &role, &raftID, &roots); err != nil {
+			// The node was promoted or demoted, or the roots or gossip keys
+			// were rotated: tell it now, not at the next check.
+			if err := d.resendSession(stream, s, &view); err != nil {
 				return err
 			}
 		case <-t.C():
 			// The manager list changes without a store event (Raft membership).
-			if err := d.resendSession(stream, s, &managers, &role, &raftID, &roots); err != nil {
+			if err := d.resendSession(stream, s, &view); err != nil {
 				return err
 			}
 			t.Reset(d.cfg.HeartbeatPeriod)
@@ -354,35 +355,126 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 	}
 }
 
-// resendSession sends the session message again if the manager list or the
-// node's role changed since it was last sent.
-func (d *Dispatcher) resendSession(stream grpc.ServerStreamingServer[api.SessionMessage], s *session,
-	managers *[]string, role *api.NodeRole, raftID *uint64, roots *[]byte) error {
-	cur := d.cfg.Managers()
-	curRole, curRaftID, curPeers := d.roleOf(s.nodeID)
-	curRoots := d.trustBundle()
-	if slices.Equal(cur, *managers) && curRole == *role && curRaftID == *raftID && bytes.Equal(curRoots, *roots) {
+// resendSession sends the session message again if what it carries changed
+// since it was last sent (last).
+func (d *Dispatcher) resendSession(stream grpc.ServerStreamingServer[api.SessionMessage], s *session, last *sessionView) error {
+	cur := d.sessionView(s.nodeID)
+	if cur.equal(*last) {
 		return nil
 	}
-	*managers, *role, *raftID, *roots = slices.Clone(cur), curRole, curRaftID, curRoots
-	return stream.Send(&api.SessionMessage{SessionId: s.id, HeartbeatPeriod: int64(d.cfg.HeartbeatPeriod),
-		Managers: cur, Role: curRole, RaftId: curRaftID, Peers: curPeers, RootCaPem: curRoots})
+	*last = cur
+	return stream.Send(cur.message(s.id, d.cfg.HeartbeatPeriod))
 }
 
-// trustBundle is the root certificates the cluster trusts now.
-func (d *Dispatcher) trustBundle() []byte {
-	var b []byte
+// maxGossipPeers is how many gossip addresses of other nodes a session
+// message carries: enough for a joining member to find the cluster with a
+// few nodes down, few enough that the message stays small in a big cluster.
+const maxGossipPeers = 8
+
+// sessionView is what a session message tells a node about the cluster.
+type sessionView struct {
+	managers    []string
+	role        api.NodeRole
+	raftID      uint64
+	peers       []*api.RaftPeer
+	roots       []byte
+	gossipKeys  [][]byte
+	gossipPeers []string
+}
+
+// equal reports whether a node told v needs to hear w. The Raft peers are
+// left out as before: they follow the role and the manager list.
+func (v sessionView) equal(w sessionView) bool {
+	return slices.Equal(v.managers, w.managers) && v.role == w.role && v.raftID == w.raftID &&
+		bytes.Equal(v.roots, w.roots) && slices.EqualFunc(v.gossipKeys, w.gossipKeys, bytes.Equal) &&
+		slices.Equal(v.gossipPeers, w.gossipPeers)
+}
+
+func (v sessionView) message(sessionID string, period time.Duration) *api.SessionMessage {
+	return &api.SessionMessage{SessionId: sessionID, HeartbeatPeriod: int64(period),
+		Managers: slices.Clone(v.managers), Role: v.role, RaftId: v.raftID, Peers: v.peers, RootCaPem: v.roots,
+		GossipKeys: v.gossipKeys, GossipPeers: slices.Clone(v.gossipPeers)}
+}
+
+// sessionView reads what nodeID's session message carries now.
+func (d *Dispatcher) sessionView(nodeID string) sessionView {
+	v := sessionView{managers: slices.Clone(d.cfg.Managers())}
+	v.role, v.raftID, v.peers = d.roleOf(nodeID)
+	// Shared: only read here, and the keys are copied out.
 	d.store.ViewShared(func(tx state.ReadTx) {
 		if cs, _ := tx.FindClusters(state.All()); len(cs) > 0 {
-			b = cs[0].GetRootCa().TrustBundle()
+			v.roots = cs[0].GetRootCa().TrustBundle()
+			for _, k := range cs[0].GetGossip().GetKeys() {
+				v.gossipKeys = append(v.gossipKeys, bytes.Clone(k))
+			}
 		}
+		nodes, err := tx.FindNodes(state.All())
+		if err != nil {
+			return
+		}
+		v.gossipPeers = gossipPeers(nodeID, nodes, maxGossipPeers)
 	})
-	return b
+	return v
 }
+
+// gossipPeers picks up to limit gossip addresses of nodes other than self
+// for self to join: READY nodes first, then the others (a node that is DOWN
+// now may be back by the time self tries it). Within each group nodes are
+// taken in node-ID order starting after self, wrapping around, so that
+// different nodes join different peers rather than all the same few.
+func gossipPeers(self string, nodes []*api.Node, limit int) []string {
+	if limit <= 0 {
+		return nil
+	}
+	if !slices.IsSortedFunc(nodes, byNodeID) {
+		nodes = slices.SortedFunc(slices.Values(nodes), byNodeID)
+	}
+	// One pass in ID order fills four groups, each capped at limit; their
+	// concatenation is the order wanted. The store lists nodes by ID, so
+	// this costs no sort.
+	var readyAfter, readyBefore, otherAfter, otherBefore []string
+	add := func(group *[]string, addr string) {
+		if len(*group) < limit {
+			*group = append(*group, addr)
+		}
+	}
+	for _, n := range nodes {
+		addr := n.GetDescription().GetGossipAddr()
+		if n.GetId() == self || addr == "" {
+			continue
+		}
+		after := n.GetId() > self
+		switch ready := n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY; {
+		case ready && after:
+			add(&readyAfter, addr)
+		case ready:
+			add(&readyBefore, addr)
+		case after:
+			add(&otherAfter, addr)
+		default:
+			add(&otherBefore, addr)
+		}
+	}
+	var out []string
+	for _, group := range [][]string{readyAfter, readyBefore, otherAfter, otherBefore} {
+		for _, addr := range group {
+			if len(out) == limit {
+				return out
+			}
+			if !slices.Contains(out, addr) {
+				out = append(out, addr)
+			}
+		}
+	}
+	return out
+}
+
+func byNodeID(a, b *api.Node) int { return strings.Compare(a.GetId(), b.GetId()) }
 
 // roleLoop watches the store for role changes (promotion, demotion) and wakes
 // the session of the node concerned, so it hears of the change at once rather
-// than at its session's next periodic check.
+// than at its session's next periodic check. A change of the cluster's
+// trusted roots or gossip keys (a rotation phase) wakes every session.
 func (d *Dispatcher) roleLoop(ctx context.Context) {
 	changed := func(e state.Event) bool {
 		if e.Kind == state.KindNode && e.Action == state.ActionDelete {
@@ -397,7 +489,8 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 			return old.GetRole() != e.Node().GetRole()
 		case state.KindCluster:
 			old, _ := e.Old.(*api.Cluster)
-			return !bytes.Equal(old.GetRootCa().TrustBundle(), e.Cluster().GetRootCa().TrustBundle())
+			return !bytes.Equal(old.GetRootCa().TrustBundle(), e.Cluster().GetRootCa().TrustBundle()) ||
+				!slices.EqualFunc(old.GetGossip().GetKeys(), e.Cluster().GetGossip().GetKeys(), bytes.Equal)
 		}
 		return false
 	}
@@ -414,8 +507,8 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 					break
 				}
 				if ev.Kind == state.KindCluster {
-					// The trusted roots changed (a root rotation): every node
-					// hears of it now.
+					// The trusted roots or the gossip keys changed (a
+					// rotation): every node hears of it now.
 					d.mu.Lock()
 					for id := range d.nodes {
 						d.kickRoleLocked(id)

@@ -28,6 +28,16 @@
 // the agent closes it, so the agent can report how its tasks ended. A later
 // Session of the node (it restarted) marks it READY again.
 //
+// Every session message also carries what the node needs to join the
+// cluster's gossip membership (the routing mesh's endpoint table): the
+// cluster's gossip keys, the one to encrypt with first, and the gossip
+// addresses of up to 8 other nodes (NodeDescription.GossipAddr), READY
+// nodes first, taken in node-ID order starting after the node's own ID so
+// that nodes join different peers. The dispatcher sends a fresh message at
+// once when the node's role, the trusted roots or the gossip keys change in
+// the store (each phase of a key rotation), and checks the rest (the
+// manager list, the peers) once per heartbeat period.
+//
 // # Agent behaviour
 //
 // The agent drives each task's runtime.Controller through the task state
@@ -39,6 +49,21 @@
 // sent when a session opens again, and the new complete assignment set is
 // reconciled: tasks no longer assigned are stopped and removed, tasks to be
 // shut down are shut down, new tasks are started.
+//
+// # Routing mesh
+//
+// A RUNNING task whose desired state is RUNNING publishes one
+// PublishedEndpoint per port of its spec in ingress mode with a published
+// port, at the address the runtime reports for the target port
+// (runtime.EndpointReporter); host-mode ports are not part of the mesh. The
+// agent tells the host of every change of the node's set through
+// AgentConfig.OnEndpoints (one goroutine, changes may be coalesced) and
+// Agent.Endpoints returns it. A task that ends by itself leaves the set at
+// once. A task with published endpoints that must stop (desired SHUTDOWN,
+// or removed from the assignments) is drained first: its endpoints are
+// withdrawn, the agent waits until OnEndpoints has been told, then lets the
+// task run for AgentConfig.DrainDelay so that no node's mesh sends it new
+// connections, and only then stops it. Agent.Stop cuts a drain short.
 //
 // Agent.Stop leaves gracefully: with a session open it calls Leave, shuts
 // every task down, sends the tasks' final statuses (SHUTDOWN for those it

@@ -151,3 +151,56 @@ func ExampleAgent_Stop() {
 	// NODE_STATE_DOWN true
 	// TASK_STATE_SHUTDOWN
 }
+
+// The host learns which ports its node publishes in the routing mesh: the
+// ingress port of the running task, not its host-mode port. When the agent
+// stops, the task's endpoint is withdrawn before the task is shut down.
+func ExampleAgentConfig_onEndpoints() {
+	ctx := context.Background()
+	store := state.NewInMemory(state.Config{})
+	defer store.Close()
+	_ = store.Update(ctx, func(tx state.WriteTx) error {
+		if err := tx.CreateNode(&api.Node{Id: "worker1"}); err != nil {
+			return err
+		}
+		return tx.CreateTask(&api.Task{Id: "web.1", ServiceId: "web", NodeId: "worker1",
+			Spec: &api.TaskSpec{Command: []string{"httpd"}, Ports: []*api.PortConfig{
+				{TargetPort: 80, PublishedPort: 30080, Mode: api.PublishMode_PUBLISH_MODE_INGRESS},
+				{TargetPort: 9090, PublishedPort: 9090, Mode: api.PublishMode_PUBLISH_MODE_HOST},
+			}},
+			DesiredState: api.TaskState_TASK_STATE_RUNNING,
+			Status:       &api.TaskStatus{State: api.TaskState_TASK_STATE_ASSIGNED}})
+	})
+	d, err := dispatch.NewDispatcher(store, dispatch.DefaultDispatcherConfig())
+	if err != nil {
+		panic(err)
+	}
+	_ = d.Start(ctx)
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := grpc.NewServer()
+	api.RegisterDispatcherServer(srv, d)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	defer func() { _ = d.Stop(ctx) }()
+
+	sets := make(chan []dispatch.PublishedEndpoint, 16)
+	cfg := dispatch.DefaultAgentConfig()
+	cfg.NodeID = "worker1"
+	cfg.Managers = func() []string { return []string{lis.Addr().String()} }
+	cfg.Runtime = runtimetest.New()
+	cfg.DrainDelay = 5 * time.Second // applies when a task is stopped by the manager
+	cfg.OnEndpoints = func(eps []dispatch.PublishedEndpoint) { sets <- eps }
+	agent, err := dispatch.NewAgent(cfg)
+	if err != nil {
+		panic(err)
+	}
+	_ = agent.Start(ctx)
+	for _, e := range <-sets {
+		fmt.Println(e.TaskID, e.Protocol, e.PublishedPort, "->", e.Addr)
+	}
+	_ = agent.Stop(ctx)
+	fmt.Println("after stop:", len(<-sets), "endpoints")
+	// Output:
+	// web.1 tcp 30080 -> 0.0.0.0:40000
+	// after stop: 0 endpoints
+}

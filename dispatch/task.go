@@ -147,6 +147,9 @@ func (r *taskRunner) run() {
 	r.mu.Unlock()
 	var ctl runtime.Controller
 	defer func() { r.cleanup(ctl) }()
+	// However the runner ends, the task publishes nothing any more (this
+	// runs before cleanup stops the task).
+	defer r.a.endpoints.remove(r.id)
 
 	if st := t.GetStatus().GetState(); st > api.TaskState_TASK_STATE_ASSIGNED {
 		// The manager says this node already ran the task, but this agent does
@@ -191,12 +194,10 @@ func (r *taskRunner) run() {
 		r.waitEnd()
 		return
 	}
-	r.reportWith(api.TaskState_TASK_STATE_RUNNING, "started", "", 0, taskEndpoints(ctl))
+	reps := runtimeEndpoints(ctl)
+	r.reportWith(api.TaskState_TASK_STATE_RUNNING, "started", "", 0, taskEndpoints(reps))
+	r.publish(reps)
 
-	type waitResult struct {
-		st  runtime.ExitStatus
-		err error
-	}
 	wctx, wcancel := context.WithCancel(r.a.taskCtx)
 	defer wcancel()
 	waitCh := make(chan waitResult, 1)
@@ -211,6 +212,10 @@ func (r *taskRunner) run() {
 	case res = <-waitCh:
 	case <-r.stopReq:
 		stopped = true
+		if exit, exited := r.drain(waitCh); exited {
+			res = exit // it ended by itself while it drained
+			break
+		}
 		if err := ctl.Shutdown(r.a.taskCtx); err != nil {
 			r.a.log.Warn("task shutdown failed", "task", r.id, "err", err)
 		}
@@ -218,7 +223,9 @@ func (r *taskRunner) run() {
 	case <-r.a.stopping:
 		// The agent is stopping: shut the task down here rather than in
 		// cleanup, so that its final status is reported before the agent
-		// flushes its reports and leaves.
+		// flushes its reports and leaves. Its endpoints are withdrawn, but
+		// the node is going away: there is no drain delay.
+		r.a.endpoints.remove(r.id)
 		stopped = true
 		why = "shut down: the worker is stopping"
 		if err := ctl.Shutdown(r.a.taskCtx); err != nil {
@@ -227,6 +234,8 @@ func (r *taskRunner) run() {
 		}
 		res = <-waitCh
 	}
+	// A task that ended by itself is withdrawn at once.
+	r.a.endpoints.remove(r.id)
 	switch {
 	case res.err != nil && r.a.taskCtx.Err() != nil:
 		// Stop's context ended while the task was shutting down: there is
@@ -248,6 +257,68 @@ func (r *taskRunner) run() {
 		r.report(api.TaskState_TASK_STATE_FAILED, "task failed: "+res.st.String(), errStr, int32(res.st.Code))
 	}
 	r.waitEnd()
+}
+
+// waitResult is how a task's Wait returned.
+type waitResult struct {
+	st  runtime.ExitStatus
+	err error
+}
+
+// publish records the endpoints the task, just started, publishes in the
+// routing mesh (eps is what the runtime said about its ports) unless it is
+// not wanted running any more.
+func (r *taskRunner) publish(eps []runtime.Endpoint) {
+	r.mu.Lock()
+	t := r.task
+	r.mu.Unlock()
+	if r.stopRequested() || t.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING {
+		return
+	}
+	if pub := publishedEndpoints(t, eps); len(pub) > 0 {
+		r.a.endpoints.set(r.id, pub)
+	}
+}
+
+// drain prepares a running task that must stop: if it published endpoints,
+// it withdraws them, waits until the host has been told (OnEndpoints), then
+// lets the task run on for DrainDelay so that the routing mesh stops sending
+// it connections and those in flight finish. The wait ends early when the
+// agent stops; if the task exits by itself meanwhile, drain returns its
+// result and true.
+func (r *taskRunner) drain(waitCh <-chan waitResult) (waitResult, bool) {
+	v := r.a.endpoints.remove(r.id)
+	if v == 0 {
+		return waitResult{}, false // nothing published: stop at once
+	}
+	for {
+		ok, advanced := r.a.endpoints.deliveredYet(v)
+		if ok {
+			break
+		}
+		select {
+		case <-advanced:
+		case <-r.a.stopping:
+			return waitResult{}, false
+		case res := <-waitCh:
+			return res, true
+		}
+	}
+	d := r.a.cfg.DrainDelay
+	if d <= 0 {
+		return waitResult{}, false
+	}
+	r.a.log.Debug("draining task before it stops", "task", r.id, "delay", d)
+	t := r.a.cfg.Clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return waitResult{}, false
+	case <-r.a.stopping:
+		return waitResult{}, false
+	case res := <-waitCh:
+		return res, true
+	}
 }
 
 // failed reports the failure of a Prepare or Start.

@@ -87,6 +87,11 @@ type Config struct {
 	// ReconnectTimeout is how long serf keeps trying to reconnect to a
 	// failed member before reaping it.
 	ReconnectTimeout time.Duration
+	// ReconnectInterval is how often serf tries to reconnect to one failed
+	// member (by a push-pull stream). It is how members that failed each
+	// other (a partition, or a member that missed a key change and then got
+	// it with SetKeys) find each other again without a new Join.
+	ReconnectInterval time.Duration
 
 	// StreamTimeout bounds each table sync stream (dial, exchange).
 	StreamTimeout time.Duration
@@ -144,6 +149,10 @@ func DefaultConfig() Config {
 		// own; serf's 24 h default keeps dead members around too long for a
 		// cluster whose workers come and go.
 		ReconnectTimeout: time.Hour,
+		// 10 s (serf's default is 30 s): a member cut off by a partition or a
+		// missed key change is back within seconds of being able to talk; one
+		// stream every 10 s is negligible.
+		ReconnectInterval: 10 * time.Second,
 		// 10 s: memberlist's TCP timeout; a sync of 10,000 endpoints is under
 		// 1 MiB and takes milliseconds on a LAN.
 		StreamTimeout: 10 * time.Second,
@@ -177,10 +186,8 @@ func (c *Config) validate() error {
 	if len(c.Keys) == 0 && !c.AllowInsecure {
 		return configErr("Keys", "must hold at least one key unless AllowInsecure is set")
 	}
-	for i, k := range c.Keys {
-		if len(k) != KeySize {
-			return configErr(fmt.Sprintf("Keys[%d]", i), "must be %d bytes, got %d", KeySize, len(k))
-		}
+	if i, rule := keysProblem(c.Keys); i >= 0 {
+		return configErr(fmt.Sprintf("Keys[%d]", i), "%s", rule)
 	}
 	for _, d := range []struct {
 		name string
@@ -194,6 +201,7 @@ func (c *Config) validate() error {
 		{"ProbeTimeout", c.ProbeTimeout},
 		{"ReapInterval", c.ReapInterval},
 		{"ReconnectTimeout", c.ReconnectTimeout},
+		{"ReconnectInterval", c.ReconnectInterval},
 		{"StreamTimeout", c.StreamTimeout},
 	} {
 		if d.v <= 0 {

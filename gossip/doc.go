@@ -7,13 +7,24 @@
 // Create a Node with New (a Config from DefaultConfig, NodeID and the
 // cluster's Keys set), Start it, Join any existing member, then call
 // SetLocal whenever this node's own running tasks change. Balancers read
-// Table after each signal from Watch. Stop leaves the cluster gracefully.
+// Table after each signal from Watch. Stop leaves the cluster gracefully;
+// Kill shuts down without leaving, as a crash would (for tests).
+//
+// A BindAddr with port 0 ("127.0.0.1:0") lets the kernel choose a free port,
+// bound for both TCP and UDP (retried with another port if the UDP one is
+// taken); Addr reports it after Start.
 //
 // # Design
 //
 // Membership, failure detection, leave, encryption and key rotation are
 // serf's: members gossip over memberlist, encrypted with the AES-256 keys in
-// Config.Keys; RotateKeys drives serf's KeyManager (install, use, remove).
+// Config.Keys; RotateKeys drives serf's KeyManager (install, use, remove)
+// with serf queries. SetKeys instead sets one member's keyring to an exact
+// list with no query, for a manager that distributes keys itself and moves
+// the cluster in phases: [A, B] everywhere, then [B, A], then [B]. A member
+// that misses the last phases is cut off (it can no longer decrypt anything)
+// until it is given the new key; serf's reconnect (ReconnectInterval) then
+// brings it back without a new Join.
 //
 // Each node is the sole author of its own endpoint set and numbers its
 // versions. The counter starts from the wall clock at New (nanoseconds), so a
@@ -53,8 +64,9 @@
 //     manager's heartbeat timeout.
 //
 // The table's streams share serf's transport: they start with a byte
-// memberlist never sends and are sealed with AES-GCM under the keyring's
-// primary key (opened with any installed key), so rotation covers them too.
+// memberlist never sends and are sealed with AES-GCM under the live
+// keyring's primary key (opened with any installed key), so rotation, by
+// RotateKeys or SetKeys, covers them too.
 //
 // # Testing
 //

@@ -52,3 +52,50 @@ func ExampleNew() {
 	// web/web.1@worker-a 80/tcp -> 10.0.0.1:31000
 	// [worker-a worker-b]
 }
+
+// A manager moves every member from key A to key B with SetKeys in three
+// phases, each done on every member before the next: install B, use B,
+// retire A. Members in adjacent phases understand each other throughout.
+func ExampleNode_SetKeys() {
+	netw := gossip.NewMemNetwork(1)
+	keyA := make([]byte, gossip.KeySize)
+	keyB := make([]byte, gossip.KeySize)
+	keyB[0] = 1 // managers use random keys
+	var members []*gossip.Node
+	var addrs []string
+	for _, id := range []string{"m1", "w1"} {
+		tr := netw.NewTransport()
+		cfg := gossip.DefaultConfig()
+		cfg.NodeID, cfg.Transport, cfg.Keys = id, tr, [][]byte{keyA}
+		n, err := gossip.New(cfg)
+		if err != nil {
+			panic(err)
+		}
+		if err := n.Start(context.Background()); err != nil {
+			panic(err)
+		}
+		defer n.Stop(context.Background())
+		members = append(members, n)
+		addrs = append(addrs, tr.Addr())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, n := range members[1:] {
+		if _, err := n.Join(ctx, addrs[:1]); err != nil {
+			panic(err)
+		}
+	}
+
+	for _, phase := range [][][]byte{{keyA, keyB}, {keyB, keyA}, {keyB}} {
+		for _, n := range members {
+			if err := n.SetKeys(phase); err != nil {
+				panic(err)
+			}
+		}
+	}
+	fmt.Println(len(members[1].Keys()), members[1].Keys()[0][0])
+	fmt.Println(members[0].Members())
+	// Output:
+	// 1 1
+	// [m1 w1]
+}

@@ -99,7 +99,7 @@ func (c *cluster) killAll() {
 	var wg sync.WaitGroup
 	for _, nd := range c.nodes {
 		wg.Add(1)
-		go func() { defer wg.Done(); nd.kill() }()
+		go func() { defer wg.Done(); _ = nd.Kill() }()
 	}
 	wg.Wait()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -50,11 +51,16 @@ const maxPullAttempts = 5
 
 // Errors returned by Node methods.
 var (
-	ErrNotStarted = errors.New("gossip: node not started")
-	ErrStopped    = errors.New("gossip: node stopped")
-	ErrStarted    = errors.New("gossip: node already started")
-	ErrNoKeyring  = errors.New("gossip: cluster is not encrypted")
+	ErrNotStarted  = errors.New("gossip: node not started")
+	ErrStopped     = errors.New("gossip: node stopped")
+	ErrStarted     = errors.New("gossip: node already started")
+	ErrNoKeyring   = errors.New("gossip: cluster is not encrypted")
+	ErrInvalidKeys = errors.New("gossip: invalid keys")
 )
+
+// bindAttempts bounds how often Start retries a port-0 bind whose
+// kernel-chosen TCP port turned out to be taken for UDP.
+const bindAttempts = 10
 
 // Node is one serf member holding the cluster-wide endpoint table.
 type Node struct {
@@ -64,6 +70,7 @@ type Node struct {
 	tbl   *table
 
 	pubMu sync.Mutex // serialises SetLocal so deltas leave in version order
+	keyMu sync.Mutex // serialises SetKeys so its install/use/remove steps do not interleave
 
 	mu       sync.Mutex
 	started  bool
@@ -187,20 +194,19 @@ func (n *Node) Start(ctx context.Context) error {
 	inner := cfg.Transport
 	if inner == nil {
 		host, port, _ := splitHostPort(cfg.BindAddr)
-		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs: []string{host},
-			BindPort:  port,
-			Logger:    std,
-		})
+		nt, err := bindNet(host, port, std)
 		if err != nil {
 			return fmt.Errorf("gossip: bind %s: %w", cfg.BindAddr, err)
 		}
-		ml.BindAddr, ml.BindPort = host, nt.GetAutoBindPort()
+		bound := nt.GetAutoBindPort()
+		ml.BindAddr, ml.BindPort = host, bound
 		if cfg.AdvertiseAddr == "" {
 			if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
 				ml.AdvertiseAddr = host
 			}
-			ml.AdvertisePort = nt.GetAutoBindPort()
+			ml.AdvertisePort = bound
+		} else if ml.AdvertisePort == 0 {
+			ml.AdvertisePort = bound // "host:0": advertise the port the kernel chose
 		}
 		inner = nt
 	}
@@ -215,6 +221,7 @@ func (n *Node) Start(ctx context.Context) error {
 	sc.EventCh = n.eventCh
 	sc.ReapInterval = cfg.ReapInterval
 	sc.ReconnectTimeout = cfg.ReconnectTimeout
+	sc.ReconnectInterval = cfg.ReconnectInterval
 	sc.TombstoneTimeout = cfg.ReconnectTimeout
 	sc.UserEventSizeLimit = userEventLimit
 	sc.CoalescePeriod = 0
@@ -241,8 +248,32 @@ func (n *Node) Start(ctx context.Context) error {
 	return nil
 }
 
+// bindNet opens memberlist's TCP and UDP listeners on host:port. Port 0
+// lets the kernel choose a free TCP port, which memberlist then binds for UDP
+// too; if that UDP port happens to be taken the bind is retried with a fresh
+// TCP port, up to bindAttempts times.
+func bindNet(host string, port int, std *log.Logger) (*memberlist.NetTransport, error) {
+	var err error
+	for range bindAttempts {
+		var nt *memberlist.NetTransport
+		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{host},
+			BindPort:  port,
+			Logger:    std,
+		})
+		if err == nil {
+			return nt, nil
+		}
+		if port != 0 {
+			break
+		}
+	}
+	return nil, err
+}
+
 // Addr returns the address other members use to reach this node (for
-// their Join), or "" before Start.
+// their Join), or "" before Start. With a BindAddr of port 0 it carries the
+// port the kernel chose.
 func (n *Node) Addr() string {
 	s := n.serfOrNil()
 	if s == nil {
@@ -312,9 +343,14 @@ func (n *Node) Stop(ctx context.Context) error {
 	return n.stop(ctx, true)
 }
 
-// kill shuts down without leaving: to the others this looks like a failure.
-func (n *Node) kill() {
-	_ = n.stop(context.Background(), false)
+// Kill shuts down without leaving, as a crash would: no leave is broadcast,
+// so the other members keep this node's endpoints until their failure
+// detector declares it failed (about ProbeInterval * SuspicionMult *
+// log10(members) later). It is meant for tests that simulate crashes; use
+// Stop otherwise. Like Stop it is idempotent (a Kill after Stop, or the
+// reverse, does nothing more) and no goroutine outlives it.
+func (n *Node) Kill() error {
+	return n.stop(context.Background(), false)
 }
 
 func (n *Node) stop(ctx context.Context, leave bool) error {

@@ -141,7 +141,7 @@ func TestRestartOutranksPreviousIncarnation(t *testing.T) {
 	old := c.nodes[1]
 	old.SetLocal(makeEndpoints(old.cfg.NodeID, 1, 10, 2))
 	require.Eventually(t, func() bool { return c.nodes[0].tbl.size() == 10 }, 30*time.Second, 20*time.Millisecond)
-	old.kill()
+	require.NoError(t, old.Kill())
 
 	// Same ID, new process, one endpoint: its timestamp-seeded version wins.
 	tr := c.net.NewTransport()
@@ -167,7 +167,7 @@ func TestEncryptionMismatchRefused(t *testing.T) {
 		n, err := New(fastConfig(id, tr, key))
 		require.NoError(t, err)
 		require.NoError(t, n.Start(context.Background()))
-		t.Cleanup(n.kill)
+		t.Cleanup(func() { _ = n.Kill() })
 		return n
 	}
 	a := mk("a", ta, k1)
@@ -208,7 +208,7 @@ func TestKeyRotationKeepsClusterTogether(t *testing.T) {
 	old, err := New(fastConfig("old", c.net.NewTransport(), k1))
 	require.NoError(t, err)
 	require.NoError(t, old.Start(ctx))
-	t.Cleanup(old.kill)
+	t.Cleanup(func() { _ = old.Kill() })
 	_, err = old.Join(ctx, []string{c.trs[0].Addr()})
 	assert.Error(t, err)
 	tr := c.net.NewTransport()

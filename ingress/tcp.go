@@ -3,23 +3,31 @@ package ingress
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 )
 
 // tcpPort is one published TCP port: a listener, an accept loop, and a
 // goroutine pair per proxied connection.
+//
+// The platform files supply the socket type tcpSock and the operations on
+// it: accept, dialAddr, proxy and the pipe pool (tcp_linux.go moves data
+// with splice(2) on raw descriptors; tcp_other.go uses *net.TCPConn).
 type tcpPort struct {
 	port    Port
 	cfg     Config
 	log     *slog.Logger
 	metrics portMetrics
-	ln      *net.TCPListener
+	ln      tcpListener
 	rot     rotation
 	slots   chan struct{} // one token per connection being proxied
+
+	pipes pipePool
 
 	ctx    context.Context // cancelled by close: aborts dials
 	cancel context.CancelFunc
@@ -28,12 +36,16 @@ type tcpPort struct {
 
 	mu     sync.Mutex
 	closed bool
-	conns  map[*net.TCPConn]struct{} // client and endpoint sides
+	conns  map[io.Closer]struct{} // client and endpoint sockets, also while dialing
 }
 
 func openTCP(ctx context.Context, cfg Config, log *slog.Logger, pm portMetrics, p Port, eps []Endpoint) (*tcpPort, error) {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{Control: listenControl, KeepAlive: listenKeepAlive}
 	ln, err := lc.Listen(ctx, "tcp", netip.AddrPortFrom(cfg.ListenAddr, p.Published).String())
+	if err != nil {
+		return nil, err
+	}
+	tl, err := adoptListener(ln.(*net.TCPListener))
 	if err != nil {
 		return nil, err
 	}
@@ -42,9 +54,9 @@ func openTCP(ctx context.Context, cfg Config, log *slog.Logger, pm portMetrics, 
 		cfg:     cfg,
 		log:     log.With("protocol", "tcp", "port", p.Published, "service", p.Service),
 		metrics: pm,
-		ln:      ln.(*net.TCPListener),
+		ln:      tl,
 		slots:   make(chan struct{}, cfg.MaxConnsPerPort),
-		conns:   make(map[*net.TCPConn]struct{}),
+		conns:   make(map[io.Closer]struct{}),
 		fin:     make(chan struct{}),
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
@@ -77,13 +89,14 @@ func (t *tcpPort) close() {
 	}
 	go func() {
 		t.wg.Wait()
+		t.pipes.drain()
 		close(t.fin)
 	}()
 }
 
 // track registers c so close can reach it; false means the port is closed
 // and c has been closed.
-func (t *tcpPort) track(c *net.TCPConn) bool {
+func (t *tcpPort) track(c io.Closer) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -94,7 +107,7 @@ func (t *tcpPort) track(c *net.TCPConn) bool {
 	return true
 }
 
-func (t *tcpPort) untrack(c *net.TCPConn) {
+func (t *tcpPort) untrack(c io.Closer) {
 	t.mu.Lock()
 	delete(t.conns, c)
 	t.mu.Unlock()
@@ -112,10 +125,10 @@ func (t *tcpPort) acceptLoop() {
 		case <-t.ctx.Done():
 			return
 		}
-		c, err := t.ln.AcceptTCP()
+		c, err := t.accept()
 		if err != nil {
 			<-t.slots
-			if errors.Is(err, net.ErrClosed) || t.ctx.Err() != nil {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || t.ctx.Err() != nil {
 				return
 			}
 			// Temporary trouble such as EMFILE: back off instead of spinning.
@@ -136,7 +149,7 @@ func (t *tcpPort) acceptLoop() {
 
 // serve balances one accepted connection and proxies it until both
 // directions have ended.
-func (t *tcpPort) serve(client *net.TCPConn) {
+func (t *tcpPort) serve(client tcpSock) {
 	defer t.wg.Done()
 	defer func() { <-t.slots }()
 	if !t.track(client) {
@@ -144,11 +157,8 @@ func (t *tcpPort) serve(client *net.TCPConn) {
 	}
 	defer t.untrack(client)
 
-	backend := t.dial()
-	if backend == nil {
-		return
-	}
-	if !t.track(backend) {
+	backend, ok := t.dial()
+	if !ok {
 		return
 	}
 	defer t.untrack(backend)
@@ -160,65 +170,28 @@ func (t *tcpPort) serve(client *net.TCPConn) {
 }
 
 // dial connects to the next endpoint round robin, trying the following
-// ones when it refuses or times out. It returns nil if none answered.
-func (t *tcpPort) dial() *net.TCPConn {
+// ones when it refuses or times out. It returns false if none answered.
+// The socket it returns is tracked.
+func (t *tcpPort) dial() (tcpSock, bool) {
 	eps, first := t.rot.pick()
 	if len(eps) == 0 {
 		t.metrics.noEndpoint.Inc()
 		t.log.Debug("no endpoint for connection")
-		return nil
+		return nil, false
 	}
-	d := net.Dialer{Timeout: t.cfg.DialTimeout}
 	for i := range eps {
 		ep := eps[(first+i)%len(eps)]
-		c, err := d.DialContext(t.ctx, "tcp", ep.Addr.String())
+		c, err := t.dialAddr(ep.Addr)
 		if err == nil {
-			return c.(*net.TCPConn)
+			return c, true
 		}
 		if t.ctx.Err() != nil {
-			return nil
+			return nil, false
 		}
 		t.metrics.dialFailures.Inc()
 		t.log.Debug("endpoint failed, trying the next", "task", ep.Task, "addr", ep.Addr, "err", err)
 	}
 	t.metrics.noEndpoint.Inc()
 	t.log.Warn("no endpoint answered", "endpoints", len(eps))
-	return nil
-}
-
-// proxy copies both directions. Both sides are *net.TCPConn, so ReadFrom
-// uses splice(2) on Linux: the bytes go socket to pipe to socket inside the
-// kernel. When one direction reaches EOF its destination's write side is
-// shut (half-close) and the other direction goes on; an error in either
-// direction aborts both.
-func (t *tcpPort) proxy(client, backend *net.TCPConn) {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		n, err := spliceOneWay(backend, client)
-		t.metrics.bytesIn.Add(float64(n))
-		if err != nil {
-			_ = client.Close()
-			_ = backend.Close()
-		}
-	}()
-	n, err := spliceOneWay(client, backend)
-	t.metrics.bytesOut.Add(float64(n))
-	if err != nil {
-		_ = client.Close()
-		_ = backend.Close()
-	}
-	wg.Wait()
-}
-
-// spliceOneWay copies src to dst until EOF, then shuts dst's write side.
-// Taking concrete *net.TCPConn values (never net.Conn or a wrapper) is what
-// keeps Go on its splice path.
-func spliceOneWay(dst, src *net.TCPConn) (int64, error) {
-	n, err := dst.ReadFrom(src)
-	if err != nil {
-		return n, err
-	}
-	return n, dst.CloseWrite()
+	return nil, false
 }

@@ -79,6 +79,52 @@ func newerFirst(a, b *api.Task) int {
 	return 0
 }
 
+// fillPublishedPorts gives each port of spec that asks for no published
+// port (PublishedPort 0: "any") the one the allocator gave the service: the
+// entry of ep with the same target port, protocol and mode. The worker
+// publishes the task's ingress ports under these numbers in the routing
+// mesh, so they must travel with the task. A port the allocator has not
+// allocated (yet) keeps 0; each allocated entry is used once, so two
+// otherwise identical ports get distinct allocations in order.
+func fillPublishedPorts(spec *api.TaskSpec, ep *api.Endpoint) {
+	allocated := ep.GetPorts()
+	if len(allocated) == 0 {
+		return
+	}
+	used := make([]bool, len(allocated))
+	// Ports that name their published port claim it first, so an "any"
+	// port never takes the allocation of an explicit one.
+	for _, p := range spec.GetPorts() {
+		if p.GetPublishedPort() == 0 {
+			continue
+		}
+		for i, a := range allocated {
+			if !used[i] && samePort(p, a) && a.GetPublishedPort() == p.GetPublishedPort() {
+				used[i] = true
+				break
+			}
+		}
+	}
+	for _, p := range spec.GetPorts() {
+		if p.GetPublishedPort() != 0 {
+			continue
+		}
+		for i, a := range allocated {
+			if !used[i] && samePort(p, a) && a.GetPublishedPort() != 0 {
+				used[i] = true
+				p.PublishedPort = a.GetPublishedPort()
+				break
+			}
+		}
+	}
+}
+
+// samePort reports whether two port configs are for the same target port,
+// protocol and publish mode.
+func samePort(a, b *api.PortConfig) bool {
+	return a.GetTargetPort() == b.GetTargetPort() && a.GetProtocol() == b.GetProtocol() && a.GetMode() == b.GetMode()
+}
+
 // newTask returns a task for one slot of svc, as the rest of the system
 // expects new tasks: PENDING, desired RUNNING, with a copy of the service's
 // task spec and its spec version. nodeID is preset for global services.
@@ -87,6 +133,7 @@ func newTask(svc *api.Service, slot uint64, nodeID string, now time.Time) *api.T
 	if s := svc.GetSpec().GetTask(); s != nil {
 		spec = proto.Clone(s).(*api.TaskSpec)
 	}
+	fillPublishedPorts(spec, svc.GetEndpoint())
 	return &api.Task{
 		Id:           identity.NewID(),
 		ServiceId:    svc.GetId(),
