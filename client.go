@@ -390,6 +390,13 @@ type ClusterUpdate struct {
 	// before must be issued again afterwards. Not available with an external
 	// CA.
 	RotateRootCA bool
+	// RotateGossipKey starts a rotation of the routing mesh's gossip
+	// encryption key. It runs in phases (install the new key everywhere,
+	// encrypt with it, drop the old one), each lasting the leader's
+	// Config.Mesh.KeyRotationGrace, so gossip never stops;
+	// ClusterInfo.GossipKeyRotating is true until it ends. Refused while a
+	// rotation runs.
+	RotateGossipKey bool
 }
 
 // UpdateCluster changes cluster-wide settings, retrying if the cluster
@@ -424,7 +431,8 @@ func (c *Client) UpdateCluster(ctx context.Context, u ClusterUpdate) (*ClusterIn
 			spec.Autolock = *u.AutoLock
 		}
 		up, err := c.ctl.UpdateCluster(ctx, &api.UpdateClusterRequest{Id: cl.Id, Version: cl.GetMeta().GetVersion(), Spec: spec,
-			RotateWorkerToken: u.RotateWorkerToken, RotateManagerToken: u.RotateManagerToken, RotateUnlockKey: u.RotateUnlockKey, RotateRootCa: u.RotateRootCA})
+			RotateWorkerToken: u.RotateWorkerToken, RotateManagerToken: u.RotateManagerToken, RotateUnlockKey: u.RotateUnlockKey, RotateRootCa: u.RotateRootCA,
+			RotateGossipKey: u.RotateGossipKey})
 		if err != nil {
 			return nil, errdefs.FromGRPC(err)
 		}
@@ -814,19 +822,20 @@ func fromAPICluster(c *api.Cluster) *ClusterInfo {
 		return nil
 	}
 	return &ClusterInfo{
-		ID:               c.Id,
-		Meta:             fromAPIMeta(c.Meta),
-		Name:             c.GetSpec().GetName(),
-		TaskHistoryLimit: int(c.GetSpec().GetTaskHistoryLimit()),
-		HeartbeatPeriod:  time.Duration(c.GetSpec().GetHeartbeatPeriod()),
-		WorkerToken:      c.GetJoinTokens().GetWorker(),
-		ManagerToken:     c.GetJoinTokens().GetManager(),
-		CertValidity:     certValidity(c),
-		RootCADigest:     rootDigest(c),
-		RootCACert:       c.GetRootCa().GetCertPem(),
-		AutoLock:         c.GetSpec().GetAutolock(),
-		RootRotating:     c.GetRootCa().GetRotation() != nil,
-		UnlockKey:        c.GetUnlockKey(),
+		ID:                c.Id,
+		Meta:              fromAPIMeta(c.Meta),
+		Name:              c.GetSpec().GetName(),
+		TaskHistoryLimit:  int(c.GetSpec().GetTaskHistoryLimit()),
+		HeartbeatPeriod:   time.Duration(c.GetSpec().GetHeartbeatPeriod()),
+		WorkerToken:       c.GetJoinTokens().GetWorker(),
+		ManagerToken:      c.GetJoinTokens().GetManager(),
+		CertValidity:      certValidity(c),
+		RootCADigest:      rootDigest(c),
+		RootCACert:        c.GetRootCa().GetCertPem(),
+		AutoLock:          c.GetSpec().GetAutolock(),
+		RootRotating:      c.GetRootCa().GetRotation() != nil,
+		GossipKeyRotating: c.GetGossip().GetRotationPhase() != 0,
+		UnlockKey:         c.GetUnlockKey(),
 	}
 }
 

@@ -113,6 +113,10 @@ type Config struct {
 	// Raft tunes the managers' replicated log.
 	Raft RaftConfig
 
+	// Mesh configures the routing mesh on this node: its gossip member and
+	// the balancer that makes published ports answer here.
+	Mesh MeshConfig
+
 	// ForceNewCluster restarts a manager as the only manager of a new
 	// one-manager cluster, with all the state it has, as docker swarm init
 	// --force-new-cluster does: the way back when a cluster has lost its
@@ -179,6 +183,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Mesh.DrainDelay == 0 {
+		c.Mesh.DrainDelay = defaultDrainDelay
+	}
+	if c.Mesh.KeyRotationGrace == 0 {
+		c.Mesh.KeyRotationGrace = defaultKeyRotationGrace
 	}
 	if c.Labels != nil {
 		labels := make(map[string]string, len(c.Labels))
@@ -249,7 +259,7 @@ func (c Config) Validate() error {
 			return configError("Labels", "keys must not be empty")
 		}
 	}
-	return nil
+	return c.Mesh.validate()
 }
 
 // NodeRole is a node's role in the cluster.
@@ -390,6 +400,9 @@ type ClusterInfo struct {
 	RootCACert   []byte
 	// RootRotating is true while a root CA rotation is in progress.
 	RootRotating bool
+	// GossipKeyRotating is true while a gossip key rotation
+	// (ClusterUpdate.RotateGossipKey) runs.
+	GossipKeyRotating bool
 	// AutoLock says whether managers need UnlockKey to start after a restart.
 	AutoLock  bool
 	UnlockKey string
@@ -516,6 +529,7 @@ type Node struct {
 	roleWG     sync.WaitGroup
 
 	agent  *dispatch.Agent
+	mesh   *mesh // nil when Config.Mesh.Disabled
 	client *Client
 
 	// creds is the node's TLS identity (certificate, key, trusted roots);
@@ -691,9 +705,10 @@ func (n *Node) description() *api.NodeDescription {
 		res.MemoryBytes = totalMemory()
 	}
 	return &api.NodeDescription{
-		Hostname:  host,
-		Platform:  &api.Platform{Os: goruntime.GOOS, Arch: goruntime.GOARCH},
-		Resources: &api.Resources{NanoCpus: res.NanoCPUs, MemoryBytes: res.MemoryBytes},
+		GossipAddr: n.gossipAddr(),
+		Hostname:   host,
+		Platform:   &api.Platform{Os: goruntime.GOOS, Arch: goruntime.GOARCH},
+		Resources:  &api.Resources{NanoCpus: res.NanoCPUs, MemoryBytes: res.MemoryBytes},
 	}
 }
 
@@ -843,6 +858,9 @@ func (n *Node) abortStart(err error) {
 // manager part (Raft log, store, API), the role and renewal loops, the agent.
 func (n *Node) finishStart(ctx context.Context, mode startMode, ident *nodeIdentity) error {
 	addr := n.Addr()
+	if err := n.startMesh(ctx); err != nil {
+		return err
+	}
 	manager := ident.Role == Manager
 	if manager {
 		err := n.startManagerPart(ctx, ident, mode == modeInit, mode != modeInit)
@@ -1156,6 +1174,10 @@ func (mg *managerPart) ensureClusterObjects(ctx context.Context, initCluster boo
 			if err != nil {
 				return err
 			}
+			gossipKeys, err := controlapi.NewGossipKeys(time.Now())
+			if err != nil {
+				return err
+			}
 			unlock := ""
 			if mg.n.cfg.AutoLock {
 				if unlock, err = keys.NewUnlockKey(); err != nil {
@@ -1170,6 +1192,7 @@ func (mg *managerPart) ensureClusterObjects(ctx context.Context, initCluster boo
 					Autolock: mg.n.cfg.AutoLock},
 				JoinTokens: &api.JoinTokens{Worker: wt.String(), Manager: mt.String()},
 				RootCa:     mg.n.initRootCA(root),
+				Gossip:     gossipKeys,
 			}); err != nil {
 				return err
 			}
@@ -1282,9 +1305,10 @@ func (mg *managerPart) startTerm(ctx context.Context) error {
 	mg.n.dispSvc.set(t.disp)
 	tctx, cancel := context.WithCancel(context.Background())
 	t.cancel = cancel
-	t.wg.Add(2)
+	t.wg.Add(3)
 	go mg.membershipLoop(tctx, &t.wg)
 	go mg.rootRotationLoop(tctx, &t.wg)
+	go mg.gossipKeyLoop(tctx, &t.wg)
 	mg.term = t
 	return nil
 }
@@ -1382,6 +1406,10 @@ func (n *Node) startAgent(ctx context.Context) error {
 	acfg.Description = n.description()
 	acfg.Addr = n.addr
 	acfg.Logger = n.log.With("component", "agent")
+	if m := n.mesh; m != nil {
+		acfg.OnEndpoints = m.onEndpoints
+		acfg.DrainDelay = n.cfg.Mesh.DrainDelay
+	}
 	a, err := dispatch.NewAgent(acfg)
 	if err != nil {
 		return err
@@ -1449,6 +1477,9 @@ func (n *Node) cleanup(ctx context.Context) error {
 	}
 	if n.agent != nil {
 		errs = append(errs, n.agent.Stop(ctx))
+	}
+	if n.mesh != nil {
+		errs = append(errs, n.mesh.stop(ctx))
 	}
 	if mg := n.mgr.Load(); mg != nil {
 		errs = append(errs, mg.stop(ctx))
@@ -1649,6 +1680,12 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 	}
 	mg.armed.Store(true)
 	if err := mg.ensureClusterObjects(ctx, initCluster); err != nil {
+		// A member removed while down may have heard one stale message
+		// from the old leader, enough to call its log ready; the leader
+		// then refuses its write. Ask the other managers before failing.
+		if !initCluster && ctx.Err() == nil && !mg.stillManager(ctx, max(3*time.Second, 3*n.cfg.Raft.TickInterval*time.Duration(n.cfg.Raft.ElectionTicks))) {
+			return errNoLongerManager
+		}
 		return err
 	}
 	conn, err := grpc.NewClient(n.addr, n.dialOptions()...)
@@ -1711,6 +1748,9 @@ func (mg *managerPart) onMembers(ids []uint64) {
 // onSession is the agent's view of its dispatcher session: the role the
 // managers record for this node. It must not block.
 func (n *Node) onSession(m *api.SessionMessage) {
+	if n.mesh != nil {
+		n.mesh.update(m.GetGossipKeys(), m.GetGossipPeers())
+	}
 	if len(m.GetRootCaPem()) > 0 && n.mgr.Load() == nil {
 		n.followRoots(m.GetRootCaPem())
 	}

@@ -92,6 +92,14 @@ type Config struct {
 	// other (a partition, or a member that missed a key change and then got
 	// it with SetKeys) find each other again without a new Join.
 	ReconnectInterval time.Duration
+	// LeavePropagateDelay is how long Stop keeps the member running after
+	// broadcasting its leave, so the leave reaches the others (and they drop
+	// its endpoints at once) before it stops answering.
+	LeavePropagateDelay time.Duration
+	// LeaveTimeout bounds each of the leave's broadcasts (serf's intent,
+	// memberlist's dead-self message): when no peer is left to take them,
+	// Stop does not wait longer than this for them.
+	LeaveTimeout time.Duration
 
 	// StreamTimeout bounds each table sync stream (dial, exchange).
 	StreamTimeout time.Duration
@@ -153,6 +161,10 @@ func DefaultConfig() Config {
 		// missed key change is back within seconds of being able to talk; one
 		// stream every 10 s is negligible.
 		ReconnectInterval: 10 * time.Second,
+		// serf's default: a few gossip rounds for the leave to spread.
+		LeavePropagateDelay: time.Second,
+		// serf's default broadcast timeout.
+		LeaveTimeout: 5 * time.Second,
 		// 10 s: memberlist's TCP timeout; a sync of 10,000 endpoints is under
 		// 1 MiB and takes milliseconds on a LAN.
 		StreamTimeout: 10 * time.Second,
@@ -203,6 +215,8 @@ func (c *Config) validate() error {
 		{"ReconnectTimeout", c.ReconnectTimeout},
 		{"ReconnectInterval", c.ReconnectInterval},
 		{"StreamTimeout", c.StreamTimeout},
+		{"LeavePropagateDelay", c.LeavePropagateDelay},
+		{"LeaveTimeout", c.LeaveTimeout},
 	} {
 		if d.v <= 0 {
 			return configErr(d.name, "must be positive, got %v", d.v)

@@ -222,6 +222,8 @@ func (n *Node) Start(ctx context.Context) error {
 	sc.ReapInterval = cfg.ReapInterval
 	sc.ReconnectTimeout = cfg.ReconnectTimeout
 	sc.ReconnectInterval = cfg.ReconnectInterval
+	sc.LeavePropagateDelay = cfg.LeavePropagateDelay
+	sc.BroadcastTimeout = cfg.LeaveTimeout
 	sc.TombstoneTimeout = cfg.ReconnectTimeout
 	sc.UserEventSizeLimit = userEventLimit
 	sc.CoalescePeriod = 0

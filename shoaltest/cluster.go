@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shoalhq/shoal"
+	"github.com/shoalhq/shoal/gossip"
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/runtime/runtimetest"
 )
@@ -50,6 +53,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Timeout bounds each start, join and stop; default 30s.
 	Timeout time.Duration
+	// DisableMesh runs the nodes without the routing mesh. By default every
+	// node runs it as in production: a gossip member on the cluster's
+	// in-memory gossip network (GossipNetwork) and a userspace balancer
+	// bound to the node's own loopback address (Node.IP), so published
+	// ports answer on IP:port of every node.
+	DisableMesh bool
 }
 
 // Cluster is a Shoal cluster running in the test process, on an in-memory
@@ -60,6 +69,11 @@ type Cluster struct {
 	opts Options
 	net  *Network
 	dir  string
+	// gossip is the nodes' gossip network; ipBase the first three bytes of
+	// their loopback addresses (random per cluster, so clusters of
+	// concurrent tests do not share published ports).
+	gossip *gossip.MemNetwork
+	ipBase [3]byte
 
 	mu       sync.Mutex
 	nodes    []*Node
@@ -81,6 +95,11 @@ type Node struct {
 	// Manager says whether the node was a manager when it last started or
 	// stopped; IsManager follows promotions and demotions of a running node.
 	Manager bool
+	// IP is the node's own loopback address (127.x.y.z): its balancer binds
+	// published ports there, and its tasks' endpoints carry it.
+	IP netip.Addr
+	// gossipAddr is the address of the node's current gossip transport.
+	gossipAddr string
 
 	// agentless: the node joined as a manager of a cluster whose managers run
 	// no tasks; it keeps that setting across role changes and restarts.
@@ -112,7 +131,9 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	if opts.Timeout == 0 {
 		opts.Timeout = 30 * time.Second
 	}
-	c := &Cluster{tb: tb, opts: opts, net: NewNetwork(), dir: tb.TempDir(), nextPort: 4242}
+	c := &Cluster{tb: tb, opts: opts, net: NewNetwork(), dir: tb.TempDir(), nextPort: 4242,
+		gossip: gossip.NewMemNetwork(rand.Uint64())}
+	c.ipBase = [3]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256))}
 	tb.Cleanup(c.Stop)
 	for i := 0; i < opts.Managers; i++ {
 		if _, err := c.AddManager(); err != nil {
@@ -159,6 +180,15 @@ func (c *Cluster) ctx() (context.Context, context.CancelFunc) {
 // Network returns the cluster's network, for fine-grained faults.
 func (c *Cluster) Network() *Network { return c.net }
 
+// GossipNetwork returns the nodes' gossip network (nil with DisableMesh),
+// for loss and isolation.
+func (c *Cluster) GossipNetwork() *gossip.MemNetwork {
+	if c.opts.DisableMesh {
+		return nil
+	}
+	return c.gossip
+}
+
 func (c *Cluster) config(n *Node) shoal.Config {
 	lis, err := c.net.Listen(n.Addr)
 	if err != nil {
@@ -183,6 +213,34 @@ func (c *Cluster) config(n *Node) shoal.Config {
 		Logger:          c.opts.Logger.With("node", n.Name),
 		Raft:            shoal.RaftConfig{TickInterval: 10 * time.Millisecond},
 	}
+	if c.opts.DisableMesh {
+		cfg.Mesh.Disabled = true
+	} else {
+		tr := c.gossip.NewTransport()
+		n.mu.Lock()
+		n.gossipAddr = tr.Addr()
+		n.mu.Unlock()
+		cfg.Mesh = shoal.MeshConfig{
+			GossipTransport: tr,
+			ListenAddr:      n.IP,
+			EndpointAddr:    n.IP,
+			// Endpoint changes reach a handful of in-memory members in well
+			// under 100ms; tests of draining want it short.
+			DrainDelay:       200 * time.Millisecond,
+			KeyRotationGrace: 300 * time.Millisecond,
+			Gossip: func(g *gossip.Config) {
+				// Failure detection in about a second, for tests of dead nodes.
+				g.ProbeInterval = 200 * time.Millisecond
+				g.ProbeTimeout = 100 * time.Millisecond
+				g.GossipInterval = 50 * time.Millisecond
+				g.PushPullInterval = 2 * time.Second
+				// In-memory gossip spreads a leave in milliseconds; every
+				// node's Stop would otherwise wait a second.
+				g.LeavePropagateDelay = 50 * time.Millisecond
+				g.LeaveTimeout = 250 * time.Millisecond
+			},
+		}
+	}
 	if c.opts.Configure != nil {
 		c.opts.Configure(n.Name, &cfg)
 	}
@@ -202,7 +260,8 @@ func (c *Cluster) addNode(manager bool) (*Node, error) {
 	}
 	name := fmt.Sprintf("%s%d", prefix, count+1)
 	n := &Node{Name: name, Addr: fmt.Sprintf("127.0.0.1:%d", c.nextPort), StateDir: filepath.Join(c.dir, name),
-		Runtime: c.opts.Runtime(name), Manager: manager, agentless: manager && !c.opts.ManagersRunTasks, c: c}
+		Runtime: c.opts.Runtime(name), Manager: manager, agentless: manager && !c.opts.ManagersRunTasks, c: c,
+		IP: netip.AddrFrom4([4]byte{c.ipBase[0], c.ipBase[1], c.ipBase[2], byte(len(c.nodes) + 1)})}
 	c.nextPort++
 	c.mu.Unlock()
 	cfg := c.config(n)
@@ -412,6 +471,15 @@ func (n *Node) Crash() error {
 		if a != n.Addr {
 			n.c.net.Cut(n.Addr, a)
 		}
+	}
+	n.mu.Lock()
+	ga := n.gossipAddr
+	n.mu.Unlock()
+	if ga != "" {
+		// Its gossip member cannot say goodbye either: the others must find
+		// out by probing, as when a machine dies.
+		n.c.gossip.Isolate(ga, true)
+		defer n.c.gossip.Isolate(ga, false)
 	}
 	err := n.Stop()
 	for _, a := range n.c.net.Addrs() {
