@@ -237,7 +237,7 @@ func (c *Cluster) config(n *Node) shoal.Config {
 				// In-memory gossip spreads a leave in milliseconds; every
 				// node's Stop would otherwise wait a second.
 				g.LeavePropagateDelay = 50 * time.Millisecond
-				g.LeaveTimeout = 250 * time.Millisecond
+				g.LeaveTimeout = 50 * time.Millisecond
 			},
 		}
 	}
