@@ -27,6 +27,7 @@ func meshCluster(t *testing.T, opts shoaltest.Options) (*shoaltest.Cluster, map[
 	t.Helper()
 	var mu sync.Mutex
 	rts := map[string]*echoRuntime{}
+	opts.Mesh = true
 	opts.Runtime = func(name string) runtime.Runtime {
 		mu.Lock()
 		defer mu.Unlock()

@@ -53,12 +53,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Timeout bounds each start, join and stop; default 30s.
 	Timeout time.Duration
-	// DisableMesh runs the nodes without the routing mesh. By default every
-	// node runs it as in production: a gossip member on the cluster's
-	// in-memory gossip network (GossipNetwork) and a userspace balancer
-	// bound to the node's own loopback address (Node.IP), so published
-	// ports answer on IP:port of every node.
-	DisableMesh bool
+	// Mesh runs the routing mesh on every node, as in production: a gossip
+	// member on the cluster's in-memory gossip network (GossipNetwork) and a
+	// userspace balancer bound to the node's own loopback address (Node.IP),
+	// so published ports answer on IP:port of every node. Default off, so
+	// tests of other parts do not pay for the gossip's background work.
+	Mesh bool
 }
 
 // Cluster is a Shoal cluster running in the test process, on an in-memory
@@ -180,10 +180,10 @@ func (c *Cluster) ctx() (context.Context, context.CancelFunc) {
 // Network returns the cluster's network, for fine-grained faults.
 func (c *Cluster) Network() *Network { return c.net }
 
-// GossipNetwork returns the nodes' gossip network (nil with DisableMesh),
+// GossipNetwork returns the nodes' gossip network (nil without Mesh),
 // for loss and isolation.
 func (c *Cluster) GossipNetwork() *gossip.MemNetwork {
-	if c.opts.DisableMesh {
+	if !c.opts.Mesh {
 		return nil
 	}
 	return c.gossip
@@ -213,7 +213,7 @@ func (c *Cluster) config(n *Node) shoal.Config {
 		Logger:          c.opts.Logger.With("node", n.Name),
 		Raft:            shoal.RaftConfig{TickInterval: 10 * time.Millisecond},
 	}
-	if c.opts.DisableMesh {
+	if !c.opts.Mesh {
 		cfg.Mesh.Disabled = true
 	} else {
 		tr := c.gossip.NewTransport()

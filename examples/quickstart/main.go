@@ -13,7 +13,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -102,13 +101,8 @@ func run(ctx context.Context, out io.Writer, port int) error {
 			Hostname:        name,
 			HeartbeatPeriod: time.Second, // a stopped worker is noticed in ~3s
 			RestartDelay:    500 * time.Millisecond,
-			// Four nodes share this machine: each gossips on its own
-			// address (any free port) and publishes ports on its own
-			// address rather than on all of them.
-			Mesh: shoal.MeshConfig{
-				GossipAddr: fmt.Sprintf("127.0.0.%d:0", i),
-				ListenAddr: netip.AddrFrom4([4]byte{127, 0, 0, byte(i)}),
-			},
+			// The quickstart publishes no ports: no routing mesh.
+			Mesh: shoal.MeshConfig{Disabled: true},
 		}
 	}
 	mcfg := cfg(1, "manager")
