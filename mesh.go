@@ -1,6 +1,7 @@
 package shoal
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -269,7 +270,7 @@ func (m *mesh) update(keys [][]byte, peers []string) {
 		return
 	}
 	var setKeys [][]byte
-	if len(keys) > 0 && !slices.EqualFunc(keys, m.keys, func(a, b []byte) bool { return string(a) == string(b) }) {
+	if len(keys) > 0 && !slices.EqualFunc(keys, m.keys, bytes.Equal) {
 		setKeys = keys
 	}
 	if len(peers) > 0 {

@@ -147,18 +147,27 @@ func waitMeshServes(t *testing.T, c *shoaltest.Cluster, service string, port uin
 	})
 }
 
+// startPublished creates a service of replicas tasks publishing pc in
+// ingress mode and waits until every node's published port answers from all
+// of them; it returns the service and its published port.
+func startPublished(t *testing.T, c *shoaltest.Cluster, name string, replicas int, pc shoal.PortConfig,
+	ask func(netip.AddrPort) (string, error)) (*shoal.Service, uint16) {
+	t.Helper()
+	spec := webSpec(name, replicas)
+	spec.Ports = []shoal.PortConfig{pc}
+	svc, err := c.Client().CreateService(ctxT(t), spec)
+	require.NoError(t, err)
+	c.WaitRunning(svc.ID, replicas)
+	port := publishedPort(t, c, name, pc.Target, pc.Protocol)
+	waitMeshServes(t, c, svc.ID, port, replicas, ask)
+	return svc, port
+}
+
 // A service of 6 replicas published in ingress mode answers on every node's
 // port (the managers' too, which run no tasks) with replies from all 6 tasks.
 func TestMeshIngressAnswersOnEveryNode(t *testing.T) {
 	c, _ := meshCluster(t, shoaltest.Options{Managers: 1, Workers: 3})
-	ctx := ctxT(t)
-	spec := webSpec("web", 6)
-	spec.Ports = []shoal.PortConfig{{Target: 80}}
-	svc, err := c.Client().CreateService(ctx, spec)
-	require.NoError(t, err)
-	c.WaitRunning(svc.ID, 6)
-	port := publishedPort(t, c, "web", 80, shoal.TCP)
-	waitMeshServes(t, c, svc.ID, port, 6, askTCP)
+	_, port := startPublished(t, c, "web", 6, shoal.PortConfig{Target: 80}, askTCP)
 
 	// Every node's table lists the 6 endpoints, each at its task's node.
 	nodeIPs := map[string]netip.Addr{}
@@ -178,16 +187,9 @@ func TestMeshIngressAnswersOnEveryNode(t *testing.T) {
 
 func TestMeshUDP(t *testing.T) {
 	c, _ := meshCluster(t, shoaltest.Options{Managers: 1, Workers: 2})
-	ctx := ctxT(t)
-	spec := webSpec("dns", 3)
-	spec.Ports = []shoal.PortConfig{{Target: 53, Protocol: shoal.UDP}}
-	svc, err := c.Client().CreateService(ctx, spec)
-	require.NoError(t, err)
-	c.WaitRunning(svc.ID, 3)
-	port := publishedPort(t, c, "dns", 53, shoal.UDP)
 	// Each askUDP is a new flow (a new client port): flows are balanced
 	// round robin, so every task answers.
-	waitMeshServes(t, c, svc.ID, port, 3, askUDP)
+	startPublished(t, c, "dns", 3, shoal.PortConfig{Target: 53, Protocol: shoal.UDP}, askUDP)
 }
 
 // loadGen sends requests to the nodes' port in turn until stopped, and
@@ -242,19 +244,13 @@ func (g *loadGen) halt() {
 func TestMeshDrainsBeforeStop(t *testing.T) {
 	c, rts := meshCluster(t, shoaltest.Options{Managers: 1, Workers: 3})
 	ctx := ctxT(t)
-	spec := webSpec("web", 6)
-	spec.Ports = []shoal.PortConfig{{Target: 80}}
-	svc, err := c.Client().CreateService(ctx, spec)
-	require.NoError(t, err)
-	c.WaitRunning(svc.ID, 6)
-	port := publishedPort(t, c, "web", 80, shoal.TCP)
-	waitMeshServes(t, c, svc.ID, port, 6, askTCP)
+	svc, port := startPublished(t, c, "web", 6, shoal.PortConfig{Target: 80}, askTCP)
 
 	load := startLoad(c, port)
 	defer load.halt()
 	s, err := c.Client().GetService(ctx, svc.ID)
 	require.NoError(t, err)
-	spec = s.Spec
+	spec := s.Spec
 	spec.Replicas = 3
 	_, err = c.Client().UpdateService(ctx, svc.ID, s.Version, spec)
 	require.NoError(t, err)
@@ -294,14 +290,7 @@ func TestMeshDrainsBeforeStop(t *testing.T) {
 // request reaches the dead endpoint.
 func TestMeshKilledTaskLeavesRotation(t *testing.T) {
 	c, rts := meshCluster(t, shoaltest.Options{Managers: 1, Workers: 2})
-	ctx := ctxT(t)
-	spec := webSpec("web", 4)
-	spec.Ports = []shoal.PortConfig{{Target: 80}}
-	svc, err := c.Client().CreateService(ctx, spec)
-	require.NoError(t, err)
-	c.WaitRunning(svc.ID, 4)
-	port := publishedPort(t, c, "web", 80, shoal.TCP)
-	waitMeshServes(t, c, svc.ID, port, 4, askTCP)
+	svc, port := startPublished(t, c, "web", 4, shoal.PortConfig{Target: 80}, askTCP)
 
 	var victim *shoal.Task
 	for _, tk := range c.Tasks(svc.ID) {
@@ -341,13 +330,7 @@ func TestMeshKilledNodeEndpointsLeaveEveryBalancer(t *testing.T) {
 		// A long heartbeat: the gossip, not the managers, must notice.
 		HeartbeatPeriod: 10 * time.Second})
 	ctx := ctxT(t)
-	spec := webSpec("web", 6)
-	spec.Ports = []shoal.PortConfig{{Target: 80}}
-	svc, err := c.Client().CreateService(ctx, spec)
-	require.NoError(t, err)
-	c.WaitRunning(svc.ID, 6)
-	port := publishedPort(t, c, "web", 80, shoal.TCP)
-	waitMeshServes(t, c, svc.ID, port, 6, askTCP)
+	_, port := startPublished(t, c, "web", 6, shoal.PortConfig{Target: 80}, askTCP)
 
 	victim := c.Workers()[0]
 	start := time.Now()
@@ -407,15 +390,9 @@ func TestMeshHostModeBindsOnlyWhereTasksRun(t *testing.T) {
 func TestMeshGossipKeyRotation(t *testing.T) {
 	c, _ := meshCluster(t, shoaltest.Options{Managers: 1, Workers: 2})
 	ctx := ctxT(t)
-	spec := webSpec("web", 2)
-	spec.Ports = []shoal.PortConfig{{Target: 80}}
-	svc, err := c.Client().CreateService(ctx, spec)
-	require.NoError(t, err)
-	c.WaitRunning(svc.ID, 2)
-	port := publishedPort(t, c, "web", 80, shoal.TCP)
-	waitMeshServes(t, c, svc.ID, port, 2, askTCP)
+	svc, port := startPublished(t, c, "web", 2, shoal.PortConfig{Target: 80}, askTCP)
 
-	_, err = c.Client().UpdateCluster(ctx, shoal.ClusterUpdate{RotateGossipKey: true})
+	_, err := c.Client().UpdateCluster(ctx, shoal.ClusterUpdate{RotateGossipKey: true})
 	require.NoError(t, err)
 	ci, err := c.Client().Cluster(ctx)
 	require.NoError(t, err)
@@ -429,7 +406,7 @@ func TestMeshGossipKeyRotation(t *testing.T) {
 	// The gossip still works on the new key: a scale-up spreads.
 	s, err := c.Client().GetService(ctx, svc.ID)
 	require.NoError(t, err)
-	spec = s.Spec
+	spec := s.Spec
 	spec.Replicas = 4
 	_, err = c.Client().UpdateService(ctx, svc.ID, s.Version, spec)
 	require.NoError(t, err)
