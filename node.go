@@ -1285,7 +1285,7 @@ func (mg *managerPart) startTerm(ctx context.Context) error {
 	dcfg := dispatch.DefaultDispatcherConfig()
 	dcfg.HeartbeatPeriod = mg.clusterSettings()
 	dcfg.Managers = mg.managerAddrs
-	dcfg.Logger = mg.n.log.With("component", "dispatcher")
+	dcfg.Logger = mg.n.log
 	dcfg.Registerer = mg.n.cfg.Metrics
 	if t.disp, err = dispatch.NewDispatcher(mg.store, dcfg); err != nil {
 		return err
@@ -1405,7 +1405,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 	acfg.Runtime = rt
 	acfg.Description = n.description()
 	acfg.Addr = n.addr
-	acfg.Logger = n.log.With("component", "agent")
+	acfg.Logger = n.log
 	if m := n.mesh; m != nil {
 		acfg.OnEndpoints = m.onEndpoints
 		acfg.DrainDelay = n.cfg.Mesh.DrainDelay

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -57,6 +58,15 @@ type Dispatcher struct {
 	nodes   map[string]*session // by node ID: the live session, or a reconnect grace entry
 	kick    chan struct{}       // wakes the expiry loop when a deadline may be earlier
 	stopped chan struct{}       // closed once every goroutine and RPC has returned
+
+	// nodesGen counts changes to what gossip peer lists are made of (a
+	// node added or removed, its gossip address or READY state changed);
+	// nodeList is the store's node list as of nodeListGen, shared by every
+	// session so that a periodic session check does not scan every node.
+	nodesGen    atomic.Uint64
+	nodeListMu  sync.Mutex
+	nodeList    []*api.Node // stored objects: immutable, never modified
+	nodeListGen uint64
 
 	loops   sync.WaitGroup // the dispatcher's own goroutines
 	rpcs    sync.WaitGroup // RPC handlers in flight
@@ -408,61 +418,77 @@ func (d *Dispatcher) sessionView(nodeID string) sessionView {
 				v.gossipKeys = append(v.gossipKeys, bytes.Clone(k))
 			}
 		}
-		nodes, err := tx.FindNodes(state.All())
-		if err != nil {
-			return
-		}
-		v.gossipPeers = gossipPeers(nodeID, nodes, maxGossipPeers)
 	})
+	v.gossipPeers = gossipPeers(nodeID, d.nodesForPeers(), maxGossipPeers)
 	return v
+}
+
+// nodesForPeers returns every node, sorted by ID, as of the latest change
+// that matters to gossip peer lists. The list is rebuilt only after such a
+// change, not once per session check.
+func (d *Dispatcher) nodesForPeers() []*api.Node {
+	d.nodeListMu.Lock()
+	defer d.nodeListMu.Unlock()
+	gen := d.nodesGen.Load()
+	if d.nodeList != nil && d.nodeListGen == gen {
+		return d.nodeList
+	}
+	var nodes []*api.Node
+	d.store.ViewShared(func(tx state.ReadTx) {
+		nodes, _ = tx.FindNodes(state.All())
+	})
+	if !slices.IsSortedFunc(nodes, byNodeID) {
+		slices.SortFunc(nodes, byNodeID)
+	}
+	if nodes == nil {
+		nodes = []*api.Node{}
+	}
+	d.nodeList, d.nodeListGen = nodes, gen
+	return nodes
+}
+
+// peersChanged reports whether a node event changes gossip peer lists.
+func peersChanged(e state.Event) bool {
+	if e.Kind != state.KindNode {
+		return false
+	}
+	if e.Action != state.ActionUpdate {
+		return true
+	}
+	old, _ := e.Old.(*api.Node)
+	n := e.Node()
+	ready := func(n *api.Node) bool { return n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY }
+	return old.GetDescription().GetGossipAddr() != n.GetDescription().GetGossipAddr() || ready(old) != ready(n)
 }
 
 // gossipPeers picks up to limit gossip addresses of nodes other than self
 // for self to join: READY nodes first, then the others (a node that is DOWN
 // now may be back by the time self tries it). Within each group nodes are
 // taken in node-ID order starting after self, wrapping around, so that
-// different nodes join different peers rather than all the same few.
+// different nodes join different peers rather than all the same few. nodes
+// must be sorted by ID.
 func gossipPeers(self string, nodes []*api.Node, limit int) []string {
-	if limit <= 0 {
+	if limit <= 0 || len(nodes) == 0 {
 		return nil
 	}
-	if !slices.IsSortedFunc(nodes, byNodeID) {
-		nodes = slices.SortedFunc(slices.Values(nodes), byNodeID)
-	}
-	// One pass in ID order fills four groups, each capped at limit; their
-	// concatenation is the order wanted. The store lists nodes by ID, so
-	// this costs no sort.
-	var readyAfter, readyBefore, otherAfter, otherBefore []string
-	add := func(group *[]string, addr string) {
-		if len(*group) < limit {
-			*group = append(*group, addr)
-		}
-	}
-	for _, n := range nodes {
-		addr := n.GetDescription().GetGossipAddr()
-		if n.GetId() == self || addr == "" {
-			continue
-		}
-		after := n.GetId() > self
-		switch ready := n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY; {
-		case ready && after:
-			add(&readyAfter, addr)
-		case ready:
-			add(&readyBefore, addr)
-		case after:
-			add(&otherAfter, addr)
-		default:
-			add(&otherBefore, addr)
-		}
-	}
+	// Walk the ring of nodes in ID order starting after self, once for the
+	// READY ones and, if they are too few, once more for the others; stop
+	// as soon as limit addresses are found, so a big cluster costs a few
+	// steps, not a scan.
+	start, _ := slices.BinarySearchFunc(nodes, self, func(n *api.Node, id string) int { return strings.Compare(n.GetId(), id) })
 	var out []string
-	for _, group := range [][]string{readyAfter, readyBefore, otherAfter, otherBefore} {
-		for _, addr := range group {
-			if len(out) == limit {
-				return out
+	for _, wantReady := range []bool{true, false} {
+		for i := range nodes {
+			n := nodes[(start+i)%len(nodes)]
+			addr := n.GetDescription().GetGossipAddr()
+			if n.GetId() == self || addr == "" || (n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY) != wantReady {
+				continue
 			}
 			if !slices.Contains(out, addr) {
 				out = append(out, addr)
+				if len(out) == limit {
+					return out
+				}
 			}
 		}
 	}
@@ -477,7 +503,7 @@ func byNodeID(a, b *api.Node) int { return strings.Compare(a.GetId(), b.GetId())
 // trusted roots or gossip keys (a rotation phase) wakes every session.
 func (d *Dispatcher) roleLoop(ctx context.Context) {
 	changed := func(e state.Event) bool {
-		if e.Kind == state.KindNode && e.Action == state.ActionDelete {
+		if peersChanged(e) {
 			return true
 		}
 		if e.Action != state.ActionUpdate {
@@ -496,6 +522,8 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 	}
 	for {
 		w := d.store.Watch(changed)
+		// Whatever changed before the watch began is in the next list.
+		d.nodesGen.Add(1)
 		for open := true; open; {
 			select {
 			case <-ctx.Done():
@@ -516,6 +544,9 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 					d.mu.Unlock()
 					continue
 				}
+				if peersChanged(ev) {
+					d.nodesGen.Add(1)
+				}
 				if ev.Action == state.ActionDelete {
 					// A removed node's session ends at once: its certificate
 					// is refused from now on, and so is what it has open.
@@ -528,7 +559,11 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 					d.mu.Unlock()
 					continue
 				}
-				d.kickRole(ev.Object.GetId())
+				if ev.Action == state.ActionUpdate {
+					if old, _ := ev.Old.(*api.Node); old.GetRole() != ev.Node().GetRole() {
+						d.kickRole(ev.Object.GetId())
+					}
+				}
 			}
 		}
 		// The store was restored or this watch fell behind: a role change may
@@ -730,10 +765,29 @@ func (d *Dispatcher) current(s *session) bool {
 }
 
 // expiryLoop marks nodes DOWN when their deadline passes.
+//
+// It also guards against the manager's own stalls. If the loop wakes much
+// later than it asked to, this process did not run for a while (a long GC
+// pause, a paused VM, an overloaded host), and heartbeats that arrived
+// meanwhile may still be waiting to be handled: every deadline then moves
+// forward by the lateness, so that a stalled manager does not mark every
+// node DOWN and reschedule the whole cluster's tasks. The loop wakes at
+// least once per heartbeat period so that it notices such a stall. The
+// lateness is measured on the real monotonic clock, not cfg.Clock.
 func (d *Dispatcher) expiryLoop(ctx context.Context) {
 	t := d.cfg.Clock.NewTimer(d.cfg.deadline())
 	defer t.Stop()
+	tolerance := max(d.cfg.HeartbeatPeriod/4, 20*time.Millisecond)
+	var (
+		slept   time.Time     // real time the loop went to sleep
+		planned time.Duration // how long it meant to sleep
+	)
 	for {
+		if !slept.IsZero() {
+			if late := d.cfg.sinceReal(slept) - planned; late > tolerance {
+				d.extendDeadlines(late)
+			}
+		}
 		now := d.cfg.Clock.Now()
 		var expired []*session
 		var next time.Time
@@ -756,9 +810,9 @@ func (d *Dispatcher) expiryLoop(ctx context.Context) {
 		if len(expired) > 0 {
 			d.markDown(ctx, expired)
 		}
-		wait := d.cfg.deadline()
+		wait := d.cfg.HeartbeatPeriod
 		if !next.IsZero() {
-			wait = next.Sub(now)
+			wait = min(wait, next.Sub(now))
 		}
 		if !t.Stop() {
 			select {
@@ -767,13 +821,29 @@ func (d *Dispatcher) expiryLoop(ctx context.Context) {
 			}
 		}
 		t.Reset(wait)
+		slept, planned = time.Now(), wait
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C():
 		case <-d.kick:
+			// Woken early: not a stall.
+			slept = time.Time{}
 		}
 	}
+}
+
+// extendDeadlines moves every session's deadline forward by stall, the time
+// the dispatcher did not run.
+func (d *Dispatcher) extendDeadlines(stall time.Duration) {
+	d.mu.Lock()
+	for _, s := range d.nodes {
+		s.deadline = s.deadline.Add(stall)
+	}
+	n := len(d.nodes)
+	d.mu.Unlock()
+	d.m.stalls.Inc()
+	d.log.Warn("dispatcher did not run on time; heartbeat deadlines extended", "stall", stall.Round(time.Millisecond), "nodes", n)
 }
 
 // markDown writes DOWN for the expired nodes, in one transaction, skipping

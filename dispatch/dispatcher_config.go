@@ -51,6 +51,10 @@ type DispatcherConfig struct {
 	// which registry it serves. A dispatcher made again on the same
 	// registry (after a leader change) reuses the metrics already there.
 	Registerer prometheus.Registerer
+
+	// sinceReal measures real elapsed time for stall detection (tests
+	// simulate a stall with it). Default time.Since.
+	sinceReal func(time.Time) time.Duration
 }
 
 // DefaultDispatcherConfig returns the configuration with every default set.
@@ -85,6 +89,9 @@ func (c DispatcherConfig) withDefaults() (DispatcherConfig, error) {
 	}
 	if c.StatusBatchSize == 0 {
 		c.StatusBatchSize = d.StatusBatchSize
+	}
+	if c.sinceReal == nil {
+		c.sinceReal = time.Since
 	}
 	if c.Managers == nil {
 		c.Managers = d.Managers

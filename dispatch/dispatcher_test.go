@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -491,4 +494,47 @@ func TestSessionEndsWhenNodeRemoved(t *testing.T) {
 	require.Error(t, err)
 	assert.Equal(t, codes.PermissionDenied, status.Code(err))
 	assert.Contains(t, err.Error(), "removed")
+}
+
+// A dispatcher that did not run for longer than the grace period (a paused
+// VM, a long GC pause) extends every deadline by its stall rather than
+// marking every node DOWN; a node that stays silent afterwards still goes
+// DOWN once its extended deadline passes.
+func TestDispatcherStallDoesNotMarkNodesDown(t *testing.T) {
+	st := newStore(t)
+	createNode(t, st, "n1", api.NodeState_NODE_STATE_READY) // in the start grace
+	clk := newFakeClock()
+	var stall atomic.Int64           // added to the next real-time measurement
+	cfg := DefaultDispatcherConfig() // 5s period, 3 periods: grace 15s
+	cfg.Clock = clk
+	cfg.sinceReal = func(t0 time.Time) time.Duration {
+		return time.Since(t0) + time.Duration(stall.Swap(0))
+	}
+	s := startServer(t, st, cfg, "")
+	// The expiry loop sleeps one period at a time.
+	require.Eventually(t, func() bool { return clk.armedIn(5 * time.Second) }, waitFor, tick)
+
+	// 20s pass while the dispatcher does not run: its 5s sleep ends 15s late.
+	stall.Store(int64(20 * time.Second))
+	clk.Advance(20 * time.Second)
+	require.Eventually(t, func() bool { return counterValue(s.d.m.stalls) == 1 }, waitFor, tick)
+	require.Eventually(t, func() bool { return clk.armedIn(5 * time.Second) }, waitFor, tick)
+	assert.Equal(t, api.NodeState_NODE_STATE_READY, nodeState(st, "n1"), "the stall is the dispatcher's, not the node's")
+
+	// The deadline moved by 15s (and the real milliseconds the loop took),
+	// to just after 30s: still READY at 25s, DOWN by 31s.
+	clk.Advance(5 * time.Second)
+	require.Eventually(t, func() bool { return clk.armedIn(5 * time.Second) }, waitFor, tick)
+	assert.Equal(t, api.NodeState_NODE_STATE_READY, nodeState(st, "n1"))
+	clk.Advance(6 * time.Second)
+	require.Eventually(t, func() bool { return nodeState(st, "n1") == api.NodeState_NODE_STATE_DOWN }, waitFor, tick)
+	assert.Equal(t, 1.0, counterValue(s.d.m.stalls))
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
 }

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -180,7 +181,7 @@ func TestGossipPeers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, tc.want, gossipPeers(tc.self, tc.nodes, tc.limit))
+			assert.Equal(t, tc.want, gossipPeers(tc.self, slices.SortedFunc(slices.Values(tc.nodes), byNodeID), tc.limit))
 		})
 	}
 }

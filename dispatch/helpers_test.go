@@ -211,6 +211,18 @@ func (c *fakeClock) NewTimer(d time.Duration) Timer {
 	return t
 }
 
+// armedIn reports whether a timer is armed to fire d from now.
+func (c *fakeClock) armedIn(d time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, t := range c.timers {
+		if t.active && t.when.Equal(c.now.Add(d)) {
+			return true
+		}
+	}
+	return false
+}
+
 // Advance moves time forward and fires the timers that are due.
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()

@@ -13,6 +13,7 @@ type dispatcherMetrics struct {
 	heartbeats     prometheus.Counter
 	nodesDown      prometheus.Counter
 	nodesLeft      prometheus.Counter
+	stalls         prometheus.Counter
 	statusUpdates  *prometheus.CounterVec
 	statusWrites   prometheus.Counter
 	statusBatchLen prometheus.Histogram
@@ -36,6 +37,10 @@ func newDispatcherMetrics(reg prometheus.Registerer) *dispatcherMetrics {
 			Namespace: "shoal", Subsystem: "dispatcher", Name: "nodes_left_total",
 			Help: "Nodes marked DOWN because their agent left gracefully (Leave).",
 		}),
+		stalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "shoal", Subsystem: "dispatcher", Name: "stalls_total",
+			Help: "Times the dispatcher found it had not run on time and extended every heartbeat deadline.",
+		}),
 		statusUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "shoal", Subsystem: "dispatcher", Name: "task_status_updates_total",
 			Help: "Task status reports received, by result (queued, foreign, invalid).",
@@ -55,6 +60,7 @@ func newDispatcherMetrics(reg prometheus.Registerer) *dispatcherMetrics {
 		m.heartbeats = register(reg, m.heartbeats)
 		m.nodesDown = register(reg, m.nodesDown)
 		m.nodesLeft = register(reg, m.nodesLeft)
+		m.stalls = register(reg, m.stalls)
 		m.statusUpdates = register(reg, m.statusUpdates)
 		m.statusWrites = register(reg, m.statusWrites)
 		m.statusBatchLen = register(reg, m.statusBatchLen)

@@ -30,7 +30,9 @@ type Options struct {
 	// Workers is the number of worker nodes; default 0.
 	Workers int
 	// HeartbeatPeriod is the cluster's heartbeat period; default 100ms, so a
-	// stopped worker is noticed in about 300ms.
+	// stopped worker is noticed in about 300ms (250ms under the race
+	// detector, which slows everything several times: a healthy node whose
+	// heartbeat is late is marked DOWN and its tasks replaced).
 	HeartbeatPeriod time.Duration
 	// RestartDelay is the default delay before a task is replaced; default
 	// 10ms, so tests of rescheduling run fast.
@@ -48,8 +50,9 @@ type Options struct {
 	Resources map[string]shoal.Resources
 	// Configure, if set, edits each node's Config before it starts.
 	Configure func(name string, cfg *shoal.Config)
-	// Logger receives every node's logs; default discard (set
-	// slog.New(slog.NewTextHandler(os.Stderr, ...)) to debug a test).
+	// Logger receives every node's logs. By default the cluster keeps the
+	// newest few hundred records at level Info and above and prints them,
+	// with every node's and task's state, only if the test fails.
 	Logger *slog.Logger
 	// Timeout bounds each start, join and stop; default 30s.
 	Timeout time.Duration
@@ -118,6 +121,9 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	}
 	if opts.HeartbeatPeriod == 0 {
 		opts.HeartbeatPeriod = 100 * time.Millisecond
+		if raceEnabled {
+			opts.HeartbeatPeriod = 250 * time.Millisecond
+		}
 	}
 	if opts.RestartDelay == 0 {
 		opts.RestartDelay = 10 * time.Millisecond
@@ -125,8 +131,10 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	if opts.Runtime == nil {
 		opts.Runtime = func(string) runtime.Runtime { return runtimetest.New() }
 	}
+	var rec *recorder
 	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
+		rec = newRecorder()
+		opts.Logger = slog.New(rec)
 	}
 	if opts.Timeout == 0 {
 		opts.Timeout = 30 * time.Second
@@ -135,6 +143,8 @@ func Start(tb testing.TB, opts Options) *Cluster {
 		gossip: gossip.NewMemNetwork(rand.Uint64())}
 	c.ipBase = [3]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256))}
 	tb.Cleanup(c.Stop)
+	// Cleanups run last first: the report sees the cluster before Stop.
+	tb.Cleanup(func() { c.reportFailure(rec) })
 	for i := 0; i < opts.Managers; i++ {
 		if _, err := c.AddManager(); err != nil {
 			tb.Fatalf("shoaltest: start manager: %v", err)
