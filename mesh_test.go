@@ -23,7 +23,7 @@ import (
 
 // meshCluster starts a cluster whose nodes run echo tasks on their own
 // loopback addresses, and returns the runtimes by node name.
-func meshCluster(t *testing.T, opts shoaltest.Options) (*shoaltest.Cluster, map[string]*echoRuntime) {
+func meshCluster(t testing.TB, opts shoaltest.Options) (*shoaltest.Cluster, map[string]*echoRuntime) {
 	t.Helper()
 	var mu sync.Mutex
 	rts := map[string]*echoRuntime{}
@@ -92,7 +92,7 @@ func runningTaskIDs(c *shoaltest.Cluster, service string) []string {
 }
 
 // publishedPort returns the service's published port for target.
-func publishedPort(t *testing.T, c *shoaltest.Cluster, service string, target uint16, proto shoal.Protocol) uint16 {
+func publishedPort(t testing.TB, c *shoaltest.Cluster, service string, target uint16, proto shoal.Protocol) uint16 {
 	t.Helper()
 	s, err := c.Client().GetService(ctxT(t), service)
 	require.NoError(t, err)
@@ -129,7 +129,7 @@ func repliesFrom(ask func(netip.AddrPort) (string, error), addr netip.AddrPort, 
 
 // waitMeshServes waits until, on every node, port answers from exactly the
 // service's running tasks (want of them) and from nothing else.
-func waitMeshServes(t *testing.T, c *shoaltest.Cluster, service string, port uint16, want int,
+func waitMeshServes(t testing.TB, c *shoaltest.Cluster, service string, port uint16, want int,
 	ask func(netip.AddrPort) (string, error)) {
 	t.Helper()
 	c.WaitFor(fmt.Sprintf("every node's port %d answers from the %d running tasks", port, want), func() bool {
@@ -150,7 +150,7 @@ func waitMeshServes(t *testing.T, c *shoaltest.Cluster, service string, port uin
 // startPublished creates a service of replicas tasks publishing pc in
 // ingress mode and waits until every node's published port answers from all
 // of them; it returns the service and its published port.
-func startPublished(t *testing.T, c *shoaltest.Cluster, name string, replicas int, pc shoal.PortConfig,
+func startPublished(t testing.TB, c *shoaltest.Cluster, name string, replicas int, pc shoal.PortConfig,
 	ask func(netip.AddrPort) (string, error)) (*shoal.Service, uint16) {
 	t.Helper()
 	spec := webSpec(name, replicas)

@@ -133,6 +133,9 @@ func testConfig(t testing.TB, dir string, sm StateMachine) Config {
 	// Short ticks keep multi-member elections quick; single-member readiness does not depend on
 	// them (the sole voter campaigns at once).
 	cfg.TickInterval = 10 * time.Millisecond
+	if raceEnabled {
+		cfg.TickInterval = 25 * time.Millisecond
+	}
 	return cfg
 }
 

@@ -30,9 +30,10 @@ type Options struct {
 	// Workers is the number of worker nodes; default 0.
 	Workers int
 	// HeartbeatPeriod is the cluster's heartbeat period; default 100ms, so a
-	// stopped worker is noticed in about 300ms (250ms under the race
-	// detector, which slows everything several times: a healthy node whose
-	// heartbeat is late is marked DOWN and its tasks replaced).
+	// stopped worker is noticed in about 300ms. Under the race detector
+	// this and the cluster's other short timings are 2.5 times longer: it
+	// slows everything several times, and a healthy node whose heartbeat is
+	// late is marked DOWN and its tasks replaced.
 	HeartbeatPeriod time.Duration
 	// RestartDelay is the default delay before a task is replaced; default
 	// 10ms, so tests of rescheduling run fast.
@@ -112,6 +113,9 @@ type Node struct {
 	node      *shoal.Node
 }
 
+// scaled returns d stretched for the race detector (see slow).
+func scaled(d time.Duration) time.Duration { return d * slow / 2 }
+
 // Start starts a cluster of opts.Managers managers and opts.Workers workers
 // and waits until every node is READY. It fails the test on error.
 func Start(tb testing.TB, opts Options) *Cluster {
@@ -120,10 +124,7 @@ func Start(tb testing.TB, opts Options) *Cluster {
 		opts.Managers = 1
 	}
 	if opts.HeartbeatPeriod == 0 {
-		opts.HeartbeatPeriod = 100 * time.Millisecond
-		if raceEnabled {
-			opts.HeartbeatPeriod = 250 * time.Millisecond
-		}
+		opts.HeartbeatPeriod = scaled(100 * time.Millisecond)
 	}
 	if opts.RestartDelay == 0 {
 		opts.RestartDelay = 10 * time.Millisecond
@@ -221,7 +222,7 @@ func (c *Cluster) config(n *Node) shoal.Config {
 		HeartbeatPeriod: c.opts.HeartbeatPeriod,
 		RestartDelay:    c.opts.RestartDelay,
 		Logger:          c.opts.Logger.With("node", n.Name),
-		Raft:            shoal.RaftConfig{TickInterval: 10 * time.Millisecond},
+		Raft:            shoal.RaftConfig{TickInterval: scaled(10 * time.Millisecond)},
 	}
 	if !c.opts.Mesh {
 		cfg.Mesh.Disabled = true
@@ -236,13 +237,13 @@ func (c *Cluster) config(n *Node) shoal.Config {
 			EndpointAddr:    n.IP,
 			// Endpoint changes reach a handful of in-memory members in well
 			// under 100ms; tests of draining want it short.
-			DrainDelay:       200 * time.Millisecond,
-			KeyRotationGrace: 300 * time.Millisecond,
+			DrainDelay:       scaled(200 * time.Millisecond),
+			KeyRotationGrace: scaled(300 * time.Millisecond),
 			Gossip: func(g *gossip.Config) {
 				// Failure detection in about a second, for tests of dead nodes.
-				g.ProbeInterval = 200 * time.Millisecond
-				g.ProbeTimeout = 100 * time.Millisecond
-				g.GossipInterval = 50 * time.Millisecond
+				g.ProbeInterval = scaled(200 * time.Millisecond)
+				g.ProbeTimeout = scaled(100 * time.Millisecond)
+				g.GossipInterval = scaled(50 * time.Millisecond)
 				g.PushPullInterval = 2 * time.Second
 				// In-memory gossip spreads a leave in milliseconds; every
 				// node's Stop would otherwise wait a second.

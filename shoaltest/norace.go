@@ -2,4 +2,4 @@
 
 package shoaltest
 
-const raceEnabled = false
+const slow = 2 // in halves: as written

@@ -2,7 +2,9 @@
 
 package shoaltest
 
-// raceEnabled: the race detector slows everything several times, and a
-// heartbeat that arrives late marks a healthy node DOWN; clusters built
-// with it default to a longer heartbeat period.
-const raceEnabled = true
+// slow stretches the cluster's short test timings (heartbeat, Raft tick,
+// gossip probes, drain delay) under the race detector, which slows
+// everything several times: with the plain timings a loaded machine makes
+// healthy nodes miss heartbeats (their tasks are replaced), managers lose
+// leadership, and endpoint removals outlast the drain delay.
+const slow = 5 // in halves: 2.5 times
