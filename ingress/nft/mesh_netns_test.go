@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -242,13 +241,7 @@ func (m *meshLab) askTCP(f meshFamily, role, addr string) (name, from string, er
 		return "", "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return "", "", err
-	}
-	name, from, _ = strings.Cut(strings.TrimSpace(line), " ")
-	return name, from, nil
+	return readAnswer(c)
 }
 
 // askUDP sends a datagram over f from the client, from a source port no

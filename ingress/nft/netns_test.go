@@ -253,6 +253,12 @@ func (l *lab) ask(role, addr string) (name, from string, err error) {
 		return "", "", err
 	}
 	defer c.Close()
+	return readAnswer(c)
+}
+
+// readAnswer reads a backend's answer line from c: its name and the source
+// address it saw.
+func readAnswer(c net.Conn) (name, from string, err error) {
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
