@@ -101,6 +101,13 @@ type MeshConfig struct {
 	// in flight to it are not cut and no new one is sent to it. Default 2s:
 	// an endpoint change reaches 200 gossip members in about 1.3 s (p99).
 	DrainDelay time.Duration
+	// DrainTimeout bounds how long a stopping task's drain waits for every
+	// gossip member to confirm that the task's endpoints left its table: the
+	// drain lasts at least DrainDelay and until that confirmation, so on a
+	// loaded cluster where changes spread slowly no node still sends the
+	// task connections when it stops. Default 10s; a value below DrainDelay
+	// counts as DrainDelay.
+	DrainTimeout time.Duration
 	// KeyRotationGrace is how long each phase of a gossip key rotation lasts
 	// before the leader starts the next one, so every node has applied it.
 	// Only the leader's setting counts. Default 30s.
@@ -110,6 +117,7 @@ type MeshConfig struct {
 const (
 	defaultGossipPort       = "7946"
 	defaultDrainDelay       = 2 * time.Second
+	defaultDrainTimeout     = 10 * time.Second
 	defaultKeyRotationGrace = 30 * time.Second
 	// meshSyncInterval is how often a manager reads the gossip keys and peers
 	// from its store, and every node rejoins the gossip if it is alone.
@@ -133,6 +141,9 @@ func (c MeshConfig) validate() error {
 	}
 	if c.DrainDelay < 0 {
 		return configError("Mesh.DrainDelay", "must be >= 0")
+	}
+	if c.DrainTimeout < 0 {
+		return configError("Mesh.DrainTimeout", "must be >= 0")
 	}
 	if c.KeyRotationGrace < 0 {
 		return configError("Mesh.KeyRotationGrace", "must be >= 0")
@@ -320,6 +331,12 @@ func (m *mesh) onEndpoints(eps []dispatch.PublishedEndpoint) {
 	}
 	m.g.SetLocal(out)
 }
+
+// confirmWithdrawal returns once every gossip member's table holds this
+// node's current endpoint set: the agent calls it after withdrawing a
+// stopping task's endpoints. Each member's balancer applies its table right
+// after the table changes.
+func (m *mesh) confirmWithdrawal(ctx context.Context) error { return m.g.Confirm(ctx) }
 
 // applyLoop hands every change of the gossip table to the balancer.
 func (m *mesh) applyLoop(ctx context.Context) {

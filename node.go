@@ -187,6 +187,9 @@ func (c Config) withDefaults() Config {
 	if c.Mesh.DrainDelay == 0 {
 		c.Mesh.DrainDelay = defaultDrainDelay
 	}
+	if c.Mesh.DrainTimeout == 0 {
+		c.Mesh.DrainTimeout = defaultDrainTimeout
+	}
 	if c.Mesh.KeyRotationGrace == 0 {
 		c.Mesh.KeyRotationGrace = defaultKeyRotationGrace
 	}
@@ -1409,6 +1412,8 @@ func (n *Node) startAgent(ctx context.Context) error {
 	if m := n.mesh; m != nil {
 		acfg.OnEndpoints = m.onEndpoints
 		acfg.DrainDelay = n.cfg.Mesh.DrainDelay
+		acfg.ConfirmWithdrawal = m.confirmWithdrawal
+		acfg.DrainTimeout = n.cfg.Mesh.DrainTimeout
 	}
 	a, err := dispatch.NewAgent(acfg)
 	if err != nil {

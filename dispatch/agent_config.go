@@ -84,6 +84,20 @@ type AgentConfig struct {
 	// delayed. Measured on Clock. Default 0: an agent alone has no mesh to
 	// drain; the node sets it to its gossip propagation time.
 	DrainDelay time.Duration
+	// ConfirmWithdrawal, if set, is called once a stopping task's endpoints
+	// were withdrawn (after the OnEndpoints call without them) and returns
+	// nil once every node of the mesh has stopped routing to them (the
+	// routing mesh asks every gossip member). The drain then lasts at least
+	// DrainDelay and until the withdrawal is confirmed, at most DrainTimeout:
+	// on a loaded cluster, where the change spreads slowly, the task keeps
+	// running until no node can still send it a connection. Its context is
+	// canceled when the drain ends. An error ends the wait for confirmation
+	// (the drain then lasts DrainDelay). Default nil: DrainDelay alone.
+	ConfirmWithdrawal func(context.Context) error
+	// DrainTimeout bounds a drain that waits for ConfirmWithdrawal; a
+	// value below DrainDelay counts as DrainDelay. Measured on Clock.
+	// Default 0: the drain lasts DrainDelay, confirmed or not.
+	DrainTimeout time.Duration
 }
 
 // DefaultAgentConfig returns the configuration with every default set; the
@@ -151,6 +165,9 @@ func (c AgentConfig) withDefaults() (AgentConfig, error) {
 	}
 	if c.DrainDelay < 0 {
 		errs = append(errs, fmt.Errorf("AgentConfig.DrainDelay: must not be negative, got %v", c.DrainDelay))
+	}
+	if c.DrainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("AgentConfig.DrainTimeout: must not be negative, got %v", c.DrainTimeout))
 	}
 	if c.RPCTimeout < 0 {
 		errs = append(errs, fmt.Errorf("AgentConfig.RPCTimeout: must not be negative, got %v", c.RPCTimeout))

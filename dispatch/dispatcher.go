@@ -304,10 +304,13 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 		}
 	}
 	if err := d.markReady(dctx, nodeID, addr, req.GetDescription()); err != nil {
-		unregister()
 		if errors.Is(err, errdefs.ErrNotFound) {
+			unregister()
 			return status.Errorf(codes.NotFound, "node %s is not a member of the cluster: %v", nodeID, err)
 		}
+		// The write may have committed all the same (a timeout, a lost
+		// leadership): the deadline keeps running, so a node marked READY
+		// that never comes back is marked DOWN, as after any lost session.
 		if dctx.Err() != nil {
 			return status.Error(codes.Unavailable, "dispatcher stopped")
 		}
@@ -319,7 +322,9 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream grpc.ServerStreamin
 
 	view := d.sessionView(nodeID)
 	if err := stream.Send(view.message(s.id, d.cfg.HeartbeatPeriod)); err != nil {
-		unregister()
+		// The node is READY now but never heard of its session (it went
+		// away meanwhile): its deadline keeps running, as when a session
+		// stream breaks later, so it is marked DOWN unless it comes back.
 		return err
 	}
 	// The manager list, the node's role, the trusted roots, the gossip keys

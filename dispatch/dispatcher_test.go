@@ -12,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -537,4 +538,40 @@ func counterValue(c prometheus.Counter) float64 {
 		return -1
 	}
 	return m.GetCounter().GetValue()
+}
+
+// failingSessionStream is a session stream whose every Send fails, as when
+// the agent goes away between opening its session and receiving the first
+// message.
+type failingSessionStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (f failingSessionStream) Context() context.Context { return f.ctx }
+func (f failingSessionStream) Send(*api.SessionMessage) error {
+	return status.Error(codes.Canceled, "the agent went away")
+}
+
+// A node that went away right after the dispatcher marked it READY, before
+// it heard of its session, is still marked DOWN when its deadline passes.
+func TestSessionLostBeforeFirstMessageStillExpires(t *testing.T) {
+	st := newStore(t)
+	createNode(t, st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
+	clk := newFakeClock()
+	cfg := DefaultDispatcherConfig() // 5s period, 3 periods
+	cfg.Clock = clk
+	s := startServer(t, st, cfg, "")
+
+	err := s.d.Session(&api.SessionRequest{NodeId: "n1"}, failingSessionStream{ctx: context.Background()})
+	require.Error(t, err)
+	assert.Equal(t, api.NodeState_NODE_STATE_READY, nodeState(st, "n1"), "the session was recorded before the send failed")
+
+	require.Eventually(t, func() bool { return clk.armedIn(5 * time.Second) }, waitFor, tick)
+	for range 3 {
+		clk.Advance(5 * time.Second)
+	}
+	require.Eventually(t, func() bool { return nodeState(st, "n1") == api.NodeState_NODE_STATE_DOWN }, waitFor, tick,
+		"a node READY without a session must not stay READY")
+	assert.Equal(t, HeartbeatFailureMessage, getNode(st, "n1").GetStatus().GetMessage())
 }

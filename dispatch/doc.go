@@ -63,7 +63,9 @@
 // or removed from the assignments) is drained first: its endpoints are
 // withdrawn, the agent waits until OnEndpoints has been told, then lets the
 // task run for AgentConfig.DrainDelay so that no node's mesh sends it new
-// connections, and only then stops it. Agent.Stop cuts a drain short.
+// connections, and only then stops it. With AgentConfig.ConfirmWithdrawal
+// the drain also lasts until every node confirmed the withdrawal, at most
+// AgentConfig.DrainTimeout. Agent.Stop cuts a drain short.
 //
 // Agent.Stop leaves gracefully: with a session open it calls Leave, shuts
 // every task down, sends the tasks' final statuses (SHUTDOWN for those it

@@ -2,11 +2,13 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -161,6 +163,7 @@ type drainClock struct {
 	Clock
 	fake  *fakeClock
 	drain time.Duration
+	also  time.Duration // a second duration on the fake clock (DrainTimeout)
 }
 
 func newDrainClock(drain time.Duration) *drainClock {
@@ -168,7 +171,7 @@ func newDrainClock(drain time.Duration) *drainClock {
 }
 
 func (c *drainClock) NewTimer(d time.Duration) Timer {
-	if d == c.drain {
+	if d == c.drain || (c.also != 0 && d == c.also) {
 		return c.fake.NewTimer(d)
 	}
 	return c.Clock.NewTimer(d)
@@ -451,4 +454,82 @@ func TestAgentOnSessionHearsGossipRotation(t *testing.T) {
 	setGossipKeys(t, st, k2, k1)
 	require.Eventually(t, func() bool { return slices.EqualFunc(get().GetGossipKeys(), [][]byte{k2, k1}, slices.Equal) },
 		waitFor, tick)
+}
+
+// With ConfirmWithdrawal the drain lasts at least DrainDelay and until the
+// withdrawal is confirmed, at most DrainTimeout.
+func TestAgentDrainWaitsForConfirmation(t *testing.T) {
+	const drain, timeout = time.Hour, 3 * time.Hour // only the test moves these timers
+	for _, tc := range []struct {
+		name string
+		// run gets the confirmation's release and the fake clock, and
+		// returns once the task must have been stopped.
+		run func(t *testing.T, confirm chan<- error, clk *drainClock, running func() bool)
+	}{
+		{"confirmed after the delay", func(t *testing.T, confirm chan<- error, clk *drainClock, running func() bool) {
+			clk.fake.Advance(drain)
+			assert.Never(t, func() bool { return !running() }, 100*time.Millisecond, tick, "stopped before the withdrawal was confirmed")
+			confirm <- nil
+		}},
+		{"confirmed before the delay", func(t *testing.T, confirm chan<- error, clk *drainClock, running func() bool) {
+			confirm <- nil
+			assert.Never(t, func() bool { return !running() }, 100*time.Millisecond, tick, "stopped before the delay")
+			clk.fake.Advance(drain)
+		}},
+		{"never confirmed", func(t *testing.T, _ chan<- error, clk *drainClock, running func() bool) {
+			clk.fake.Advance(drain)
+			assert.Never(t, func() bool { return !running() }, 100*time.Millisecond, tick, "stopped before the withdrawal was confirmed")
+			clk.fake.Advance(timeout - drain - time.Nanosecond)
+			assert.Never(t, func() bool { return !running() }, 100*time.Millisecond, tick, "stopped before DrainTimeout")
+			clk.fake.Advance(time.Nanosecond)
+		}},
+		{"confirmation failed", func(t *testing.T, confirm chan<- error, clk *drainClock, running func() bool) {
+			confirm <- errors.New("gossip stopped")
+			clk.fake.Advance(drain)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newStore(t)
+			createNode(t, st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
+			createTask(t, st, ingressTask("web", "n1", 30080))
+			s := startServer(t, st, agentServerConfig(), "")
+			rt := runtimetest.New()
+			clk := newDrainClock(drain)
+			clk.also = timeout
+			confirm := make(chan error, 1)
+			var asked atomic.Int32
+			ended := make(chan struct{})
+			cfg := agentConfig("n1", newManagerList(s.addr).get, rt)
+			cfg.OnEndpoints = func([]PublishedEndpoint) {}
+			cfg.DrainDelay = drain
+			cfg.DrainTimeout = timeout
+			cfg.Clock = clk
+			cfg.ConfirmWithdrawal = func(ctx context.Context) error {
+				asked.Add(1)
+				defer close(ended)
+				select {
+				case err := <-confirm:
+					return err
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			a := startAgent(t, cfg)
+			require.Eventually(t, func() bool { return len(a.Endpoints()) == 1 }, waitFor, tick)
+
+			updateTask(t, st, "web", func(x *api.Task) { x.DesiredState = api.TaskState_TASK_STATE_SHUTDOWN })
+			require.Eventually(t, func() bool { return clk.armed() == 2 }, waitFor, tick, "drain timers never armed")
+			require.Equal(t, int32(1), asked.Load())
+			running := func() bool { st, _ := rt.State("web"); return st == runtimetest.StateRunning }
+			require.True(t, running())
+
+			tc.run(t, confirm, clk, running)
+			requireFakeState(t, rt, "web", runtimetest.StateRemoved)
+			select {
+			case <-ended:
+			case <-time.After(waitFor):
+				t.Fatal("the confirmation's context was not canceled when the drain ended")
+			}
+		})
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -304,21 +305,55 @@ func (r *taskRunner) drain(waitCh <-chan waitResult) (waitResult, bool) {
 			return res, true
 		}
 	}
-	d := r.a.cfg.DrainDelay
-	if d <= 0 {
+	return r.drainWait(waitCh)
+}
+
+// drainWait lets the task run on, its endpoints withdrawn, for DrainDelay
+// and, with ConfirmWithdrawal, until every node confirmed the withdrawal,
+// at most DrainTimeout.
+func (r *taskRunner) drainWait(waitCh <-chan waitResult) (waitResult, bool) {
+	cfg := &r.a.cfg
+	d := cfg.DrainDelay
+	var confirmed chan error
+	if cfg.ConfirmWithdrawal != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		confirmed = make(chan error, 1)
+		go func() { confirmed <- cfg.ConfirmWithdrawal(ctx) }()
+	} else if d <= 0 {
 		return waitResult{}, false
 	}
-	r.a.log.Debug("draining task before it stops", "task", r.id, "delay", d)
-	t := r.a.cfg.Clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C():
-		return waitResult{}, false
-	case <-r.a.stopping:
-		return waitResult{}, false
-	case res := <-waitCh:
-		return res, true
+	r.a.log.Debug("draining task before it stops", "task", r.id, "delay", d, "confirm", confirmed != nil)
+	start := cfg.Clock.Now()
+	minT := cfg.Clock.NewTimer(d)
+	defer minT.Stop()
+	var maxC <-chan time.Time
+	if confirmed != nil {
+		maxT := cfg.Clock.NewTimer(max(cfg.DrainTimeout, d))
+		defer maxT.Stop()
+		maxC = maxT.C()
 	}
+	delayed := d <= 0
+	for !delayed || confirmed != nil {
+		select {
+		case <-minT.C():
+			delayed = true
+		case err := <-confirmed:
+			if err != nil {
+				r.a.log.Debug("withdrawal not confirmed; draining for the delay only", "task", r.id, "err", err)
+			}
+			confirmed = nil
+		case <-maxC:
+			r.a.log.Warn("stopping a task whose withdrawal from the mesh was not confirmed in time",
+				"task", r.id, "waited", cfg.Clock.Now().Sub(start))
+			return waitResult{}, false
+		case <-r.a.stopping:
+			return waitResult{}, false
+		case res := <-waitCh:
+			return res, true
+		}
+	}
+	return waitResult{}, false
 }
 
 // failed reports the failure of a Prepare or Start.

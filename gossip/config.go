@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/serf/serf"
 )
 
 // KeySize is the size of a cluster gossip key: AES-256.
@@ -112,6 +113,14 @@ type Config struct {
 	// Now is the clock used to seed this node's version counter, so a
 	// restarted node outranks its previous incarnation; nil means time.Now.
 	Now func() time.Time
+
+	// dropEvent, for tests, discards the serf events it returns true for
+	// before the node handles them (lost gossip, a member running an older
+	// build). It is called from the event loop only.
+	dropEvent func(serf.Event) bool
+	// tableSyncInterval, for tests, overrides PushPullInterval for the
+	// table's anti-entropy only (serf's membership push-pull keeps it).
+	tableSyncInterval time.Duration
 }
 
 // DefaultConfig returns the recommended settings.

@@ -7,8 +7,11 @@
 // Create a Node with New (a Config from DefaultConfig, NodeID and the
 // cluster's Keys set), Start it, Join any existing member, then call
 // SetLocal whenever this node's own running tasks change. Balancers read
-// Table after each signal from Watch. Stop leaves the cluster gracefully;
-// Kill shuts down without leaving, as a crash would (for tests).
+// Table after each signal from Watch. To drain a task, withdraw its
+// endpoints with SetLocal, then call Confirm: it returns once every other
+// live member's table holds the change, and the task can be stopped. Stop
+// leaves the cluster gracefully; Kill shuts down without leaving, as a
+// crash would (for tests).
 //
 // A BindAddr with port 0 ("127.0.0.1:0") lets the kernel choose a free port,
 // bound for both TCP and UDP (retried with another port if the UDP one is
@@ -62,6 +65,12 @@
 //     anti-entropy) until serf reports it alive again. With the default
 //     probe settings a dead member is declared in about 2-4 s, well inside a
 //     manager's heartbeat timeout.
+//   - Confirmation. Confirm sends a serf query naming this node's current
+//     version to every member; each answers once its table holds that
+//     version, pulling the set first if it missed the gossip. Silent live
+//     members are asked again after each query's deadline; members that
+//     fail or leave stop counting. A member running a build without Confirm
+//     never answers, so Confirm then waits for its ctx.
 //
 // The table's streams share serf's transport: they start with a byte
 // memberlist never sends and are sealed with AES-GCM under the live

@@ -99,3 +99,53 @@ func ExampleNode_SetKeys() {
 	// 1 1
 	// [m1 w1]
 }
+
+// A worker drains a task: it withdraws the task's endpoint, and Confirm
+// returns once every other member's table no longer lists it, so no
+// balancer sends the task new connections and it can be stopped.
+func ExampleNode_Confirm() {
+	netw := gossip.NewMemNetwork(1)
+	key := make([]byte, gossip.KeySize) // managers distribute a random key
+	var members []*gossip.Node
+	var addrs []string
+	for _, id := range []string{"worker-a", "worker-b"} {
+		tr := netw.NewTransport()
+		cfg := gossip.DefaultConfig()
+		cfg.NodeID, cfg.Transport, cfg.Keys = id, tr, [][]byte{key}
+		n, err := gossip.New(cfg)
+		if err != nil {
+			panic(err)
+		}
+		if err := n.Start(context.Background()); err != nil {
+			panic(err)
+		}
+		defer n.Stop(context.Background())
+		members = append(members, n)
+		addrs = append(addrs, tr.Addr())
+	}
+	a, b := members[0], members[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.Join(ctx, addrs[:1]); err != nil {
+		panic(err)
+	}
+
+	task := gossip.Endpoint{
+		Service: "web", Task: "web.1", Port: 80, Protocol: "tcp",
+		Addr: netip.MustParseAddrPort("10.0.0.2:31000"),
+	}
+	b.SetLocal([]gossip.Endpoint{task})
+	if err := b.Confirm(ctx); err != nil {
+		panic(err)
+	}
+	fmt.Println(a.Table()) // no waiting: a's table already holds it
+
+	b.SetLocal(nil) // drain
+	if err := b.Confirm(ctx); err != nil {
+		panic(err) // ctx ended: some member may still list the task
+	}
+	fmt.Println(a.Table())
+	// Output:
+	// [web/web.1@worker-b 80/tcp -> 10.0.0.2:31000]
+	// []
+}

@@ -87,6 +87,11 @@ type Node struct {
 	pullDue map[string]pullReq
 	pullCh  chan pullReq
 
+	memberCh  chan struct{} // closed and replaced (under mu) at each membership change
+	confMu    sync.Mutex
+	confWaits []*confirmWait // have queries waiting for the table to catch up
+	confKick  chan struct{}  // the table may have moved: recheck confWaits
+
 	stats stats
 
 	eventCh  chan serf.Event
@@ -100,6 +105,11 @@ type Node struct {
 type stats struct {
 	deltas, announces, pulls, pullErrs, syncs, drops atomic.Int64
 	digestsSent, digestsRecv, digestGaps             atomic.Int64
+	// Confirm calls, and how they ended (the rest are still waiting).
+	confirms, confirmsOK, confirmsCanceled atomic.Int64
+	// have queries sent by Confirm; answered by this member; answered only
+	// after a pull because this member was behind.
+	confirmQueries, confirmAnswers, confirmDeferred atomic.Int64
 }
 
 type pullReq struct {
@@ -139,6 +149,8 @@ func New(cfg Config) (*Node, error) {
 		conns:    make(map[net.Conn]struct{}),
 		pullDue:  make(map[string]pullReq),
 		pullCh:   make(chan pullReq, 1024),
+		memberCh: make(chan struct{}),
+		confKick: make(chan struct{}, 1),
 		eventCh:  make(chan serf.Event, 4096),
 		done:     make(chan struct{}),
 	}, nil
@@ -238,8 +250,9 @@ func (n *Node) Start(ctx context.Context) error {
 	n.serf = s
 	n.started = true
 
-	n.wg.Add(4 + pullWorkers)
+	n.wg.Add(5 + pullWorkers)
 	go n.eventLoop()
+	go n.confirmLoop()
 	go n.digestLoop()
 	go n.pullLoop()
 	go n.antiEntropyLoop()
@@ -598,8 +611,16 @@ func (n *Node) eventLoop() {
 }
 
 func (n *Node) handleEvent(e serf.Event) {
+	if n.cfg.dropEvent != nil && n.cfg.dropEvent(e) {
+		return
+	}
 	switch ev := e.(type) {
+	case *serf.Query:
+		if ev.Name == haveQueryName {
+			n.handleHaveQuery(ev)
+		}
 	case serf.MemberEvent:
+		defer n.membersChanged()
 		for _, m := range ev.Members {
 			if m.Name == n.cfg.NodeID {
 				continue
@@ -643,6 +664,7 @@ func (n *Node) handleEvent(e serf.Event) {
 		if changed {
 			n.notify()
 		}
+		n.kickConfirm()
 		switch {
 		case now:
 			n.schedulePull(dl.Node, 0, false)
@@ -820,7 +842,11 @@ func (n *Node) handleDigest(b []byte) {
 func (n *Node) antiEntropyLoop() {
 	defer n.wg.Done()
 	for {
-		d := n.cfg.PushPullInterval/2 + rand.N(n.cfg.PushPullInterval)
+		iv := n.cfg.PushPullInterval
+		if n.cfg.tableSyncInterval > 0 {
+			iv = n.cfg.tableSyncInterval
+		}
+		d := iv/2 + rand.N(iv)
 		t := time.NewTimer(d)
 		select {
 		case <-n.done:
@@ -851,6 +877,9 @@ func (n *Node) applyRecords(rs []*record) {
 	}
 	if changed {
 		n.notify()
+	}
+	if len(rs) > 0 {
+		n.kickConfirm()
 	}
 }
 
