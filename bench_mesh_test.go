@@ -33,19 +33,6 @@ func BenchmarkMeshNodeDeath(b *testing.B) {
 	})
 	startPublished(b, c, "web", replicas, shoal.PortConfig{Target: 80}, askTCP)
 
-	tablesWithout := func(victim *shoaltest.Node) bool {
-		for _, n := range c.Nodes() {
-			if n == victim {
-				continue
-			}
-			for _, e := range n.Shoal().MeshEndpoints() {
-				if e.NodeID == victim.ID() {
-					return false
-				}
-			}
-		}
-		return true
-	}
 	tablesFull := func() bool {
 		for _, n := range c.Nodes() {
 			if s := n.Shoal(); s == nil || len(s.MeshEndpoints()) != replicas {
@@ -60,20 +47,14 @@ func BenchmarkMeshNodeDeath(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		workers := c.Workers()
 		victim := workers[i%len(workers)]
-		hasEndpoints := false
-		for _, n := range c.Nodes() {
-			for _, e := range n.Shoal().MeshEndpoints() {
-				hasEndpoints = hasEndpoints || e.NodeID == victim.ID()
-			}
-		}
-		if !hasEndpoints {
+		if !inSomeTable(c, victim) {
 			b.Fatalf("%s runs no task of the service", victim.Name)
 		}
 		start := time.Now()
 		if err := victim.Crash(); err != nil {
 			b.Fatal(err)
 		}
-		for !tablesWithout(victim) {
+		for inSomeTable(c, victim) {
 			if time.Since(start) > time.Minute {
 				b.Fatalf("%s's endpoints still in a table after a minute", victim.Name)
 			}

@@ -18,7 +18,6 @@ import (
 	"github.com/shoalhq/shoal/ingress"
 	"github.com/shoalhq/shoal/ingress/ipvs"
 	"github.com/shoalhq/shoal/ingress/nft"
-	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/controlapi"
 	"github.com/shoalhq/shoal/internal/state"
 )
@@ -408,20 +407,16 @@ func (m *mesh) syncLoop(ctx context.Context) {
 	}
 }
 
-// meshState reads the cluster's gossip keys and the other nodes' gossip
-// addresses from the store.
+// meshState reads the cluster's gossip keys from the store, and the gossip
+// addresses of up to dispatch.MaxGossipPeers other nodes, chosen as the
+// dispatcher chooses them for workers' sessions.
 func (mg *managerPart) meshState() (keys [][]byte, peers []string) {
 	mg.store.ViewShared(func(tx state.ReadTx) {
 		if c := tx.GetCluster(mg.clusterID); c != nil {
 			keys = c.GetGossip().GetKeys()
 		}
-		nodes, _ := tx.FindNodes(state.All())
-		for _, nd := range nodes {
-			if a := nd.GetDescription().GetGossipAddr(); a != "" && nd.GetId() != mg.nodeID &&
-				nd.GetStatus().GetState() != api.NodeState_NODE_STATE_DOWN {
-				peers = append(peers, a)
-			}
-		}
+		nodes, _ := tx.FindNodes(state.All()) // by ID
+		peers = dispatch.GossipPeers(mg.nodeID, nodes, dispatch.MaxGossipPeers)
 	})
 	return slices.Clone(keys), peers
 }

@@ -163,6 +163,22 @@ func startPublished(t testing.TB, c *shoaltest.Cluster, name string, replicas in
 	return svc, port
 }
 
+// inSomeTable reports whether the mesh table of a node other than n still
+// lists an endpoint on n.
+func inSomeTable(c *shoaltest.Cluster, n *shoaltest.Node) bool {
+	for _, o := range c.Nodes() {
+		if o == n {
+			continue
+		}
+		for _, e := range o.Shoal().MeshEndpoints() {
+			if e.NodeID == n.ID() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // A service of 6 replicas published in ingress mode answers on every node's
 // port (the managers' too, which run no tasks) with replies from all 6 tasks.
 func TestMeshIngressAnswersOnEveryNode(t *testing.T) {
@@ -248,17 +264,13 @@ func TestMeshDrainsBeforeStop(t *testing.T) {
 
 	load := startLoad(c, port)
 	defer load.halt()
-	s, err := c.Client().GetService(ctx, svc.ID)
-	require.NoError(t, err)
-	spec := s.Spec
-	spec.Replicas = 3
-	_, err = c.Client().UpdateService(ctx, svc.ID, s.Version, spec)
+	_, err := c.Client().ScaleService(ctx, svc.ID, 3)
 	require.NoError(t, err)
 	waitMeshServes(t, c, svc.ID, port, 3, askTCP)
 
-	s, err = c.Client().GetService(ctx, svc.ID)
+	s, err := c.Client().GetService(ctx, svc.ID)
 	require.NoError(t, err)
-	spec = s.Spec
+	spec := s.Spec
 	spec.Task.Env = []string{"VERSION=2"}
 	_, err = c.Client().UpdateService(ctx, svc.ID, s.Version, spec)
 	require.NoError(t, err)
@@ -336,17 +348,7 @@ func TestMeshKilledNodeEndpointsLeaveEveryBalancer(t *testing.T) {
 	start := time.Now()
 	require.NoError(t, victim.Crash())
 	c.WaitFor("the dead node's endpoints leave every live node's table", func() bool {
-		for _, n := range c.Nodes() {
-			if n == victim {
-				continue
-			}
-			for _, e := range n.Shoal().MeshEndpoints() {
-				if e.NodeID == victim.ID() {
-					return false
-				}
-			}
-		}
-		return true
+		return !inSomeTable(c, victim)
 	})
 	t.Logf("endpoints of the dead node left every table after %v", time.Since(start).Round(time.Millisecond))
 	// The managers have not marked it down yet (30 s heartbeat timeout).
@@ -404,11 +406,7 @@ func TestMeshGossipKeyRotation(t *testing.T) {
 		return err == nil && !ci.GossipKeyRotating
 	})
 	// The gossip still works on the new key: a scale-up spreads.
-	s, err := c.Client().GetService(ctx, svc.ID)
-	require.NoError(t, err)
-	spec := s.Spec
-	spec.Replicas = 4
-	_, err = c.Client().UpdateService(ctx, svc.ID, s.Version, spec)
+	_, err = c.Client().ScaleService(ctx, svc.ID, 4)
 	require.NoError(t, err)
 	waitMeshServes(t, c, svc.ID, port, 4, askTCP)
 }

@@ -147,6 +147,11 @@ type RaftConfig struct {
 	Fault func(from, to uint64) (drop bool, delay time.Duration)
 }
 
+// electionTimeout is Raft's election timeout: ElectionTicks ticks.
+func (c RaftConfig) electionTimeout() time.Duration {
+	return c.TickInterval * time.Duration(c.ElectionTicks)
+}
+
 // DefaultConfig returns a Config with every default filled in, for a node
 // whose state lives in stateDir and which listens on listenAddr.
 func DefaultConfig(stateDir, listenAddr string) Config {
@@ -1013,8 +1018,7 @@ var errNoLongerManager = errors.New("the other managers no longer list this node
 // the role loop demotes it.
 func (mg *managerPart) roleCheckLoop(ctx context.Context, noLonger chan struct{}) {
 	defer mg.bg.Done()
-	rc := mg.n.cfg.Raft
-	election := rc.TickInterval * time.Duration(rc.ElectionTicks)
+	election := mg.n.cfg.Raft.electionTimeout()
 	t := time.NewTicker(election)
 	defer t.Stop()
 	var leaderless time.Time
@@ -1688,7 +1692,7 @@ func (n *Node) startManagerPart(ctx context.Context, ident *nodeIdentity, initCl
 		// A member removed while down may have heard one stale message
 		// from the old leader, enough to call its log ready; the leader
 		// then refuses its write. Ask the other managers before failing.
-		if !initCluster && ctx.Err() == nil && !mg.stillManager(ctx, max(3*time.Second, 3*n.cfg.Raft.TickInterval*time.Duration(n.cfg.Raft.ElectionTicks))) {
+		if !initCluster && ctx.Err() == nil && !mg.stillManager(ctx, max(3*time.Second, 3*n.cfg.Raft.electionTimeout())) {
 			return errNoLongerManager
 		}
 		return err

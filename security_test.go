@@ -589,19 +589,8 @@ func TestSecurityRotationUnderLoad(t *testing.T) {
 	assert.Positive(t, reads.Load())
 	t.Logf("%d write rounds, %d read rounds during rotation", writes.Load(), reads.Load())
 
-	if !assert.Equal(t, before, running(), "tasks were restarted by certificate rotation") {
-		// Say why: every task of the service with its node, states and
-		// message, and the nodes' states.
-		for _, tk := range c.Tasks(svc.ID) {
-			t.Logf("task %s slot %d node %s desired %v status %v %q err %q", tk.ID, tk.Slot, tk.NodeID,
-				tk.DesiredState, tk.Status.State, tk.Status.Message, tk.Status.Err)
-		}
-		if nodes, err := c.Client().ListNodes(ctx); err == nil {
-			for _, n := range nodes {
-				t.Logf("node %s role %v state %v", n.ID, n.Role, n.State)
-			}
-		}
-	}
+	// On failure shoaltest prints every node and task with its states.
+	assert.Equal(t, before, running(), "tasks were restarted by certificate rotation")
 	for _, n := range c.Nodes() {
 		leaf, kp := secLeaf(t, n.StateDir)
 		assert.NotEqualf(t, oldCerts[n.Name], kp.CertPEM, "%s still has its first certificate", n.Name)

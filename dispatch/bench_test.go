@@ -91,7 +91,7 @@ func BenchmarkSessionView(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		v := d.sessionView(fmt.Sprintf("n%04d", i%nodes))
-		if len(v.gossipPeers) != maxGossipPeers {
+		if len(v.gossipPeers) != MaxGossipPeers {
 			b.Fatalf("got %d peers", len(v.gossipPeers))
 		}
 	}

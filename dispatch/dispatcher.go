@@ -381,10 +381,11 @@ func (d *Dispatcher) resendSession(stream grpc.ServerStreamingServer[api.Session
 	return stream.Send(cur.message(s.id, d.cfg.HeartbeatPeriod))
 }
 
-// maxGossipPeers is how many gossip addresses of other nodes a session
-// message carries: enough for a joining member to find the cluster with a
-// few nodes down, few enough that the message stays small in a big cluster.
-const maxGossipPeers = 8
+// MaxGossipPeers is how many gossip addresses of other nodes a session
+// message carries (and a manager joins when its member is alone): enough
+// for a joining member to find the cluster with a few nodes down, few
+// enough that the message stays small in a big cluster.
+const MaxGossipPeers = 8
 
 // sessionView is what a session message tells a node about the cluster.
 type sessionView struct {
@@ -424,7 +425,7 @@ func (d *Dispatcher) sessionView(nodeID string) sessionView {
 			}
 		}
 	})
-	v.gossipPeers = gossipPeers(nodeID, d.nodesForPeers(), maxGossipPeers)
+	v.gossipPeers = GossipPeers(nodeID, d.nodesForPeers(), MaxGossipPeers)
 	return v
 }
 
@@ -466,13 +467,13 @@ func peersChanged(e state.Event) bool {
 	return old.GetDescription().GetGossipAddr() != n.GetDescription().GetGossipAddr() || ready(old) != ready(n)
 }
 
-// gossipPeers picks up to limit gossip addresses of nodes other than self
+// GossipPeers picks up to limit gossip addresses of nodes other than self
 // for self to join: READY nodes first, then the others (a node that is DOWN
 // now may be back by the time self tries it). Within each group nodes are
 // taken in node-ID order starting after self, wrapping around, so that
 // different nodes join different peers rather than all the same few. nodes
-// must be sorted by ID.
-func gossipPeers(self string, nodes []*api.Node, limit int) []string {
+// must be sorted by ID, as the store lists them.
+func GossipPeers(self string, nodes []*api.Node, limit int) []string {
 	if limit <= 0 || len(nodes) == 0 {
 		return nil
 	}
@@ -516,8 +517,7 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 		}
 		switch e.Kind {
 		case state.KindNode:
-			old, _ := e.Old.(*api.Node)
-			return old.GetRole() != e.Node().GetRole()
+			return roleChanged(e)
 		case state.KindCluster:
 			old, _ := e.Old.(*api.Cluster)
 			return !bytes.Equal(old.GetRootCa().TrustBundle(), e.Cluster().GetRootCa().TrustBundle()) ||
@@ -564,10 +564,8 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 					d.mu.Unlock()
 					continue
 				}
-				if ev.Action == state.ActionUpdate {
-					if old, _ := ev.Old.(*api.Node); old.GetRole() != ev.Node().GetRole() {
-						d.kickRole(ev.Object.GetId())
-					}
+				if ev.Action == state.ActionUpdate && roleChanged(ev) {
+					d.kickRole(ev.Object.GetId())
 				}
 			}
 		}
@@ -583,6 +581,12 @@ func (d *Dispatcher) roleLoop(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// roleChanged reports whether a node update changed the node's role.
+func roleChanged(e state.Event) bool {
+	old, _ := e.Old.(*api.Node)
+	return old.GetRole() != e.Node().GetRole()
 }
 
 func (d *Dispatcher) kickRole(nodeID string) {
@@ -609,7 +613,8 @@ func (d *Dispatcher) roleOf(nodeID string) (api.NodeRole, uint64, []*api.RaftPee
 		raftID uint64
 		peers  []*api.RaftPeer
 	)
-	d.store.View(func(tx state.ReadTx) {
+	// Shared: only scalar fields are read; the peers are new messages.
+	d.store.ViewShared(func(tx state.ReadTx) {
 		n := tx.GetNode(nodeID)
 		if n == nil {
 			return

@@ -181,7 +181,7 @@ func TestGossipPeers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, tc.want, gossipPeers(tc.self, slices.SortedFunc(slices.Values(tc.nodes), byNodeID), tc.limit))
+			assert.Equal(t, tc.want, GossipPeers(tc.self, slices.SortedFunc(slices.Values(tc.nodes), byNodeID), tc.limit))
 		})
 	}
 }

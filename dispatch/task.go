@@ -148,9 +148,6 @@ func (r *taskRunner) run() {
 	r.mu.Unlock()
 	var ctl runtime.Controller
 	defer func() { r.cleanup(ctl) }()
-	// However the runner ends, the task publishes nothing any more (this
-	// runs before cleanup stops the task).
-	defer r.a.endpoints.remove(r.id)
 
 	if st := t.GetStatus().GetState(); st > api.TaskState_TASK_STATE_ASSIGNED {
 		// The manager says this node already ran the task, but this agent does
@@ -314,12 +311,13 @@ func (r *taskRunner) drain(waitCh <-chan waitResult) (waitResult, bool) {
 func (r *taskRunner) drainWait(waitCh <-chan waitResult) (waitResult, bool) {
 	cfg := &r.a.cfg
 	d := cfg.DrainDelay
-	var confirmed chan error
+	var confirmed chan error // nil once the answer is in
 	if cfg.ConfirmWithdrawal != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		confirmed = make(chan error, 1)
-		go func() { confirmed <- cfg.ConfirmWithdrawal(ctx) }()
+		ch := make(chan error, 1)
+		go func() { ch <- cfg.ConfirmWithdrawal(ctx) }()
+		confirmed = ch
 	} else if d <= 0 {
 		return waitResult{}, false
 	}

@@ -346,20 +346,15 @@ func encodeHaveQuery(hq *haveQuery) []byte {
 // input.
 func decodeHaveQuery(b []byte) (*haveQuery, error) {
 	d := decoder{b: b}
-	if f := d.byte(); d.err == nil && f != wireFormat {
-		return nil, fmt.Errorf("%w: unknown format %d", errBad, f)
-	}
+	d.format()
 	hq := &haveQuery{Node: d.nodeID()}
 	hq.Epoch = d.uvarint()
 	hq.Version = d.uvarint()
 	if d.err == nil && hq.Version < hq.Epoch {
 		d.fail(fmt.Errorf("%w: version below epoch", errBad))
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.fail(fmt.Errorf("%w: trailing bytes", errBad))
-	}
-	if d.err != nil {
-		return nil, d.err
+	if err := d.end(); err != nil {
+		return nil, err
 	}
 	return hq, nil
 }
@@ -374,15 +369,10 @@ func encodeHaveReply(held uint64) []byte {
 
 func decodeHaveReply(b []byte) (uint64, error) {
 	d := decoder{b: b}
-	if f := d.byte(); d.err == nil && f != wireFormat {
-		return 0, fmt.Errorf("%w: unknown format %d", errBad, f)
-	}
+	d.format()
 	v := d.uvarint()
-	if d.err == nil && len(d.b) != 0 {
-		d.fail(fmt.Errorf("%w: trailing bytes", errBad))
-	}
-	if d.err != nil {
-		return 0, d.err
+	if err := d.end(); err != nil {
+		return 0, err
 	}
 	if v == 0 {
 		return 0, fmt.Errorf("%w: zero version", errBad)

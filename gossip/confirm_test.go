@@ -3,6 +3,7 @@ package gossip
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -19,15 +20,7 @@ func holds(nd *Node, author string, want []Endpoint) bool {
 			got = append(got, e)
 		}
 	}
-	if len(got) != len(want) {
-		return false
-	}
-	for i := range got {
-		if got[i] != want[i] {
-			return false
-		}
-	}
-	return true
+	return slices.Equal(got, want)
 }
 
 func confirmCtx(t *testing.T, d time.Duration) context.Context {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -129,11 +130,8 @@ func converged(nodes []*Node, want []Endpoint) bool {
 		}
 	}
 	for _, nd := range nodes {
-		got := nd.Table()
-		for i := range got {
-			if got[i] != want[i] {
-				return false
-			}
+		if !slices.Equal(nd.Table(), want) {
+			return false
 		}
 	}
 	return true

@@ -55,19 +55,22 @@ func (p *pipeBuf) read(b []byte) (int, error) {
 		}
 		dl := p.deadline
 		p.mu.Unlock()
+		var timer *time.Timer
 		var timeout <-chan time.Time
 		if !dl.IsZero() {
 			d := time.Until(dl)
 			if d <= 0 {
 				return 0, os.ErrDeadlineExceeded
 			}
-			t := time.NewTimer(d)
-			timeout = t.C
-			defer t.Stop()
+			timer = time.NewTimer(d)
+			timeout = timer.C
 		}
 		select {
 		case <-p.signal:
 		case <-timeout:
+		}
+		if timer != nil {
+			timer.Stop() // not deferred: each wait of this loop makes its own
 		}
 	}
 }

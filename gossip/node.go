@@ -126,10 +126,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	c := cfg
-	c.Keys = make([][]byte, len(cfg.Keys))
-	for i, k := range cfg.Keys {
-		c.Keys[i] = slices.Clone(k)
-	}
+	c.Keys = cloneKeys(cfg.Keys)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -259,7 +256,7 @@ func (n *Node) Start(ctx context.Context) error {
 	for range pullWorkers {
 		go n.pullWorker()
 	}
-	n.log.Info("gossip: started", "addr", net.JoinHostPort(s.LocalMember().Addr.String(), strconv.Itoa(int(s.LocalMember().Port))))
+	n.log.Info("gossip: started", "addr", memberAddr(s.LocalMember()))
 	return nil
 }
 
@@ -294,17 +291,18 @@ func (n *Node) Addr() string {
 	if s == nil {
 		return ""
 	}
-	m := s.LocalMember()
+	return memberAddr(s.LocalMember())
+}
+
+// memberAddr renders a serf member's address as host:port.
+func memberAddr(m serf.Member) string {
 	return net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))
 }
 
+// serfOrNil returns the serf member while the node runs, else nil.
 func (n *Node) serfOrNil() *serf.Serf {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if !n.started || n.stopped {
-		return nil
-	}
-	return n.serf
+	s, _ := n.runningSerf()
+	return s
 }
 
 // Join contacts the members at peers (host:port) and returns how many
@@ -570,16 +568,15 @@ func (n *Node) RotateKeys(ctx context.Context, newKey []byte) error {
 	steps := []struct {
 		name string
 		do   func(string) (*serf.KeyResponse, error)
-		key  string
 	}{
-		{"install", km.InstallKey, enc},
-		{"use", km.UseKey, enc},
+		{"install", km.InstallKey},
+		{"use", km.UseKey},
 	}
 	for _, st := range steps {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if _, err := st.do(st.key); err != nil {
+		if _, err := st.do(enc); err != nil {
 			return fmt.Errorf("gossip: RotateKeys: %s: %w", st.name, err)
 		}
 	}
@@ -628,7 +625,7 @@ func (n *Node) handleEvent(e serf.Event) {
 			switch ev.Type {
 			case serf.EventMemberJoin:
 				n.mu.Lock()
-				n.addrs[m.Name] = net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))
+				n.addrs[m.Name] = memberAddr(m)
 				n.mu.Unlock()
 				n.tbl.revive(m.Name)
 				n.schedulePull(m.Name, n.cfg.PullDelay, true)
@@ -643,7 +640,7 @@ func (n *Node) handleEvent(e serf.Event) {
 					n.notify()
 				}
 			case serf.EventMemberReap:
-				n.tbl.forget(m.Name)
+				n.tbl.revive(m.Name) // clears the reaped member's tombstone
 			}
 		}
 	case serf.UserEvent:

@@ -183,10 +183,8 @@ func (f framer) read(r io.Reader) ([]byte, error) {
 	if _, err := io.ReadFull(r, body); err != nil {
 		return nil, err
 	}
-	return f.open(body)
+	return open(f.keyring, frameAAD, body)
 }
-
-func (f framer) open(body []byte) ([]byte, error) { return open(f.keyring, frameAAD, body) }
 
 // seal appends to dst payload as a sealed body: a kind byte (0 plaintext, 1
 // AES-GCM), then the nonce and ciphertext under kr's primary key, with aad.

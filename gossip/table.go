@@ -270,15 +270,9 @@ func (t *table) drop(node string) bool {
 	return false
 }
 
-// revive accepts a node's state again after it (re)joins.
+// revive accepts a node's state again after it (re)joins, and clears a
+// reaped node's tombstone.
 func (t *table) revive(node string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	delete(t.dead, node)
-}
-
-// forget clears a reaped node's tombstone.
-func (t *table) forget(node string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.dead, node)

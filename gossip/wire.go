@@ -124,6 +124,21 @@ func (d *decoder) fail(err error) {
 	}
 }
 
+// format reads a message's leading format byte and fails on an unknown one.
+func (d *decoder) format() {
+	if f := d.byte(); d.err == nil && f != wireFormat {
+		d.fail(fmt.Errorf("%w: unknown format %d", errBad, f))
+	}
+}
+
+// end fails on bytes left after a whole message and returns the first error.
+func (d *decoder) end() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.fail(fmt.Errorf("%w: trailing bytes", errBad))
+	}
+	return d.err
+}
+
 func (d *decoder) byte() byte {
 	if d.err != nil {
 		return 0
@@ -322,9 +337,7 @@ func deltaHeaderSize(node string) int {
 // decodeDelta parses a delta message; it never panics on bad input.
 func decodeDelta(b []byte) (*delta, error) {
 	d := decoder{b: b}
-	if f := d.byte(); d.err == nil && f != wireFormat {
-		return nil, fmt.Errorf("%w: unknown format %d", errBad, f)
-	}
+	d.format()
 	dl := &delta{}
 	dl.Kind = d.byte()
 	if d.err == nil && dl.Kind != kindDelta && dl.Kind != kindAnnounce {
@@ -345,11 +358,8 @@ func decodeDelta(b []byte) (*delta, error) {
 	for i := 0; i < n && d.err == nil; i++ {
 		dl.Removes = append(dl.Removes, d.key())
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.fail(fmt.Errorf("%w: trailing bytes", errBad))
-	}
-	if d.err != nil {
-		return nil, d.err
+	if err := d.end(); err != nil {
+		return nil, err
 	}
 	return dl, nil
 }
@@ -394,19 +404,14 @@ func encodeSyncRequest(r *syncRequest) []byte {
 
 func decodeSyncRequest(b []byte) (*syncRequest, error) {
 	d := decoder{b: b}
-	if f := d.byte(); d.err == nil && f != wireFormat {
-		return nil, fmt.Errorf("%w: unknown format %d", errBad, f)
-	}
+	d.format()
 	r := &syncRequest{Kind: d.byte()}
 	if d.err == nil && r.Kind != syncFull && r.Kind != syncPull {
 		return nil, fmt.Errorf("%w: unknown sync kind %d", errBad, r.Kind)
 	}
 	r.Digest = d.digest()
-	if d.err == nil && len(d.b) != 0 {
-		d.fail(fmt.Errorf("%w: trailing bytes", errBad))
-	}
-	if d.err != nil {
-		return nil, d.err
+	if err := d.end(); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -436,9 +441,7 @@ func encodeSyncReply(r *syncReply) []byte {
 
 func decodeSyncReply(b []byte) (*syncReply, error) {
 	d := decoder{b: b}
-	if f := d.byte(); d.err == nil && f != wireFormat {
-		return nil, fmt.Errorf("%w: unknown format %d", errBad, f)
-	}
+	d.format()
 	r := &syncReply{}
 	n := d.count(4)
 	for i := 0; i < n && d.err == nil; i++ {
@@ -453,11 +456,8 @@ func decodeSyncReply(b []byte) (*syncReply, error) {
 	default:
 		d.fail(fmt.Errorf("%w: digest flag", errBad))
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.fail(fmt.Errorf("%w: trailing bytes", errBad))
-	}
-	if d.err != nil {
-		return nil, d.err
+	if err := d.end(); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -507,9 +507,7 @@ func encodeVersionDigest(vd *versionDigest) []byte {
 // bad input.
 func decodeVersionDigest(b []byte) (*versionDigest, error) {
 	d := decoder{b: b}
-	if f := d.byte(); d.err == nil && f != wireFormat {
-		return nil, fmt.Errorf("%w: unknown format %d", errBad, f)
-	}
+	d.format()
 	vd := &versionDigest{From: d.nodeID()}
 	n := d.count(3)
 	if d.err == nil {
@@ -520,11 +518,8 @@ func decodeVersionDigest(b []byte) (*versionDigest, error) {
 		nv.Version = d.uvarint()
 		vd.Versions = append(vd.Versions, nv)
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.fail(fmt.Errorf("%w: trailing bytes", errBad))
-	}
-	if d.err != nil {
-		return nil, d.err
+	if err := d.end(); err != nil {
+		return nil, err
 	}
 	return vd, nil
 }

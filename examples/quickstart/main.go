@@ -93,13 +93,6 @@ func serveTask() {
 	}
 }
 
-func short8(id string) string {
-	if len(id) > 8 {
-		return id[:8]
-	}
-	return id
-}
-
 // meshCheck records one round of requests sent to the published port of
 // every running node: which tasks answered on which node, and which tasks
 // were running or had been stopped at the time. The test reads it.
@@ -375,12 +368,13 @@ func (c *cluster) demo(ctx context.Context, exe, dir string, port int) error {
 
 func step(out io.Writer, s string) { fmt.Fprintf(out, "\n== %s\n", s) }
 
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}
+// short is an ID as the tables print it (12 characters).
+func short(id string) string { return prefix(id, 12) }
+
+// short8 is an ID as a task's reply names it (8 characters).
+func short8(id string) string { return prefix(id, 8) }
+
+func prefix(id string, n int) string { return id[:min(n, len(id))] }
 
 func publishedPort(svc *shoal.Service) (uint16, error) {
 	for _, p := range svc.Ports {

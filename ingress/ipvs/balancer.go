@@ -57,8 +57,9 @@ func openHandle(path string) (handle, error) {
 // Balancer balances published ports in the kernel with IPVS: for each
 // published port, one virtual server at (Config.VIP, protocol, port) with
 // the port's endpoints as real servers, scheduled round robin and forwarded
-// by masquerading (NAT), so replies from endpoints on other nodes come back
-// through this one.
+// by masquerading (NAT, destination only). Replies from endpoints on other
+// nodes come back through this one only where the host routes or
+// source-NATs them so (see the package's Requirements).
 //
 // The balancer remembers which virtual servers it created and touches only
 // those; Stop deletes them. Real servers removed by Apply keep their
@@ -136,7 +137,7 @@ func (b *Balancer) Apply(ctx context.Context, t ingress.Table) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	ops := diff(p, actual, b.cfg.Scheduler, ipvs.ConnFwdMasq)
+	ops := diff(p, actual, b.cfg.Scheduler)
 	failed := make(map[svcKey]bool)
 	for i, o := range ops {
 		k := keyOfPort(o.port)

@@ -4,19 +4,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 )
 
-// schedulerNames lists the IPVS schedulers of a stock Linux kernel that
-// need no per-service option; Config.Scheduler must be one of them.
-const schedulerNames = "rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh, twos"
-
-func knownScheduler(s string) bool {
-	switch s {
-	case "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos":
-		return true
-	}
-	return false
-}
+// schedulers lists the IPVS schedulers of a stock Linux kernel that need no
+// per-service option; Config.Scheduler must be one of them.
+var schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
 
 // Config configures a Balancer.
 type Config struct {
@@ -78,8 +72,8 @@ func (c Config) withDefaults() (Config, error) {
 	case c.VIP.IsUnspecified() || c.VIP.IsMulticast():
 		return c, fmt.Errorf("ipvs: Config.VIP: must be a unicast address, got %s", c.VIP)
 	}
-	if !knownScheduler(c.Scheduler) {
-		return c, fmt.Errorf("ipvs: Config.Scheduler: must be one of %s, got %q", schedulerNames, c.Scheduler)
+	if !slices.Contains(schedulers, c.Scheduler) {
+		return c, fmt.Errorf("ipvs: Config.Scheduler: must be one of %s, got %q", strings.Join(schedulers, ", "), c.Scheduler)
 	}
 	if c.NetNS != "" && c.NetNS[0] != '/' {
 		return c, fmt.Errorf("ipvs: Config.NetNS: must be an absolute path, got %q", c.NetNS)

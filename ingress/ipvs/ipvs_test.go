@@ -158,9 +158,9 @@ func TestDiff(t *testing.T) {
 	c := netip.MustParseAddrPort("10.0.0.3:80")
 	masq := uint32(ipvs.ConnFwdMasq)
 
-	assert.Empty(t, diff(nil, nil, "rr", masq))
+	assert.Empty(t, diff(nil, nil, "rr"))
 	assert.Empty(t, diff(plan{{port: web, dests: []netip.AddrPort{a, b}}},
-		map[svcKey]actualSvc{keyOfPort(web): {port: web, sched: "rr", dests: []actualDest{{b, 1, masq}, {a, 1, masq}}}}, "rr", masq),
+		map[svcKey]actualSvc{keyOfPort(web): {port: web, sched: "rr", dests: []actualDest{{b, 1, masq}, {a, 1, masq}}}}, "rr"),
 		"same set of real servers: nothing to do")
 
 	ops := diff(
@@ -168,7 +168,7 @@ func TestDiff(t *testing.T) {
 		map[svcKey]actualSvc{
 			keyOfPort(web): {port: web, sched: "wlc", dests: []actualDest{{a, 1, masq}, {b, 0, masq}}},
 			keyOfPort(old): {port: old, sched: "rr"},
-		}, "rr", masq)
+		}, "rr")
 	assert.Equal(t, []op{
 		{kind: opUpdateService, port: web},
 		{kind: opUpdateDest, port: web, dest: b},
@@ -181,7 +181,7 @@ func TestDiff(t *testing.T) {
 	assert.Equal(t, "delete real server 10.0.0.1:80", ops[3].String())
 
 	ops = diff(plan{{port: web, dests: []netip.AddrPort{a}}},
-		map[svcKey]actualSvc{keyOfPort(web): {port: web, sched: "rr", dests: []actualDest{{a, 1, ipvs.ConnFwdDirectRoute}}}}, "rr", masq)
+		map[svcKey]actualSvc{keyOfPort(web): {port: web, sched: "rr", dests: []actualDest{{a, 1, ipvs.ConnFwdDirectRoute}}}}, "rr")
 	assert.Equal(t, []op{{kind: opUpdateDest, port: web, dest: a}}, ops, "a real server not masqueraded is fixed")
 }
 

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/moby/ipvs"
+
 	"github.com/shoalhq/shoal/ingress"
 )
 
@@ -178,7 +180,7 @@ const destWeight = 1
 // destWeight. For each port it adds real servers before it deletes any, so
 // a port whose endpoints are replaced never has none. Ports no longer in p
 // are deleted last. It is pure: equal inputs give equal outputs.
-func diff(p plan, actual map[svcKey]actualSvc, sched string, fwdMasq uint32) []op {
+func diff(p plan, actual map[svcKey]actualSvc, sched string) []op {
 	var ops []op
 	desired := make(map[svcKey]bool, len(p))
 	for _, pp := range p {
@@ -203,7 +205,7 @@ func diff(p plan, actual map[svcKey]actualSvc, sched string, fwdMasq uint32) []o
 			switch h, ok := have[d]; {
 			case !ok:
 				ops = append(ops, op{kind: opAddDest, port: pp.port, dest: d})
-			case h.weight != destWeight || h.fwd != fwdMasq:
+			case h.weight != destWeight || h.fwd != ipvs.ConnFwdMasq:
 				ops = append(ops, op{kind: opUpdateDest, port: pp.port, dest: d})
 			}
 		}

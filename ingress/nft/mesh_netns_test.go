@@ -86,6 +86,8 @@ var (
 	taskB = meshTask{"task-b", "n3", 8080}
 	taskC = meshTask{"task-c", "n3", 8090}
 
+	meshTasks = map[string]meshTask{taskA.name: taskA, taskB.name: taskB, taskC.name: taskC} // by name
+
 	meshTCP = ingress.Port{Service: "web", Protocol: ingress.TCP, Published: meshPublished}
 	meshUDP = ingress.Port{Service: "web", Protocol: ingress.UDP, Published: meshPublished}
 )
@@ -130,16 +132,8 @@ func newMeshLab(tb testing.TB, dualStack bool) *meshLab {
 		}
 		m.families = append(m.families, mesh6)
 	}
-	prefix := fmt.Sprintf("shoalnft-%d-%d-", os.Getpid(), labSeq.Add(1))
 	roles := append([]string{"switch", "client"}, meshNodes...)
-	for _, role := range roles {
-		ns := prefix + role
-		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-			tb.Skipf("cannot create network namespaces here (ip netns add: %v: %s)", err, out)
-		}
-		m.name[role] = ns
-		tb.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
-	}
+	m.addNamespaces(roles...)
 	ipn := func(role string, args ...string) { run(tb, append([]string{"ip", "-n", m.name[role]}, args...)...) }
 	sysctl := func(role string, kv ...string) {
 		run(tb, append([]string{"ip", "netns", "exec", m.name[role], "sysctl", "-qw"}, kv...)...)
@@ -219,16 +213,7 @@ func (m *meshLab) startTasks(tasks ...meshTask) {
 			}), "task %s on %s", mt.name, addr)
 			bs.closers = append(bs.closers, ln, pc)
 			bs.serve(ln, func(c net.Conn) { _, _ = fmt.Fprintf(c, "%s %s\n", mt.name, c.RemoteAddr()) })
-			bs.wg.Go(func() {
-				buf := make([]byte, 1500)
-				for {
-					_, from, err := pc.ReadFrom(buf)
-					if err != nil {
-						return
-					}
-					_, _ = pc.WriteTo(fmt.Appendf(nil, "%s %s\n", mt.name, from), from)
-				}
-			})
+			bs.serveUDP(pc, mt.name)
 		}
 	}
 }
@@ -246,9 +231,7 @@ func (m *meshLab) askTCP(f meshFamily, role, addr string) (name, from string, er
 
 // askUDP sends a datagram over f from the client, from a source port no
 // earlier flow used, to addr and returns the answering task's name and the
-// source it saw. Datagrams can be lost, so it tries up to tries times on
-// the same flow, waiting up to wait for each answer; a retry is not a new
-// flow and so not a new balancing decision.
+// source it saw, trying as askFlow does.
 func (m *meshLab) askUDP(f meshFamily, addr string, tries int, wait time.Duration) (name, from string, err error) {
 	local := net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.client, m.udpPort))
 	m.udpPort++
@@ -265,19 +248,7 @@ func (m *meshLab) askUDP(f meshFamily, addr string, tries int, wait time.Duratio
 		return "", "", err
 	}
 	defer c.Close()
-	buf := make([]byte, 1500)
-	for range tries {
-		if _, err = c.Write([]byte("?")); err != nil {
-			return "", "", err
-		}
-		_ = c.SetReadDeadline(time.Now().Add(wait))
-		var n int
-		if n, err = c.Read(buf); err == nil {
-			name, from, _ = strings.Cut(strings.TrimSpace(string(buf[:n])), " ")
-			return name, from, nil
-		}
-	}
-	return "", "", err
+	return askFlow(c, tries, wait)
 }
 
 // tables lists the names of the inet tables in the namespace of role, read
@@ -323,7 +294,6 @@ func checkSource(t *testing.T, f meshFamily, node string, answered meshTask, fro
 // returns the answering tasks' names in order.
 func (m *meshLab) askAll(t *testing.T, f meshFamily, udp bool, node string, count int) []string {
 	t.Helper()
-	byName := map[string]meshTask{taskA.name: taskA, taskB.name: taskB, taskC.name: taskC}
 	var names []string
 	for i := range count {
 		var name, from string
@@ -334,7 +304,7 @@ func (m *meshLab) askAll(t *testing.T, f meshFamily, udp bool, node string, coun
 			name, from, err = m.askTCP(f, "client", f.published(node))
 		}
 		require.NoError(t, err, "%s %s, udp %v, connection %d", f.tcp, node, udp, i)
-		mt, ok := byName[name]
+		mt, ok := meshTasks[name]
 		require.True(t, ok, "unexpected answer %q from %s", name, node)
 		checkSource(t, f, node, mt, from)
 		names = append(names, name)
@@ -401,7 +371,7 @@ func TestNamespaceMeshEveryNodeAnswers(t *testing.T) {
 	for i := range 3 {
 		name, from, err := m.askTCP(mesh4, "n1", mesh4.published("n1"))
 		require.NoError(t, err, "connection %d from n1", i)
-		mt := map[string]meshTask{taskA.name: taskA, taskB.name: taskB, taskC.name: taskC}[name]
+		mt := meshTasks[name]
 		require.NotEmpty(t, mt.name, "unexpected answer %q", name)
 		checkSource(t, mesh4, "n1", mt, from)
 		names = append(names, name)

@@ -81,15 +81,7 @@ func newLab(tb testing.TB) *lab {
 	tb.Helper()
 	requireNetNS(tb)
 	l := &lab{tb: tb, name: map[string]string{}}
-	prefix := fmt.Sprintf("shoalnft-%d-%d-", os.Getpid(), labSeq.Add(1))
-	for _, role := range []string{"client", "node", "backend1", "backend2"} {
-		ns := prefix + role
-		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-			tb.Skipf("cannot create network namespaces here (ip netns add: %v: %s)", err, out)
-		}
-		l.name[role] = ns
-		tb.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
-	}
+	l.addNamespaces("client", "node", "backend1", "backend2")
 	ipn := func(role string, args ...string) { run(tb, append([]string{"ip", "-n", l.name[role]}, args...)...) }
 	link := func(a, aIf, aAddr, b, bIf, bAddr string) {
 		ipn(a, "link", "add", aIf, "type", "veth", "peer", "name", bIf, "netns", l.name[b])
@@ -109,6 +101,20 @@ func newLab(tb testing.TB) *lab {
 	ipn("backend2", "route", "add", "default", "via", nodeB2Addr)
 	run(tb, "ip", "netns", "exec", l.name["node"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	return l
+}
+
+// addNamespaces creates one namespace per role, with a name unique to this
+// lab, and registers their deletion with tb.Cleanup.
+func (l *lab) addNamespaces(roles ...string) {
+	prefix := fmt.Sprintf("shoalnft-%d-%d-", os.Getpid(), labSeq.Add(1))
+	for _, role := range roles {
+		ns := prefix + role
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			l.tb.Skipf("cannot create network namespaces here (ip netns add: %v: %s)", err, out)
+		}
+		l.name[role] = ns
+		l.tb.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	}
 }
 
 func (l *lab) path(role string) string { return "/var/run/netns/" + l.name[role] }
@@ -205,16 +211,7 @@ func (l *lab) startBackends() *backends {
 			_, _ = fmt.Fprintf(c, "%d\n", n)
 		})
 		bs.wg.Go(func() { _ = srv.Serve(httpLn) })
-		bs.wg.Go(func() {
-			buf := make([]byte, 1500)
-			for {
-				_, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				_, _ = pc.WriteTo(fmt.Appendf(nil, "%s %s\n", role, from), from)
-			}
-		})
+		bs.serveUDP(pc, role)
 	}
 	l.tb.Cleanup(bs.close)
 	return bs
@@ -234,6 +231,20 @@ func (bs *backends) serve(ln net.Listener, handle func(net.Conn)) {
 				_ = c.SetDeadline(time.Now().Add(time.Minute))
 				handle(c)
 			})
+		}
+	})
+}
+
+// serveUDP answers each datagram on pc with "NAME REMOTEADDR\n".
+func (bs *backends) serveUDP(pc net.PacketConn, name string) {
+	bs.wg.Go(func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(fmt.Appendf(nil, "%s %s\n", name, from), from)
 		}
 	})
 }
@@ -276,13 +287,20 @@ func (l *lab) askUDP(role, addr string) (name, from string, err error) {
 		return "", "", err
 	}
 	defer c.Close()
+	return askFlow(c, 5, 2*time.Second)
+}
+
+// askFlow sends a datagram on the UDP flow c and returns the answering
+// backend's name and the source it saw. Datagrams can be lost, so it tries
+// up to tries times on the same flow, waiting up to wait for each answer; a
+// retry is not a new flow and so not a new balancing decision.
+func askFlow(c net.Conn, tries int, wait time.Duration) (name, from string, err error) {
 	buf := make([]byte, 1500)
-	// Datagrams can be lost; retry a few times on the same flow.
-	for range 5 {
+	for range tries {
 		if _, err = c.Write([]byte("?")); err != nil {
 			return "", "", err
 		}
-		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_ = c.SetReadDeadline(time.Now().Add(wait))
 		var n int
 		if n, err = c.Read(buf); err == nil {
 			name, from, _ = strings.Cut(strings.TrimSpace(string(buf[:n])), " ")

@@ -5,13 +5,12 @@
 package controlapi
 
 import (
-	"time"
-
 	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"

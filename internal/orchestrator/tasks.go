@@ -92,28 +92,29 @@ func fillPublishedPorts(spec *api.TaskSpec, ep *api.Endpoint) {
 		return
 	}
 	used := make([]bool, len(allocated))
+	// claim marks and returns the first unused allocation for p: one with
+	// p's published port, or any published port when p asks for none.
+	claim := func(p *api.PortConfig) *api.PortConfig {
+		for i, a := range allocated {
+			if !used[i] && samePort(p, a) && a.GetPublishedPort() != 0 &&
+				(p.GetPublishedPort() == 0 || a.GetPublishedPort() == p.GetPublishedPort()) {
+				used[i] = true
+				return a
+			}
+		}
+		return nil
+	}
 	// Ports that name their published port claim it first, so an "any"
 	// port never takes the allocation of an explicit one.
 	for _, p := range spec.GetPorts() {
-		if p.GetPublishedPort() == 0 {
-			continue
-		}
-		for i, a := range allocated {
-			if !used[i] && samePort(p, a) && a.GetPublishedPort() == p.GetPublishedPort() {
-				used[i] = true
-				break
-			}
+		if p.GetPublishedPort() != 0 {
+			claim(p)
 		}
 	}
 	for _, p := range spec.GetPorts() {
-		if p.GetPublishedPort() != 0 {
-			continue
-		}
-		for i, a := range allocated {
-			if !used[i] && samePort(p, a) && a.GetPublishedPort() != 0 {
-				used[i] = true
+		if p.GetPublishedPort() == 0 {
+			if a := claim(p); a != nil {
 				p.PublishedPort = a.GetPublishedPort()
-				break
 			}
 		}
 	}
