@@ -492,7 +492,8 @@ type MeshEndpoint struct {
 
 // MeshEndpoints returns this node's current view of the routing mesh: every
 // endpoint its balancer spreads published ports across, sorted by service,
-// port, protocol, node and task. Empty when the mesh is disabled.
+// port, protocol, node and task. Empty when the mesh is disabled. Call it
+// once Start (or Init, Join) has returned.
 func (n *Node) MeshEndpoints() []MeshEndpoint {
 	if n.mesh == nil {
 		return nil
