@@ -95,13 +95,24 @@ func (t *fakeTimer) Stop() bool {
 	defer t.c.mu.Unlock()
 	_, ok := t.c.timers[t]
 	delete(t.c.timers, t)
+	t.drain()
 	return ok
+}
+
+// drain discards a firing not received yet, as Go's timers do on Stop and
+// Reset since Go 1.23. c.mu must be held.
+func (t *fakeTimer) drain() {
+	select {
+	case <-t.ch:
+	default:
+	}
 }
 
 func (t *fakeTimer) Reset(d time.Duration) {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
 	t.at = t.c.now.Add(d)
+	t.drain()
 	if d <= 0 {
 		delete(t.c.timers, t)
 		select {
