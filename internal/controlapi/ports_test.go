@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoalhq/shoal/internal/allocator"
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
 )
@@ -73,47 +74,35 @@ func published(svc *api.Service) []uint32 {
 	return out
 }
 
-func TestAllocatePorts(t *testing.T) {
+// TestServicePorts: the service writes allocate ports (the rules are
+// allocator's, tested there) in the same write, so nothing is written when
+// allocation fails, and the allocation outlives spec changes.
+func TestServicePorts(t *testing.T) {
 	ctx := context.Background()
 	s := New(newCheckedStore(t))
+	s.ports = allocator.PortRange{First: 30000, Last: 30001}
 
-	a, err := s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("a",
-		port(80, 0, tcp, ingress), port(53, 0, udp, ingress), port(443, 30000, tcp, ingress), port(9000, 9000, tcp, host))})
+	a, err := s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("a", port(80, 0, tcp, ingress), port(9000, 9000, tcp, host))})
 	require.NoError(t, err)
-	assert.Equal(t, []uint32{30001, 30000, 30000, 9000}, published(a.Service),
-		"lowest free per protocol; an explicit port in the range is taken before allocation")
+	assert.Equal(t, []uint32{30000, 9000}, published(a.Service))
 	assert.Equal(t, uint32(0), a.Service.Spec.Task.Ports[0].PublishedPort, "the spec stays as written")
 
-	b, err := s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("b", port(80, 0, tcp, ingress))})
-	require.NoError(t, err)
-	assert.Equal(t, []uint32{30002}, published(b.Service))
-
-	// Conflicts name the port and the service.
-	_, err = s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("c", port(80, 8080, tcp, ingress), port(81, 30001, tcp, ingress))})
-	require.ErrorIs(t, gerr(err), errdefs.ErrInvalidSpec)
-	assert.Contains(t, err.Error(), "ServiceSpec.Ports[1].Published: port 30001/tcp is already published by service a (id "+a.Service.Id+")")
 	_, err = s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("c", port(80, 9000, tcp, ingress))})
 	require.ErrorIs(t, gerr(err), errdefs.ErrInvalidSpec)
-	assert.Contains(t, err.Error(), "port 9000/tcp is already published in host mode by service a")
-	_, err = s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("c", port(80, 30002, tcp, host))})
-	require.ErrorIs(t, gerr(err), errdefs.ErrInvalidSpec, "a host port may not be another service's ingress port")
+	assert.Contains(t, err.Error(), "port 9000/tcp is already published in host mode by service a (id "+a.Service.Id+")")
+	_, err = s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("c", port(80, 0, tcp, ingress), port(81, 0, tcp, ingress))})
+	require.ErrorIs(t, gerr(err), errdefs.ErrInvalidSpec)
+	assert.Contains(t, err.Error(), "ServiceSpec.Ports[1].Published: no free tcp port left in the dynamic range 30000-30001")
 	list, err := s.ListServices(ctx, &api.ListServicesRequest{Names: []string{"c"}})
 	require.NoError(t, err)
 	assert.Empty(t, list.Services, "nothing is written when allocation fails")
 
-	// Host-mode ports of different services may coincide (the scheduler
-	// keeps them apart per node); another protocol is another port.
-	_, err = s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("d", port(80, 9000, tcp, host), port(81, 30001, udp, ingress))})
-	require.NoError(t, err)
-
-	// Update: a port still asked for keeps its allocation, even after the
-	// ports around it were freed; a new one gets the lowest free.
-	_, err = s.RemoveService(ctx, &api.RemoveRequest{Id: "b"})
-	require.NoError(t, err)
-	sp := withPorts("a", port(8081, 0, tcp, ingress), port(80, 0, tcp, ingress), port(53, 0, udp, ingress))
+	// A port still asked for keeps its allocation; a new one gets the
+	// lowest free; a port change redeploys the tasks.
+	sp := withPorts("a", port(8081, 0, tcp, ingress), port(80, 0, tcp, ingress))
 	up, err := s.UpdateService(ctx, &api.UpdateServiceRequest{Id: a.Service.Id, Version: a.Service.Meta.Version, Spec: sp})
 	require.NoError(t, err)
-	assert.Equal(t, []uint32{30000, 30001, 30000}, published(up.Service))
+	assert.Equal(t, []uint32{30001, 30000}, published(up.Service))
 	assert.Equal(t, uint64(2), up.Service.SpecVersion, "a port change redeploys the tasks")
 
 	// Removing a service frees its ports.
@@ -127,24 +116,4 @@ func TestAllocatePorts(t *testing.T) {
 	up, err = s.UpdateService(ctx, &api.UpdateServiceRequest{Id: e.Service.Id, Version: e.Service.Meta.Version, Spec: spec("e", 1)})
 	require.NoError(t, err)
 	assert.Nil(t, up.Service.Endpoint)
-}
-
-func TestAllocatePortsExhausted(t *testing.T) {
-	ctx := context.Background()
-	s := New(newCheckedStore(t))
-	s.ports = portRange{30000, 30002}
-
-	for _, name := range []string{"a", "b", "c"} {
-		_, err := s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts(name, port(80, 0, tcp, ingress))})
-		require.NoError(t, err, name)
-	}
-	_, err := s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("d", port(80, 0, udp, ingress), port(81, 0, tcp, ingress))})
-	require.ErrorIs(t, gerr(err), errdefs.ErrInvalidSpec)
-	assert.Contains(t, err.Error(), "ServiceSpec.Ports[1].Published: no free tcp port left in the dynamic range 30000-30002")
-
-	_, err = s.RemoveService(ctx, &api.RemoveRequest{Id: "b"})
-	require.NoError(t, err)
-	d, err := s.CreateService(ctx, &api.CreateServiceRequest{Spec: withPorts("d", port(80, 0, udp, ingress), port(81, 0, tcp, ingress))})
-	require.NoError(t, err)
-	assert.Equal(t, []uint32{30000, 30001}, published(d.Service))
 }

@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/shoalhq/shoal/internal/allocator"
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/identity"
@@ -34,9 +35,8 @@ type Server struct {
 	api.UnimplementedControlServer
 	store *state.Store
 	opts  Options
-	// ports is the dynamic range ingress ports are allocated from; tests
-	// shrink it.
-	ports portRange
+	// ports is the range ingress ports are allocated from; tests shrink it.
+	ports allocator.PortRange
 	// portMu serializes the service writes of this manager that allocate
 	// ports, so two of them do not hand out the same free port.
 	portMu sync.Mutex
@@ -71,7 +71,7 @@ type Options struct {
 
 // New returns a control API server over store.
 func New(store *state.Store, opts ...Options) *Server {
-	s := &Server{store: store, ports: portRange{DynamicPortFirst, DynamicPortLast}}
+	s := &Server{store: store, ports: allocator.DynamicPorts}
 	if len(opts) > 0 {
 		s.opts = opts[0]
 	}
@@ -113,7 +113,7 @@ func notFound(kind, id string) error {
 }
 
 // CreateService validates the spec and stores a new service with its
-// published ports allocated (see allocatePorts; a port another service
+// published ports allocated (see allocator.AllocatePorts; a port another service
 // publishes is refused with ErrInvalidSpec naming the port and the service).
 func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceRequest) (*api.ServiceResponse, error) {
 	if err := ValidateServiceSpec(req.GetSpec()); err != nil {
@@ -127,7 +127,7 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 	// Retried on a conflict: another manager may have allocated the same free
 	// port at the same moment (the store refuses the second when it applies).
 	err := s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
-		if err := allocatePorts(tx, svc, s.ports); err != nil {
+		if err := allocator.AllocatePorts(tx, svc, s.ports); err != nil {
 			return err
 		}
 		return tx.CreateService(svc)
@@ -255,7 +255,7 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 			cur.SpecVersion++
 		}
 		cur.Spec = req.Spec
-		if err := allocatePorts(tx, cur, s.ports); err != nil {
+		if err := allocator.AllocatePorts(tx, cur, s.ports); err != nil {
 			return err
 		}
 		return tx.UpdateService(cur)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoalhq/shoal/internal/allocator"
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/pki"
@@ -164,28 +165,13 @@ func ValidateClusterSpec(s *api.ClusterSpec) error {
 	return nil
 }
 
-// portKey is a port number with its protocol, e.g. 8080/tcp.
-type portKey struct {
-	port  uint32
-	proto api.PortProtocol
-}
-
-func (k portKey) String() string { return fmt.Sprintf("%d/%s", k.port, protoName(k.proto)) }
-
-func protoName(p api.PortProtocol) string {
-	if p == api.PortProtocol_PORT_PROTOCOL_UDP {
-		return "udp"
-	}
-	return "tcp"
-}
-
 // validatePorts checks a service's ports: targets and published ports in
 // 1-65535 (published 0 asks for an allocated port in ingress mode; host
 // mode needs an explicit one), known protocols and modes, no target listed
 // twice for one protocol and no published port used twice in the service.
 func validatePorts(ports []*api.PortConfig) error {
-	targets := make(map[portKey]int, len(ports))
-	published := make(map[portKey]int, len(ports))
+	targets := make(map[allocator.PortKey]int, len(ports))
+	published := make(map[allocator.PortKey]int, len(ports))
 	for i, p := range ports {
 		field := fmt.Sprintf("ServiceSpec.Ports[%d]", i)
 		if p == nil {
@@ -211,13 +197,13 @@ func validatePorts(ports []*api.PortConfig) error {
 		default:
 			return invalid(field+".Mode", "must be ingress or host, got %d", int32(p.Mode))
 		}
-		tk := portKey{p.TargetPort, p.Protocol}
+		tk := allocator.PortKey{p.TargetPort, p.Protocol}
 		if j, dup := targets[tk]; dup {
 			return invalid(field+".Target", "%s is already listed in Ports[%d]", tk, j)
 		}
 		targets[tk] = i
 		if p.PublishedPort != 0 {
-			pk := portKey{p.PublishedPort, p.Protocol}
+			pk := allocator.PortKey{p.PublishedPort, p.Protocol}
 			if j, dup := published[pk]; dup {
 				return invalid(field+".Published", "%s is already published by Ports[%d]", pk, j)
 			}

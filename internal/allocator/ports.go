@@ -1,4 +1,4 @@
-package controlapi
+package allocator
 
 import (
 	"fmt"
@@ -18,15 +18,43 @@ const (
 	DynamicPortLast  = 32767
 )
 
-// portRange is an inclusive range of ports to allocate from.
-type portRange struct{ first, last uint32 }
+// PortRange is an inclusive range of ports to allocate from.
+type PortRange struct{ First, Last uint32 }
 
-func (r portRange) String() string { return fmt.Sprintf("%d-%d", r.first, r.last) }
+// DynamicPorts is the dynamic range, DynamicPortFirst-DynamicPortLast.
+var DynamicPorts = PortRange{DynamicPortFirst, DynamicPortLast}
 
-// serviceFinder is the part of a transaction allocation reads.
-type serviceFinder interface {
+// String returns the range as "first-last".
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
+
+// PortKey is a port number with its protocol, e.g. 8080/tcp.
+type PortKey struct {
+	Port     uint32
+	Protocol api.PortProtocol
+}
+
+// String returns the port as "8080/tcp".
+func (k PortKey) String() string { return fmt.Sprintf("%d/%s", k.Port, ProtocolName(k.Protocol)) }
+
+// ProtocolName returns "udp" for UDP and "tcp" for anything else.
+func ProtocolName(p api.PortProtocol) string {
+	if p == api.PortProtocol_PORT_PROTOCOL_UDP {
+		return "udp"
+	}
+	return "tcp"
+}
+
+// ServiceFinder is the part of a store transaction port allocation reads
+// (state.ReadTx and state.WriteTx implement it). AllocatePorts calls
+// FindServices(state.All()) once.
+type ServiceFinder interface {
 	FindServices(by state.By) ([]*api.Service, error)
 }
+
+var (
+	_ ServiceFinder = state.ReadTx(nil)
+	_ ServiceFinder = state.WriteTx(nil)
+)
 
 // portUser is a service publishing a port, for conflict messages.
 type portUser struct {
@@ -34,12 +62,12 @@ type portUser struct {
 	mode     api.PublishMode
 }
 
-// allocatePorts sets svc.Endpoint from svc.Spec.Task.Ports inside the write
-// transaction that stores svc, so the allocation is atomic with the spec and
-// replicated with it (a new leader sees it; removing the service frees its
-// ports, since allocations are only ever read from the stored services).
+// AllocatePorts sets svc.Endpoint from svc.Spec.Task.Ports, reading the
+// ports the other services in tx hold; the caller stores svc in the same
+// transaction. svc.Spec is not modified; without ports, svc.Endpoint becomes
+// nil.
 //
-// Rules, every refusal wrapping ErrInvalidSpec and naming the field:
+// Rules, every refusal wrapping errdefs.ErrInvalidSpec and naming the field:
 //   - an explicit ingress port must not be published by another service in
 //     either mode (an ingress port is bound on every node);
 //   - an explicit host-mode port must not be another service's ingress port;
@@ -47,8 +75,8 @@ type portUser struct {
 //     node, which the scheduler handles;
 //   - an ingress port left at 0 keeps the port the service had for the same
 //     target and protocol if it is still free, else gets the lowest free port
-//     of the dynamic range.
-func allocatePorts(tx serviceFinder, svc *api.Service, r portRange) error {
+//     of r.
+func AllocatePorts(tx ServiceFinder, svc *api.Service, r PortRange) error {
 	ports := svc.GetSpec().GetTask().GetPorts()
 	if len(ports) == 0 {
 		svc.Endpoint = nil
@@ -58,13 +86,13 @@ func allocatePorts(tx serviceFinder, svc *api.Service, r portRange) error {
 	if err != nil {
 		return err
 	}
-	used := make(map[portKey]portUser)
+	used := make(map[PortKey]portUser)
 	for _, o := range all {
 		if o.GetId() == svc.GetId() {
 			continue
 		}
 		for _, p := range o.GetEndpoint().GetPorts() {
-			k := portKey{p.GetPublishedPort(), p.GetProtocol()}
+			k := PortKey{p.GetPublishedPort(), p.GetProtocol()}
 			if p.GetPublishedPort() == 0 {
 				continue
 			}
@@ -75,20 +103,20 @@ func allocatePorts(tx serviceFinder, svc *api.Service, r portRange) error {
 			used[k] = portUser{name: o.GetSpec().GetName(), id: o.GetId(), mode: p.GetMode()}
 		}
 	}
-	prev := make(map[portKey]uint32)
+	prev := make(map[PortKey]uint32)
 	for _, p := range svc.GetEndpoint().GetPorts() {
 		if p.GetMode() == api.PublishMode_PUBLISH_MODE_INGRESS && p.GetPublishedPort() != 0 {
-			prev[portKey{p.GetTargetPort(), p.GetProtocol()}] = p.GetPublishedPort()
+			prev[PortKey{p.GetTargetPort(), p.GetProtocol()}] = p.GetPublishedPort()
 		}
 	}
 	out := make([]*api.PortConfig, len(ports))
-	mine := make(map[portKey]bool)
+	mine := make(map[PortKey]bool)
 	for i, p := range ports {
 		out[i] = proto.Clone(p).(*api.PortConfig)
 		if p.GetPublishedPort() == 0 {
 			continue
 		}
-		k := portKey{p.GetPublishedPort(), p.GetProtocol()}
+		k := PortKey{p.GetPublishedPort(), p.GetProtocol()}
 		if u, ok := used[k]; ok && (p.GetMode() == api.PublishMode_PUBLISH_MODE_INGRESS || u.mode == api.PublishMode_PUBLISH_MODE_INGRESS) {
 			how := "published"
 			if u.mode == api.PublishMode_PUBLISH_MODE_HOST {
@@ -99,21 +127,27 @@ func allocatePorts(tx serviceFinder, svc *api.Service, r portRange) error {
 		}
 		mine[k] = true
 	}
-	free := func(k portKey) bool {
+	free := func(k PortKey) bool {
 		_, taken := used[k]
 		return !taken && !mine[k]
+	}
+	// Ports kept from before go first, so a new port listed ahead of them
+	// does not take theirs.
+	for _, p := range out {
+		if p.PublishedPort != 0 {
+			continue
+		}
+		if old, ok := prev[PortKey{p.TargetPort, p.Protocol}]; ok && free(PortKey{old, p.Protocol}) {
+			p.PublishedPort = old
+			mine[PortKey{old, p.Protocol}] = true
+		}
 	}
 	for i, p := range out {
 		if p.PublishedPort != 0 {
 			continue
 		}
-		if old, ok := prev[portKey{p.TargetPort, p.Protocol}]; ok && free(portKey{old, p.Protocol}) {
-			p.PublishedPort = old
-			mine[portKey{old, p.Protocol}] = true
-			continue
-		}
-		for port := r.first; port <= r.last; port++ {
-			if k := (portKey{port, p.Protocol}); free(k) {
+		for port := r.First; port <= r.Last; port++ {
+			if k := (PortKey{port, p.Protocol}); free(k) {
 				p.PublishedPort = port
 				mine[k] = true
 				break
@@ -121,7 +155,7 @@ func allocatePorts(tx serviceFinder, svc *api.Service, r portRange) error {
 		}
 		if p.PublishedPort == 0 {
 			return fmt.Errorf("ServiceSpec.Ports[%d].Published: no free %s port left in the dynamic range %s; set one explicitly or remove a service: %w",
-				i, protoName(p.Protocol), r, errdefs.ErrInvalidSpec)
+				i, ProtocolName(p.Protocol), r, errdefs.ErrInvalidSpec)
 		}
 	}
 	svc.Endpoint = &api.Endpoint{Ports: out}
