@@ -18,6 +18,7 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/controlapi"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 	"github.com/shoalhq/shoal/pki"
 	"github.com/shoalhq/shoal/runtime/runtimetest"
 )
@@ -300,7 +301,7 @@ func plainCAServer(tb testing.TB) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	st := state.NewInMemory(state.Config{})
+	st := statetest.NewStore(state.Config{})
 	err = st.Update(context.Background(), func(tx state.WriteTx) error {
 		return tx.CreateCluster(&api.Cluster{Id: "plaincluster0000000000000",
 			RootCa: &api.RootCA{CertPem: root.CertPEM, KeyPem: root.KeyPEM}})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 )
 
 // BenchmarkUpdateTaskStatus measures the status write path: parallel
@@ -18,7 +19,7 @@ import (
 // updates per store transaction.
 func BenchmarkUpdateTaskStatus(b *testing.B) {
 	const tasks = 1000
-	st := state.NewInMemory(state.Config{})
+	st := statetest.NewStore(state.Config{})
 	defer st.Close()
 	ctx := context.Background()
 	require.NoError(b, st.Update(ctx, func(tx state.WriteTx) error {
@@ -69,7 +70,7 @@ func BenchmarkUpdateTaskStatus(b *testing.B) {
 // keys and choosing its gossip peers among 1000 nodes.
 func BenchmarkSessionView(b *testing.B) {
 	const nodes = 1000
-	st := state.NewInMemory(state.Config{})
+	st := statetest.NewStore(state.Config{})
 	defer st.Close()
 	require.NoError(b, st.Update(context.Background(), func(tx state.WriteTx) error {
 		if err := tx.CreateCluster(&api.Cluster{Id: "c1", Spec: &api.ClusterSpec{Name: "default"},

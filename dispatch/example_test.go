@@ -11,6 +11,7 @@ import (
 	"github.com/shoalhq/shoal/dispatch"
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 	"github.com/shoalhq/shoal/runtime/runtimetest"
 )
 
@@ -18,7 +19,7 @@ import (
 // connects to it and runs the task assigned to its node.
 func Example() {
 	ctx := context.Background()
-	store := state.NewInMemory(state.Config{})
+	store := statetest.NewStore(state.Config{})
 	defer store.Close()
 	_ = store.Update(ctx, func(tx state.WriteTx) error {
 		if err := tx.CreateNode(&api.Node{Id: "worker1"}); err != nil {
@@ -72,7 +73,7 @@ func Example() {
 }
 
 func ExampleNewDispatcher() {
-	store := state.NewInMemory(state.Config{})
+	store := statetest.NewStore(state.Config{})
 	cfg := dispatch.DefaultDispatcherConfig()
 	cfg.HeartbeatPeriod = time.Second // nodes DOWN after 3s of silence
 	cfg.Managers = func() []string { return []string{"10.0.0.1:4242", "10.0.0.2:4242"} }
@@ -102,7 +103,7 @@ func ExampleNewAgent() {
 // recorded, without waiting for the heartbeat deadline.
 func ExampleAgent_Stop() {
 	ctx := context.Background()
-	store := state.NewInMemory(state.Config{})
+	store := statetest.NewStore(state.Config{})
 	defer store.Close()
 	_ = store.Update(ctx, func(tx state.WriteTx) error {
 		if err := tx.CreateNode(&api.Node{Id: "worker1"}); err != nil {
@@ -157,7 +158,7 @@ func ExampleAgent_Stop() {
 // stops, the task's endpoint is withdrawn before the task is shut down.
 func ExampleAgentConfig_onEndpoints() {
 	ctx := context.Background()
-	store := state.NewInMemory(state.Config{})
+	store := statetest.NewStore(state.Config{})
 	defer store.Close()
 	_ = store.Update(ctx, func(tx state.WriteTx) error {
 		if err := tx.CreateNode(&api.Node{Id: "worker1"}); err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 )
 
 func TestMain(m *testing.M) {
@@ -29,7 +30,7 @@ const (
 
 func newStore(t *testing.T) *state.Store {
 	t.Helper()
-	s := state.NewInMemory(state.Config{})
+	s := statetest.NewStore(state.Config{})
 	t.Cleanup(s.Close)
 	return s
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/controlapi"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 	"github.com/shoalhq/shoal/pki"
 )
 
@@ -53,7 +54,7 @@ type benchServer struct {
 
 func startBenchServer(b *testing.B, srvOpts []grpc.ServerOption, clientCreds credentials.TransportCredentials) *benchServer {
 	b.Helper()
-	st := state.NewInMemory(state.Config{})
+	st := statetest.NewStore(state.Config{})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

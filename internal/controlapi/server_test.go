@@ -13,6 +13,7 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 )
 
 func spec(name string, replicas uint64) *api.ServiceSpec {
@@ -95,7 +96,7 @@ func gerr(err error) error { return errdefs.FromGRPC(err) }
 // a response of a read RPC (they share the stored objects).
 func newCheckedStore(t *testing.T) *state.Store {
 	t.Helper()
-	st := state.NewInMemory(state.Config{CheckImmutable: true})
+	st := statetest.NewStore(state.Config{CheckImmutable: true})
 	t.Cleanup(func() { assert.NoError(t, st.Verify(), "stored objects were modified in place") })
 	return st
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 )
 
 // BenchmarkCreateReplicas measures how long it takes from creating a
@@ -17,7 +18,7 @@ func BenchmarkCreateReplicas(b *testing.B) {
 		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				store := state.NewInMemory(state.Config{})
+				store := statetest.NewStore(state.Config{})
 				cfg := DefaultConfig()
 				cfg.Clock = newFakeClock()
 				o, err := New(store, cfg)

@@ -8,13 +8,14 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/orchestrator"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 )
 
 // The leader runs one Orchestrator over its store; creating a replicated
 // service makes it create one pending task per replica.
 func ExampleNew() {
 	ctx := context.Background()
-	store := state.NewInMemory(state.Config{})
+	store := statetest.NewStore(state.Config{})
 
 	o, err := orchestrator.New(store, orchestrator.DefaultConfig())
 	if err != nil {
@@ -52,7 +53,7 @@ func ExampleNew() {
 
 // Start and Stop follow leadership: a new Orchestrator per term.
 func ExampleOrchestrator_Stop() {
-	store := state.NewInMemory(state.Config{})
+	store := statetest.NewStore(state.Config{})
 	for term := 1; term <= 2; term++ {
 		o, err := orchestrator.New(store, orchestrator.DefaultConfig())
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/identity"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -127,7 +128,7 @@ type env struct {
 // cleanups (the orchestrator has stopped).
 func newCheckedStore(t *testing.T) *state.Store {
 	t.Helper()
-	st := state.NewInMemory(state.Config{CheckImmutable: true})
+	st := statetest.NewStore(state.Config{CheckImmutable: true})
 	t.Cleanup(func() { assert.NoError(t, st.Verify(), "stored objects were modified in place") })
 	return st
 }

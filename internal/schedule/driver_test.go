@@ -12,6 +12,7 @@ import (
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -22,7 +23,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // check runs after the driver's own cleanup.
 func newCheckedStore(t *testing.T) *state.Store {
 	t.Helper()
-	st := state.NewInMemory(state.Config{CheckImmutable: true})
+	st := statetest.NewStore(state.Config{CheckImmutable: true})
 	t.Cleanup(func() { assert.NoError(t, st.Verify(), "stored objects were modified in place") })
 	return st
 }
@@ -200,7 +201,7 @@ func BenchmarkScheduleThroughStore(b *testing.B) {
 	// are committed as ASSIGNED.
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		st := state.NewInMemory(state.Config{})
+		st := statetest.NewStore(state.Config{})
 		ctx := context.Background()
 		require.NoError(b, st.Update(ctx, func(tx state.WriteTx) error {
 			for n := 0; n < 100; n++ {

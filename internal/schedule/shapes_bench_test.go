@@ -8,6 +8,7 @@ import (
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/state"
+	"github.com/shoalhq/shoal/internal/state/statetest"
 )
 
 // BenchmarkPendingToAssigned has the shapes of SwarmKit's scheduler
@@ -38,7 +39,7 @@ func BenchmarkPendingToAssigned(b *testing.B) {
 func benchPendingToAssigned(b *testing.B, nodes, tasks int) (fromCommit time.Duration) {
 	b.StopTimer()
 	ctx := context.Background()
-	st := state.NewInMemory(state.Config{})
+	st := statetest.NewStore(state.Config{})
 	d, err := New(st, Config{})
 	if err != nil {
 		b.Fatal(err)

@@ -20,7 +20,7 @@ import (
 // modified in place by the end of it.
 func newInMemory(t testing.TB, cfg Config) *Store {
 	cfg.CheckImmutable = true
-	s := NewInMemory(cfg)
+	s := newMemStore(cfg)
 	t.Cleanup(func() { assert.NoError(t, s.Verify(), "stored objects were modified in place") })
 	return s
 }
@@ -192,7 +192,7 @@ func TestCloseLogsViolations(t *testing.T) {
 }
 
 func TestCheckerOffVerifiesNothing(t *testing.T) {
-	s := NewInMemory(Config{})
+	s := newMemStore(Config{})
 	seed(t, s)
 	s.ViewShared(func(tx ReadTx) { tx.GetTask("t1").Slot = 42 })
 	assert.NoError(t, s.Verify(), "without CheckImmutable nothing is recorded")
@@ -298,7 +298,7 @@ func TestSnapshotOfEmptyStore(t *testing.T) {
 // BenchmarkSnapshot measures CaptureSnapshot (on the raft loop) and the
 // encoding (off it) of 1,000 nodes, 100 services and 10,000 tasks.
 func BenchmarkSnapshot(b *testing.B) {
-	s := NewInMemory(Config{})
+	s := newMemStore(Config{})
 	require.NoError(b, s.Update(context.Background(), func(tx WriteTx) error {
 		for i := range 1000 {
 			if err := tx.CreateNode(&api.Node{Id: fmt.Sprintf("n%04d", i), Spec: &api.NodeSpec{Labels: map[string]string{"zone": "a", "rack": fmt.Sprint(i)}}}); err != nil {
@@ -336,7 +336,7 @@ func BenchmarkSnapshot(b *testing.B) {
 // BenchmarkReadService compares View and ViewShared for the orchestrator's
 // per-service read: a service, its 100 tasks, every node and the cluster.
 func BenchmarkReadService(b *testing.B) {
-	s := NewInMemory(Config{})
+	s := newMemStore(Config{})
 	require.NoError(b, s.Update(context.Background(), func(tx WriteTx) error {
 		for i := range 50 {
 			if err := tx.CreateNode(&api.Node{Id: fmt.Sprintf("n%02d", i)}); err != nil {
@@ -376,7 +376,7 @@ func BenchmarkReadService(b *testing.B) {
 // ExampleStore_ViewShared reads without copies on a hot path, then changes
 // an object the only allowed way: clone, modify the clone, write it.
 func ExampleStore_ViewShared() {
-	s := NewInMemory(Config{CheckImmutable: true})
+	s := newMemStore(Config{CheckImmutable: true})
 	ctx := context.Background()
 	_ = s.Update(ctx, func(tx WriteTx) error {
 		return tx.CreateService(&api.Service{Id: "s1", Spec: &api.ServiceSpec{Name: "web"}})
@@ -397,7 +397,7 @@ func ExampleStore_ViewShared() {
 // ExampleStore_CaptureSnapshot captures the state on the caller's goroutine
 // and encodes it elsewhere while writes continue.
 func ExampleStore_CaptureSnapshot() {
-	s := NewInMemory(Config{})
+	s := newMemStore(Config{})
 	ctx := context.Background()
 	_ = s.Update(ctx, func(tx WriteTx) error { return tx.CreateNode(&api.Node{Id: "n1"}) })
 	encode := s.CaptureSnapshot() // cheap: no encoding yet

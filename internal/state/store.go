@@ -28,7 +28,8 @@ var (
 )
 
 // Log is the replicated log the store proposes its writes to.
-// raftstore.Node implements it; NewInMemory makes a store with a local one.
+// raftstore.Node implements it; statetest.NewStore makes a store with an
+// in-memory one.
 type Log interface {
 	// Propose appends data to the log and returns, once the entry is committed
 	// and applied on this node, what the store's Apply returned for it. It is
@@ -181,8 +182,8 @@ func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 		return fmt.Errorf("state: request ID: %w", err)
 	}
 	var res any
-	if rl, ok := l.(requestLog); ok {
-		res, err = rl.proposeRequest(ctx, req)
+	if rl, ok := l.(RequestLog); ok {
+		res, err = rl.ProposeRequest(ctx, req)
 	} else {
 		var data []byte
 		if data, err = proto.Marshal(req); err != nil {
@@ -305,14 +306,28 @@ func (s *Store) Apply(idx uint64, data []byte) any {
 	return s.applyRequest(idx, &req)
 }
 
-// requestLog is a log that needs no encoding (the in-memory log): the store
-// hands it the request, whose objects belong to the transaction alone.
-type requestLog interface {
-	proposeRequest(ctx context.Context, req *api.StoreRequest) (any, error)
+// RequestLog is a Log whose entries never leave the process (statetest's
+// in-memory log), so it needs no encoding. When the attached Log implements
+// it, Update calls ProposeRequest instead of Propose and saves a marshal and
+// an unmarshal per write.
+type RequestLog interface {
+	Log
+	// ProposeRequest is Propose for a request that is not encoded: it
+	// appends req to the log and, once it is applied on this node by
+	// Store.ApplyRequest, returns what that returned. req and every object in
+	// it belong to the log from the call on, and become stored objects: no
+	// one may modify them afterwards. It is safe for concurrent use.
+	ProposeRequest(ctx context.Context, req *api.StoreRequest) (any, error)
 }
 
-// applyRequest applies one decoded entry; see Apply. A request whose ID was
-// applied recently is answered with that outcome and not applied again.
+// ApplyRequest is Apply for an entry that is already decoded, the apply half
+// of a RequestLog. The objects in req are stored as they are, not copied:
+// the caller hands them over and must not modify them afterwards. Like
+// Apply, it must be called with increasing indexes, one entry at a time.
+func (s *Store) ApplyRequest(idx uint64, req *api.StoreRequest) any {
+	return s.applyRequest(idx, req)
+}
+
 func (s *Store) applyRequest(idx uint64, req *api.StoreRequest) any {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -372,7 +372,7 @@ func TestCloseEndsWatchers(t *testing.T) {
 }
 
 func BenchmarkUpdateInMemory(b *testing.B) {
-	s := NewInMemory(Config{})
+	s := newMemStore(Config{})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
