@@ -69,7 +69,10 @@ func TestTableVersionDigestRotatesAndFits(t *testing.T) {
 		pkt, err := seal(kr, digestAAD, []byte{packetMagic}, encodeVersionDigest(&versionDigest{From: self, Versions: vs}))
 		require.NoError(t, err)
 		require.LessOrEqual(t, len(pkt), 1400, "digest packet exceeds memberlist's UDP buffer")
+		once := map[string]bool{}
 		for _, nv := range vs {
+			require.False(t, once[nv.Node], "node %s twice in one digest", nv.Node)
+			once[nv.Node] = true
 			seen[nv.Node] = true
 		}
 	}

@@ -320,10 +320,10 @@ func (t *table) newerThan(dg map[string]uint64, all bool) []*record {
 }
 
 // versionDigest returns entries of this table's digest that encode to at
-// most budget bytes: this node's own version, then the hot most recently
-// updated sets (the changes most likely to have been missed; at most half
-// the budget), then a
-// rotating run over the rest, so successive digests cover the whole table.
+// most budget bytes, each node at most once: this node's own version, then
+// the hot most recently updated sets (the changes most likely to have been
+// missed; about half the budget at most), then a rotating run over the
+// rest, so successive digests cover the whole table.
 func (t *table) versionDigest(budget, hot int) []nodeVersion {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -373,12 +373,11 @@ func (t *table) versionDigest(budget, hot int) []nodeVersion {
 				top = top[:hot]
 			}
 		}
-		for _, id := range top {
-			if used > budget/2 {
-				top = top[:0]
+		for i, id := range top {
+			if used > budget/2 || !add(id) {
+				top = top[:i] // the rest take their turn in the rotation
 				break
 			}
-			add(id)
 		}
 	}
 	start := t.cursor % len(ids)

@@ -10,8 +10,15 @@ import (
 // Wire format. Everything this package sends besides serf's own traffic is
 // one of the messages below, in a compact hand-written binary encoding
 // (uvarint lengths and counts, strings as length + bytes). It is private to
-// the package: no other component reads it, and the leading format byte lets
-// a later version change it.
+// the package: no other component reads it, and the leading format byte
+// names the encoding, so members of different builds can tell it apart.
+//
+// Decoders accept only what the encoders write: varints in their shortest
+// form, no trailing bytes, no endpoint key twice in one set or delta, no
+// node twice in a sync request's digest or a sync reply, and announcements
+// without endpoints. Anything else is refused with an error wrapping errBad or
+// errShort, so every accepted message has one encoding (up to the order of
+// a digest's entries, which follows map iteration).
 
 const wireFormat byte = 1
 
@@ -157,8 +164,17 @@ func (d *decoder) uvarint() uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
+	switch {
+	case n == 0:
 		d.fail(errShort)
+		return 0
+	case n < 0:
+		d.fail(fmt.Errorf("%w: varint overflows 64 bits", errBad))
+		return 0
+	case n > 1 && d.b[n-1] == 0:
+		// A last byte of zero adds nothing: the encoder never writes it, and
+		// accepting it would give one value several encodings.
+		d.fail(fmt.Errorf("%w: varint not in its shortest form", errBad))
 		return 0
 	}
 	d.b = d.b[n:]
@@ -275,6 +291,19 @@ func (d *decoder) key() epKey {
 	return k
 }
 
+// unique fails if k is already in seen, else adds it: a set or a map is
+// never encoded with the same key twice.
+func (d *decoder) unique(seen map[epKey]bool, k epKey, what string) {
+	if d.err != nil {
+		return
+	}
+	if seen[k] {
+		d.fail(fmt.Errorf("%w: %s %s/%s %d/%s listed twice", errBad, what, k.Service, k.Task, k.Port, k.Protocol))
+		return
+	}
+	seen[k] = true
+}
+
 // maxNodeIDLen matches serf's limit on node names.
 const maxNodeIDLen = 128
 
@@ -296,8 +325,11 @@ func (d *decoder) record() *record {
 		return nil
 	}
 	r.Eps = make([]Endpoint, 0, n)
+	seen := make(map[epKey]bool, n)
 	for i := 0; i < n && d.err == nil; i++ {
-		r.Eps = append(r.Eps, d.endpoint(r.Node))
+		ep := d.endpoint(r.Node)
+		d.unique(seen, ep.key(), "endpoint")
+		r.Eps = append(r.Eps, ep)
 	}
 	if d.err != nil {
 		return nil
@@ -350,13 +382,23 @@ func decodeDelta(b []byte) (*delta, error) {
 	if d.err == nil && (dl.To <= dl.From || dl.From < dl.Epoch) {
 		return nil, fmt.Errorf("%w: versions out of order", errBad)
 	}
+	// An endpoint key appears at most once in a delta, added or removed:
+	// the author diffs two sets.
+	seen := make(map[epKey]bool)
 	n := d.count(minEndpointSize)
 	for i := 0; i < n && d.err == nil; i++ {
-		dl.Adds = append(dl.Adds, d.endpoint(dl.Node))
+		ep := d.endpoint(dl.Node)
+		d.unique(seen, ep.key(), "endpoint")
+		dl.Adds = append(dl.Adds, ep)
 	}
 	n = d.count(4)
 	for i := 0; i < n && d.err == nil; i++ {
-		dl.Removes = append(dl.Removes, d.key())
+		k := d.key()
+		d.unique(seen, k, "removed endpoint")
+		dl.Removes = append(dl.Removes, k)
+	}
+	if d.err == nil && dl.Kind == kindAnnounce && len(seen) > 0 {
+		d.fail(fmt.Errorf("%w: announcement carries endpoints", errBad))
 	}
 	if err := d.end(); err != nil {
 		return nil, err
@@ -389,7 +431,11 @@ func (d *decoder) digest() map[string]uint64 {
 	dg := make(map[string]uint64, n)
 	for i := 0; i < n && d.err == nil; i++ {
 		id := d.nodeID()
-		dg[id] = d.uvarint()
+		v := d.uvarint()
+		if _, dup := dg[id]; dup && d.err == nil {
+			d.fail(fmt.Errorf("%w: node %q twice in a digest", errBad, id))
+		}
+		dg[id] = v
 	}
 	return dg
 }
@@ -444,10 +490,18 @@ func decodeSyncReply(b []byte) (*syncReply, error) {
 	d.format()
 	r := &syncReply{}
 	n := d.count(4)
+	seen := make(map[string]bool)
 	for i := 0; i < n && d.err == nil; i++ {
-		if rec := d.record(); rec != nil {
-			r.Records = append(r.Records, rec)
+		rec := d.record()
+		if rec == nil {
+			break
 		}
+		if seen[rec.Node] {
+			d.fail(fmt.Errorf("%w: node %q twice in a sync reply", errBad, rec.Node))
+			break
+		}
+		seen[rec.Node] = true
+		r.Records = append(r.Records, rec)
 	}
 	switch d.byte() {
 	case 0:
