@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/state"
 	"github.com/shoalhq/shoal/scheduler"
 )
@@ -24,8 +25,9 @@ import (
 type Config struct {
 	// Logger receives the driver's logs; default discard.
 	Logger *slog.Logger
-	// Now stamps status changes; default time.Now.
-	Now func() time.Time
+	// Clock stamps status changes and times the retries of tasks that fit
+	// nowhere. Default (nil) clock.Real(); tests drive a fake one.
+	Clock clock.Clock
 	// BatchSize caps the tasks of one store transaction. Default 1000: one
 	// log entry stays well under a megabyte.
 	BatchSize int
@@ -60,8 +62,8 @@ func New(store *state.Store, cfg Config) (*Driver, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 1000
@@ -120,7 +122,7 @@ func (d *Driver) Stop(ctx context.Context) error {
 func (d *Driver) run(ctx context.Context, w *state.Watcher) {
 	defer close(d.done)
 	defer w.Cancel()
-	retry := time.NewTicker(d.cfg.RetryInterval)
+	retry := d.cfg.Clock.NewTimer(d.cfg.RetryInterval)
 	defer retry.Stop()
 	d.pass(ctx)
 	for {
@@ -182,11 +184,12 @@ func (d *Driver) run(ctx context.Context, w *state.Watcher) {
 				}
 			}
 			d.pass(ctx)
-		case <-retry.C:
+		case <-retry.C():
 			if len(d.pending) > 0 {
 				d.dirty = true
 				d.pass(ctx)
 			}
+			retry.Reset(d.cfg.RetryInterval)
 		}
 	}
 }
@@ -365,7 +368,7 @@ func (d *Driver) commit(ctx context.Context, decisions []scheduler.Decision, rea
 			work = append(work, outcome{taskID: id, reason: r})
 		}
 	}
-	now := d.cfg.Now().UnixNano()
+	now := d.cfg.Clock.Now().UnixNano()
 	for start := 0; start < len(work); start += d.cfg.BatchSize {
 		chunk := work[start:min(start+d.cfg.BatchSize, len(work))]
 		err := d.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {

@@ -2,7 +2,9 @@ package schedule
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/clock/clocktest"
 	"github.com/shoalhq/shoal/internal/state"
 	"github.com/shoalhq/shoal/internal/state/statetest"
 )
@@ -266,4 +269,74 @@ func TestHostPortsOnePerNode(t *testing.T) {
 	// A second node: the waiting task goes there.
 	create(t, st, node("n2", ready, active, nil))
 	require.Eventually(t, func() bool { return task(st, waiting).NodeId == "n2" }, 10*time.Second, 5*time.Millisecond)
+}
+
+// flakyLog is an in-memory log that fails the next writes that assign a
+// task, as a log without a quorum would, and reports each failure on failed.
+type flakyLog struct {
+	*statetest.Log
+	failed chan struct{}
+
+	mu    sync.Mutex
+	fails int // assignments still to fail; guarded by mu
+}
+
+func (l *flakyLog) ProposeRequest(ctx context.Context, req *api.StoreRequest) (any, error) {
+	for _, a := range req.Actions {
+		if t := a.GetTask(); t != nil && t.GetStatus().GetState() == api.TaskState_TASK_STATE_ASSIGNED {
+			l.mu.Lock()
+			fail := l.fails > 0
+			if fail {
+				l.fails--
+			}
+			l.mu.Unlock()
+			if fail {
+				l.failed <- struct{}{}
+				return nil, errors.New("flaky log: no quorum")
+			}
+			break
+		}
+	}
+	return l.Log.ProposeRequest(ctx, req)
+}
+
+func TestFailedCommitIsRetriedOnTheClock(t *testing.T) {
+	// The driver's clock stamps assignments and times the retry of a commit
+	// that failed: nothing is retried until the fake clock reaches
+	// RetryInterval, and then the task is placed.
+	ctx := context.Background()
+	clk := clocktest.NewFake()
+	st := state.New(state.Config{Clock: clk, CheckImmutable: true})
+	t.Cleanup(func() { assert.NoError(t, st.Verify(), "stored objects were modified in place") })
+	log := &flakyLog{Log: statetest.NewLog(st), failed: make(chan struct{}, 1), fails: 1}
+	st.SetLog(log)
+	create(t, st, node("n1", api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_ACTIVE, nil))
+
+	d, err := New(st, Config{Clock: clk, RetryInterval: time.Minute})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, d.Stop(ctx)) })
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.True(t, clk.WaitTimers(waitCtx, 1), "the driver arms its retry timer")
+
+	create(t, st, pendingTask("t1", "web", 1, nil))
+	select {
+	case <-log.failed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the driver never tried to assign the task")
+	}
+	assert.Never(t, func() bool { return task(st, "t1").NodeId != "" }, 50*time.Millisecond, 5*time.Millisecond,
+		"no retry before the clock moves")
+
+	clk.Advance(time.Minute - time.Nanosecond)
+	assert.Never(t, func() bool { return task(st, "t1").NodeId != "" }, 50*time.Millisecond, 5*time.Millisecond,
+		"no retry before RetryInterval")
+	clk.Advance(time.Nanosecond)
+	require.Eventually(t, func() bool { return task(st, "t1").NodeId == "n1" }, 10*time.Second, 5*time.Millisecond)
+	tk := task(st, "t1")
+	assert.Equal(t, api.TaskState_TASK_STATE_ASSIGNED, tk.Status.State)
+	assert.Equal(t, clk.Now().UnixNano(), tk.Status.Timestamp, "the assignment is stamped by the driver's clock")
+	assert.Equal(t, clk.Now().UnixNano(), tk.Meta.UpdatedAt, "the store stamps Meta with its clock")
+	require.True(t, clk.WaitTimers(waitCtx, 1), "the retry timer is armed again")
 }

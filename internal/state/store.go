@@ -9,11 +9,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/errdefs"
 )
 
@@ -39,9 +39,10 @@ type Log interface {
 
 // Config configures a Store.
 type Config struct {
-	// Now returns the time written into objects' Meta timestamps. Default
-	// time.Now; tests inject a fixed clock for reproducible objects.
-	Now func() time.Time
+	// Clock gives the time written into objects' Meta timestamps. Default
+	// (nil) clock.Real(); tests inject a fake clock for reproducible
+	// objects. The store reads only its Now: it has no timers.
+	Clock clock.Clock
 	// Logger receives warnings (a watcher that fell behind). Default: discard,
 	// because a library must not write to the host's logs unless asked.
 	Logger *slog.Logger
@@ -89,8 +90,8 @@ type Store struct {
 
 // New returns an empty store. Attach a log with SetLog before writing.
 func New(cfg Config) *Store {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -166,7 +167,7 @@ func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 	if l == nil {
 		return ErrNoLog
 	}
-	tx := newWriteTx(s, s.cfg.Now().UnixNano())
+	tx := newWriteTx(s, s.cfg.Clock.Now().UnixNano())
 	s.mu.RLock()
 	err := fn(tx)
 	s.mu.RUnlock()

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/clock/clocktest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -533,4 +534,20 @@ func TestPublishedPortUniqueAtApply(t *testing.T) {
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("b", 30000)) }))
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.DeleteService("a") }))
 	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateService(svc("e", 30001)) }))
+}
+
+func TestMetaTimestampsComeFromTheClock(t *testing.T) {
+	clk := clocktest.NewFake()
+	s := newInMemory(t, Config{Clock: clk})
+	ctx := context.Background()
+	created := clk.Now().UnixNano()
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error { return tx.CreateTask(task("t1", "s1", 1, "n1")) }))
+	clk.Advance(time.Minute)
+	require.NoError(t, s.Update(ctx, func(tx WriteTx) error {
+		return tx.ModifyTask("t1", func(tk *api.Task) error { tk.NodeId = "n2"; return nil })
+	}))
+	var got *api.Task
+	s.View(func(tx ReadTx) { got = tx.GetTask("t1") })
+	assert.Equal(t, created, got.Meta.CreatedAt)
+	assert.Equal(t, clk.Now().UnixNano(), got.Meta.UpdatedAt)
 }
