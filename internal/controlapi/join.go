@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/ca"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/identity"
 	"github.com/shoalhq/shoal/internal/state"
@@ -34,7 +35,7 @@ type JoinConfig struct {
 	// leader (adding a Raft member needs the leader).
 	Forward func(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error)
 	// Signers signs the new node's certificate with the cluster's CA.
-	Signers *Signers
+	Signers *ca.Signers
 }
 
 // JoinServer admits nodes that present a valid join token: it creates their
@@ -126,9 +127,9 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 	}
 	signers := s.cfg.Signers
 	if signers == nil {
-		signers = &Signers{}
+		signers = &ca.Signers{}
 	}
-	cert, digest, err := signers.issue(ctx, cluster, req.GetCsr(), pki.Subject{NodeID: node.Id, Role: OU(role)}, CertValidity(cluster))
+	cert, digest, err := signers.Issue(ctx, cluster, req.GetCsr(), pki.Subject{NodeID: node.Id, Role: ca.OU(role)}, ca.CertValidity(cluster))
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}

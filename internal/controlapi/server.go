@@ -19,6 +19,7 @@ import (
 
 	"github.com/shoalhq/shoal/internal/allocator"
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/ca"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/identity"
 	"github.com/shoalhq/shoal/internal/keys"
@@ -674,7 +675,7 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 			cur.UnlockKey = k
 		}
 		if req.GetRotateRootCa() {
-			rc, err := StartRootRotation(cur)
+			rc, err := ca.StartRootRotation(cur)
 			if err != nil {
 				return err
 			}
@@ -688,7 +689,7 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 			cur.Gossip = g
 		}
 		if req.GetRotateWorkerToken() || req.GetRotateManagerToken() {
-			tokens, err := RotateTokens(cur, req.GetRotateWorkerToken(), req.GetRotateManagerToken())
+			tokens, err := ca.RotateTokens(cur, req.GetRotateWorkerToken(), req.GetRotateManagerToken())
 			if err != nil {
 				return err
 			}

@@ -197,13 +197,13 @@ func validatePorts(ports []*api.PortConfig) error {
 		default:
 			return invalid(field+".Mode", "must be ingress or host, got %d", int32(p.Mode))
 		}
-		tk := allocator.PortKey{p.TargetPort, p.Protocol}
+		tk := allocator.PortKey{Port: p.TargetPort, Protocol: p.Protocol}
 		if j, dup := targets[tk]; dup {
 			return invalid(field+".Target", "%s is already listed in Ports[%d]", tk, j)
 		}
 		targets[tk] = i
 		if p.PublishedPort != 0 {
-			pk := allocator.PortKey{p.PublishedPort, p.Protocol}
+			pk := allocator.PortKey{Port: p.PublishedPort, Protocol: p.Protocol}
 			if j, dup := published[pk]; dup {
 				return invalid(field+".Published", "%s is already published by Ports[%d]", pk, j)
 			}
