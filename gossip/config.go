@@ -105,9 +105,9 @@ type Config struct {
 	// StreamTimeout bounds each table sync stream (dial, exchange).
 	StreamTimeout time.Duration
 
-	// Transport, when set, replaces the UDP/TCP network transport (tests run
-	// many members in one process over MemNetwork). Ownership passes to the
-	// Node, which shuts it down on Stop.
+	// Transport, when set, replaces the UDP/TCP network transport (test
+	// harnesses run many members in one process over gossiptest.MemNetwork).
+	// Ownership passes to the Node, which shuts it down on Stop.
 	Transport memberlist.Transport
 
 	// Now is the clock used to seed this node's version counter, so a

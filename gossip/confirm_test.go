@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/serf/serf"
+	"github.com/shoalhq/shoal/gossip/gossiptest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -194,7 +195,7 @@ func TestConfirmOlderBuildNeverAnswers(t *testing.T) {
 }
 
 func TestConfirmLifecycle(t *testing.T) {
-	n, err := New(fastConfig("solo", NewMemNetwork(1).NewTransport(), nil))
+	n, err := New(fastConfig("solo", gossiptest.NewMemNetwork(1).NewTransport(), nil))
 	require.NoError(t, err)
 	require.ErrorIs(t, n.Confirm(context.Background()), ErrNotStarted)
 	require.NoError(t, n.Start(context.Background()))
@@ -207,7 +208,7 @@ func TestConfirmLifecycle(t *testing.T) {
 	require.NoError(t, n.Stop(context.Background()))
 	require.ErrorIs(t, n.Confirm(context.Background()), ErrStopped)
 
-	never, err := New(fastConfig("never", NewMemNetwork(1).NewTransport(), nil))
+	never, err := New(fastConfig("never", gossiptest.NewMemNetwork(1).NewTransport(), nil))
 	require.NoError(t, err)
 	require.NoError(t, never.Stop(context.Background()))
 	require.ErrorIs(t, never.Confirm(context.Background()), ErrStopped)

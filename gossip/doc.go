@@ -79,8 +79,9 @@
 //
 // # Testing
 //
-// MemNetwork provides in-memory memberlist transports with packet loss and
-// isolation, so tests run dozens of members in one process.
+// Package gossiptest provides an in-memory network (MemNetwork) whose
+// transports go in Config.Transport, with packet loss and isolation, so
+// tests run dozens of members in one process.
 //
 // # Caveats
 //

@@ -7,14 +7,15 @@ import (
 	"time"
 
 	"github.com/shoalhq/shoal/gossip"
+	"github.com/shoalhq/shoal/gossip/gossiptest"
 )
 
 // Two members on an in-memory network: one publishes an endpoint, the
 // other sees it in its table.
 func ExampleNew() {
-	netw := gossip.NewMemNetwork(1)
+	netw := gossiptest.NewMemNetwork(1)
 	key := make([]byte, gossip.KeySize) // managers distribute a random key
-	start := func(id string) (*gossip.Node, *gossip.MemTransport) {
+	start := func(id string) (*gossip.Node, *gossiptest.MemTransport) {
 		tr := netw.NewTransport()
 		cfg := gossip.DefaultConfig()
 		cfg.NodeID, cfg.Transport, cfg.Keys = id, tr, [][]byte{key}
@@ -57,7 +58,7 @@ func ExampleNew() {
 // phases, each done on every member before the next: install B, use B,
 // retire A. Members in adjacent phases understand each other throughout.
 func ExampleNode_SetKeys() {
-	netw := gossip.NewMemNetwork(1)
+	netw := gossiptest.NewMemNetwork(1)
 	keyA := make([]byte, gossip.KeySize)
 	keyB := make([]byte, gossip.KeySize)
 	keyB[0] = 1 // managers use random keys
@@ -104,7 +105,7 @@ func ExampleNode_SetKeys() {
 // returns once every other member's table no longer lists it, so no
 // balancer sends the task new connections and it can be stopped.
 func ExampleNode_Confirm() {
-	netw := gossip.NewMemNetwork(1)
+	netw := gossiptest.NewMemNetwork(1)
 	key := make([]byte, gossip.KeySize) // managers distribute a random key
 	var members []*gossip.Node
 	var addrs []string

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoalhq/shoal/gossip/gossiptest"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
@@ -28,7 +29,7 @@ func TestMain(m *testing.M) {
 
 // fastConfig is tuned for in-process clusters: quick gossip and repair, but
 // failure detection loose enough not to flap on a loaded 2-core machine.
-func fastConfig(id string, tr *MemTransport, key []byte) Config {
+func fastConfig(id string, tr *gossiptest.MemTransport, key []byte) Config {
 	cfg := DefaultConfig()
 	cfg.NodeID = id
 	cfg.Transport = tr
@@ -52,18 +53,18 @@ func newKey(t testing.TB) []byte {
 
 type cluster struct {
 	t     testing.TB
-	net   *MemNetwork
+	net   *gossiptest.MemNetwork
 	nodes []*Node
-	trs   []*MemTransport
+	trs   []*gossiptest.MemTransport
 }
 
-// startCluster starts n members on a fresh MemNetwork and joins them all
+// startCluster starts n members on a fresh gossiptest.MemNetwork and joins them all
 // through the first; cleanup kills them (no leave, to keep tests quick).
 func startCluster(t testing.TB, n int, key []byte, mod func(*Config)) *cluster {
-	return startClusterNet(t, NewMemNetwork(1), n, key, mod)
+	return startClusterNet(t, gossiptest.NewMemNetwork(1), n, key, mod)
 }
 
-func startClusterNet(t testing.TB, netw *MemNetwork, n int, key []byte, mod func(*Config)) *cluster {
+func startClusterNet(t testing.TB, netw *gossiptest.MemNetwork, n int, key []byte, mod func(*Config)) *cluster {
 	t.Helper()
 	c := &cluster{t: t, net: netw}
 	for i := range n {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoalhq/shoal/gossip/gossiptest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -187,7 +188,7 @@ func TestSetKeysValidation(t *testing.T) {
 	assert.Equal(t, [][]byte{b, a}, n.Keys())
 
 	// Config validation applies the same rules.
-	cfg := fastConfig("dup", NewMemNetwork(1).NewTransport(), a)
+	cfg := fastConfig("dup", gossiptest.NewMemNetwork(1).NewTransport(), a)
 	cfg.Keys = [][]byte{a, a}
 	_, err := New(cfg)
 	require.ErrorIs(t, err, ErrInvalidConfig)
@@ -196,7 +197,7 @@ func TestSetKeysValidation(t *testing.T) {
 
 func TestSetKeysLifecycle(t *testing.T) {
 	a, b := newKey(t), newKey(t)
-	netw := NewMemNetwork(1)
+	netw := gossiptest.NewMemNetwork(1)
 
 	// Before Start: it replaces Config.Keys, even on a node configured
 	// without keys, and Start uses them.

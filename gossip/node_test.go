@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoalhq/shoal/gossip/gossiptest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -48,7 +49,7 @@ func TestPublishWithdrawWatch(t *testing.T) {
 }
 
 func TestSetLocalStampsNodeAndSkipsInvalid(t *testing.T) {
-	n, err := New(fastConfig("me", NewMemNetwork(1).NewTransport(), nil))
+	n, err := New(fastConfig("me", gossiptest.NewMemNetwork(1).NewTransport(), nil))
 	require.NoError(t, err)
 	good := ep("someone-else", "svc", "t1", 80, "10.0.0.1:1000")
 	bad := good
@@ -160,10 +161,10 @@ func TestRestartOutranksPreviousIncarnation(t *testing.T) {
 }
 
 func TestEncryptionMismatchRefused(t *testing.T) {
-	netw := NewMemNetwork(1)
+	netw := gossiptest.NewMemNetwork(1)
 	ta, tb, tc := netw.NewTransport(), netw.NewTransport(), netw.NewTransport()
 	k1, k2 := newKey(t), newKey(t)
-	mk := func(id string, tr *MemTransport, key []byte) *Node {
+	mk := func(id string, tr *gossiptest.MemTransport, key []byte) *Node {
 		n, err := New(fastConfig(id, tr, key))
 		require.NoError(t, err)
 		require.NoError(t, n.Start(context.Background()))
@@ -223,7 +224,7 @@ func TestKeyRotationKeepsClusterTogether(t *testing.T) {
 }
 
 func TestLifecycleErrors(t *testing.T) {
-	n, err := New(fastConfig("x", NewMemNetwork(1).NewTransport(), nil))
+	n, err := New(fastConfig("x", gossiptest.NewMemNetwork(1).NewTransport(), nil))
 	require.NoError(t, err)
 	_, err = n.Join(context.Background(), []string{"10.0.0.1:7946"})
 	require.ErrorIs(t, err, ErrNotStarted)

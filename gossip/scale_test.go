@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoalhq/shoal/gossip/gossiptest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -17,7 +18,7 @@ import (
 // convergeLarge runs members × perNode endpoints to convergence, then a round
 // of small changes on every member (gossiped as deltas) to convergence again.
 func convergeLarge(t *testing.T, members, perNode int, loss float64) {
-	c := startClusterOn(t, NewMemNetwork(42), loss, members, newKey(t), nil)
+	c := startClusterOn(t, gossiptest.NewMemNetwork(42), loss, members, newKey(t), nil)
 	start := time.Now()
 	var want []Endpoint
 	for i, nd := range c.nodes {
@@ -55,7 +56,7 @@ func convergeLarge(t *testing.T, members, perNode int, loss float64) {
 // bytes; this package's deltas stay far below (maxDeltaPayload).
 const udpLimit = 1472
 
-func startClusterOn(t *testing.T, netw *MemNetwork, loss float64, n int, key []byte, mod func(*Config)) *cluster {
+func startClusterOn(t *testing.T, netw *gossiptest.MemNetwork, loss float64, n int, key []byte, mod func(*Config)) *cluster {
 	netw.SetLoss(loss)
 	return startClusterNet(t, netw, n, key, mod)
 }

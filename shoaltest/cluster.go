@@ -17,6 +17,7 @@ import (
 
 	"github.com/shoalhq/shoal"
 	"github.com/shoalhq/shoal/gossip"
+	"github.com/shoalhq/shoal/gossip/gossiptest"
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/runtime/runtimetest"
 )
@@ -76,7 +77,7 @@ type Cluster struct {
 	// gossip is the nodes' gossip network; ipBase the first three bytes of
 	// their loopback addresses (random per cluster, so clusters of
 	// concurrent tests do not share published ports).
-	gossip *gossip.MemNetwork
+	gossip *gossiptest.MemNetwork
 	ipBase [3]byte
 
 	mu       sync.Mutex
@@ -141,7 +142,7 @@ func Start(tb testing.TB, opts Options) *Cluster {
 		opts.Timeout = 30 * time.Second
 	}
 	c := &Cluster{tb: tb, opts: opts, net: NewNetwork(), dir: tb.TempDir(), nextPort: 4242,
-		gossip: gossip.NewMemNetwork(rand.Uint64())}
+		gossip: gossiptest.NewMemNetwork(rand.Uint64())}
 	c.ipBase = [3]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256))}
 	tb.Cleanup(c.Stop)
 	// Cleanups run last first: the report sees the cluster before Stop.
@@ -193,7 +194,7 @@ func (c *Cluster) Network() *Network { return c.net }
 
 // GossipNetwork returns the nodes' gossip network (nil without Mesh),
 // for loss and isolation.
-func (c *Cluster) GossipNetwork() *gossip.MemNetwork {
+func (c *Cluster) GossipNetwork() *gossiptest.MemNetwork {
 	if !c.opts.Mesh {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package gossip
+package gossiptest
 
 import (
 	"errors"
@@ -138,7 +138,7 @@ type MemTransport struct {
 var _ memberlist.Transport = (*MemTransport)(nil)
 
 // errRefused is returned for dials to absent, isolated or shut down members.
-var errRefused = errors.New("gossip: memnet: connection refused")
+var errRefused = errors.New("gossiptest: connection refused")
 
 // Addr is the member's address, for Join and Isolate.
 func (t *MemTransport) Addr() string { return t.addr }
