@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +29,31 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // ioTimeout bounds every blocking read or write of the tests: generous, so
 // a loaded machine never trips it; it only turns a hang into a failure.
 const ioTimeout = 10 * time.Second
+
+// closeBound is how soon a connection the balancer closes must end on the
+// client's side: far beyond a loaded machine's scheduling delays, and well
+// below ioTimeout, so a connection left open until the read deadline fails.
+const closeBound = ioTimeout / 2
+
+// requireClosed reads c (through r, which may hold buffered data) until it
+// ends, and requires that it ends by the balancer closing it (EOF, or a
+// reset when the client's data was unread) within closeBound: a
+// connection left open until the read deadline fails.
+func requireClosed(t *testing.T, c net.Conn, r io.Reader, what string) {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(ioTimeout)))
+	start := time.Now()
+	buf := make([]byte, 256)
+	var err error
+	for err == nil {
+		_, err = r.Read(buf)
+	}
+	took := time.Since(start)
+	require.NotErrorIs(t, err, os.ErrDeadlineExceeded, "%s: the connection stayed open until the read deadline", what)
+	require.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET),
+		"%s: the connection must be closed (EOF or reset), got %v", what, err)
+	require.Less(t, took, closeBound, "%s: the connection was closed only after %v", what, took)
+}
 
 // tcpBackend is a test endpoint: it greets each connection with its name
 // and a newline, then echoes until EOF, then writes "bye" and closes.

@@ -8,12 +8,13 @@ import (
 	"strings"
 )
 
-// Protocol is the transport protocol of a published port.
+// Protocol is the transport protocol of a published port. Its values are
+// those of shoal.Protocol: the zero Protocol is TCP.
 type Protocol uint8
 
 const (
 	// TCP is a published TCP port: each new connection is balanced.
-	TCP Protocol = iota + 1
+	TCP Protocol = iota
 	// UDP is a published UDP port: each new flow (client address) is
 	// balanced.
 	UDP
@@ -63,7 +64,7 @@ func (e Endpoint) String() string { return e.Task + "@" + e.Addr.String() }
 type Port struct {
 	// Service is the ID or name of the service that publishes the port.
 	Service string
-	// Protocol is TCP or UDP.
+	// Protocol is TCP (the zero value) or UDP.
 	Protocol Protocol
 	// Published is the port number every node answers on.
 	Published uint16

@@ -117,7 +117,7 @@ func TestApplyRejectsBadInput(t *testing.T) {
 	num := freePort(t, "tcp")
 	okPort := Port{Service: "a-first", Protocol: TCP, Published: num}
 	table := Table{
-		{Service: "web", Protocol: 0, Published: 80}:  nil,
+		{Service: "web", Protocol: 9, Published: 80}:  nil,
 		{Service: "web", Protocol: TCP, Published: 0}: nil,
 		okPort: {a.endpoint(), {Task: "t-bad", Addr: netip.AddrPort{}}},
 		{Service: "b-second", Protocol: TCP, Published: num}: {a.endpoint()},
@@ -197,6 +197,12 @@ func TestProtocol(t *testing.T) {
 	_, err = ParseProtocol("sctp")
 	assert.ErrorContains(t, err, "must be tcp or udp")
 	assert.Equal(t, "protocol(9)", Protocol(9).String())
+
+	// The values are shoal.Protocol's: the zero value is TCP.
+	assert.Equal(t, Protocol(0), TCP)
+	assert.Equal(t, Protocol(1), UDP)
+	assert.True(t, Port{}.Protocol.valid())
+	assert.False(t, Protocol(2).valid())
 }
 
 func FuzzParseProtocol(f *testing.F) {
