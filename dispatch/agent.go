@@ -343,7 +343,7 @@ var (
 // ctx ends. established reports whether the session was opened.
 func (a *Agent) session(ctx context.Context, addr string) (established bool, err error) {
 	creds := a.cfg.TransportCredentials
-	if creds == nil {
+	if creds == nil { // validation allows it only with Insecure
 		creds = insecure.NewCredentials()
 	}
 	opts := append([]grpc.DialOption{

@@ -27,9 +27,16 @@ type AgentConfig struct {
 	// Dial opens a connection to a manager address. Default: a TCP
 	// net.Dialer; test harnesses inject a dialer that can cut connections.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
-	// TransportCredentials secures the connection. Default: insecure, until
-	// the mTLS layer passes node certificates here.
+	// TransportCredentials secure the connection to the dispatcher: the
+	// node's mutual TLS 1.3 credentials (pki.Credentials.ClientTLS), whose
+	// certificate identifies the node to the manager. Required unless
+	// Insecure is set.
 	TransportCredentials credentials.TransportCredentials
+	// Insecure, when TransportCredentials is nil, connects in plaintext,
+	// without authenticating either side. It is for tests only: a dispatcher
+	// served by a node accepts nothing but mutual TLS. Default false: an
+	// agent without TransportCredentials is refused.
+	Insecure bool
 	// DialOptions are extra gRPC dial options, applied after the agent's own.
 	DialOptions []grpc.DialOption
 	// Runtime runs the tasks. Required.
@@ -101,7 +108,8 @@ type AgentConfig struct {
 }
 
 // DefaultAgentConfig returns the configuration with every default set; the
-// required fields (NodeID, Managers, Runtime) are left empty.
+// required fields (NodeID, Managers, Runtime, TransportCredentials) are left
+// empty.
 func DefaultAgentConfig() AgentConfig {
 	return AgentConfig{
 		Dial:                defaultDial,
@@ -153,6 +161,9 @@ func (c AgentConfig) withDefaults() (AgentConfig, error) {
 	}
 	if c.Runtime == nil {
 		errs = append(errs, errors.New("AgentConfig.Runtime: must not be nil"))
+	}
+	if c.TransportCredentials == nil && !c.Insecure {
+		errs = append(errs, errors.New("AgentConfig.TransportCredentials: must not be nil (set AgentConfig.Insecure for plaintext, in tests only)"))
 	}
 	if c.BackoffMin < 0 {
 		errs = append(errs, fmt.Errorf("AgentConfig.BackoffMin: must not be negative, got %v", c.BackoffMin))

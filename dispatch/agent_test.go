@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
@@ -39,6 +40,7 @@ func agentConfig(node string, managers func() []string, rt *runtimetest.Runtime)
 		BackoffMax:          50 * time.Millisecond,
 		StatusBatchInterval: 2 * time.Millisecond,
 		Description:         &api.NodeDescription{Hostname: node + "-host"},
+		Insecure:            true, // the test dispatchers serve plaintext
 	}
 }
 
@@ -75,10 +77,21 @@ func requireFakeState(t *testing.T, rt *runtimetest.Runtime, id string, want run
 func TestAgentConfigValidation(t *testing.T) {
 	_, err := NewAgent(AgentConfig{})
 	require.Error(t, err)
-	for _, field := range []string{"AgentConfig.NodeID", "AgentConfig.Managers", "AgentConfig.Runtime"} {
+	for _, field := range []string{"AgentConfig.NodeID", "AgentConfig.Managers", "AgentConfig.Runtime", "AgentConfig.TransportCredentials"} {
 		assert.Contains(t, err.Error(), field)
 	}
+
+	// Without credentials the agent is refused unless plaintext is asked for.
 	cfg := agentConfig("n1", func() []string { return nil }, runtimetest.New())
+	cfg.Insecure = false
+	_, err = NewAgent(cfg)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "AgentConfig.TransportCredentials: must not be nil")
+	cfg.TransportCredentials = insecure.NewCredentials() // any credentials will do for validation
+	_, err = NewAgent(cfg)
+	require.NoError(t, err)
+
+	cfg = agentConfig("n1", func() []string { return nil }, runtimetest.New())
 	cfg.BackoffMin, cfg.BackoffMax = time.Second, time.Millisecond
 	_, err = NewAgent(cfg)
 	require.Error(t, err)

@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/shoalhq/shoal/dispatch"
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/state"
 	"github.com/shoalhq/shoal/internal/state/statetest"
+	"github.com/shoalhq/shoal/pki"
 	"github.com/shoalhq/shoal/runtime/runtimetest"
 )
 
@@ -50,6 +52,7 @@ func Example() {
 	cfg.NodeID = "worker1"
 	cfg.Managers = func() []string { return []string{lis.Addr().String()} }
 	cfg.Runtime = rt
+	cfg.Insecure = true // this example's server has no TLS; a node passes its mTLS credentials
 	agent, err := dispatch.NewAgent(cfg)
 	if err != nil {
 		panic(err)
@@ -82,11 +85,31 @@ func ExampleNewDispatcher() {
 	// Output: true <nil>
 }
 
+// A worker's agent dials the managers with the node's mutual TLS
+// credentials; an agent without credentials is refused.
 func ExampleNewAgent() {
+	const cluster = "c0123456789abcdefghijklmn"
+	ca, _ := pki.NewRootCA(cluster, 0)
+	signer, _ := pki.NewLocalSigner(ca, nil)
+	keyPEM, csrPEM, _ := pki.NewKeyAndCSR("worker1")
+	chain, err := signer.Sign(context.Background(), pki.SignRequest{
+		CSR:      csrPEM,
+		Subject:  pki.Subject{NodeID: "worker1", Role: pki.OUWorker, ClusterID: cluster},
+		Validity: pki.DefaultCertValidity,
+	})
+	if err != nil {
+		panic(err)
+	}
+	creds, err := pki.NewCredentials(pki.KeyPair{CertPEM: chain, KeyPEM: keyPEM, RootPEM: ca.CertPEM})
+	if err != nil {
+		panic(err)
+	}
+
 	cfg := dispatch.DefaultAgentConfig()
 	cfg.NodeID = "worker1"
 	cfg.Managers = func() []string { return []string{"10.0.0.1:4242"} }
 	cfg.Runtime = runtimetest.New()
+	cfg.TransportCredentials = credentials.NewTLS(creds.ClientTLS(pki.ManagerServerName))
 	a, err := dispatch.NewAgent(cfg)
 	fmt.Println(a != nil, err)
 
@@ -96,6 +119,7 @@ func ExampleNewAgent() {
 	// true <nil>
 	// dispatch: AgentConfig.Managers: must not be nil
 	// AgentConfig.Runtime: must not be nil
+	// AgentConfig.TransportCredentials: must not be nil (set AgentConfig.Insecure for plaintext, in tests only)
 }
 
 // A worker that stops gracefully leaves: its node is DOWN with
@@ -131,6 +155,7 @@ func ExampleAgent_Stop() {
 	cfg.NodeID = "worker1"
 	cfg.Managers = func() []string { return []string{lis.Addr().String()} }
 	cfg.Runtime = rt
+	cfg.Insecure = true // this example's server has no TLS; a node passes its mTLS credentials
 	agent, err := dispatch.NewAgent(cfg)
 	if err != nil {
 		panic(err)
@@ -189,6 +214,7 @@ func ExampleAgentConfig_onEndpoints() {
 	cfg.NodeID = "worker1"
 	cfg.Managers = func() []string { return []string{lis.Addr().String()} }
 	cfg.Runtime = runtimetest.New()
+	cfg.Insecure = true              // this example's server has no TLS; a node passes its mTLS credentials
 	cfg.DrainDelay = 5 * time.Second // applies when a task is stopped by the manager
 	cfg.OnEndpoints = func(eps []dispatch.PublishedEndpoint) { sets <- eps }
 	agent, err := dispatch.NewAgent(cfg)
