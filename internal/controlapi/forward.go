@@ -2,6 +2,7 @@ package controlapi
 
 import (
 	"github.com/shoalhq/shoal/internal/ca"
+	"github.com/shoalhq/shoal/internal/gossipkeys"
 )
 
 // Signers builds and caches the signer of the cluster's current CA.
@@ -35,3 +36,15 @@ var OU = ca.OU
 //
 // Deprecated: forwarding for the root package; use ca.ClientNameRE.
 var ClientNameRE = ca.ClientNameRE
+
+// NewGossipKeys returns the gossip keys of a new cluster.
+//
+// Deprecated: forwarding for the root package; use gossipkeys.NewKeys.
+var NewGossipKeys = gossipkeys.NewKeys
+
+// NextGossipKeyPhase returns the keys of a gossip key rotation's next phase
+// once the current one has lasted grace.
+//
+// Deprecated: forwarding for the root package; use gossipkeys.NextPhase (or
+// the gossipkeys.Rotator component, which runs it on the leader).
+var NextGossipKeyPhase = gossipkeys.NextPhase

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -20,7 +19,9 @@ import (
 	"github.com/shoalhq/shoal/internal/allocator"
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/ca"
+	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/internal/gossipkeys"
 	"github.com/shoalhq/shoal/internal/identity"
 	"github.com/shoalhq/shoal/internal/keys"
 	"github.com/shoalhq/shoal/internal/state"
@@ -36,6 +37,7 @@ type Server struct {
 	api.UnimplementedControlServer
 	store *state.Store
 	opts  Options
+	clock clock.Clock // opts.Clock, or the real clock
 	// ports is the range ingress ports are allocated from; tests shrink it.
 	ports allocator.PortRange
 	// portMu serializes the service writes of this manager that allocate
@@ -68,6 +70,10 @@ type Options struct {
 	// Leader returns a control client of the leader and a func to release
 	// it; requests that must run on the leader are forwarded through it.
 	Leader func(ctx context.Context) (api.ControlClient, func(), error)
+	// Clock is the time source of what the server stamps into the cluster
+	// object (the start of a gossip key rotation phase). Nil means
+	// clock.Real().
+	Clock clock.Clock
 }
 
 // New returns a control API server over store.
@@ -75,6 +81,10 @@ func New(store *state.Store, opts ...Options) *Server {
 	s := &Server{store: store, ports: allocator.DynamicPorts}
 	if len(opts) > 0 {
 		s.opts = opts[0]
+	}
+	s.clock = s.opts.Clock
+	if s.clock == nil {
+		s.clock = clock.Real()
 	}
 	return s
 }
@@ -128,6 +138,9 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 	// Retried on a conflict: another manager may have allocated the same free
 	// port at the same moment (the store refuses the second when it applies).
 	err := s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
+		if err := nameFree(tx, svc); err != nil {
+			return err
+		}
 		if err := allocator.AllocatePorts(tx, svc, s.ports); err != nil {
 			return err
 		}
@@ -137,6 +150,22 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 		return nil, errdefs.ToGRPC(err)
 	}
 	return s.localService(svc.Id)
+}
+
+// nameFree checks that no other service in tx has svc's name (names are
+// unique case-insensitively), with an error that names the field and wraps
+// ErrExist. The store enforces the same when it applies the write.
+func nameFree(tx state.ReadTx, svc *api.Service) error {
+	others, err := tx.FindServices(state.ByName(svc.GetSpec().GetName()))
+	if err != nil {
+		return err
+	}
+	for _, o := range others {
+		if o.GetId() != svc.GetId() {
+			return fmt.Errorf("ServiceSpec.Name: %q is used by service %s: %w", svc.GetSpec().GetName(), o.GetId(), errdefs.ErrExist)
+		}
+	}
+	return nil
 }
 
 // localService, localNode and localCluster answer a write with the object as
@@ -256,6 +285,9 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 			cur.SpecVersion++
 		}
 		cur.Spec = req.Spec
+		if err := nameFree(tx, cur); err != nil {
+			return err
+		}
 		if err := allocator.AllocatePorts(tx, cur, s.ports); err != nil {
 			return err
 		}
@@ -682,7 +714,7 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 			cur.RootCa = rc
 		}
 		if req.GetRotateGossipKey() {
-			g, err := StartGossipKeyRotation(cur.GetGossip(), time.Now())
+			g, err := gossipkeys.StartRotation(cur.GetGossip(), s.clock.Now())
 			if err != nil {
 				return err
 			}
