@@ -1,9 +1,3 @@
-// Package schedule drives the pure scheduler package on the leader: it keeps
-// the scheduler's view of nodes and occupying tasks current from store watch
-// events, places PENDING tasks in passes, and commits the decisions in
-// batched store transactions (PENDING → ASSIGNED), retrying conflicts. Tasks
-// that fit nowhere stay PENDING with the scheduler's explanation as their
-// status message, and are retried whenever nodes or their load change.
 package schedule
 
 import (
@@ -23,31 +17,40 @@ import (
 
 // Config configures a Driver.
 type Config struct {
-	// Logger receives the driver's logs; default discard.
+	// Logger receives the driver's logs. Default: discard, because a library
+	// must not write to the host's logs unless asked.
 	Logger *slog.Logger
-	// Clock stamps status changes and times the retries of tasks that fit
-	// nowhere. Default (nil) clock.Real(); tests drive a fake one.
+	// Clock stamps assignments and times the retries (RetryInterval).
+	// Default (nil) clock.Real(); tests drive a fake one.
 	Clock clock.Clock
 	// BatchSize caps the tasks of one store transaction. Default 1000: one
 	// log entry stays well under a megabyte.
 	BatchSize int
-	// RetryInterval is how often tasks that fit nowhere are tried again even
-	// without a change in the nodes (a safety net; changes retry at once).
-	// Default 1s.
+	// RetryInterval is how often, while tasks are pending, they are tried
+	// again without a change in the nodes: a safety net for tasks that fit
+	// nowhere (a change retries them at once) and the retry of commits that
+	// failed. Default 1s: a failed commit (no quorum, a lost leadership)
+	// costs at most a second of scheduling, and a pass over nothing new
+	// writes nothing.
 	RetryInterval time.Duration
 }
 
-// Driver runs scheduling passes against a store. Start once, Stop once.
+// Driver runs scheduling passes against a store. Start it once; Stop is
+// idempotent, may be called without Start, and must not run concurrently
+// with Start. The pass loop runs on the one goroutine Start starts and Stop
+// ends.
 type Driver struct {
 	cfg   Config
 	store *state.Store
+	// sched and the fields below it are the pass loop's alone: Start sets
+	// them up before the loop starts, then only the loop uses them.
 	sched *scheduler.Scheduler
 
-	pending map[string]*api.Task // PENDING tasks by ID (shared event objects: read-only)
-	msgs    map[string]string    // the status message each pending task has in the store
-	dirty   bool                 // new pending tasks since the last pass
-	lastGen uint64               // scheduler generation after the last pass
-	cons    map[string][]scheduler.Constraint
+	pending map[string]*api.Task              // PENDING tasks by ID (shared event objects: read-only)
+	msgs    map[string]string                 // the status message each pending task has in the store
+	dirty   bool                              // something to place since the last pass (new pending tasks, a failed commit)
+	lastGen uint64                            // scheduler generation after the last pass
+	cons    map[string][]scheduler.Constraint // parsed placement constraints by their text
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -410,8 +413,8 @@ func (d *Driver) commit(ctx context.Context, decisions []scheduler.Decision, rea
 		} else {
 			for _, o := range chunk {
 				if o.nodeID != "" {
-					// The watch event will confirm it; until then the task is
-					// recorded on its node by Schedule and no longer pending.
+					// Schedule recorded the task on its node, so it is no
+					// longer pending here; its watch event confirms it.
 					delete(d.pending, o.taskID)
 					delete(d.msgs, o.taskID)
 				} else if _, ok := d.pending[o.taskID]; ok {

@@ -54,7 +54,8 @@ func (k Kind) String() string {
 
 func (k Kind) table() string { return k.String() }
 
-// Object is one of *api.Node, *api.Service, *api.Task, *api.Cluster.
+// Object is one of *api.Node, *api.Service, *api.Task, *api.Cluster. Once
+// stored, an object is never modified (see the package doc).
 type Object interface {
 	proto.Message
 	GetId() string
@@ -185,13 +186,13 @@ type By struct {
 // All selects every object of the kind.
 func All() By { return By{index: indexID, prefix: true} }
 
-// ByIDPrefix selects objects whose ID starts with p.
 // ByPublishedPort selects the service that publishes an ingress port (key
 // from PublishedPortKey).
 func ByPublishedPort(key string) By {
 	return By{index: indexPublished, arg: key, tables: []string{tableService}}
 }
 
+// ByIDPrefix selects objects whose ID starts with p.
 func ByIDPrefix(p string) By { return By{index: indexID, arg: p, prefix: true} }
 
 // ByName selects services, clusters (by spec name) or nodes (by hostname),

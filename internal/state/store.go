@@ -27,13 +27,22 @@ var (
 	ErrNoLog = errors.New("state: no log attached to the store")
 )
 
-// Log is the replicated log the store proposes its writes to.
+// Log is the replicated log the store proposes its writes to, and the
+// caller of the store's Apply (and Restore) for every committed entry.
 // raftstore.Node implements it; statetest.NewStore makes a store with an
 // in-memory one.
+//
+// The log applies entries one at a time, in log order, from one goroutine at
+// a time; Apply takes the store's write lock, so it waits for the View and
+// Update callbacks in progress.
 type Log interface {
 	// Propose appends data to the log and returns, once the entry is committed
-	// and applied on this node, what the store's Apply returned for it. It is
-	// safe for concurrent use.
+	// and applied on this node, what the store's Apply returned for it, so
+	// that a View after Update sees the write. If it fails the entry may
+	// still commit and be applied later (ctx ended, leadership lost): the
+	// store passes that uncertainty on to Update's caller. data belongs to
+	// the log from the call on. Propose is safe for concurrent use; the store
+	// calls it holding none of its locks.
 	Propose(ctx context.Context, data []byte) (any, error)
 }
 
@@ -62,23 +71,28 @@ type Config struct {
 // Store is the object store: indexed tables of nodes, services, tasks and the
 // cluster object. Reads see a consistent snapshot; writes are proposed to the
 // Log and become visible only when the log applies them (Apply), on every
-// member alike. Objects returned by reads are copies the caller may keep and
-// modify; objects in watch events are shared and must not be modified.
+// member alike. Objects returned by View and Update reads are copies the
+// caller may keep and modify; objects from ViewShared and in watch events are
+// shared and must not be modified.
 //
-// View, ViewAndWatch and Update callbacks run under the store's read lock:
-// they must be short, and must not call View, Update or Watch themselves.
+// A Store is safe for concurrent use by any number of goroutines. View,
+// ViewShared, ViewAndWatch and Update callbacks run on the caller's
+// goroutine under the store's read lock, which holds up every apply: they
+// must be short, must not block, and must not call the Store's methods (see
+// ReadTx).
 type Store struct {
 	cfg Config
 
-	// mu guards the tables and index: readers (View, the callbacks of
-	// Update) share it, Apply and Restore take it alone.
+	// mu guards the tables, index and recent: readers (View, the callbacks
+	// of Update) share it, Apply and Restore take it alone. chk is set by New
+	// and never replaced.
 	mu     sync.RWMutex
 	tables map[Kind]*table
 	index  uint64        // last applied log index
 	chk    *immutChecker // nil unless Config.CheckImmutable
 	recent recentRequests
 
-	logMu sync.RWMutex
+	logMu sync.RWMutex // guards log
 	log   Log
 
 	// pubMu guards watchers. Apply publishes while holding mu, so a
@@ -116,7 +130,9 @@ func newTables(chk *immutChecker) map[Kind]*table {
 	return tables
 }
 
-// SetLog attaches the log that Update proposes to.
+// SetLog attaches the log that Update proposes to. It is safe to call at any
+// time, concurrently with Update: an Update in progress keeps the log it
+// started with.
 func (s *Store) SetLog(l Log) {
 	s.logMu.Lock()
 	s.log = l
@@ -130,8 +146,9 @@ func (s *Store) Index() uint64 {
 	return s.index
 }
 
-// View runs fn with a read transaction over a consistent snapshot. The
-// objects it reads are copies fn may modify and keep.
+// View runs fn, on the caller's goroutine, with a read transaction over a
+// consistent snapshot, and returns when fn does. The objects it reads are
+// copies fn may modify and keep. fn follows ReadTx's rules.
 func (s *Store) View(fn func(ReadTx)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -139,8 +156,9 @@ func (s *Store) View(fn func(ReadTx)) {
 }
 
 // ViewShared is View without the copies, for internal read-only callers on
-// hot paths: the objects fn reads are the STORED OBJECTS THEMSELVES, shared
-// with every other reader, with watchers and with the next snapshot.
+// hot paths (fn follows ReadTx's rules): the objects fn reads are the
+// STORED OBJECTS THEMSELVES, shared with every other reader, with watchers
+// and with the next snapshot.
 //
 // THEY MUST NOT BE MODIFIED, NOT EVEN THEIR NESTED MESSAGES, MAPS OR SLICES
 // (Spec, Status, Labels, ...), neither in fn nor later: to change an object,
@@ -154,12 +172,19 @@ func (s *Store) ViewShared(fn func(ReadTx)) {
 	fn(&readTx{s: s, shared: true})
 }
 
-// Update runs fn with a write transaction. The changes fn makes are visible to
-// fn itself at once, and to everyone else only after Update has proposed
-// them to the log and the log has applied them; Update returns then. If fn
-// returns an error nothing is proposed. If an object fn updated was changed by
-// another writer in the meantime, nothing is applied and Update returns
-// ErrConflict: read again and retry (see UpdateRetry).
+// Update runs fn, once, on the caller's goroutine, with a write transaction
+// (fn follows ReadTx's rules). The changes fn makes are visible to fn itself
+// at once, and to everyone else only after Update has proposed them to the
+// log and the log has applied them; Update returns then. If fn returns an
+// error nothing is proposed and Update returns it; if fn changes nothing,
+// nothing is proposed. If an object fn updated was changed by another writer
+// in the meantime, nothing is applied and Update returns ErrConflict: read
+// again and retry (see UpdateRetry).
+//
+// An error from the log itself (ctx ended, no quorum, leadership lost: see
+// the Log's Propose) does not mean that nothing was written: the entry may
+// still be applied later. Such a caller reads again before deciding. Update
+// is safe for concurrent use; concurrent writes are ordered by the log.
 func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 	s.logMu.RLock()
 	l := s.log
@@ -205,6 +230,8 @@ func (s *Store) Update(ctx context.Context, fn func(WriteTx) error) error {
 }
 
 // barrierLog is a log that can make reads linearizable (raftstore.Node).
+// ReadBarrier is safe for concurrent use; the store calls it holding none of
+// its locks.
 type barrierLog interface {
 	ReadBarrier(ctx context.Context) (uint64, error)
 }
@@ -227,7 +254,9 @@ func (s *Store) ReadBarrier(ctx context.Context) error {
 }
 
 // UpdateRetry is Update that retries fn up to attempts times while the
-// result is ErrConflict.
+// result is ErrConflict. fn may run several times, each time on a fresh
+// transaction: it must read what it changes through the transaction it is
+// given, and must not depend on side effects of its earlier runs.
 func (s *Store) UpdateRetry(ctx context.Context, attempts int, fn func(WriteTx) error) error {
 	var err error
 	for i := 0; i < max(attempts, 1); i++ {
@@ -293,6 +322,11 @@ type undo struct {
 // member applies the same entries in the same order and reaches the same
 // state: all checks here depend only on the state and the entry, and an
 // entry that fails a check changes nothing.
+//
+// The log calls Apply, ApplyRequest and Restore from one goroutine at a time,
+// with increasing indexes. Apply takes the store's write lock (it waits for
+// the read callbacks in progress) and publishes the entry's events to the
+// watchers before it returns; it does not wait for watchers to receive them.
 func (s *Store) Apply(idx uint64, data []byte) any {
 	var req api.StoreRequest
 	if err := proto.Unmarshal(data, &req); err != nil {
@@ -597,7 +631,8 @@ func (c *capture) encode() ([]byte, error) {
 // Restore replaces the whole state with a snapshot taken at log index idx.
 // Watchers are closed (their channels close with ErrWatchReset), because
 // they cannot be told the difference in events: they view and watch again.
-// A snapshot that does not decode changes nothing.
+// A snapshot that does not decode changes nothing. The log calls it as it
+// calls Apply (see there); it takes the store's write lock.
 func (s *Store) Restore(idx uint64, data []byte) error {
 	var snap api.StoreSnapshot
 	if err := proto.Unmarshal(data, &snap); err != nil {
@@ -638,7 +673,9 @@ func (s *Store) Restore(idx uint64, data []byte) error {
 	return nil
 }
 
-// Close closes every watcher. The store stays readable. With
+// Close closes every watcher (their channels close with ErrStoreClosed).
+// The store stays readable and writable; watches started afterwards work as
+// before. Close is safe to call more than once and from any goroutine. With
 // Config.CheckImmutable it also runs Verify and logs any violation at error
 // level.
 func (s *Store) Close() {

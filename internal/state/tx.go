@@ -10,11 +10,25 @@ import (
 	"github.com/shoalhq/shoal/internal/api"
 )
 
-// ReadTx reads a consistent snapshot of the store. Objects it returns are
-// copies the caller may modify and keep, except in a ViewShared callback,
-// where they are the stored objects and must not be modified at all. A
-// ReadTx must not be used after the View or Update callback that received it
-// returns.
+// ReadTx reads a consistent snapshot of the store: every read in one
+// transaction sees the state after the same log index.
+//
+// Concurrency: a ReadTx belongs to the callback that received it (View,
+// ViewShared, ViewAndWatch, or Update as a WriteTx). Use it only on the
+// callback's goroutine and only until the callback returns; it must not be
+// kept, nor handed to another goroutine. The callback runs under the store's
+// read lock, which holds up every apply on this node (and with it the log's
+// apply loop): it must be short, must not block (on I/O, a channel, a lock
+// that a writer of the store may hold, or a store watch), and must not call
+// any method of the Store, whose locks are not reentrant.
+//
+// Objects: what a ReadTx returns is a copy that the caller owns, may modify
+// and may keep after the callback returns, except in a ViewShared callback,
+// where it is the stored object itself: shared with every reader, watchers
+// and snapshots, it may be kept but must not be modified at all (see
+// Store.ViewShared). A nil result means the object does not exist; Find
+// results are sorted by ID; Find fails only for a selector that is empty or
+// does not apply to the kind.
 type ReadTx interface {
 	GetNode(id string) *api.Node
 	GetService(id string) *api.Service
@@ -26,11 +40,28 @@ type ReadTx interface {
 	FindClusters(by By) ([]*api.Cluster, error)
 }
 
-// WriteTx is a ReadTx that also records changes. Reads see the transaction's
-// own changes. Create fails with ErrExist if the ID (or a service's name) is
-// taken; Update and Delete fail with ErrNotFound if the object is gone, and
-// Update with ErrConflict if the object's Meta.Version is not the current
-// one. The same checks run again when the log applies the transaction.
+// WriteTx is a ReadTx that also records changes, for an Update callback.
+// Its reads see the transaction's own changes and always return copies.
+// Create fails with ErrExist if the ID (or a service's or cluster's name)
+// is taken; Update and Delete fail with ErrNotFound if the object is gone,
+// and Update with ErrConflict if the object's Meta.Version is not the
+// current one. The same checks run again
+// when the log applies the transaction, against the state of that moment;
+// a service's ingress published ports are checked only then (ErrConflict).
+// Create and Update store a copy of their argument, with Meta set by the
+// store (the caller's Meta.Version only says which version it read): the
+// caller may keep and modify the argument afterwards. A task's Status never
+// moves back to an earlier state: such a write keeps the current Status.
+//
+// Concurrency: a WriteTx follows ReadTx's rules, and is not safe for
+// concurrent use even within its callback. Its changes become visible to
+// other readers only once Update has proposed them and the log has applied
+// them, all together or not at all.
+//
+// WriteTx is one interface for every kind because it has one
+// implementation and its users receive it from Update rather than implement
+// it; code that needs only some of its methods declares its own smaller
+// interface, which every WriteTx satisfies.
 type WriteTx interface {
 	ReadTx
 	CreateNode(*api.Node) error
@@ -42,12 +73,16 @@ type WriteTx interface {
 	CreateTask(*api.Task) error
 	UpdateTask(*api.Task) error
 	// ModifyTask updates task id with fn, the cheap way to change a few
-	// fields of many tasks (scheduling decisions, status reports). fn gets a
-	// shallow copy of the task as this transaction sees it: it may assign
-	// any field (NodeId, DesiredState, Status, ...), and may modify Status in
-	// place, but must not modify Spec in place (assign a new one instead):
-	// Spec is shared with the stored task. If fn returns an error nothing is
-	// recorded and ModifyTask returns it (ErrSkip: returns nil).
+	// fields of many tasks (scheduling decisions, status reports). fn runs
+	// at once, on the caller's goroutine, under the same rules as the Update
+	// callback, and gets a shallow copy of the task as this transaction sees
+	// it, which it must not keep: it may assign any field (NodeId,
+	// DesiredState, Status, ...), and may modify Status in place, but must
+	// not modify Spec or the elements of Status.Endpoints in place (assign
+	// new ones instead): they are shared with the stored task. If fn returns
+	// an error nothing is recorded and ModifyTask returns it (ErrSkip:
+	// returns nil). It fails with ErrNotFound if the task is gone, and with
+	// an error if fn changed the task's ID.
 	ModifyTask(id string, fn func(*api.Task) error) error
 	DeleteTask(id string) error
 	CreateCluster(*api.Cluster) error

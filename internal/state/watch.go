@@ -31,7 +31,9 @@ func (a Action) String() string {
 
 // Event is one applied change. Object is the object after the change (the
 // removed object for a delete); Old is the object before an update. Both are
-// shared between watchers and must not be modified.
+// the stored objects, shared between watchers, ViewShared readers and
+// snapshots: a watcher may keep them (they never change) but must not modify
+// them, nested messages included; clone one to change it.
 type Event struct {
 	Action Action
 	Kind   Kind
@@ -57,7 +59,10 @@ func (e Event) Service() *api.Service { s, _ := e.Object.(*api.Service); return 
 // Cluster returns the event's object if it is the cluster, else nil.
 func (e Event) Cluster() *api.Cluster { c, _ := e.Object.(*api.Cluster); return c }
 
-// Filter selects events; nil filters accept everything.
+// Filter selects events; nil filters accept everything. A filter runs in
+// Apply, on the log's apply goroutine, while the store's locks are held: it
+// must be fast, must not block, must not call the Store, and must not modify
+// the event. It is called once per event and watcher.
 type Filter func(Event) bool
 
 // KindIs accepts events of any of the given kinds.
@@ -87,20 +92,33 @@ var (
 // Watcher receives the events that pass its filters, in commit order, on C.
 // C is closed when the watch ends; Err then says why. Cancel ends it; it is
 // safe to call more than once and from any goroutine.
+//
+// Each watcher has its own goroutine, which buffers events so that Apply
+// never waits for a consumer; receive from C on one goroutine to see the
+// events in order. A consumer that falls more than Config.WatchBuffer events
+// behind loses the watch (ErrWatchOverflow), and a watch also ends when the
+// store is restored from a snapshot (ErrWatchReset) or closed
+// (ErrStoreClosed): a consumer then views and watches again, with
+// ViewAndWatch. Receiving from C inside a View or Update callback can
+// deadlock: events are published by Apply, which waits for the callback.
 type Watcher struct {
 	C <-chan Event
 	w *watcher
 	s *Store
 }
 
-// Err returns why the watch ended, or nil while it runs.
+// Err returns why the watch ended, or nil while it runs. It is safe for
+// concurrent use.
 func (w *Watcher) Err() error {
 	w.w.mu.Lock()
 	defer w.w.mu.Unlock()
 	return w.w.err
 }
 
-// Cancel ends the watch and releases its goroutine.
+// Cancel ends the watch and returns once its goroutine has exited and C is
+// closed; events not yet received may be dropped. It does not block on
+// the store, so it may be called from any goroutine, View and Update
+// callbacks included; not from a Filter.
 func (w *Watcher) Cancel() {
 	w.s.pubMu.Lock()
 	delete(w.s.watchers, w.w)
@@ -114,6 +132,7 @@ type watcher struct {
 	limit   int
 	out     chan Event
 
+	// mu guards buf, err and closed; the store's pubMu is taken before it.
 	mu     sync.Mutex
 	buf    []Event
 	err    error
@@ -234,7 +253,8 @@ func (s *Store) newWatcher(filters []Filter) (*Watcher, *watcher) {
 }
 
 // Watch starts a watch of the changes applied from now on that pass every
-// filter.
+// filter. The caller owns the Watcher and must Cancel it (or see it end);
+// until then its goroutine runs.
 func (s *Store) Watch(filters ...Filter) *Watcher {
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
@@ -243,7 +263,9 @@ func (s *Store) Watch(filters ...Filter) *Watcher {
 }
 
 // ViewAndWatch runs fn on a snapshot and starts a watch of every change after
-// that snapshot, atomically: no change is missed or seen twice.
+// that snapshot, atomically: no change is missed or seen twice. fn follows
+// ReadTx's rules (its objects are copies, as in View), and runs before
+// ViewAndWatch returns the Watcher, which is the caller's to Cancel.
 func (s *Store) ViewAndWatch(fn func(ReadTx), filters ...Filter) *Watcher {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
