@@ -236,6 +236,9 @@ func parseKey(keyPEM []byte) (crypto.Signer, error) {
 	return key, nil
 }
 
+// publicKeyEqualer is the method every public key of the standard library
+// has (ECDSA, RSA, Ed25519). Equal only reads both keys: safe for
+// concurrent use.
 type publicKeyEqualer interface {
 	Equal(crypto.PublicKey) bool
 }

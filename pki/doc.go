@@ -22,15 +22,21 @@
 //     (TLS 1.3); Update swaps certificate, key and roots for new handshakes
 //     without touching established connections. PeerSubject reads the
 //     verified client identity inside a gRPC handler.
-//   - Join tokens: SHLTKN-1-<digest>-<secret> (Token, NewToken, ParseToken).
+//   - Join tokens: SHLTKN-1-<digest>-<secret> (Token, NewToken, ParseToken,
+//     Token.VerifyRoot). Every refused token gives an error that matches
+//     ErrInvalidToken and says why; a digest that is not the root's also
+//     matches ErrDigestMismatch.
 //   - CrossSign, RenewAt: root rotation and certificate renewal.
 //
 // # Trust model
 //
-// The join token's digest is RootCA.Digest, the SHA-256 of the root
-// certificate: a joining node fetches the root from the manager it dials and
-// refuses it unless its digest matches the token, so a rogue manager cannot
-// slip in another CA. From then on the node trusts only that root (or, during
+// Every connection between nodes is mutual TLS 1.3, and certificates
+// identify nodes. The join token's digest is RootCA.Digest, the SHA-256 of
+// the root certificate: a joining node fetches the root from the manager it
+// dials and refuses it unless its digest matches the token
+// (Token.VerifyRoot), so a rogue manager cannot slip in another CA. The
+// token's secret authorizes the join; the node then holds a certificate
+// signed by that root, and from then on it trusts only that root (or, during
 // a rotation, the old and new roots together).
 //
 // The role is the certificate's OU: OUManager, OUWorker or OUClient (operator

@@ -58,8 +58,13 @@ func (s Subject) hosts() []string {
 // leaf first, then any intermediates needed to chain to the root (e.g. during root
 // rotation).
 //
-// Sign is safe for concurrent use.
+// Implementations are safe for concurrent use: a manager signs for many
+// joining and renewing nodes at once.
 type Signer interface {
+	// Sign returns the chain for req, or an error that says why it was not
+	// issued. It returns once ctx ends, with an error that wraps ctx.Err()
+	// (a local signer only checks ctx before it signs). Safe for concurrent
+	// use.
 	Sign(ctx context.Context, req SignRequest) ([]byte, error)
 }
 

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"errors"
 	"fmt"
 	"math/big"
 	"strings"
@@ -25,13 +24,15 @@ const (
 // ErrInvalidToken is returned for a token that is malformed or not accepted.
 var ErrInvalidToken = errdefs.ErrInvalidToken
 
-// Token is a parsed join token.
+// Token is a parsed join token. A token does not identify a node:
+// certificates do. It pins the cluster's root CA, so that a joining node
+// trusts the right managers, and it authorizes the join.
 type Token struct {
-	// Digest pins the cluster's root of trust: today a digest of the cluster
-	// identity; once the CA lands, the digest of the root CA certificate, so
-	// a joining node can refuse a rogue manager.
+	// Digest pins the cluster's root of trust: the digest (RootCA.Digest) of
+	// the root CA certificate, so a joining node refuses a manager that
+	// serves another root (a rogue manager, or another cluster).
 	Digest string
-	// Secret authorizes the join and selects the role.
+	// Secret authorizes the join and selects the role (worker or manager).
 	Secret string
 }
 
@@ -108,6 +109,21 @@ func (t Token) Equal(o Token) bool {
 	return subtle.ConstantTimeCompare([]byte(t.String()), []byte(o.String())) == 1
 }
 
-// ErrDigestMismatch is returned when a token's digest does not match the
-// cluster the node is talking to.
-var ErrDigestMismatch = errors.New("join token: digest does not match the cluster: wrong cluster, or a rogue manager")
+// ErrDigestMismatch is returned when a token's digest is not the digest of
+// the root CA the node is shown: the token is for another cluster, or the
+// manager is a rogue. It is a refused token: errors.Is(err,
+// ErrInvalidToken) holds for it too.
+var ErrDigestMismatch = fmt.Errorf("join token: digest does not match the cluster (wrong cluster, or a rogue manager): %w", ErrInvalidToken)
+
+// VerifyRoot checks that ca is the root CA t pins: its digest is t.Digest.
+// The error wraps ErrDigestMismatch (and so ErrInvalidToken) and gives both
+// digests; digests are public, the secret is never echoed.
+func (t Token) VerifyRoot(ca *RootCA) error {
+	if ca == nil || ca.Cert == nil {
+		return fmt.Errorf("join token: no root CA to check its digest against: %w", ErrDigestMismatch)
+	}
+	if got := ca.Digest(); got != t.Digest {
+		return fmt.Errorf("the root CA (digest %s) does not match the join token (digest %s): %w", got, t.Digest, ErrDigestMismatch)
+	}
+	return nil
+}
