@@ -22,10 +22,14 @@ type AgentConfig struct {
 	NodeID string
 	// Managers returns the dispatcher addresses to try; the agent rotates
 	// through them on failure. Required. The agent tries the manager list the
-	// last dispatcher sent first (leader first), then these.
+	// last dispatcher sent first (leader first), then these. It is called
+	// from the agent's session loop, one call at a time, before each
+	// connection attempt, and must return promptly.
 	Managers func() []string
-	// Dial opens a connection to a manager address. Default: a TCP
-	// net.Dialer; test harnesses inject a dialer that can cut connections.
+	// Dial opens a connection to a manager address, giving up when ctx ends.
+	// gRPC calls it from its own goroutines, so it must be safe for
+	// concurrent use. Default: a TCP net.Dialer; test harnesses inject a
+	// dialer that can cut connections.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// TransportCredentials secure the connection to the dispatcher: the
 	// node's mutual TLS 1.3 credentials (pki.Credentials.ClientTLS), whose

@@ -37,8 +37,10 @@ type DispatcherConfig struct {
 	// log entry well under a megabyte with typical task objects.
 	StatusBatchSize int
 	// Managers returns the addresses of the managers, sent to agents so they
-	// can fail over. Default: a func returning nil (agents keep their own
-	// list), because only the embedding node knows the Raft membership.
+	// can fail over. It is called from every session's goroutine, so it must
+	// be safe for concurrent use and return promptly. Default: a func
+	// returning nil (agents keep their own list), because only the embedding
+	// node knows the Raft membership.
 	Managers func() []string
 	// Logger receives the dispatcher's logs. Default: discard, because a
 	// library must not write to the host's logs unless asked.

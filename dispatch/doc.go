@@ -74,6 +74,17 @@
 // agent opens no new session. Without a session it only shuts the tasks
 // down; the manager then notices the missed heartbeats.
 //
+// # Security
+//
+// Every connection between an agent and a dispatcher is mutual TLS 1.3:
+// the agent dials with AgentConfig.TransportCredentials (the node's
+// credentials from package pki, verifying the manager against
+// pki.ManagerServerName), and the node's gRPC server that serves the
+// Dispatcher authorizes each RPC from the caller's certificate, which
+// identifies the node: a worker may act only for its own node ID. NewAgent
+// refuses a configuration without credentials unless AgentConfig.Insecure
+// asks for plaintext, which is for tests only.
+//
 // # Leadership
 //
 // A dispatcher serves only while its manager leads. The node makes a new

@@ -32,16 +32,21 @@ type Userspace struct {
 var _ Balancer = (*Userspace)(nil)
 
 // proxyPort is one published port's listener and connections.
+//
+// Concurrency: the Userspace calls its methods with its mu held, so one at a
+// time; each method is also safe to run while the port's own goroutines
+// (accepting, proxying, expiring flows) run, and none blocks on them.
 type proxyPort interface {
 	// service is the owner of the port.
 	service() string
 	// setEndpoints swaps the endpoint list used for new connections and
-	// flows; established ones are not touched.
+	// flows; established ones are not touched. The port's goroutines see
+	// the new list from their next pick, atomically.
 	setEndpoints(eps []Endpoint)
 	// endpoints returns the current list.
 	endpoints() []Endpoint
 	// close stops the listener and closes every connection or flow. It
-	// does not wait.
+	// does not wait. Idempotent.
 	close()
 	// done is closed when every goroutine of the port has ended.
 	done() <-chan struct{}
