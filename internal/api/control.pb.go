@@ -746,10 +746,13 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 }
 
 type UpdateNodeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	Spec          *NodeSpec              `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the node's ID, hostname or unique ID prefix.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// version, unless 0, must equal the node's current Meta.version, else the
+	// update fails with a conflict.
+	Version       uint64    `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Spec          *NodeSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -850,10 +853,14 @@ func (x *ClusterResponse) GetCluster() *Cluster {
 }
 
 type UpdateClusterRequest struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Version uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	Spec    *ClusterSpec           `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the cluster's ID; empty means the cluster (there is one).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// version, unless 0, must equal the cluster's current Meta.version, else
+	// the update fails with a conflict.
+	Version uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// spec replaces the cluster's spec; the cluster keeps its name.
+	Spec *ClusterSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// rotate_worker_token and rotate_manager_token replace that join token
 	// with a new one; the old one stops working at once.
 	RotateWorkerToken  bool `protobuf:"varint,4,opt,name=rotate_worker_token,json=rotateWorkerToken,proto3" json:"rotate_worker_token,omitempty"`
@@ -861,9 +868,16 @@ type UpdateClusterRequest struct {
 	// rotate_unlock_key replaces the unlock key (autolock on); managers rewrap
 	// their data keys with the new one, and the old one stops working.
 	RotateUnlockKey bool `protobuf:"varint,6,opt,name=rotate_unlock_key,json=rotateUnlockKey,proto3" json:"rotate_unlock_key,omitempty"`
-	// rotate_root_ca starts a root CA rotation.
+	// rotate_root_ca starts a root CA rotation: certificates are issued by a
+	// new root, cross-signed by the current one, and nodes renew to get one;
+	// once every node that is not down holds one, the new root replaces the
+	// old and both join tokens are replaced. It is refused while a rotation
+	// runs and when an external CA signs.
 	RotateRootCa bool `protobuf:"varint,7,opt,name=rotate_root_ca,json=rotateRootCa,proto3" json:"rotate_root_ca,omitempty"`
-	// rotate_gossip_key starts a rotation of the routing mesh's gossip key.
+	// rotate_gossip_key starts a rotation of the routing mesh's gossip key:
+	// the new key is installed, then encrypted with, then the old one is
+	// dropped, each phase lasting the leader's grace. It is refused while a
+	// rotation runs.
 	RotateGossipKey bool `protobuf:"varint,8,opt,name=rotate_gossip_key,json=rotateGossipKey,proto3" json:"rotate_gossip_key,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -1144,7 +1158,9 @@ func (x *WatchMessage) GetEvents() []*WatchEvent {
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// node_id is empty for a new node; a restarting node sends its own ID.
+	// node_id is not used: a joining node always gets a new ID
+	// (JoinResponse.node_id), and a restarting node keeps its certificate
+	// instead of joining again.
 	NodeId      string           `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Description *NodeDescription `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// addr is the address the node listens on.

@@ -633,8 +633,12 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// Join admits a new node to the cluster. Until the security issue lands the
-// token is a shared secret; later this service also issues the certificate.
+// Join admits a new node to the cluster and issues its first certificate. It
+// needs no certificate: the token's digest must be the cluster's root CA
+// digest and its secret one of the cluster's current join tokens, which
+// grants the worker or manager role; the node's CSR is signed with that role.
+// A manager is added to the Raft group as a learner, by the leader (another
+// manager forwards the request there).
 type JoinClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 }
@@ -661,8 +665,12 @@ func (c *joinClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.Cal
 // All implementations must embed UnimplementedJoinServer
 // for forward compatibility.
 //
-// Join admits a new node to the cluster. Until the security issue lands the
-// token is a shared secret; later this service also issues the certificate.
+// Join admits a new node to the cluster and issues its first certificate. It
+// needs no certificate: the token's digest must be the cluster's root CA
+// digest and its secret one of the cluster's current join tokens, which
+// grants the worker or manager role; the node's CSR is signed with that role.
+// A manager is added to the Raft group as a learner, by the leader (another
+// manager forwards the request there).
 type JoinServer interface {
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	mustEmbedUnimplementedJoinServer()
