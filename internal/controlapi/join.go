@@ -16,8 +16,13 @@ import (
 
 // Membership is the part of the replicated log the join server needs to add
 // a manager: raftstore.Node implements it.
+//
+// Its methods are safe for concurrent use (joins are served concurrently).
+// AddLearner must be called on the leader, blocks until the change is applied
+// on this member or ctx ends, and waits while another membership change is
+// pending. IsLeader does not block.
 type Membership interface {
-	// IsLeader reports whether this member leads the Raft group.
+	// IsLeader reports whether this member leads the Raft group now.
 	IsLeader() bool
 	// AddLearner adds a member that receives the log but does not vote,
 	// returning once the change is applied; context is stored with it.
@@ -27,14 +32,17 @@ type Membership interface {
 // JoinConfig configures a JoinServer.
 type JoinConfig struct {
 	Store *state.Store
-	// Managers lists the managers' addresses, leader first, for joiners.
+	// Managers lists the managers' addresses, leader first, for joiners. It
+	// is called concurrently, once per join.
 	Managers func() []string
 	// Membership adds new managers to the Raft group.
 	Membership Membership
-	// Forward sends a join to the leader; used when this manager is not the
-	// leader (adding a Raft member needs the leader).
+	// Forward sends a manager's join to the leader; used when this manager is
+	// not the leader (adding a Raft member needs the leader). It is called
+	// concurrently.
 	Forward func(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error)
-	// Signers signs the new node's certificate with the cluster's CA.
+	// Signers signs the new node's certificate with the cluster's CA; nil
+	// means a Signers of the join server's own.
 	Signers *ca.Signers
 }
 
@@ -53,7 +61,12 @@ type JoinServer struct {
 var _ api.JoinServer = (*JoinServer)(nil)
 
 // NewJoinServer returns a join server.
-func NewJoinServer(cfg JoinConfig) *JoinServer { return &JoinServer{cfg: cfg} }
+func NewJoinServer(cfg JoinConfig) *JoinServer {
+	if cfg.Signers == nil {
+		cfg.Signers = &ca.Signers{}
+	}
+	return &JoinServer{cfg: cfg}
+}
 
 // Join checks the token and registers the node.
 func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinResponse, error) {
@@ -125,11 +138,7 @@ func (s *JoinServer) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		resp.RaftId = raftID
 		resp.Peers = peers
 	}
-	signers := s.cfg.Signers
-	if signers == nil {
-		signers = &ca.Signers{}
-	}
-	cert, digest, err := signers.Issue(ctx, cluster, req.GetCsr(), pki.Subject{NodeID: node.Id, Role: ca.OU(role)}, ca.CertValidity(cluster))
+	cert, digest, err := s.cfg.Signers.Issue(ctx, cluster, req.GetCsr(), pki.Subject{NodeID: node.Id, Role: ca.OU(role)}, ca.CertValidity(cluster))
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}

@@ -1,7 +1,3 @@
-// Package controlapi serves the control API (api.ControlServer) of a manager
-// over its object store: services, tasks, nodes and the cluster object.
-// Every request is validated before anything is written; errors are gRPC
-// status errors that errdefs.FromGRPC turns back into the module's sentinels.
 package controlapi
 
 import (
@@ -48,27 +44,38 @@ type Server struct {
 var _ api.ControlServer = (*Server)(nil)
 
 // MemberAdmin changes the Raft membership; raftstore.Node implements it.
+//
+// Its methods are safe for concurrent use. The membership changes
+// (RemoveMember, AddLearner) must be made on the leader (elsewhere they fail
+// with an error matching ErrNotLeader), block until the change is applied on
+// this member or ctx ends, and are made one at a time: a call waits while
+// another change is pending. IsLeader does not block.
 type MemberAdmin interface {
-	// IsLeader reports whether this member leads.
+	// IsLeader reports whether this member leads now; the answer may be stale
+	// by the time the caller acts on it, which the changes then report.
 	IsLeader() bool
 	// RemoveMember removes a member, refusing (errors.Is ErrNoQuorum) when
-	// the remaining voters could not reach a quorum. It returns once applied.
-	// On the leader removing itself it hands leadership over first and
-	// returns an error matching ErrNotLeader: repeat on the new leader.
+	// the remaining voters could not reach a quorum, and an unknown ID with
+	// an error matching ErrNotFound. It returns once applied. On the leader
+	// removing itself it hands leadership over first and returns an error
+	// matching ErrNotLeader: repeat on the new leader.
 	RemoveMember(ctx context.Context, id uint64) error
-	// AddLearner adds a member that receives the log but does not vote yet
-	// (the leader promotes it once it caught up); context is stored with it.
-	// It returns once the change is applied.
+	// AddLearner adds a member that receives the log but does not vote (the
+	// leader promotes it once it caught up); context is stored with it. It
+	// returns once the change is applied.
 	AddLearner(ctx context.Context, id uint64, context []byte) error
 }
 
 // Options are a manager's hooks into the Raft group, for the operations that
-// need the leader. Zero Options serve a single-member store (tests).
+// need the leader, and its clock. Zero Options serve a store without Raft
+// membership (tests): role changes and removing a manager are refused with
+// ErrInvalidSpec.
 type Options struct {
 	// Members changes the Raft membership (removing managers).
 	Members MemberAdmin
 	// Leader returns a control client of the leader and a func to release
-	// it; requests that must run on the leader are forwarded through it.
+	// it; requests that must run on the leader are forwarded through it. It
+	// is called concurrently, once per forwarded request.
 	Leader func(ctx context.Context) (api.ControlClient, func(), error)
 	// Clock is the time source of what the server stamps into the cluster
 	// object (the start of a gossip key rotation phase). Nil means
@@ -676,7 +683,10 @@ func (s *Server) GetCluster(ctx context.Context, req *api.GetRequest) (*api.Clus
 	return &api.ClusterResponse{Cluster: Redact(c)}, nil
 }
 
-// UpdateCluster replaces the cluster's spec.
+// UpdateCluster replaces the cluster's spec (the cluster keeps its name) and
+// makes the changes the request asks for in the same write: a new unlock key,
+// new join tokens, and the start of a root CA or gossip key rotation (the
+// leader's rootrotation and gossipkeys components carry those on).
 func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterRequest) (*api.ClusterResponse, error) {
 	if err := ValidateClusterSpec(req.GetSpec()); err != nil {
 		return nil, errdefs.ToGRPC(err)
