@@ -110,9 +110,11 @@ type Config struct {
 	// Ownership passes to the Node, which shuts it down on Stop.
 	Transport memberlist.Transport
 
-	// Now is the clock used to seed this node's version counter, so a
-	// restarted node outranks its previous incarnation; nil means time.Now.
-	Now func() time.Time
+	// Clock drives this node's own loops (version digests, anti-entropy,
+	// pulls, answering have queries) and seeds its version counter at New,
+	// so a restarted node outranks its previous incarnation; nil means
+	// RealClock. Serf's and memberlist's timers are not driven by it.
+	Clock Clock
 
 	// dropEvent, for tests, discards the serf events it returns true for
 	// before the node handles them (lost gossip, a member running an older

@@ -215,7 +215,7 @@ type confirmWait struct {
 	q        *serf.Query
 	node     string
 	version  uint64
-	deadline time.Time
+	deadline time.Time // on the Node's Clock
 }
 
 // handleHaveQuery answers a have query at once if the table holds the
@@ -243,7 +243,10 @@ func (n *Node) handleHaveQuery(q *serf.Query) {
 		n.log.Debug("gossip: too many have queries waiting; one left unanswered", "from", q.SourceNode())
 		return
 	}
-	n.confWaits = append(n.confWaits, &confirmWait{q: q, node: hq.Node, version: hq.Version, deadline: q.Deadline()})
+	// The query's deadline is serf's, on the wall clock; the wait expires
+	// as long after it arrived on this node's Clock.
+	deadline := n.clock.Now().Add(time.Until(q.Deadline()))
+	n.confWaits = append(n.confWaits, &confirmWait{q: q, node: hq.Node, version: hq.Version, deadline: deadline})
 	n.confMu.Unlock()
 	n.kickConfirm() // the table may have caught up since the check above
 }
@@ -269,12 +272,13 @@ func (n *Node) kickConfirm() {
 func (n *Node) confirmLoop() {
 	defer n.wg.Done()
 	for {
-		next := n.serveConfirmWaits(time.Now())
-		var timer *time.Timer
+		now := n.clock.Now()
+		next := n.serveConfirmWaits(now)
+		var timer Timer
 		var expire <-chan time.Time
 		if !next.IsZero() {
-			timer = time.NewTimer(time.Until(next))
-			expire = timer.C
+			timer = n.clock.NewTimer(next.Sub(now))
+			expire = timer.C()
 		}
 		select {
 		case <-n.done:

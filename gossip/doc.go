@@ -30,8 +30,9 @@
 // brings it back without a new Join.
 //
 // Each node is the sole author of its own endpoint set and numbers its
-// versions. The counter starts from the wall clock at New (nanoseconds), so a
-// restarted node outranks its previous incarnation; the highest version wins.
+// versions. The counter starts from Config.Clock's time at New (nanoseconds;
+// the wall clock by default), so a restarted node outranks its previous
+// incarnation; the highest version wins.
 // The table holds, per live member, its set and version.
 //
 //   - Deltas. A change made by SetLocal is split into delta messages, each one
@@ -77,6 +78,25 @@
 // keyring's primary key (opened with any installed key), so rotation, by
 // RotateKeys or SetKeys, covers them too.
 //
+// # Time
+//
+// Config.Clock (RealClock when nil) drives the node's own loops: the timers
+// of version digests and anti-entropy, when scheduled pulls fall due, and
+// how long a have query waits to be answered; it also seeds the version
+// counter. Serf's and memberlist's timers (gossip rounds, probes and
+// suspicion, their push-pull, reconnect and reap intervals, query timeouts,
+// the leave's waits) and stream deadlines stay on the wall clock: they are
+// inside those libraries or the network. A fake clock therefore holds this
+// package's repair loops still while membership and gossip run on.
+//
+// # Lifecycle and concurrency
+//
+// New starts nothing. Start starts every goroutine the node runs (the event
+// loop, the digest, pull, anti-entropy and confirm loops, the pull workers
+// and the transport's routing) and Stop or Kill ends them all before it
+// returns; the one exception is a leave overtaken by Stop's ctx (see Stop).
+// Node's methods are safe for concurrent use.
+//
 // # Testing
 //
 // Package gossiptest provides an in-memory network (MemNetwork) whose
@@ -85,8 +105,8 @@
 //
 // # Caveats
 //
-// Version ordering across restarts relies on the wall clock not going
-// backwards between incarnations. Endpoints are trusted from any holder of
+// Version ordering across restarts relies on the clock (the wall clock by
+// default) not going backwards between incarnations. Endpoints are trusted from any holder of
 // the cluster key; a member can only publish under its own serf name, but
 // the key holders are not otherwise authenticated.
 package gossip

@@ -155,3 +155,27 @@ func TestBindInvalidAddr(t *testing.T) {
 	assert.Contains(t, err.Error(), "gossip: bind 203.0.113.7:0")
 	require.NoError(t, n.Stop(context.Background()))
 }
+
+// A Stop whose ctx ends during the leave returns at once with ctx's error;
+// serf's leave call, which cannot be interrupted, ends on its own within
+// LeaveTimeout + LeavePropagateDelay, without bringing the process down
+// (memberlist panics on a leave after shutdown).
+func TestStopContextEndsDuringLeave(t *testing.T) {
+	baseline := goleak.IgnoreCurrent()
+	const leaveTimeout, propagate = 400 * time.Millisecond, 100 * time.Millisecond
+	c := startCluster(t, 3, newKey(t), func(cfg *Config) {
+		cfg.LeaveTimeout = leaveTimeout
+		cfg.LeavePropagateDelay = propagate
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := c.nodes[2].Stop(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), leaveTimeout, "Stop outlived its ctx")
+	assert.Equal(t, "", c.nodes[2].Addr())
+
+	time.Sleep(leaveTimeout + propagate) // the leave call's own bound
+	c.killAll()
+	goleak.VerifyNone(t, baseline, goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
+}

@@ -66,12 +66,16 @@ const bindAttempts = 10
 type Node struct {
 	cfg   Config
 	log   *slog.Logger
+	clock Clock
 	epoch uint64
 	tbl   *table
 
 	pubMu sync.Mutex // serialises SetLocal so deltas leave in version order
 	keyMu sync.Mutex // serialises SetKeys so its install/use/remove steps do not interleave
 
+	// mu guards started, stopped, addrs, watchers, nextW, conns, memberCh and
+	// cfg.Keys; serf, keyring and mux are set under it by Start and only
+	// read after.
 	mu       sync.Mutex
 	started  bool
 	stopped  bool
@@ -81,14 +85,14 @@ type Node struct {
 	addrs    map[string]string // live member -> address, from serf events
 	watchers map[uint64]chan struct{}
 	nextW    uint64
-	conns    map[net.Conn]struct{}
+	conns    map[net.Conn]struct{} // open sync streams, cut by stop
 
-	pullMu  sync.Mutex
-	pullDue map[string]pullReq
-	pullCh  chan pullReq
+	pullMu  sync.Mutex         // guards pullDue
+	pullDue map[string]pullReq // node -> its scheduled pull
+	pullCh  chan pullReq       // due pulls, from pullLoop to the workers
 
-	memberCh  chan struct{} // closed and replaced (under mu) at each membership change
-	confMu    sync.Mutex
+	memberCh  chan struct{}  // closed and replaced (under mu) at each membership change
+	confMu    sync.Mutex     // guards confWaits
 	confWaits []*confirmWait // have queries waiting for the table to catch up
 	confKick  chan struct{}  // the table may have moved: recheck confWaits
 
@@ -127,18 +131,20 @@ func New(cfg Config) (*Node, error) {
 	}
 	c := cfg
 	c.Keys = cloneKeys(cfg.Keys)
-	if c.Now == nil {
-		c.Now = time.Now
+	clk := c.Clock
+	if clk == nil {
+		clk = RealClock()
 	}
 	lg := c.Logger
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
 	lg = lg.With("node", c.NodeID)
-	epoch := uint64(c.Now().UnixNano())
+	epoch := uint64(clk.Now().UnixNano())
 	return &Node{
 		cfg:      c,
 		log:      lg,
+		clock:    clk,
 		epoch:    epoch,
 		tbl:      newTable(c.NodeID, epoch),
 		addrs:    make(map[string]string),
@@ -351,7 +357,14 @@ func (n *Node) Join(ctx context.Context, peers []string) (int, error) {
 }
 
 // Stop leaves the cluster gracefully, so other members drop this node's
-// endpoints at once, and shuts down. It is idempotent; ctx bounds the leave.
+// endpoints at once, and shuts down; every goroutine Start started has
+// ended when it returns. It is idempotent.
+//
+// ctx bounds the leave, which takes about LeavePropagateDelay, at most
+// 2*LeaveTimeout + LeavePropagateDelay. When ctx ends first, Stop shuts the
+// node down at once and returns ctx.Err(); serf's leave call cannot be
+// interrupted, so it runs on in the background, doing nothing more, for
+// at most LeaveTimeout + LeavePropagateDelay.
 func (n *Node) Stop(ctx context.Context) error {
 	return n.stop(ctx, true)
 }
@@ -378,7 +391,7 @@ func (n *Node) stop(ctx context.Context, leave bool) error {
 		}
 		if leave {
 			ch := make(chan error, 1)
-			go func() { ch <- s.Leave() }()
+			go func() { ch <- leaveSerf(s) }()
 			select {
 			case err := <-ch:
 				if err != nil {
@@ -402,6 +415,25 @@ func (n *Node) stop(ctx context.Context, leave bool) error {
 		n.log.Info("gossip: stopped")
 	})
 	return n.stopErr
+}
+
+// errLeaveCut reports a leave that Stop's shutdown overtook.
+var errLeaveCut = errors.New("gossip: leave cut short by shutdown")
+
+// leaveSerf runs s.Leave. When Stop's ctx ends while serf waits for its
+// leave intent to go out, Stop shuts serf down and serf then hands the leave
+// to memberlist, which panics ("leave after shutdown"): that panic, and only
+// it, is turned into errLeaveCut.
+func leaveSerf(s *serf.Serf) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if msg, ok := r.(string); !ok || msg != "leave after shutdown" {
+				panic(r)
+			}
+			err = errLeaveCut
+		}
+	}()
+	return s.Leave()
 }
 
 // SetLocal replaces the set of endpoints this node publishes (its own
@@ -680,7 +712,7 @@ func (n *Node) schedulePull(node string, delay time.Duration, force bool) {
 // schedulePullVia is schedulePull from member via, which reported holding a
 // newer set, rather than from node itself.
 func (n *Node) schedulePullVia(node, via string, delay time.Duration, force bool) {
-	due := time.Now().Add(delay)
+	due := n.clock.Now().Add(delay)
 	n.pullMu.Lock()
 	defer n.pullMu.Unlock()
 	if old, ok := n.pullDue[node]; ok {
@@ -701,16 +733,19 @@ func (n *Node) cancelPull(node string) {
 	delete(n.pullDue, node)
 }
 
-// pullLoop hands due pulls to the workers.
+// pullLoop hands due pulls to the workers, checking every quarter of
+// PullDelay (at most every 50 ms).
 func (n *Node) pullLoop() {
 	defer n.wg.Done()
-	tick := time.NewTicker(min(n.cfg.PullDelay/4, 50*time.Millisecond))
+	every := min(n.cfg.PullDelay/4, 50*time.Millisecond)
+	tick := n.clock.NewTimer(every)
 	defer tick.Stop()
 	for {
 		select {
 		case <-n.done:
 			return
-		case now := <-tick.C:
+		case now := <-tick.C():
+			tick.Reset(every)
 			n.pullMu.Lock()
 			for id, r := range n.pullDue {
 				if r.due.After(now) {
@@ -756,7 +791,7 @@ func (n *Node) pullWorker() {
 					r.via = "" // retry from the author
 					n.pullMu.Lock()
 					if _, ok := n.pullDue[r.node]; !ok {
-						r.due = time.Now().Add(n.cfg.PullDelay << r.attempts)
+						r.due = n.clock.Now().Add(n.cfg.PullDelay << r.attempts)
 						n.pullDue[r.node] = r
 					}
 					n.pullMu.Unlock()
@@ -772,12 +807,12 @@ func (n *Node) digestLoop() {
 	defer n.wg.Done()
 	for {
 		d := n.cfg.DigestInterval*3/4 + rand.N(n.cfg.DigestInterval/2+1)
-		t := time.NewTimer(d)
+		t := n.clock.NewTimer(d)
 		select {
 		case <-n.done:
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		n.sendDigest()
 	}
@@ -844,12 +879,12 @@ func (n *Node) antiEntropyLoop() {
 			iv = n.cfg.tableSyncInterval
 		}
 		d := iv/2 + rand.N(iv)
-		t := time.NewTimer(d)
+		t := n.clock.NewTimer(d)
 		select {
 		case <-n.done:
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		n.mu.Lock()
 		peers := slices.Collect(maps.Values(n.addrs))

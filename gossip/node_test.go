@@ -137,6 +137,14 @@ func TestFailureDropsEndpoints(t *testing.T) {
 	require.Eventually(t, func() bool { return converged(c.nodes, want) }, 60*time.Second, 20*time.Millisecond)
 }
 
+// laterClock is the wall clock moved ahead.
+type laterClock struct {
+	Clock
+	ahead time.Duration
+}
+
+func (c laterClock) Now() time.Time { return c.Clock.Now().Add(c.ahead) }
+
 func TestRestartOutranksPreviousIncarnation(t *testing.T) {
 	c := startCluster(t, 2, nil, nil)
 	old := c.nodes[1]
@@ -147,7 +155,7 @@ func TestRestartOutranksPreviousIncarnation(t *testing.T) {
 	// Same ID, new process, one endpoint: its timestamp-seeded version wins.
 	tr := c.net.NewTransport()
 	cfg := fastConfig(old.cfg.NodeID, tr, nil)
-	cfg.Now = func() time.Time { return time.Now().Add(time.Minute) }
+	cfg.Clock = laterClock{RealClock(), time.Minute}
 	nn, err := New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, nn.Start(context.Background()))

@@ -19,8 +19,9 @@ type nodeSet struct {
 }
 
 // table is the endpoint table: one versioned set per live node, plus the
-// bookkeeping that decides when a set is stale. It does no I/O; every method
-// is safe for concurrent use and returns whether the visible table changed.
+// bookkeeping that decides when a set is stale. It does no I/O and every
+// method is safe for concurrent use; those that apply state report whether
+// the visible table changed. mu guards every field but self.
 type table struct {
 	self string
 
@@ -89,7 +90,7 @@ func (t *table) versionOf(node string) uint64 {
 	return 0
 }
 
-// local returns this node's set as a record.
+// local returns a copy of this node's set, its epoch and its version.
 func (t *table) local() (map[epKey]Endpoint, uint64, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -110,8 +111,8 @@ func (t *table) setLocal(eps map[epKey]Endpoint, version uint64) {
 }
 
 // applyDelta applies a gossiped delta. It reports whether the table changed
-// and whether the node's state must be pulled (now: an announcement, which no
-// delta will follow; later: a gap that deltas in flight may still fill).
+// and whether the node's state must be pulled (now: an announcement, which
+// no delta follows; later: a gap that deltas in flight may still fill).
 func (t *table) applyDelta(dl *delta) (changed, pullNow, pullLater bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -212,7 +212,7 @@ func (t *MemTransport) Shutdown() error {
 	t.shut = true
 	t.mu.Unlock()
 	t.net.remove(t)
-	// Close streams nobody will accept.
+	// Close the streams left unaccepted.
 	for {
 		select {
 		case c := <-t.streamCh:
