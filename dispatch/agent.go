@@ -213,7 +213,7 @@ func (a *Agent) Stop(ctx context.Context) error {
 // logged, not returned: the node is then marked DOWN when its heartbeats
 // stop, as if it had crashed.
 func (a *Agent) leave(ctx context.Context, ls *liveSession) {
-	lctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+	lctx, cancel := withTimeout(ctx, a.cfg.Clock, a.cfg.RPCTimeout)
 	defer cancel()
 	stop := context.AfterFunc(ls.ctx, cancel) // the session broke: give up
 	defer stop()
@@ -229,11 +229,11 @@ func (a *Agent) leave(ctx context.Context, ls *liveSession) {
 // session breaks, or RPCTimeout passes: a dispatcher that cannot write the
 // reports (a manager without quorum) must not hold the node's Stop.
 func (a *Agent) flush(ctx context.Context, ls *liveSession) {
-	fctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+	fctx, cancel := withTimeout(ctx, a.cfg.Clock, a.cfg.RPCTimeout)
 	defer cancel()
 	if left := a.reports.waitEmpty(fctx, ls.ctx); left > 0 {
 		a.log.Warn("stopping without reporting every final task status", "unsent", left,
-			"ctx_err", fctx.Err(), "session_err", context.Cause(ls.ctx))
+			"ctx_err", context.Cause(fctx), "session_err", context.Cause(ls.ctx))
 		return
 	}
 	a.log.Debug("final task statuses reported", "session", ls.id)
@@ -452,7 +452,7 @@ func (a *Agent) heartbeats(ctx context.Context, client api.DispatcherClient, ses
 		}
 		// A heartbeat that takes longer than two periods is as good as lost;
 		// the floor keeps tests with tiny periods from failing on a busy host.
-		hctx, cancel := context.WithTimeout(ctx, max(2*period, time.Second))
+		hctx, cancel := withTimeout(ctx, a.cfg.Clock, max(2*period, time.Second))
 		resp, err := client.Heartbeat(hctx, req)
 		cancel()
 		if err != nil {
@@ -520,7 +520,7 @@ func (a *Agent) sendReports(ctx context.Context, client api.DispatcherClient, se
 		if len(updates) == 0 {
 			continue
 		}
-		rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+		rctx, cancel := withTimeout(ctx, a.cfg.Clock, a.cfg.RPCTimeout)
 		_, err := client.UpdateTaskStatus(rctx, &api.UpdateTaskStatusRequest{NodeId: a.cfg.NodeID, SessionId: sessionID, Updates: updates})
 		cancel()
 		if err != nil {

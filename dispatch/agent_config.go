@@ -54,8 +54,9 @@ type AgentConfig struct {
 	// Logger receives the agent's logs. Default: discard, because a library
 	// must not write to the host's logs unless asked.
 	Logger *slog.Logger
-	// Clock is the time source for heartbeats, back-off and status
-	// timestamps. Default: the wall clock.
+	// Clock is the time source of every wait of the agent (heartbeats and
+	// the bound on each heartbeat RPC, back-off, RPCTimeout, status
+	// batching, drains) and of status timestamps. Default: the wall clock.
 	Clock Clock
 	// BackoffMin is the delay before the first reconnection attempt.
 	// Default 100ms: a manager restart or leader change is retried almost at
@@ -74,8 +75,10 @@ type AgentConfig struct {
 	// or demoted. It runs on the session's receiving goroutine and must not
 	// block. Default nil.
 	OnSession func(*api.SessionMessage)
-	// RPCTimeout bounds opening a session and each status report. Default
-	// 10s: generous for a loaded manager, short enough to fail over.
+	// RPCTimeout bounds opening a session, each status report, Leave, and
+	// Stop's wait for the final statuses to be acknowledged; measured on
+	// Clock. Default 10s: generous for a loaded manager, short enough to
+	// fail over.
 	RPCTimeout time.Duration
 	// OnEndpoints, if set, is called with the complete set of endpoints this
 	// node publishes in the routing mesh (sorted by service, task, published

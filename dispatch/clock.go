@@ -1,15 +1,19 @@
 package dispatch
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 
 	"github.com/shoalhq/shoal/internal/clock"
 )
 
-// Clock is the source of time for the dispatcher's deadlines and the agent's
-// heartbeats and back-off. It is injected so tests can control time; the
-// default is the wall clock. Implementations are safe for concurrent use.
+// Clock is the source of time for the dispatcher's deadlines and status
+// batching and for every wait of the agent (heartbeats, back-off, RPC
+// bounds, status batching, drains). It is injected so tests can control
+// time; the default is the wall clock. The dispatcher's stall guard alone
+// reads the real monotonic clock (a stall is real time this process did not
+// run). Implementations are safe for concurrent use.
 type Clock = clock.Clock
 
 // Timer is a one-shot timer made by a Clock; one goroutine owns it.
@@ -17,6 +21,26 @@ type Timer = clock.Timer
 
 // RealClock returns a Clock backed by package time.
 func RealClock() Clock { return clock.Real() }
+
+// withTimeout is context.WithTimeout measured on clk: the context ends when
+// parent does, when d has passed on clk (its cause is then
+// context.DeadlineExceeded), or when cancel is called. It carries no
+// deadline, so a gRPC call bounded by it is cancelled by the client rather
+// than timed out by the server. Call cancel when done: it ends the
+// goroutine that owns the timer.
+func withTimeout(parent context.Context, clk Clock, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(parent)
+	t := clk.NewTimer(d)
+	go func() {
+		defer t.Stop()
+		select {
+		case <-t.C():
+			cancel(context.DeadlineExceeded)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(nil) }
+}
 
 // jitter returns d moved by a uniformly random amount in [-frac*d, +frac*d].
 // frac <= 0 returns d unchanged.

@@ -196,7 +196,7 @@ func TestHeartbeatTimeoutMarksNodeDown(t *testing.T) {
 	_, stream, _ := openSession(t, c, "n1")
 	require.Eventually(t, func() bool { return nodeState(st, "n1") == api.NodeState_NODE_STATE_DOWN }, waitFor, tick)
 	_, err := stream.Recv()
-	assert.Error(t, err)
+	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "the session ends with the node down: %v", err)
 }
 
 func TestStartGraceMarksSilentNodesDown(t *testing.T) {
