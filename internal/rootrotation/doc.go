@@ -5,9 +5,9 @@
 // ca.FinishRootRotation makes the new root the only one and replaces the
 // join tokens. The Completer watches for the changes that can bring that
 // moment (the cluster object, and nodes joining, leaving or recording a
-// certificate from another root) and checks again after each; it also
-// checks every Config.Interval, which is how it notices nodes going DOWN
-// (a node's status changes too often to watch).
+// certificate from another root) and checks again after each. It also
+// checks every Config.Interval on its clock: that is how it notices a node
+// going DOWN, since node status changes are not among the watched ones.
 //
 // # Failover
 //
