@@ -94,8 +94,10 @@
 // New starts nothing. Start starts every goroutine the node runs (the event
 // loop, the digest, pull, anti-entropy and confirm loops, the pull workers
 // and the transport's routing) and Stop or Kill ends them all before it
-// returns; the one exception is a leave overtaken by Stop's ctx (see Stop).
-// Node's methods are safe for concurrent use.
+// returns. The exceptions are the serf calls that cannot be interrupted:
+// a join or a leave whose ctx ends first ends in the background, within a
+// bound set by Config (see Join and Stop). Node's methods are safe for
+// concurrent use.
 //
 // # Testing
 //

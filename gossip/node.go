@@ -314,7 +314,10 @@ func (n *Node) serfOrNil() *serf.Serf {
 // Join contacts the members at peers (host:port) and returns how many
 // answered. On success this node then copies the whole endpoint table from
 // one of them before returning (bounded by ctx; if that sync fails the
-// periodic anti-entropy completes it later).
+// periodic anti-entropy completes it later). When ctx ends before the
+// members answer, Join returns ctx.Err(); serf's join call cannot be
+// interrupted, so it runs on in the background until it ends, within
+// StreamTimeout per peer.
 func (n *Node) Join(ctx context.Context, peers []string) (int, error) {
 	s := n.serfOrNil()
 	if s == nil {
