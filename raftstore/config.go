@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/raft/v3"
 	pb "go.etcd.io/raft/v3/raftpb"
+
+	"github.com/shoalhq/shoal/internal/clock"
 )
 
 // StateMachine is what the log applies committed entries to. All three methods are called from
@@ -57,8 +59,9 @@ type SnapshotCapturer interface {
 // than one member; a nil Transport means a single member with no network.
 type Transport interface {
 	// Send queues msgs for delivery to the members named in each message's To field. It is called
-	// from the raft loop, so it must not block: a transport queues and returns, and may drop
-	// messages (raft retransmits). Send must not modify the messages; it may keep them after it
+	// from the raft loop, one call at a time, so it must not block: a transport queues and
+	// returns, and may drop messages (raft retransmits). It may call Node.ReportUnreachable and
+	// Node.ReportSnapshot before it returns; they do not wait for the loop. Send must not modify the messages; it may keep them after it
 	// returns, but an in-process transport must deliver copies (proto.Clone), since raft may
 	// modify a message it steps. Delivery on the far side is Node.Step; for every MsgSnap the
 	// transport reports the outcome with Node.ReportSnapshot on the sending node.
@@ -164,6 +167,11 @@ type Config struct {
 	// the same data key if it is encrypted, and no Encryptor if it is not; a mismatch fails
 	// Start with an error naming the file. Nil stores everything in the clear.
 	Encryptor Encryptor
+	// Clock is the source of time of the raft loop's ticks and of the waits counted in
+	// election timeouts (for a leader, a leadership transfer, a busy configuration change).
+	// Nil means clock.Real(). Tests pass a clocktest.Fake to tick raft by hand; hosts outside
+	// this module, which cannot name internal/clock, leave it nil.
+	Clock clock.Clock
 	// UnsafeNoFsync skips fsync on every write. A crash can then lose acknowledged writes or
 	// corrupt the log. Only for tests and benchmarks of code above this package.
 	UnsafeNoFsync bool
@@ -205,6 +213,7 @@ func DefaultConfig() Config {
 		MaxProposalBatch: 4096,
 		// Encryptor stays nil: the data key is the host's key material (internal/keys), which
 		// raftstore cannot make up; the host sets it when encryption at rest is on.
+		// Clock stays nil, the real clock: only tests need another.
 	}
 }
 

@@ -107,6 +107,17 @@
 // key does not match"); a blob that fails to open under the right key is reported as ErrCorrupt.
 // Messages between members are not sealed here: the transport's mutual TLS protects them.
 //
+// # Time
+//
+// The raft loop ticks on Config.Clock (internal/clock; the real clock by default), and the
+// waits measured in election timeouts (Propose waiting for a leader, Stop's leadership
+// transfer, a configuration change waiting for the previous one) run on it too, so a test
+// with a clocktest.Fake moves raft's time by hand. Only the durations reported in Stats and
+// metrics (snapshot encoding time) are read from the wall clock: they measure cost and decide
+// nothing. A loop held up past its tick (a long fsync, a large snapshot stored on the loop)
+// gets one tick when it resumes, not a burst, so its own stall does not count toward an
+// election; a follower's stall does count on its leader, which hears nothing from it meanwhile.
+//
 // # Proposals on followers, and quorum loss
 //
 // Proposals are made on the leader. With Config.Forwarder set, Propose on a follower forwards

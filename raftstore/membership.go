@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"go.etcd.io/raft/v3"
@@ -142,9 +141,9 @@ func (n *Node) changeMembership(ctx context.Context, kind confKind, id uint64, p
 		switch {
 		case errors.Is(out.err, errConfBusy):
 			// Wait a tick for the pending change (or the new leader's first entry) to apply.
-			t := time.NewTimer(n.cfg.TickInterval)
+			t := n.cfg.Clock.NewTimer(n.cfg.TickInterval)
 			select {
-			case <-t.C:
+			case <-t.C():
 			case <-n.donec:
 				t.Stop()
 				return ErrStopped
@@ -390,7 +389,7 @@ func (n *Node) transferLeadership(ctx context.Context, to uint64, stopping bool)
 // member still leads (false: raft gave up the transfer), or for as long as ctx allows while no
 // leader is known.
 func (n *Node) awaitLeaderIs(ctx context.Context, target uint64) (bool, error) {
-	timer := time.NewTimer(n.electionTimeout())
+	timer := n.cfg.Clock.NewTimer(n.electionTimeout())
 	defer timer.Stop()
 	for {
 		ch := n.leaderWatch()
@@ -402,7 +401,7 @@ func (n *Node) awaitLeaderIs(ctx context.Context, target uint64) (bool, error) {
 		}
 		select {
 		case <-ch:
-		case <-timer.C:
+		case <-timer.C():
 			if n.isLeader.Load() {
 				return false, nil
 			}

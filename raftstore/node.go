@@ -21,6 +21,8 @@ import (
 	pb "go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/shoalhq/shoal/internal/clock"
 )
 
 // headerLen is the size of the request ID prefixed to every proposed entry's data.
@@ -155,6 +157,9 @@ func New(cfg Config) (*Node, error) {
 	if logger == nil {
 		logger = discardLogger()
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
 	n := &Node{
 		cfg:     cfg,
 		logger:  logger.With("component", "raftstore", "raft_id", cfg.ID),
@@ -255,7 +260,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.metrics = m
 	n.logger.Info("raft log opened", "path", disk.path, "new", st.fresh, "snapshot_index", n.snapIndex,
 		"commit", n.startCommit, "entries", len(st.entries))
-	n.startedAt = time.Now()
+	n.startedAt = n.cfg.Clock.Now()
 	go n.run()
 	return nil
 }
@@ -579,7 +584,8 @@ func (n *Node) leaderChanged() {
 // Without quorum the error still comes after one election timeout (or the start grace).
 func (n *Node) awaitLeader(ctx context.Context) (uint64, error) {
 	et := n.electionTimeout()
-	now := time.Now()
+	clk := n.cfg.Clock
+	now := clk.Now()
 	deadline := now.Add(et)
 	if grace := n.startedAt.Add(startGraceTimeouts * et); grace.After(deadline) {
 		deadline = grace
@@ -588,7 +594,7 @@ func (n *Node) awaitLeader(ctx context.Context) (uint64, error) {
 	if deadline.After(hardDeadline) {
 		hardDeadline = deadline
 	}
-	timer := time.NewTimer(time.Until(deadline))
+	timer := clk.NewTimer(deadline.Sub(now))
 	defer timer.Stop()
 	for {
 		ch := n.leaderWatch()
@@ -597,7 +603,7 @@ func (n *Node) awaitLeader(ctx context.Context) (uint64, error) {
 		}
 		select {
 		case <-ch:
-		case <-timer.C:
+		case <-timer.C():
 			if l := n.leader.Load(); l != raft.None {
 				return l, nil
 			}
@@ -605,8 +611,8 @@ func (n *Node) awaitLeader(ctx context.Context) (uint64, error) {
 			if err := n.do(ctx, func() { qe = n.quorumError() }); err != nil {
 				return 0, err
 			}
-			if qe.Reachable >= qe.Needed && time.Now().Before(hardDeadline) {
-				timer.Reset(min(et/2, time.Until(hardDeadline)))
+			if now := clk.Now(); qe.Reachable >= qe.Needed && now.Before(hardDeadline) {
+				timer.Reset(min(et/2, hardDeadline.Sub(now)))
 				continue
 			}
 			return 0, qe
@@ -630,7 +636,7 @@ const (
 // awaitLeaderChange waits until the known leader is no longer old, for up to one election
 // timeout (then the caller tries again with whatever is known).
 func (n *Node) awaitLeaderChange(ctx context.Context, old uint64) error {
-	timer := time.NewTimer(n.electionTimeout())
+	timer := n.cfg.Clock.NewTimer(n.electionTimeout())
 	defer timer.Stop()
 	for {
 		ch := n.leaderWatch()
@@ -639,7 +645,7 @@ func (n *Node) awaitLeaderChange(ctx context.Context, old uint64) error {
 		}
 		select {
 		case <-ch:
-		case <-timer.C:
+		case <-timer.C():
 			return nil
 		case <-n.donec:
 			return ErrStopped
@@ -676,7 +682,8 @@ func (n *Node) ReportUnreachable(id uint64) {
 }
 
 // ReportSnapshot tells raft whether a snapshot (a MsgSnap from Transport.Send) reached member
-// id. Transports must call it for every MsgSnap they are given.
+// id. Transports must call it for every MsgSnap they are given. Like ReportUnreachable it does
+// not wait for the loop, so a transport may call it from Send.
 func (n *Node) ReportSnapshot(id uint64, ok bool) {
 	status := raft.SnapshotFinish
 	if !ok {
@@ -842,7 +849,9 @@ func (n *Node) run() {
 		}
 		n.finish(loopErr)
 	}()
-	ticker := time.NewTicker(n.cfg.TickInterval)
+	// A timer re-armed at every tick, not a time.Ticker, so the tick follows Config.Clock; a
+	// loop held up past a tick gets one tick, as a Ticker would give it, not a burst.
+	ticker := n.cfg.Clock.NewTimer(n.cfg.TickInterval)
 	defer ticker.Stop()
 	// The configuration replay will reach is the one persisted; report it now.
 	start := n.startConf
@@ -867,7 +876,8 @@ func (n *Node) run() {
 		select {
 		case <-n.stopc:
 			return
-		case <-ticker.C:
+		case <-ticker.C():
+			ticker.Reset(n.cfg.TickInterval)
 			n.tick()
 		case p := <-n.propc:
 			n.propose(p)

@@ -12,6 +12,11 @@ import (
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/shoalhq/shoal/internal/clock"
 )
 
 // MaxMessageBytes is the largest gRPC message the transport sends or accepts on its client
@@ -26,7 +31,7 @@ import (
 // is smaller than the largest entry. raftstore.Config.MaxEntryBytes must stay below it.
 const MaxMessageBytes = 16 << 20
 
-// Config configures a Transport. Start from DefaultConfig and set ID.
+// Config configures a Transport. Start from DefaultConfig and set ID and Credentials.
 type Config struct {
 	// ID is the local member's raft ID. Outgoing batches carry it, and incoming messages
 	// addressed to another ID are dropped. Must be nonzero.
@@ -34,9 +39,20 @@ type Config struct {
 	// Dial opens a connection to a peer's address. Nil dials TCP. Tests inject an in-memory
 	// dialer here that can cut links.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
-	// DialOptions are added to every peer connection after the transport's own options, so
-	// they win: pass credentials here (the default is insecure, plain-text connections).
+	// Credentials are the transport credentials of every peer connection: the node's mutual
+	// TLS client credentials (pki). New refuses a Config that sets neither Credentials, nor
+	// transport credentials in DialOptions (grpc.WithTransportCredentials), nor Insecure.
+	Credentials credentials.TransportCredentials
+	// Insecure, with no Credentials, makes peer connections plain text. For tests only: raft
+	// messages carry the whole cluster state, so a node always passes Credentials.
+	Insecure bool
+	// DialOptions are added to every peer connection after the transport's own options and
+	// Credentials, so they win. Transport credentials set here stand in for Credentials.
 	DialOptions []grpc.DialOption
+	// Clock is the source of time of the reconnect back-off (MinBackoff, MaxBackoff) and of
+	// SnapshotTimeout. Nil means clock.Real(); tests pass a clocktest.Fake. gRPC's own
+	// connection back-off and Filter's delays run on the wall clock (see the package doc).
+	Clock clock.Clock
 	// Logger receives the transport's logs. Nil discards them.
 	Logger *slog.Logger
 	// Filter, if set, is called by Send for every outgoing message: drop discards it (as a
@@ -68,7 +84,8 @@ type Config struct {
 	MaxBackoff time.Duration
 }
 
-// DefaultConfig returns a Config with every tunable set to its default. ID must still be set.
+// DefaultConfig returns a Config with every tunable set to its default. ID and Credentials
+// must still be set.
 func DefaultConfig() Config {
 	return Config{
 		// 4096 messages covers raft's own in-flight limit (256 appends by default) plus
@@ -140,6 +157,47 @@ func (c *Config) validate() error {
 	}
 	if slices.Contains(c.DialOptions, nil) {
 		bad("DialOptions", "must not contain nil")
+	} else if c.Credentials != nil && c.Insecure {
+		bad("Insecure", "must not be set with Credentials")
+	} else if err := c.checkSecurity(); err != nil {
+		bad("Credentials", fmt.Sprintf("must be set (mutual TLS credentials), or DialOptions must carry transport credentials; Insecure (plain text) is for tests only: %v", err))
 	}
 	return errors.Join(errs...)
+}
+
+// checkSecurity checks that peer connections get transport credentials, as gRPC itself does:
+// it refuses to create a client connection without them. grpc.NewClient does not dial, and
+// the trial connection is closed at once.
+func (c *Config) checkSecurity() error {
+	conn, err := grpc.NewClient("passthrough:///raft-transport-config-check", c.dialOptions()...)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// dialOptions are the options of every peer connection: the transport's defaults, the
+// credentials, then the caller's DialOptions, which override them.
+func (c *Config) dialOptions() []grpc.DialOption {
+	bo := backoff.DefaultConfig
+	bo.BaseDelay = c.MinBackoff
+	bo.MaxDelay = c.MaxBackoff
+	opts := []grpc.DialOption{
+		// gRPC's default reconnect backoff grows to 2 minutes; a raft peer that comes back must
+		// be reachable again within seconds.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 5 * time.Second}),
+		// An append carrying one entry of raftstore's MaxEntryBytes, or a forwarded proposal of
+		// that size, must fit one message each way; gRPC's default receive limit is 4 MiB.
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
+	}
+	switch {
+	case c.Credentials != nil:
+		opts = append(opts, grpc.WithTransportCredentials(c.Credentials))
+	case c.Insecure:
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	if c.Dial != nil {
+		opts = append(opts, grpc.WithContextDialer(c.Dial))
+	}
+	return append(opts, c.DialOptions...)
 }

@@ -6,6 +6,7 @@
 //
 //	cfg := transport.DefaultConfig()
 //	cfg.ID = 1
+//	cfg.Credentials = creds       // mTLS client credentials (pki)
 //	tr, err := transport.New(cfg) // validates only
 //	tr.Register(grpcServer)       // created with grpc.MaxRecvMsgSize(transport.MaxMessageBytes)
 //	err = tr.AddPeer(2, "10.0.0.2:4242")
@@ -59,8 +60,21 @@
 // Config.Dial replaces the TCP dialer (shoaltest uses in-memory pipes it can cut) and
 // Config.Filter can drop or delay any outgoing message without blocking Send.
 //
+// # Time
+//
+// The reconnect back-off and Config.SnapshotTimeout run on Config.Clock (internal/clock; the
+// real clock by default), so tests drive them with a clocktest.Fake. Three waits stay on the
+// wall clock: gRPC's own connection back-off (inside grpc-go, configured from MinBackoff and
+// MaxBackoff, which takes no clock), Config.Filter's delays (fault injection standing in for
+// network latency, held with time.AfterFunc so that a held message costs no goroutine), and
+// Forward's millisecond poll of the local applied index (a polling interval that decides no
+// outcome; on a fake clock it would never poll).
+//
 // # Security
 //
-// Connections are plain text unless Config.DialOptions carries transport credentials (mTLS
-// from pki); the server side's security is the gRPC server's.
+// Peer connections are mutual TLS: they use Config.Credentials, the node's client credentials
+// from pki (or transport credentials in Config.DialOptions), and New refuses a Config with
+// neither unless Config.Insecure asks for plain text, which is for tests only. The receiving
+// side's security is the gRPC server's: a node serves the Raft service on its mTLS server,
+// where internal/authz admits only manager certificates.
 package transport

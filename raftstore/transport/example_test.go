@@ -29,6 +29,7 @@ func Example() {
 	for _, id := range ids {
 		cfg := transport.DefaultConfig()
 		cfg.ID = id
+		cfg.Insecure = true // loopback, for the example; a node sets cfg.Credentials (mTLS)
 		tr, err := transport.New(cfg)
 		if err != nil {
 			panic(err)

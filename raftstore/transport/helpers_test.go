@@ -2,6 +2,13 @@ package transport
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"net"
 	"sync"
 	"testing"
@@ -101,10 +108,11 @@ func (f *fakeLocal) snapshotReports(id uint64) []bool {
 	return append([]bool(nil), f.snapReports[id]...)
 }
 
-// testConfig is DefaultConfig with fast reconnects.
+// testConfig is DefaultConfig with fast reconnects, in plain text.
 func testConfig(id uint64) Config {
 	cfg := DefaultConfig()
 	cfg.ID = id
+	cfg.Insecure = true
 	cfg.MinBackoff = 10 * time.Millisecond
 	cfg.MaxBackoff = 200 * time.Millisecond
 	return cfg
@@ -122,11 +130,18 @@ type member struct {
 // Cleanup stops the transport, then the server.
 func startMember(t testing.TB, cfg Config) *member {
 	t.Helper()
+	return startMemberWith(t, cfg)
+}
+
+// startMemberWith is startMember with more options for the gRPC server (its credentials).
+func startMemberWith(t testing.TB, cfg Config, opts ...grpc.ServerOption) *member {
+	t.Helper()
 	tr, err := New(cfg)
 	require.NoError(t, err)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	m := &member{tr: tr, srv: grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes)), addr: lis.Addr().String(), done: make(chan struct{})}
+	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes)}, opts...)...)
+	m := &member{tr: tr, srv: srv, addr: lis.Addr().String(), done: make(chan struct{})}
 	tr.Register(m.srv)
 	go func() {
 		defer close(m.done)
@@ -194,4 +209,33 @@ func deadAddr(t testing.TB) string {
 
 func msg(typ pb.MessageType, from, to, index uint64) *pb.Message {
 	return &pb.Message{Type: typ.Enum(), From: &from, To: &to, Index: &index, Term: new(uint64(1))}
+}
+
+// testTLS returns mutual TLS configurations for servers and clients on 127.0.0.1: one CA
+// signs one certificate that both sides present and verify.
+func testTLS(t testing.TB) (server, client *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "raft-transport-test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	server = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
+	client = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}
+	return server, client
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
@@ -71,7 +70,7 @@ func (p *peer) connect() error {
 func (p *peer) newConn(addr string) (*grpc.ClientConn, error) {
 	// passthrough: the address goes to the dialer as it is (no DNS resolution), so in-memory
 	// dialers can use any name.
-	conn, err := grpc.NewClient("passthrough:///"+addr, p.t.dialOptions()...)
+	conn, err := grpc.NewClient("passthrough:///"+addr, p.t.cfg.dialOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("raft transport: peer %d at %q: %w", p.id, addr, err)
 	}
@@ -209,12 +208,12 @@ func (p *peer) run() {
 			t.logger.Debug("raft peer still unreachable", "peer", p.id, "err", err, "retry_in", backoff)
 		}
 		t.reportUnreachable(p.id)
-		timer := time.NewTimer(backoff)
+		timer := t.cfg.Clock.NewTimer(backoff)
 		select {
 		case <-p.ctx.Done():
 			timer.Stop()
 			return
-		case <-timer.C:
+		case <-timer.C():
 		}
 		backoff = min(2*backoff, t.cfg.MaxBackoff)
 	}
@@ -281,8 +280,42 @@ func (p *peer) streamSnapshot(m *pb.Message) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, t.cfg.SnapshotTimeout)
+	ctx, cancel := p.snapshotContext()
 	defer cancel()
+	err = p.sendSnapshotStream(ctx, client, m)
+	if err != nil && errors.Is(context.Cause(ctx), errSnapshotTimeout) {
+		return fmt.Errorf("%w (SnapshotTimeout %s): %w", errSnapshotTimeout, t.cfg.SnapshotTimeout, err)
+	}
+	return err
+}
+
+// errSnapshotTimeout is the cause of a snapshot stream's end after Config.SnapshotTimeout.
+var errSnapshotTimeout = errors.New("snapshot not sent in time")
+
+// snapshotContext returns the context of one snapshot stream: canceled by the peer's close,
+// by cancel, or by Config.Clock once SnapshotTimeout has passed (cause errSnapshotTimeout).
+// The goroutine that watches the clock ends with cancel; the caller must call it.
+func (p *peer) snapshotContext() (context.Context, context.CancelFunc) {
+	ctx, cancelCause := context.WithCancelCause(p.ctx)
+	timer := p.t.cfg.Clock.NewTimer(p.t.cfg.SnapshotTimeout)
+	fired, done := timer.C(), make(chan struct{})
+	p.t.wg.Go(func() {
+		select {
+		case <-fired:
+			cancelCause(errSnapshotTimeout)
+		case <-done:
+		}
+	})
+	return ctx, func() {
+		timer.Stop()
+		close(done)
+		cancelCause(context.Canceled)
+	}
+}
+
+// sendSnapshotStream writes m to a new Snapshot stream on ctx.
+func (p *peer) sendSnapshotStream(ctx context.Context, client api.RaftClient, m *pb.Message) error {
+	t := p.t
 	head, err := proto.Marshal(withoutSnapshotData(m))
 	if err != nil {
 		return fmt.Errorf("encoding snapshot message: %w", err)

@@ -205,21 +205,36 @@ func (s *server) Propose(ctx context.Context, req *api.ProposeRequest) (*api.Pro
 	return resp, nil
 }
 
-// AppliedIndexer is an optional capability of a Local: the index of the last
-// entry it applied. When both sides have it, Forward returns only once the
-// forwarding member has applied as far as the leader had when the forwarded
-// entry was applied, so the caller reads its own write from its local state.
+// AppliedIndexer is an optional capability of a Local, found by type assertion: the index of
+// the last entry it applied. When both sides have it, Forward returns only once the
+// forwarding member has applied as far as the leader had when the forwarded entry was
+// applied, so the caller reads its own write from its local state.
 type AppliedIndexer interface {
+	// AppliedIndex returns the index of the last applied entry; it never decreases while
+	// the member runs. On the leader it is called from the gRPC handler of each forwarded
+	// proposal after Propose returns; on the forwarding member, Forward's goroutine polls it
+	// about every millisecond while it waits. Calls come from many goroutines at once, never
+	// from the raft loop. It must not block: raftstore.Node reads an atomic.
 	AppliedIndex() uint64
 }
 
-// LeaderProposer is an optional capability of a Local: proposing only if this member is the
-// leader, never forwarding. When the Local has it, forwarded proposals use it, so a proposal
-// that reaches a member which has just lost leadership comes back as ErrNotLeader instead of
-// being forwarded again. It may be called concurrently.
+// LeaderProposer is an optional capability of a Local, found by type assertion: proposing
+// only if this member is the leader, never forwarding. When the Local has it, forwarded
+// proposals use it, so a proposal that reaches a member which has just lost leadership comes
+// back as ErrNotLeader instead of being forwarded again.
 type LeaderProposer interface {
+	// ProposeOnLeader proposes data if this member leads, and returns its Apply result; on
+	// any other member it fails at once with an error matching errdefs.ErrNotLeader. It is
+	// called from the gRPC handler of each forwarded proposal, concurrently, never from the
+	// raft loop, and blocks until the entry is applied or ctx ends.
 	ProposeOnLeader(ctx context.Context, data []byte) (any, error)
 }
+
+var (
+	_ Local          = (*raftstore.Node)(nil)
+	_ AppliedIndexer = (*raftstore.Node)(nil)
+	_ LeaderProposer = (*raftstore.Node)(nil)
+)
 
 // outcome turns Propose's result into the error the proposer should see.
 func outcome(val any, err error) error {

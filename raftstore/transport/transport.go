@@ -11,10 +11,10 @@ import (
 
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/clock"
+	"github.com/shoalhq/shoal/raftstore"
 )
 
 var (
@@ -25,30 +25,32 @@ var (
 )
 
 // Local is the local raft member, the receiving end of the transport. raftstore.Node
-// satisfies it. All methods may be called concurrently from several goroutines.
+// satisfies it. Its methods are called from several goroutines at once, and the report
+// methods also from the raft loop itself (through Send), so none may wait for that loop.
 type Local interface {
-	// Step hands a message received from a peer to raft. It may block (back-pressure flows to
-	// the sending peer) until ctx ends.
+	// Step hands a message received from a peer to raft. It is called from the gRPC handler
+	// of each incoming stream (one Messages stream per sending peer, one Snapshot stream per
+	// snapshot), concurrently across streams and in order within one. It may block (the
+	// back-pressure flows to the sending peer) until ctx ends.
 	Step(ctx context.Context, m *pb.Message) error
-	// ReportUnreachable says that a message to member id could not be delivered. It must not
-	// block.
+	// ReportUnreachable says that a message to member id could not be delivered. It is called
+	// from Send (on the raft loop, for a message that could not be queued) and from the
+	// transport's sender goroutines. It must not block.
 	ReportUnreachable(id uint64)
-	// ReportSnapshot says whether a MsgSnap reached member id. It must not block.
+	// ReportSnapshot says whether a MsgSnap reached member id. It is called from Send (on the
+	// raft loop, for a snapshot refused at once) and from the snapshot sender goroutines,
+	// once per MsgSnap. It must not block.
 	ReportSnapshot(id uint64, ok bool)
 	// Propose proposes data on this member and returns its Apply result. It is called for
-	// proposals forwarded by other members.
+	// proposals forwarded by other members, from the gRPC handler of each one, concurrently,
+	// and by Forward for the local member; it blocks until the entry is applied or ctx ends.
 	Propose(ctx context.Context, data []byte) (any, error)
 }
 
-// forwarder is raftstore.Forwarder's method set, declared here so that this package does not
-// depend on when raftstore gains it.
-type forwarder interface {
-	Forward(ctx context.Context, leader uint64, data []byte) error
-}
-
 var (
-	_ forwarder      = (*Transport)(nil)
-	_ api.RaftServer = (*server)(nil)
+	_ raftstore.Transport = (*Transport)(nil)
+	_ raftstore.Forwarder = (*Transport)(nil)
+	_ api.RaftServer      = (*server)(nil)
 )
 
 // Transport carries raft messages between members over gRPC. It is the client side (Send,
@@ -80,6 +82,9 @@ func New(cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	cfg.DialOptions = append([]grpc.DialOption(nil), cfg.DialOptions...)
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -256,27 +261,6 @@ func (t *Transport) startPeerLocked(p *peer) error {
 	}
 	t.wg.Go(p.run)
 	return nil
-}
-
-// dialOptions are the options of every peer connection: the transport's defaults, then the
-// caller's, which override them.
-func (t *Transport) dialOptions() []grpc.DialOption {
-	bo := backoff.DefaultConfig
-	bo.BaseDelay = t.cfg.MinBackoff
-	bo.MaxDelay = t.cfg.MaxBackoff
-	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// gRPC's default reconnect backoff grows to 2 minutes; a raft peer that comes back must
-		// be reachable again within seconds.
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 5 * time.Second}),
-		// An append carrying one entry of raftstore's MaxEntryBytes, or a forwarded proposal of
-		// that size, must fit one message each way; gRPC's default receive limit is 4 MiB.
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
-	}
-	if t.cfg.Dial != nil {
-		opts = append(opts, grpc.WithContextDialer(t.cfg.Dial))
-	}
-	return append(opts, t.cfg.DialOptions...)
 }
 
 // Send queues msgs for their peers and returns at once. A message to an unknown peer, or to a

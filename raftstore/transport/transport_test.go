@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 	pb "go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -35,6 +39,13 @@ func TestConfigValidation(t *testing.T) {
 		{"MinBackoff", func(c *Config) { c.MinBackoff = 0 }},
 		{"MaxBackoff", func(c *Config) { c.MaxBackoff = c.MinBackoff / 2 }},
 		{"DialOptions", func(c *Config) { c.DialOptions = []grpc.DialOption{nil} }},
+		// No credentials at all: New refuses to fall back to plain text.
+		{"Credentials", func(c *Config) { c.Insecure = false }},
+		{"Credentials", func(c *Config) {
+			c.Insecure = false
+			c.DialOptions = []grpc.DialOption{grpc.WithUserAgent("x")}
+		}},
+		{"Insecure", func(c *Config) { c.Credentials = insecure.NewCredentials() }},
 	}
 	for _, tc := range cases {
 		cfg := testConfig(1)
@@ -47,6 +58,46 @@ func TestConfigValidation(t *testing.T) {
 	}
 	_, err := New(testConfig(1))
 	require.NoError(t, err)
+
+	// Credentials, or transport credentials in DialOptions, without Insecure.
+	creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13})
+	cfg := testConfig(1)
+	cfg.Insecure, cfg.Credentials = false, creds
+	_, err = New(cfg)
+	require.NoError(t, err)
+	cfg = testConfig(1)
+	cfg.Insecure, cfg.DialOptions = false, []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	_, err = New(cfg)
+	require.NoError(t, err)
+}
+
+// With Credentials, peers talk mutual TLS: messages and a chunked snapshot arrive, and a
+// plain-text peer gets nothing through.
+func TestMutualTLS(t *testing.T) {
+	serverTLS, clientTLS := testTLS(t)
+	start := func(id uint64, creds credentials.TransportCredentials) (*member, *fakeLocal) {
+		cfg := testConfig(id)
+		cfg.Insecure, cfg.Credentials = creds == nil, creds
+		m := startMemberWith(t, cfg, grpc.Creds(credentials.NewTLS(serverTLS)))
+		l := newFakeLocal()
+		m.tr.SetLocal(l)
+		return m, l
+	}
+	a, la := start(1, credentials.NewTLS(clientTLS))
+	b, lb := start(2, credentials.NewTLS(clientTLS))
+	require.NoError(t, a.tr.AddPeer(2, b.addr))
+	a.tr.Send([]*pb.Message{msg(pb.MsgHeartbeat, 1, 2, 0), snapMsg(1, 2, 7, randomBytes(t, 3<<20))})
+	require.Eventually(t, func() bool { return len(lb.steps()) == 2 }, waitFor, tick)
+	require.Eventually(t, func() bool { return len(la.snapshotReports(2)) == 1 }, waitFor, tick)
+	assert.Equal(t, []bool{true}, la.snapshotReports(2))
+
+	plain, lp := start(3, nil)
+	require.NoError(t, plain.tr.AddPeer(2, b.addr))
+	require.Eventually(t, func() bool {
+		plain.tr.Send([]*pb.Message{msg(pb.MsgHeartbeat, 3, 2, 0)})
+		return lp.unreachableCount(2) > 0
+	}, waitFor, tick)
+	assert.Len(t, lb.steps(), 2, "nothing arrives over plain text")
 }
 
 func TestLifecycle(t *testing.T) {
@@ -424,4 +475,121 @@ func TestCustomDialer(t *testing.T) {
 		return len(lb.steps()) > 0
 	}, waitFor, tick)
 	assert.GreaterOrEqual(t, dials.Load(), int64(2))
+}
+
+// A snapshot whose stream to one peer stalls mid-way (a slow link to a lagging member) must
+// not hold back messages to the other peers: a leader would otherwise lose its quorum while it
+// catches a member up. The snapshot has its own goroutine and stream, and every peer its own
+// queue, sender and connection, so nothing the stalled send holds is shared.
+func TestStalledSnapshotDoesNotDelayOtherPeers(t *testing.T) {
+	b := startMember(t, testConfig(2))
+	c := startMember(t, testConfig(3))
+	lb, lc := newFakeLocal(), newFakeLocal()
+	b.tr.SetLocal(lb)
+	c.tr.SetLocal(lc)
+	link := &stallLink{hit: make(chan struct{}), release: make(chan struct{})}
+	cfg := testConfig(1)
+	cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil || addr != b.addr {
+			return conn, err
+		}
+		return &stallConn{Conn: conn, link: link, closed: make(chan struct{})}, nil
+	}
+	a := startMember(t, cfg)
+	la := newFakeLocal()
+	a.tr.SetLocal(la)
+	require.NoError(t, a.tr.AddPeer(2, b.addr))
+	require.NoError(t, a.tr.AddPeer(3, c.addr))
+	a.tr.Send([]*pb.Message{msg(pb.MsgHeartbeat, 1, 2, 0), msg(pb.MsgHeartbeat, 1, 3, 0)})
+	require.Eventually(t, func() bool { return len(lb.steps()) == 1 && len(lc.steps()) == 1 }, waitFor, tick)
+
+	// The link to b passes 256 KiB more, then stalls: the snapshot is in flight, stuck.
+	link.arm(256 << 10)
+	a.tr.Send([]*pb.Message{snapMsg(1, 2, 42, randomBytes(t, 4<<20))})
+	select {
+	case <-link.hit:
+	case <-time.After(waitFor):
+		t.Fatal("the snapshot never reached the stalled link")
+	}
+	const rounds = 50
+	for i := range rounds {
+		a.tr.Send([]*pb.Message{msg(pb.MsgHeartbeat, 1, 3, uint64(i)), msg(pb.MsgHeartbeat, 1, 2, uint64(i))})
+		require.Eventually(t, func() bool { return len(lc.steps()) == i+2 }, waitFor, time.Millisecond,
+			"heartbeat %d to the healthy peer held back by a stalled snapshot to another", i)
+	}
+	assert.Empty(t, la.snapshotReports(2), "the snapshot was in flight throughout")
+	assert.Zero(t, la.unreachableCount(3))
+
+	close(link.release)
+	require.Eventually(t, func() bool { return len(la.snapshotReports(2)) == 1 }, waitFor, tick)
+	assert.Equal(t, []bool{true}, la.snapshotReports(2), "the stalled snapshot completes once the link moves")
+}
+
+// stallLink is a link that, once armed, passes a budget of bytes and then blocks every write
+// until released (or its connection is closed).
+type stallLink struct {
+	mu      sync.Mutex
+	armed   bool
+	budget  int
+	hit     chan struct{} // closed at the first blocked write
+	hitOnce sync.Once
+	release chan struct{}
+}
+
+func (l *stallLink) arm(budget int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.armed, l.budget = true, budget
+}
+
+// allow returns how many of n bytes may be written now (0: the link is stalled).
+func (l *stallLink) allow(n int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.armed {
+		return n
+	}
+	k := min(n, l.budget)
+	l.budget -= k
+	return k
+}
+
+type stallConn struct {
+	net.Conn
+	link      *stallLink
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (s *stallConn) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		k := s.link.allow(len(p))
+		if k == 0 {
+			s.link.hitOnce.Do(func() { close(s.link.hit) })
+			select {
+			case <-s.link.release:
+				s.link.mu.Lock()
+				s.link.armed = false
+				s.link.mu.Unlock()
+				continue
+			case <-s.closed:
+				return written, net.ErrClosed
+			}
+		}
+		n, err := s.Conn.Write(p[:k])
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[k:]
+	}
+	return written, nil
+}
+
+func (s *stallConn) Close() error {
+	s.closeOnce.Do(func() { close(s.closed) })
+	return s.Conn.Close()
 }
