@@ -44,7 +44,7 @@ type Config struct {
 	// transport credentials in DialOptions (grpc.WithTransportCredentials), nor Insecure.
 	Credentials credentials.TransportCredentials
 	// Insecure, with no Credentials, makes peer connections plain text. For tests only: raft
-	// messages carry the whole cluster state, so a node always passes Credentials.
+	// messages carry the whole cluster state, so a node always gives transport credentials.
 	Insecure bool
 	// DialOptions are added to every peer connection after the transport's own options and
 	// Credentials, so they win. Transport credentials set here stand in for Credentials.
