@@ -16,7 +16,7 @@ import (
 
 	"github.com/shoalhq/shoal"
 	"github.com/shoalhq/shoal/internal/api"
-	"github.com/shoalhq/shoal/internal/controlapi"
+	"github.com/shoalhq/shoal/internal/ca"
 	"github.com/shoalhq/shoal/internal/state"
 	"github.com/shoalhq/shoal/internal/state/statetest"
 	"github.com/shoalhq/shoal/pki"
@@ -292,7 +292,7 @@ func join100(b *testing.B, workers, parallel int) (joined, ready time.Duration) 
 	return joined, ready
 }
 
-// plainCAServer serves the CA service (controlapi.NewCAServer over an
+// plainCAServer serves the CA service (ca.NewServer over an
 // in-memory state store holding a cluster with a root CA) without TLS on
 // 127.0.0.1: the baseline for the handshake benchmark.
 func plainCAServer(tb testing.TB) string {
@@ -314,7 +314,7 @@ func plainCAServer(tb testing.TB) string {
 		tb.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	api.RegisterCAServer(srv, controlapi.NewCAServer(st, &controlapi.Signers{}))
+	api.RegisterCAServer(srv, ca.NewServer(st, &ca.Signers{}))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -801,7 +801,7 @@ func fromAPINode(n *api.Node) *NodeInfo {
 		return nil
 	}
 	d := n.GetDescription()
-	return &NodeInfo{
+	info := &NodeInfo{
 		ID:           n.Id,
 		Meta:         fromAPIMeta(n.Meta),
 		Role:         NodeRole(n.Role),
@@ -815,6 +815,26 @@ func fromAPINode(n *api.Node) *NodeInfo {
 		Addr:         n.GetStatus().GetAddr(),
 		Leader:       n.GetManagerStatus().GetLeader(),
 	}
+	if n.Role == api.NodeRole_NODE_ROLE_MANAGER {
+		ms := n.GetManagerStatus()
+		switch {
+		case ms.GetLeader():
+			info.ManagerStatus = Leader
+		case ms.GetReachability() == api.Reachability_REACHABILITY_UNREACHABLE:
+			info.ManagerStatus = Unreachable
+		default:
+			info.ManagerStatus = Reachable
+		}
+		// A manager without an agent holds no dispatcher session: it is
+		// ready while the leader hears from it.
+		if ms.GetNoAgent() && info.State == NodeUnknown {
+			info.State = NodeReady
+			if info.ManagerStatus == Unreachable {
+				info.State = NodeDown
+			}
+		}
+	}
+	return info
 }
 
 func fromAPICluster(c *api.Cluster) *ClusterInfo {

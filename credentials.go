@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/shoalhq/shoal/internal/api"
-	"github.com/shoalhq/shoal/internal/controlapi"
+	"github.com/shoalhq/shoal/internal/ca"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/pki"
 )
@@ -33,7 +33,7 @@ func (c *Client) IssueClientCredentials(ctx context.Context, name string, validi
 	if validity != 0 && validity < pki.MinCertValidity {
 		return nil, specError("validity", "must be 0 (the cluster's default) or at least %v, got %v", pki.MinCertValidity, validity)
 	}
-	if !controlapi.ClientNameRE.MatchString(name) {
+	if !ca.ClientNameRE.MatchString(name) {
 		return nil, specError("name", "must be 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit, got %q", name)
 	}
 	// The CA writes the certificate's subject itself; the CSR only carries the key.

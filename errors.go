@@ -1,6 +1,10 @@
 package shoal
 
-import "github.com/shoalhq/shoal/internal/errdefs"
+import (
+	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/internal/keys"
+	"github.com/shoalhq/shoal/internal/nodesec"
+)
 
 // Sentinel errors. Errors returned by Shoal wrap these; match them with
 // errors.Is, never by their text. They match across the network too: an
@@ -31,4 +35,19 @@ var (
 	// ErrTooLarge: the write is larger than one Raft log entry may be (8 MiB
 	// by default); nothing was written. Split it into smaller writes.
 	ErrTooLarge = errdefs.ErrTooLarge
+)
+
+// Errors of a node's own key material.
+var (
+	// ErrCertificateExpired: the node's certificate expired while it was
+	// offline; it must join again with a join token (Join with the same
+	// Config replaces the expired node).
+	ErrCertificateExpired = nodesec.ErrCertificateExpired
+	// ErrLocked: the manager's data key is wrapped with the cluster's unlock
+	// key (autolock); call Node.Unlock.
+	ErrLocked = keys.ErrLocked
+	// ErrWrongUnlockKey: the unlock key does not open this manager's data key.
+	ErrWrongUnlockKey = keys.ErrWrongUnlockKey
+	// ErrInvalidUnlockKey: the text is not an unlock key (SHLKEY-1-...).
+	ErrInvalidUnlockKey = keys.ErrInvalidUnlockKey
 )

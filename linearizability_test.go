@@ -209,7 +209,7 @@ func (h *linHistory) add(op linOp) {
 }
 
 // linFaults is what the managers' Raft transports ask about every message
-// (Config.Raft.Fault); the fault schedule flips it.
+// (shoaltest.Options.RaftFault); the fault schedule flips it.
 type linFaults struct {
 	dropPermille atomic.Int64
 	maxDelay     atomic.Int64 // nanoseconds
@@ -267,10 +267,8 @@ func runLinearizability(t *testing.T, seed uint64, managers int) {
 	rng := rand.New(rand.NewPCG(seed, 0x5ea1))
 	faults := &linFaults{rng: rand.New(rand.NewPCG(seed, 0xfa17))}
 	c := shoaltest.Start(t, shoaltest.Options{
-		Managers: managers,
-		Configure: func(_ string, cfg *shoal.Config) {
-			cfg.Raft.Fault = faults.decide
-		},
+		Managers:  managers,
+		RaftFault: faults.decide,
 	})
 	mgrs := c.Managers()
 	require.Len(t, mgrs, managers)

@@ -35,11 +35,20 @@
 //
 // # Security
 //
-// Nodes are admitted only with a join token (SHLTKN-1-<digest>-<secret>);
-// the digest pins the cluster, so a node refuses a manager of another
-// cluster. In this version the token is the only credential and connections
-// are not encrypted: run clusters on trusted networks until certificate-based
-// mutual TLS lands (it slots into the same Init/Join calls).
+// Every connection between nodes, and from clients to managers, is mutual
+// TLS 1.3: each node has a key and a certificate from the cluster's root CA
+// (created at Init, or an external cfssl CA), whose subject names the node,
+// its role and its cluster, and every RPC is authorized by the caller's
+// certificate role (workers reach only the dispatcher and the CA, for their
+// own node; the control API takes managers and operators). A join token
+// (SHLTKN-1-<root CA digest>-<secret>) admits a new node: the digest pins
+// the root CA, so a joining node refuses a manager of another cluster, and
+// the secret authorizes the certificate it receives. Its private key never
+// leaves it. Certificates renew by themselves; the root CA, the join tokens,
+// the gossip keys and the unlock key rotate on request (UpdateCluster).
+// Managers encrypt their Raft log at rest; with AutoLock, a restarted
+// manager waits for the unlock key. Operators reach a cluster with Dial and
+// credentials from Client.IssueClientCredentials.
 //
 // # High availability
 //
@@ -71,6 +80,8 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/shoalhq/shoal/internal/node"
+	"github.com/shoalhq/shoal/internal/nodesec"
 	"github.com/shoalhq/shoal/pki"
 )
 
@@ -82,7 +93,7 @@ func Init(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := n.start(ctx, modeInit, "", ""); err != nil {
+	if err := n.n.Start(ctx, node.StartOptions{Mode: node.Init}); err != nil {
 		return nil, err
 	}
 	return n, nil
@@ -103,7 +114,7 @@ func Join(ctx context.Context, cfg Config, addr, token string) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := n.start(ctx, modeJoin, addr, token); err != nil {
+	if err := n.n.Start(ctx, node.StartOptions{Mode: node.Join, JoinAddr: addr, Token: token}); err != nil {
 		return nil, err
 	}
 	return n, nil
@@ -152,7 +163,7 @@ func Dial(ctx context.Context, addr string, opts ...DialOption) (*Client, error)
 		return nil, fmt.Errorf("dial: %w", err)
 	}
 	gopts := append([]grpc.DialOption{grpc.WithTransportCredentials(tlsCreds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseSize))}, o.grpc...)
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(nodesec.MaxResponseSize))}, o.grpc...)
 	conn, err := grpc.NewClient(addr, gopts...)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)

@@ -117,6 +117,7 @@ type RootCA struct {
 // NewRootCA creates a self-signed root CA (cfssl initca, ECDSA P-256, CN
 // "shoal-root-ca <clusterID>", O clusterID) valid for validity (0 = 20 years).
 func NewRootCA(clusterID string, validity time.Duration) (*RootCA, error) {
+	quietCFSSL()
 	if err := checkName("clusterID", clusterID); err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ var ErrInvalidCSR = errors.New("invalid certificate signing request")
 // NewKeyAndCSR makes a new ECDSA P-256 private key and a CSR for it (cfssl csr). The key
 // never leaves the node; only the CSR is sent.
 func NewKeyAndCSR(commonName string) (keyPEM, csrPEM []byte, err error) {
+	quietCFSSL()
 	if err := checkName("commonName", commonName); err != nil {
 		return nil, nil, err
 	}

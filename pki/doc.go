@@ -62,6 +62,9 @@
 // # Caveats
 //
 // cfssl logs through its own package-level logger (github.com/cloudflare/cfssl/log),
-// at Info level by default; this package never changes it. A host program that
-// wants it quiet sets that package's Level once at start-up.
+// at Info level by default: every CSR and signature to the standard logger. The
+// first time this package uses cfssl (NewRootCA, NewKeyAndCSR, NewLocalSigner,
+// NewExternalSigner) it sets that logger's Level to errors, once per process, so
+// a host program's output carries no cfssl chatter; a program that wants cfssl's
+// logs sets the Level back after that.
 package pki

@@ -75,6 +75,7 @@ var _ Signer = (*externalSigner)(nil)
 // is valid now, and chains to cfg.RootCA. The validity of issued certificates is the
 // server profile's: SignRequest.Validity is only checked against MinCertValidity.
 func NewExternalSigner(cfg ExternalCAConfig) (Signer, error) {
+	quietCFSSL()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

@@ -98,6 +98,7 @@ func nodeProfile() *config.Signing {
 // NewLocalSigner signs with ca's key (cfssl signer/local). intermediatesPEM (may be nil)
 // is appended to every issued chain (root rotation: the cross-signed cert).
 func NewLocalSigner(ca *RootCA, intermediatesPEM []byte) (Signer, error) {
+	quietCFSSL()
 	if ca == nil {
 		return nil, errors.New("pki: local signer: root CA is required")
 	}

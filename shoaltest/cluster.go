@@ -18,6 +18,7 @@ import (
 	"github.com/shoalhq/shoal"
 	"github.com/shoalhq/shoal/gossip"
 	"github.com/shoalhq/shoal/gossip/gossiptest"
+	"github.com/shoalhq/shoal/internal/testhook"
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/runtime/runtimetest"
 )
@@ -52,6 +53,11 @@ type Options struct {
 	Resources map[string]shoal.Resources
 	// Configure, if set, edits each node's Config before it starts.
 	Configure func(name string, cfg *shoal.Config)
+	// RaftFault, if set, is asked about every Raft message a manager sends
+	// (from and to are Raft member IDs): drop it, or deliver it after delay.
+	// It is called concurrently from the managers' transports and must not
+	// block.
+	RaftFault func(from, to uint64) (drop bool, delay time.Duration)
 	// Logger receives every node's logs. By default the cluster keeps the
 	// newest few hundred records at level Info and above and prints them,
 	// with every node's and task's state, only if the test fails.
@@ -185,8 +191,14 @@ func Start(tb testing.TB, opts Options) *Cluster {
 	return c
 }
 
+// ctx bounds one start, join or stop, and carries the cluster's
+// fault-injection hooks to the nodes it starts.
 func (c *Cluster) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), c.opts.Timeout)
+	ctx := context.Background()
+	if c.opts.RaftFault != nil {
+		ctx = testhook.With(ctx, testhook.Hooks{RaftFault: c.opts.RaftFault})
+	}
+	return context.WithTimeout(ctx, c.opts.Timeout)
 }
 
 // Network returns the cluster's network, for fine-grained faults.

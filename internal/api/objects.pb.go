@@ -171,6 +171,55 @@ func (NodeState) EnumDescriptor() ([]byte, []int) {
 	return file_objects_proto_rawDescGZIP(), []int{2}
 }
 
+type Reachability int32
+
+const (
+	Reachability_REACHABILITY_UNKNOWN     Reachability = 0
+	Reachability_REACHABILITY_REACHABLE   Reachability = 1
+	Reachability_REACHABILITY_UNREACHABLE Reachability = 2
+)
+
+// Enum value maps for Reachability.
+var (
+	Reachability_name = map[int32]string{
+		0: "REACHABILITY_UNKNOWN",
+		1: "REACHABILITY_REACHABLE",
+		2: "REACHABILITY_UNREACHABLE",
+	}
+	Reachability_value = map[string]int32{
+		"REACHABILITY_UNKNOWN":     0,
+		"REACHABILITY_REACHABLE":   1,
+		"REACHABILITY_UNREACHABLE": 2,
+	}
+)
+
+func (x Reachability) Enum() *Reachability {
+	p := new(Reachability)
+	*p = x
+	return p
+}
+
+func (x Reachability) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Reachability) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[3].Descriptor()
+}
+
+func (Reachability) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[3]
+}
+
+func (x Reachability) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Reachability.Descriptor instead.
+func (Reachability) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{3}
+}
+
 type RestartCondition int32
 
 const (
@@ -204,11 +253,11 @@ func (x RestartCondition) String() string {
 }
 
 func (RestartCondition) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[3].Descriptor()
+	return file_objects_proto_enumTypes[4].Descriptor()
 }
 
 func (RestartCondition) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[3]
+	return &file_objects_proto_enumTypes[4]
 }
 
 func (x RestartCondition) Number() protoreflect.EnumNumber {
@@ -217,7 +266,7 @@ func (x RestartCondition) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RestartCondition.Descriptor instead.
 func (RestartCondition) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{3}
+	return file_objects_proto_rawDescGZIP(), []int{4}
 }
 
 type PortProtocol int32
@@ -250,11 +299,11 @@ func (x PortProtocol) String() string {
 }
 
 func (PortProtocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[4].Descriptor()
+	return file_objects_proto_enumTypes[5].Descriptor()
 }
 
 func (PortProtocol) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[4]
+	return &file_objects_proto_enumTypes[5]
 }
 
 func (x PortProtocol) Number() protoreflect.EnumNumber {
@@ -263,7 +312,7 @@ func (x PortProtocol) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PortProtocol.Descriptor instead.
 func (PortProtocol) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{4}
+	return file_objects_proto_rawDescGZIP(), []int{5}
 }
 
 type PublishMode int32
@@ -300,11 +349,11 @@ func (x PublishMode) String() string {
 }
 
 func (PublishMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[5].Descriptor()
+	return file_objects_proto_enumTypes[6].Descriptor()
 }
 
 func (PublishMode) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[5]
+	return &file_objects_proto_enumTypes[6]
 }
 
 func (x PublishMode) Number() protoreflect.EnumNumber {
@@ -313,7 +362,7 @@ func (x PublishMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PublishMode.Descriptor instead.
 func (PublishMode) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{5}
+	return file_objects_proto_rawDescGZIP(), []int{6}
 }
 
 type UpdateOrder int32
@@ -346,11 +395,11 @@ func (x UpdateOrder) String() string {
 }
 
 func (UpdateOrder) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[6].Descriptor()
+	return file_objects_proto_enumTypes[7].Descriptor()
 }
 
 func (UpdateOrder) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[6]
+	return &file_objects_proto_enumTypes[7]
 }
 
 func (x UpdateOrder) Number() protoreflect.EnumNumber {
@@ -359,7 +408,7 @@ func (x UpdateOrder) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateOrder.Descriptor instead.
 func (UpdateOrder) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{6}
+	return file_objects_proto_rawDescGZIP(), []int{7}
 }
 
 type UpdateState int32
@@ -398,11 +447,11 @@ func (x UpdateState) String() string {
 }
 
 func (UpdateState) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[7].Descriptor()
+	return file_objects_proto_enumTypes[8].Descriptor()
 }
 
 func (UpdateState) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[7]
+	return &file_objects_proto_enumTypes[8]
 }
 
 func (x UpdateState) Number() protoreflect.EnumNumber {
@@ -411,7 +460,7 @@ func (x UpdateState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateState.Descriptor instead.
 func (UpdateState) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{7}
+	return file_objects_proto_rawDescGZIP(), []int{8}
 }
 
 // TaskState values are ordered: a task's status only moves forward.
@@ -481,11 +530,11 @@ func (x TaskState) String() string {
 }
 
 func (TaskState) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[8].Descriptor()
+	return file_objects_proto_enumTypes[9].Descriptor()
 }
 
 func (TaskState) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[8]
+	return &file_objects_proto_enumTypes[9]
 }
 
 func (x TaskState) Number() protoreflect.EnumNumber {
@@ -494,7 +543,7 @@ func (x TaskState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskState.Descriptor instead.
 func (TaskState) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{8}
+	return file_objects_proto_rawDescGZIP(), []int{9}
 }
 
 type StoreAction_Kind int32
@@ -533,11 +582,11 @@ func (x StoreAction_Kind) String() string {
 }
 
 func (StoreAction_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[9].Descriptor()
+	return file_objects_proto_enumTypes[10].Descriptor()
 }
 
 func (StoreAction_Kind) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[9]
+	return &file_objects_proto_enumTypes[10]
 }
 
 func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
@@ -915,10 +964,17 @@ func (x *NodeStatus) GetTimestamp() int64 {
 }
 
 type ManagerStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RaftId        uint64                 `protobuf:"varint,1,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
-	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
-	Leader        bool                   `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	RaftId uint64                 `protobuf:"varint,1,opt,name=raft_id,json=raftId,proto3" json:"raft_id,omitempty"`
+	Addr   string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	Leader bool                   `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// reachability is what the leader last recorded of the member: reachable
+	// when it heard from it within an election timeout.
+	Reachability Reachability `protobuf:"varint,4,opt,name=reachability,proto3,enum=shoal.api.Reachability" json:"reachability,omitempty"`
+	// no_agent is set for a manager that runs no agent (Config.DisableAgent):
+	// it runs no tasks and holds no dispatcher session, so its liveness is
+	// its reachability.
+	NoAgent       bool `protobuf:"varint,5,opt,name=no_agent,json=noAgent,proto3" json:"no_agent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -970,6 +1026,20 @@ func (x *ManagerStatus) GetAddr() string {
 func (x *ManagerStatus) GetLeader() bool {
 	if x != nil {
 		return x.Leader
+	}
+	return false
+}
+
+func (x *ManagerStatus) GetReachability() Reachability {
+	if x != nil {
+		return x.Reachability
+	}
+	return Reachability_REACHABILITY_UNKNOWN
+}
+
+func (x *ManagerStatus) GetNoAgent() bool {
+	if x != nil {
+		return x.NoAgent
 	}
 	return false
 }
@@ -2903,11 +2973,13 @@ const file_objects_proto_rawDesc = "" +
 	"\x05state\x18\x01 \x01(\x0e2\x14.shoal.api.NodeStateR\x05state\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1c\n" +
-	"\ttimestamp\x18\x04 \x01(\x03R\ttimestamp\"T\n" +
+	"\ttimestamp\x18\x04 \x01(\x03R\ttimestamp\"\xac\x01\n" +
 	"\rManagerStatus\x12\x17\n" +
 	"\araft_id\x18\x01 \x01(\x04R\x06raftId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"\xe5\x02\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\x12;\n" +
+	"\freachability\x18\x04 \x01(\x0e2\x17.shoal.api.ReachabilityR\freachability\x12\x19\n" +
+	"\bno_agent\x18\x05 \x01(\bR\anoAgent\"\xe5\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12'\n" +
@@ -3079,7 +3151,11 @@ const file_objects_proto_rawDesc = "" +
 	"\x12NODE_STATE_UNKNOWN\x10\x00\x12\x13\n" +
 	"\x0fNODE_STATE_DOWN\x10\x01\x12\x14\n" +
 	"\x10NODE_STATE_READY\x10\x02\x12\x1b\n" +
-	"\x17NODE_STATE_DISCONNECTED\x10\x03*k\n" +
+	"\x17NODE_STATE_DISCONNECTED\x10\x03*b\n" +
+	"\fReachability\x12\x18\n" +
+	"\x14REACHABILITY_UNKNOWN\x10\x00\x12\x1a\n" +
+	"\x16REACHABILITY_REACHABLE\x10\x01\x12\x1c\n" +
+	"\x18REACHABILITY_UNREACHABLE\x10\x02*k\n" +
 	"\x10RestartCondition\x12\x19\n" +
 	"\x15RESTART_CONDITION_ANY\x10\x00\x12 \n" +
 	"\x1cRESTART_CONDITION_ON_FAILURE\x10\x01\x12\x1a\n" +
@@ -3127,116 +3203,118 @@ func file_objects_proto_rawDescGZIP() []byte {
 	return file_objects_proto_rawDescData
 }
 
-var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
 var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.api.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.api.NodeAvailability
 	(NodeState)(0),               // 2: shoal.api.NodeState
-	(RestartCondition)(0),        // 3: shoal.api.RestartCondition
-	(PortProtocol)(0),            // 4: shoal.api.PortProtocol
-	(PublishMode)(0),             // 5: shoal.api.PublishMode
-	(UpdateOrder)(0),             // 6: shoal.api.UpdateOrder
-	(UpdateState)(0),             // 7: shoal.api.UpdateState
-	(TaskState)(0),               // 8: shoal.api.TaskState
-	(StoreAction_Kind)(0),        // 9: shoal.api.StoreAction.Kind
-	(*Meta)(nil),                 // 10: shoal.api.Meta
-	(*NodeSpec)(nil),             // 11: shoal.api.NodeSpec
-	(*Platform)(nil),             // 12: shoal.api.Platform
-	(*Resources)(nil),            // 13: shoal.api.Resources
-	(*NodeDescription)(nil),      // 14: shoal.api.NodeDescription
-	(*NodeStatus)(nil),           // 15: shoal.api.NodeStatus
-	(*ManagerStatus)(nil),        // 16: shoal.api.ManagerStatus
-	(*Node)(nil),                 // 17: shoal.api.Node
-	(*RestartPolicy)(nil),        // 18: shoal.api.RestartPolicy
-	(*Placement)(nil),            // 19: shoal.api.Placement
-	(*ResourceRequirements)(nil), // 20: shoal.api.ResourceRequirements
-	(*TaskSpec)(nil),             // 21: shoal.api.TaskSpec
-	(*PortConfig)(nil),           // 22: shoal.api.PortConfig
-	(*Endpoint)(nil),             // 23: shoal.api.Endpoint
-	(*TaskEndpoint)(nil),         // 24: shoal.api.TaskEndpoint
-	(*UpdateConfig)(nil),         // 25: shoal.api.UpdateConfig
-	(*ReplicatedService)(nil),    // 26: shoal.api.ReplicatedService
-	(*GlobalService)(nil),        // 27: shoal.api.GlobalService
-	(*ServiceSpec)(nil),          // 28: shoal.api.ServiceSpec
-	(*UpdateStatus)(nil),         // 29: shoal.api.UpdateStatus
-	(*Service)(nil),              // 30: shoal.api.Service
-	(*TaskStatus)(nil),           // 31: shoal.api.TaskStatus
-	(*Task)(nil),                 // 32: shoal.api.Task
-	(*ClusterSpec)(nil),          // 33: shoal.api.ClusterSpec
-	(*JoinTokens)(nil),           // 34: shoal.api.JoinTokens
-	(*RootCA)(nil),               // 35: shoal.api.RootCA
-	(*RootRotation)(nil),         // 36: shoal.api.RootRotation
-	(*Cluster)(nil),              // 37: shoal.api.Cluster
-	(*GossipKeys)(nil),           // 38: shoal.api.GossipKeys
-	(*StoreAction)(nil),          // 39: shoal.api.StoreAction
-	(*StoreRequest)(nil),         // 40: shoal.api.StoreRequest
-	(*StoreSnapshot)(nil),        // 41: shoal.api.StoreSnapshot
-	nil,                          // 42: shoal.api.NodeSpec.LabelsEntry
-	nil,                          // 43: shoal.api.ServiceSpec.LabelsEntry
+	(Reachability)(0),            // 3: shoal.api.Reachability
+	(RestartCondition)(0),        // 4: shoal.api.RestartCondition
+	(PortProtocol)(0),            // 5: shoal.api.PortProtocol
+	(PublishMode)(0),             // 6: shoal.api.PublishMode
+	(UpdateOrder)(0),             // 7: shoal.api.UpdateOrder
+	(UpdateState)(0),             // 8: shoal.api.UpdateState
+	(TaskState)(0),               // 9: shoal.api.TaskState
+	(StoreAction_Kind)(0),        // 10: shoal.api.StoreAction.Kind
+	(*Meta)(nil),                 // 11: shoal.api.Meta
+	(*NodeSpec)(nil),             // 12: shoal.api.NodeSpec
+	(*Platform)(nil),             // 13: shoal.api.Platform
+	(*Resources)(nil),            // 14: shoal.api.Resources
+	(*NodeDescription)(nil),      // 15: shoal.api.NodeDescription
+	(*NodeStatus)(nil),           // 16: shoal.api.NodeStatus
+	(*ManagerStatus)(nil),        // 17: shoal.api.ManagerStatus
+	(*Node)(nil),                 // 18: shoal.api.Node
+	(*RestartPolicy)(nil),        // 19: shoal.api.RestartPolicy
+	(*Placement)(nil),            // 20: shoal.api.Placement
+	(*ResourceRequirements)(nil), // 21: shoal.api.ResourceRequirements
+	(*TaskSpec)(nil),             // 22: shoal.api.TaskSpec
+	(*PortConfig)(nil),           // 23: shoal.api.PortConfig
+	(*Endpoint)(nil),             // 24: shoal.api.Endpoint
+	(*TaskEndpoint)(nil),         // 25: shoal.api.TaskEndpoint
+	(*UpdateConfig)(nil),         // 26: shoal.api.UpdateConfig
+	(*ReplicatedService)(nil),    // 27: shoal.api.ReplicatedService
+	(*GlobalService)(nil),        // 28: shoal.api.GlobalService
+	(*ServiceSpec)(nil),          // 29: shoal.api.ServiceSpec
+	(*UpdateStatus)(nil),         // 30: shoal.api.UpdateStatus
+	(*Service)(nil),              // 31: shoal.api.Service
+	(*TaskStatus)(nil),           // 32: shoal.api.TaskStatus
+	(*Task)(nil),                 // 33: shoal.api.Task
+	(*ClusterSpec)(nil),          // 34: shoal.api.ClusterSpec
+	(*JoinTokens)(nil),           // 35: shoal.api.JoinTokens
+	(*RootCA)(nil),               // 36: shoal.api.RootCA
+	(*RootRotation)(nil),         // 37: shoal.api.RootRotation
+	(*Cluster)(nil),              // 38: shoal.api.Cluster
+	(*GossipKeys)(nil),           // 39: shoal.api.GossipKeys
+	(*StoreAction)(nil),          // 40: shoal.api.StoreAction
+	(*StoreRequest)(nil),         // 41: shoal.api.StoreRequest
+	(*StoreSnapshot)(nil),        // 42: shoal.api.StoreSnapshot
+	nil,                          // 43: shoal.api.NodeSpec.LabelsEntry
+	nil,                          // 44: shoal.api.ServiceSpec.LabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	42, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
+	43, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
 	0,  // 1: shoal.api.NodeSpec.desired_role:type_name -> shoal.api.NodeRole
 	1,  // 2: shoal.api.NodeSpec.availability:type_name -> shoal.api.NodeAvailability
-	12, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
-	13, // 4: shoal.api.NodeDescription.resources:type_name -> shoal.api.Resources
+	13, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
+	14, // 4: shoal.api.NodeDescription.resources:type_name -> shoal.api.Resources
 	2,  // 5: shoal.api.NodeStatus.state:type_name -> shoal.api.NodeState
-	10, // 6: shoal.api.Node.meta:type_name -> shoal.api.Meta
-	11, // 7: shoal.api.Node.spec:type_name -> shoal.api.NodeSpec
-	14, // 8: shoal.api.Node.description:type_name -> shoal.api.NodeDescription
-	15, // 9: shoal.api.Node.status:type_name -> shoal.api.NodeStatus
-	0,  // 10: shoal.api.Node.role:type_name -> shoal.api.NodeRole
-	16, // 11: shoal.api.Node.manager_status:type_name -> shoal.api.ManagerStatus
-	3,  // 12: shoal.api.RestartPolicy.condition:type_name -> shoal.api.RestartCondition
-	13, // 13: shoal.api.ResourceRequirements.reservations:type_name -> shoal.api.Resources
-	13, // 14: shoal.api.ResourceRequirements.limits:type_name -> shoal.api.Resources
-	20, // 15: shoal.api.TaskSpec.resources:type_name -> shoal.api.ResourceRequirements
-	19, // 16: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
-	18, // 17: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
-	22, // 18: shoal.api.TaskSpec.ports:type_name -> shoal.api.PortConfig
-	4,  // 19: shoal.api.PortConfig.protocol:type_name -> shoal.api.PortProtocol
-	5,  // 20: shoal.api.PortConfig.mode:type_name -> shoal.api.PublishMode
-	22, // 21: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
-	4,  // 22: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
-	6,  // 23: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
-	43, // 24: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
-	21, // 25: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
-	26, // 26: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
-	27, // 27: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
-	25, // 28: shoal.api.ServiceSpec.update:type_name -> shoal.api.UpdateConfig
-	7,  // 29: shoal.api.UpdateStatus.state:type_name -> shoal.api.UpdateState
-	10, // 30: shoal.api.Service.meta:type_name -> shoal.api.Meta
-	28, // 31: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
-	29, // 32: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
-	23, // 33: shoal.api.Service.endpoint:type_name -> shoal.api.Endpoint
-	8,  // 34: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
-	24, // 35: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
-	10, // 36: shoal.api.Task.meta:type_name -> shoal.api.Meta
-	21, // 37: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
-	8,  // 38: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
-	31, // 39: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
-	36, // 40: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
-	10, // 41: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
-	33, // 42: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
-	34, // 43: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
-	35, // 44: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
-	38, // 45: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
-	9,  // 46: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
-	17, // 47: shoal.api.StoreAction.node:type_name -> shoal.api.Node
-	30, // 48: shoal.api.StoreAction.service:type_name -> shoal.api.Service
-	32, // 49: shoal.api.StoreAction.task:type_name -> shoal.api.Task
-	37, // 50: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
-	39, // 51: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
-	17, // 52: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
-	30, // 53: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
-	32, // 54: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
-	37, // 55: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
-	56, // [56:56] is the sub-list for method output_type
-	56, // [56:56] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	3,  // 6: shoal.api.ManagerStatus.reachability:type_name -> shoal.api.Reachability
+	11, // 7: shoal.api.Node.meta:type_name -> shoal.api.Meta
+	12, // 8: shoal.api.Node.spec:type_name -> shoal.api.NodeSpec
+	15, // 9: shoal.api.Node.description:type_name -> shoal.api.NodeDescription
+	16, // 10: shoal.api.Node.status:type_name -> shoal.api.NodeStatus
+	0,  // 11: shoal.api.Node.role:type_name -> shoal.api.NodeRole
+	17, // 12: shoal.api.Node.manager_status:type_name -> shoal.api.ManagerStatus
+	4,  // 13: shoal.api.RestartPolicy.condition:type_name -> shoal.api.RestartCondition
+	14, // 14: shoal.api.ResourceRequirements.reservations:type_name -> shoal.api.Resources
+	14, // 15: shoal.api.ResourceRequirements.limits:type_name -> shoal.api.Resources
+	21, // 16: shoal.api.TaskSpec.resources:type_name -> shoal.api.ResourceRequirements
+	20, // 17: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
+	19, // 18: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
+	23, // 19: shoal.api.TaskSpec.ports:type_name -> shoal.api.PortConfig
+	5,  // 20: shoal.api.PortConfig.protocol:type_name -> shoal.api.PortProtocol
+	6,  // 21: shoal.api.PortConfig.mode:type_name -> shoal.api.PublishMode
+	23, // 22: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
+	5,  // 23: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
+	7,  // 24: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
+	44, // 25: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
+	22, // 26: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
+	27, // 27: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
+	28, // 28: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
+	26, // 29: shoal.api.ServiceSpec.update:type_name -> shoal.api.UpdateConfig
+	8,  // 30: shoal.api.UpdateStatus.state:type_name -> shoal.api.UpdateState
+	11, // 31: shoal.api.Service.meta:type_name -> shoal.api.Meta
+	29, // 32: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
+	30, // 33: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
+	24, // 34: shoal.api.Service.endpoint:type_name -> shoal.api.Endpoint
+	9,  // 35: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
+	25, // 36: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
+	11, // 37: shoal.api.Task.meta:type_name -> shoal.api.Meta
+	22, // 38: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
+	9,  // 39: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
+	32, // 40: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
+	37, // 41: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
+	11, // 42: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
+	34, // 43: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
+	35, // 44: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
+	36, // 45: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
+	39, // 46: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
+	10, // 47: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
+	18, // 48: shoal.api.StoreAction.node:type_name -> shoal.api.Node
+	31, // 49: shoal.api.StoreAction.service:type_name -> shoal.api.Service
+	33, // 50: shoal.api.StoreAction.task:type_name -> shoal.api.Task
+	38, // 51: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
+	40, // 52: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
+	18, // 53: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
+	31, // 54: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
+	33, // 55: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
+	38, // 56: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
+	57, // [57:57] is the sub-list for method output_type
+	57, // [57:57] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -3259,7 +3337,7 @@ func file_objects_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
-			NumEnums:      10,
+			NumEnums:      11,
 			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -114,7 +114,7 @@ func BenchmarkControlAPITLS(b *testing.B) {
 	const calls = 2000
 	defer goleak.VerifyNone(b, goleak.IgnoreCurrent())
 	// cfssl logs every signature to the standard logger at info level; the
-	// manager turns it down the same way (shoal's quietCFSSL).
+	// manager turns it down the same way (pki turns it down at first use).
 	cfsslog.Level = cfsslog.LevelError
 
 	root, err := pki.NewRootCA(benchCluster, 0)

@@ -175,6 +175,9 @@ func (r *Reconciler) round(ctx context.Context, marked bool) bool {
 		}
 		return marked
 	}
+	if err := r.recordReachability(ctx, members); err != nil && ctx.Err() == nil {
+		log.Debug("membership: cannot record the managers' reachability; trying again next round", "err", err)
+	}
 	for _, m := range members {
 		if !m.Learner {
 			continue
@@ -217,6 +220,42 @@ func (r *Reconciler) markLeader(ctx context.Context) error {
 			}
 			m.ManagerStatus.Leader = want
 			if err := tx.UpdateNode(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// recordReachability records, in every manager's node object, whether the
+// leader heard from it within an election timeout (raftstore's
+// RecentActive): docker node ls's Reachable and Unreachable. A manager
+// whose Raft ID is not a member is unreachable. Nothing is written when
+// nothing changed.
+func (r *Reconciler) recordReachability(ctx context.Context, members []raftstore.Member) error {
+	active := make(map[uint64]bool, len(members))
+	for _, m := range members {
+		active[m.ID] = m.RecentActive
+	}
+	return r.store.UpdateRetry(ctx, 5, func(tx state.WriteTx) error {
+		nodes, err := tx.FindNodes(state.ByRole(api.NodeRole_NODE_ROLE_MANAGER))
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			ms := n.GetManagerStatus()
+			if ms == nil || ms.GetRaftId() == 0 {
+				continue
+			}
+			want := api.Reachability_REACHABILITY_UNREACHABLE
+			if active[ms.GetRaftId()] || n.GetId() == r.cfg.NodeID {
+				want = api.Reachability_REACHABILITY_REACHABLE
+			}
+			if ms.GetReachability() == want {
+				continue
+			}
+			ms.Reachability = want
+			if err := tx.UpdateNode(n); err != nil {
 				return err
 			}
 		}

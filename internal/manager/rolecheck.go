@@ -1,0 +1,57 @@
+package manager
+
+import (
+	"context"
+	"time"
+
+	"github.com/shoalhq/shoal/internal/clock"
+)
+
+// roleCheck covers what neither the Raft log nor a dispatcher session can
+// tell a manager: that it was demoted or removed while it was down or cut
+// off (the leader no longer sends it anything, and a manager without an
+// agent has no session). While this member hears no leader for three
+// election timeouts, it asks the other managers for its own node object; an
+// up-to-date (not stale) answer from a majority that it is no longer a
+// manager calls notManager, once, and ends the check.
+type roleCheck struct {
+	clock    clock.Clock
+	election time.Duration
+	// hasLeader reports whether the member follows a working leader.
+	hasLeader func(ctx context.Context) bool
+	// stillManager asks the other managers, each bounded by timeout.
+	stillManager func(ctx context.Context, timeout time.Duration) bool
+	notManager   func()
+}
+
+// run checks once per election timeout until ctx ends or notManager ran.
+func (rc *roleCheck) run(ctx context.Context) {
+	t := rc.clock.NewTimer(rc.election)
+	defer t.Stop()
+	var leaderless time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+			t.Reset(rc.election)
+		}
+		if rc.hasLeader(ctx) {
+			leaderless = time.Time{}
+			continue
+		}
+		now := rc.clock.Now()
+		if leaderless.IsZero() {
+			leaderless = now
+		}
+		if now.Sub(leaderless) < 3*rc.election {
+			continue
+		}
+		leaderless = now // ask again after as long, if still leaderless
+		// A new mTLS connection each: not an election timeout under load.
+		if !rc.stillManager(ctx, max(rc.election, 3*time.Second)) {
+			rc.notManager()
+			return
+		}
+	}
+}
