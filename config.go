@@ -81,7 +81,8 @@ type Config struct {
 	// inspection. Set at Init.
 	TaskHistoryLimit int
 	// RestartDelay is the wait before a task that ended is replaced, when
-	// the service's restart policy says 0 (the leader's setting counts).
+	// the service's restart policy says 0 (the leader's setting counts). A
+	// task whose node went down or was drained is replaced at once.
 	RestartDelay time.Duration
 
 	// Raft tunes the managers' replicated log.

@@ -310,3 +310,61 @@ func TestLargeWritesReplicateAndOversizedAreRefused(t *testing.T) {
 	_, err = f.Shoal().Client().GetService(ctx, "nine-mib")
 	require.ErrorIs(t, err, shoal.ErrNotFound)
 }
+
+// TestManagerStatusAndAgentlessManagersReady: docker node ls's MANAGER
+// STATUS (Leader, Reachable, Unreachable) is in NodeInfo, and a manager
+// without an agent (shoaltest's managers run none) is READY while the
+// leader hears from it and DOWN once it does not.
+func TestManagerStatusAndAgentlessManagersReady(t *testing.T) {
+	c := shoaltest.Start(t, shoaltest.Options{Managers: 3, Workers: 1})
+	ctx := ctxT(t)
+	statuses := func() map[string]shoal.NodeInfo {
+		nodes, err := c.Client().ListNodes(ctx)
+		if err != nil {
+			return nil
+		}
+		out := map[string]shoal.NodeInfo{}
+		for _, n := range nodes {
+			out[n.Hostname] = *n
+		}
+		return out
+	}
+	c.WaitFor("managers ready, one leader and two reachable", func() bool {
+		st := statuses()
+		leaders, reachable := 0, 0
+		for _, m := range c.Managers() {
+			n, ok := st[m.Name]
+			if !ok || n.State != shoal.NodeReady || n.Role != shoal.Manager {
+				return false
+			}
+			switch n.ManagerStatus {
+			case shoal.Leader:
+				leaders++
+			case shoal.Reachable:
+				reachable++
+			}
+		}
+		return leaders == 1 && reachable == 2
+	})
+	st := statuses()
+	w := c.Workers()[0]
+	assert.Equal(t, shoal.NotManager, st[w.Name].ManagerStatus, "a worker has no manager status")
+	assert.Equal(t, "", st[w.Name].ManagerStatus.String())
+	assert.Equal(t, "Leader", shoal.Leader.String())
+	for _, m := range c.Managers() {
+		assert.Contains(t, st[m.Name].StateMessage, "runs no tasks", "the message says why it has no tasks")
+	}
+
+	f := follower(c)
+	require.NotNil(t, f)
+	require.NoError(t, f.Stop())
+	c.WaitFor("the stopped manager is unreachable and down", func() bool {
+		n, ok := statuses()[f.Name]
+		return ok && n.ManagerStatus == shoal.Unreachable && n.State == shoal.NodeDown
+	})
+	require.NoError(t, f.Restart())
+	c.WaitFor("the restarted manager is reachable and ready again", func() bool {
+		n, ok := statuses()[f.Name]
+		return ok && n.ManagerStatus == shoal.Reachable && n.State == shoal.NodeReady
+	})
+}

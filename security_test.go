@@ -78,6 +78,8 @@ func TestSecurityJoinRefusals(t *testing.T) {
 			is: shoal.ErrInvalidToken, says: "rotated or never issued"},
 		{name: "manager token with one character changed", addr: a.Addr(), token: secTamper(infoA.ManagerToken, len(infoA.ManagerToken)-1),
 			is: shoal.ErrInvalidToken, says: "rotated or never issued"},
+		{name: "tampered digest", addr: a.Addr(), token: "SHLTKN-1-" + secTamper(tokA.Digest, 9) + "-" + tokA.Secret,
+			is: pki.ErrDigestMismatch, says: "does not match the join token"},
 		{name: "another cluster's worker token", addr: a.Addr(), token: infoB.WorkerToken,
 			is: pki.ErrDigestMismatch, says: "does not match the join token"},
 		{name: "another cluster's manager token", addr: a.Addr(), token: infoB.ManagerToken,
@@ -94,6 +96,7 @@ func TestSecurityJoinRefusals(t *testing.T) {
 			stateDir, err := join(tc.addr, tc.token)
 			require.Error(t, err, "the join was accepted")
 			assert.ErrorIs(t, err, tc.is)
+			assert.ErrorIs(t, err, shoal.ErrInvalidToken, "every refused token matches ErrInvalidToken")
 			assert.Contains(t, err.Error(), tc.says)
 			if tc.token != "" {
 				tok, perr := pki.ParseToken(tc.token)

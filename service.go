@@ -189,7 +189,11 @@ func (c RestartCondition) String() string {
 // RestartPolicy says when and how often a task that ended is replaced.
 type RestartPolicy struct {
 	Condition RestartCondition
-	// Delay is the wait between a task's end and its replacement's start.
+	// Delay is the wait between a task's end (it exited, failed or was
+	// rejected) and its replacement's start; 0 means the cluster's default
+	// (Config.RestartDelay, 5s). A task whose node went down or was drained
+	// is replaced at once, with no delay: the task did not fail, its node
+	// did.
 	Delay time.Duration
 	// MaxAttempts limits replacements within Window (0: no limit; Window 0:
 	// over the service's life).
