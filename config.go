@@ -179,7 +179,7 @@ type MeshConfig struct {
 	// member; default the bound GossipAddr.
 	GossipAdvertiseAddr string
 	// GossipTransport, when set, replaces the gossip member's UDP/TCP
-	// network (test harnesses run many nodes on gossiptest.Network). It is
+	// network (test harnesses run many nodes on gossiptest.MemNetwork). It is
 	// used for one start; the node shuts it down on Stop.
 	GossipTransport memberlist.Transport
 	// Gossip, if set, edits the gossip member's settings (probe intervals,
