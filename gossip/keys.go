@@ -2,8 +2,12 @@ package gossip
 
 import (
 	"bytes"
+	"context"
+	"encoding/base64"
 	"fmt"
 	"slices"
+
+	"github.com/hashicorp/serf/serf"
 )
 
 // keysProblem reports the first key in keys that breaks a rule: its index
@@ -121,4 +125,52 @@ func (n *Node) Keys() [][]byte {
 		return cloneKeys(kr.GetKeys())
 	}
 	return cloneKeys(keys)
+}
+
+// RotateKeys installs newKey as the cluster's primary key everywhere and
+// removes every other key: serf's KeyManager installs it on all members,
+// switches them to it, then removes the old keys. Each step is a serf query
+// bounded by serf's query timeout; ctx is checked between steps. A step
+// that some member fails leaves the cluster working on the keys it had, and
+// RotateKeys can be retried.
+func (n *Node) RotateKeys(ctx context.Context, newKey []byte) error {
+	s := n.serfOrNil()
+	if s == nil {
+		return ErrNotStarted
+	}
+	if n.keyring == nil {
+		return ErrNoKeyring
+	}
+	if len(newKey) != KeySize {
+		return fmt.Errorf("gossip: RotateKeys: newKey must be %d bytes, got %d", KeySize, len(newKey))
+	}
+	km := s.KeyManager()
+	enc := base64.StdEncoding.EncodeToString(newKey)
+	steps := []struct {
+		name string
+		do   func(string) (*serf.KeyResponse, error)
+	}{
+		{"install", km.InstallKey},
+		{"use", km.UseKey},
+	}
+	for _, st := range steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := st.do(enc); err != nil {
+			return fmt.Errorf("gossip: RotateKeys: %s: %w", st.name, err)
+		}
+	}
+	for _, k := range n.keyring.GetKeys() {
+		if slices.Equal(k, newKey) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := km.RemoveKey(base64.StdEncoding.EncodeToString(k)); err != nil {
+			return fmt.Errorf("gossip: RotateKeys: remove old key: %w", err)
+		}
+	}
+	return nil
 }
