@@ -415,7 +415,11 @@ func (s *Security) Stop(ctx context.Context) error {
 }
 
 // renewLoop renews the certificate at a random point between 50% and 80% of
-// its validity, retrying failures with backoff.
+// its validity, at once when the role or a root rotation asks for a new
+// certificate, and retries failures with backoff (a twentieth of the
+// validity left, between 1s and 1m, plus up to half as much), and renewals
+// that did not bring the role or root wanted after a delay doubling from 1s
+// up to that backoff.
 func (s *Security) renewLoop(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	var retry time.Duration
@@ -449,18 +453,46 @@ func (s *Security) renewLoop(ctx context.Context, done chan struct{}) {
 		rctx, cancel := context.WithTimeout(ctx, time.Minute)
 		err := s.RenewCertificate(rctx)
 		cancel()
-		if err == nil {
-			retry = 0
-			continue
-		}
 		if ctx.Err() != nil {
 			return
 		}
 		left := s.creds.Load().Leaf().NotAfter.Sub(s.clock.Now())
-		retry = min(max(left/20, time.Second), time.Minute)
-		retry += time.Duration(rand.Int64N(int64(retry)/2 + 1))
+		limit := min(max(left/20, time.Second), time.Minute)
+		if err == nil {
+			unmet := s.unmet()
+			if unmet == nil {
+				retry = 0
+				continue
+			}
+			// The CA issued a certificate, but not the one wanted (its store
+			// has not caught up with the role change or the root rotation
+			// yet): ask again after a delay that doubles from a second up to
+			// the failure backoff, rather than back to back. The renewal's
+			// own kick would plan again at once; drop it.
+			select {
+			case <-s.renewKick:
+			default:
+			}
+			next := min(max(2*retry, time.Second), limit)
+			retry = next + time.Duration(rand.Int64N(int64(next)/2+1))
+			s.log.Info("the certificate renewed is not the one wanted; renewing again", "in", retry, "reason", unmet)
+			continue
+		}
+		retry = limit + time.Duration(rand.Int64N(int64(limit)/2+1))
 		s.log.Warn("certificate renewal failed; retrying", "in", retry, "expires_in", left.Round(time.Second), "err", err)
 	}
+}
+
+// unmet says why the current certificate still needs renewing at once (a
+// role it does not carry, or a root rotation it is not from yet), or nil.
+func (s *Security) unmet() error {
+	if got, want := s.creds.Load().Subject().Role, s.cfg.WantRole(); got != want {
+		return fmt.Errorf("the CA issued a %s certificate, not the %s certificate wanted", got, want)
+	}
+	if s.needsNewRoot() {
+		return errors.New("the CA issued a certificate that is not from the new root")
+	}
+	return nil
 }
 
 // EnsureRole renews the certificate until it carries role (after a
