@@ -109,6 +109,11 @@ type Config struct {
 	// OnDemoted is called (from a manager goroutine; it must not block) when
 	// the manager finds it is no longer a member: demoted or removed.
 	OnDemoted func()
+	// Publish, if set, is called once from Start when the store and the
+	// Raft member exist, before the log is loaded: the node makes the
+	// manager visible to its server's authorizer and its mesh then. The
+	// manager's methods are safe to call from that moment.
+	Publish func(*Manager)
 	// OnTrustBundle is called with the cluster's trust bundle whenever the
 	// cluster object may have changed it; it must not block.
 	OnTrustBundle func(bundle []byte)

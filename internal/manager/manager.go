@@ -46,7 +46,7 @@ type Manager struct {
 	store     *state.Store
 	raft      *raftstore.Node
 	transport *transport.Transport
-	selfConn  *grpc.ClientConn
+	selfConn  atomic.Pointer[grpc.ClientConn] // set once the services run
 	peersKick chan struct{}
 
 	// armed is set once the log is loaded: from then on a membership
@@ -104,7 +104,8 @@ func (mg *Manager) Raft() *raftstore.Node { return mg.raft }
 func (mg *Manager) Armed() bool { return mg.armed.Load() }
 
 // Conn is a connection to the node's own server, for the node's Client.
-func (mg *Manager) Conn() *grpc.ClientConn { return mg.selfConn }
+// It is nil until Start has switched the services on.
+func (mg *Manager) Conn() *grpc.ClientConn { return mg.selfConn.Load() }
 
 // Start starts the store, the Raft member and its transport, and once the
 // state is loaded the control, join and CA services, the peer, role-check,
@@ -171,6 +172,9 @@ func (mg *Manager) Start(ctx context.Context) (err error) {
 	if err := rn.Start(ctx); err != nil {
 		return err
 	}
+	if mg.cfg.Publish != nil {
+		mg.cfg.Publish(mg)
+	}
 	mg.syncPeers()
 	bgctx, cancel := context.WithCancel(context.Background())
 	mg.bgCancel = cancel
@@ -210,13 +214,13 @@ func (mg *Manager) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	mg.selfConn = conn
 	svc.Control.Set(controlapi.New(mg.store, controlapi.Options{Members: rn, Leader: mg.leaderControl, Clock: mg.clock}))
 	signers := &ca.Signers{}
 	svc.Join.Set(controlapi.NewJoinServer(controlapi.JoinConfig{
 		Store: mg.store, Managers: mg.ManagerAddrs, Membership: rn, Forward: mg.forwardJoin, Signers: signers,
 	}))
 	svc.CA.Set(ca.NewServer(mg.store, signers))
+	mg.selfConn.Store(conn) // the node's Client works from here
 	if mg.cfg.DataKeyPath != "" {
 		acfg := autolock.DefaultConfig()
 		acfg.ClusterID = mg.cfg.ClusterID
@@ -263,9 +267,8 @@ func (mg *Manager) Stop(ctx context.Context) error {
 		// Ends the control API's watch streams.
 		mg.store.Close()
 	}
-	if mg.selfConn != nil {
-		errs = append(errs, mg.selfConn.Close())
-		mg.selfConn = nil
+	if conn := mg.selfConn.Swap(nil); conn != nil {
+		errs = append(errs, conn.Close())
 	}
 	// Raft stops while the transport and the server still run: a leader
 	// hands leadership over first.

@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/shoalhq/shoal/dispatch"
@@ -14,12 +13,10 @@ import (
 // leaderTerm holds the components that run only on the Raft leader, in
 // the order they start.
 type leaderTerm struct {
-	orch   *orchestrator.Orchestrator
-	sched  *schedule.Driver
-	disp   *dispatch.Dispatcher
-	loops  []component
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	orch  *orchestrator.Orchestrator
+	sched *schedule.Driver
+	disp  *dispatch.Dispatcher
+	loops []component
 }
 
 // component is a leader-only loop with the project's lifecycle.

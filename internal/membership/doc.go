@@ -13,13 +13,20 @@
 //   - marks this manager as the leader in the store, and every other manager
 //     as not the leader, until that write has succeeded once in the term (a
 //     failed write is tried again the next round);
+//   - records each manager's reachability (ManagerStatus.Reachability:
+//     reachable when the leader heard from it within an election timeout,
+//     raftstore.Member.RecentActive), writing only what changed: docker node
+//     ls's Reachable and Unreachable, and the liveness of managers that run
+//     no agent;
 //   - asks the Raft member for the configuration and, for each learner that
 //     Raft reports caught up (raftstore.Node.CaughtUp), proposes its
 //     promotion; a promotion that fails is tried again the next round, since
 //     the learner is still a learner.
 //
-// A round costs one Members call, one CaughtUp call per learner and, while
-// the leader mark is pending, one store transaction over the manager nodes.
+// A round costs one Members call, one CaughtUp call per learner, one read
+// of the manager nodes for reachability (a write only when one changed) and,
+// while the leader mark is pending, one store transaction over the manager
+// nodes.
 //
 // # Concurrency
 //

@@ -62,15 +62,17 @@ type Node struct {
 	log   *slog.Logger
 	clock clock.Clock
 
-	mu       sync.Mutex
-	started  bool      // mu
-	stopped  bool      // mu
-	err      error     // mu: why the node stopped
-	ident    *Identity // mu
-	addr     string    // mu: the advertised address, set once at start
-	locked   bool      // mu: a restarted autolocked manager waiting for Unlock
-	cipher   *keys.Cipher
-	wrapKey  []byte // mu: the unlock key the data key file is wrapped with (nil: plain)
+	mu      sync.Mutex
+	started bool         // mu
+	stopped bool         // mu
+	err     error        // mu: why the node stopped
+	ident   *Identity    // mu
+	addr    string       // mu: the advertised address, set once at start
+	locked  bool         // mu: a restarted autolocked manager waiting for Unlock
+	cipher  *keys.Cipher // mu: the manager's data key (nil on a worker)
+	wrapKey []byte       // mu: the unlock key the data key file is wrapped with (nil: plain)
+	// initRoot is the root CA Init created, for the cluster object; set
+	// before the manager part starts, read by it.
 	initRoot *pki.RootCA
 
 	ready chan struct{}
@@ -701,6 +703,7 @@ func (n *Node) startManager(ctx context.Context, ident *Identity, initCluster, j
 		KeyRotationGrace: n.cfg.Mesh.KeyRotationGrace,
 		Services:         n.services,
 		OnDemoted:        func() { n.wantRole(roleWant{manager: false}) },
+		Publish:          func(mg *manager.Manager) { n.mgr.Store(mg) },
 		OnTrustBundle:    n.sec.FollowRoots,
 		Clock:            n.clock, Logger: n.log, Metrics: n.cfg.Metrics,
 	}
@@ -723,9 +726,11 @@ func (n *Node) startManager(ctx context.Context, ident *Identity, initCluster, j
 	if err != nil {
 		return err
 	}
-	// Published before Start returns: the authorizer and the mesh read the
-	// store as soon as it exists; the manager's methods are safe then.
+	// Start publishes the manager (Config.Publish) once its store and Raft
+	// member exist, before the log is loaded: from then on the authorizer
+	// checks callers against the store as soon as it is current (Armed).
 	if err := mg.Start(ctx); err != nil {
+		n.mgr.Store(nil)
 		return err
 	}
 	n.mgr.Store(mg)
