@@ -85,11 +85,17 @@ type Mesh struct {
 	bal    ingress.Balancer // nil for None
 	epAddr netip.Addr
 
+	// keysMu is held from comparing keys with the last applied through
+	// recording them, so that concurrent Updates leave keys equal to the
+	// keyring. It is taken before mu.
+	keysMu  sync.Mutex
 	mu      sync.Mutex
 	keys    [][]byte // last applied; guarded by mu
 	peers   []string // last known gossip addresses of other nodes; guarded by mu
 	stopped bool     // guarded by mu
 
+	// ctx ends when Stop begins: it ends the loops and any wait for a join.
+	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -154,11 +160,10 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 		_ = g.Stop(ctx)
 		return nil, err
 	}
-	lctx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.wg.Add(2)
-	go m.applyLoop(lctx)
-	go m.syncLoop(lctx)
+	go m.applyLoop(m.ctx)
+	go m.syncLoop(m.ctx)
 	return m, nil
 }
 
@@ -200,32 +205,45 @@ func (m *Mesh) Table() []gossip.Endpoint { return m.g.Table() }
 
 // Update applies keys and peers learned from a session or the store: the
 // keyring follows the cluster's keys, and a member that is alone joins the
-// peers. It may block for a join's timeout (5s).
+// peers. It may block for a join's timeout (5s), or until Stop begins.
 func (m *Mesh) Update(keys [][]byte, peers []string) {
 	m.mu.Lock()
 	if m.stopped {
 		m.mu.Unlock()
 		return
 	}
-	var setKeys [][]byte
-	if len(keys) > 0 && !slices.EqualFunc(keys, m.keys, bytes.Equal) {
-		setKeys = keys
-	}
 	if len(peers) > 0 {
 		m.peers = slices.Clone(peers)
 	}
 	m.mu.Unlock()
-	if setKeys != nil {
-		if err := m.g.SetKeys(setKeys); err != nil {
-			m.log.Warn("mesh: applying the cluster's gossip keys", "err", err)
-		} else {
-			m.mu.Lock()
-			m.keys = setKeys
-			m.mu.Unlock()
-			m.log.Debug("mesh: gossip keys applied", "keys", len(setKeys))
-		}
+	if len(keys) > 0 {
+		m.applyKeys(keys)
 	}
 	m.joinIfAlone()
+}
+
+// applyKeys sets the keyring to keys unless they are the last applied.
+func (m *Mesh) applyKeys(keys [][]byte) {
+	m.keysMu.Lock()
+	defer m.keysMu.Unlock()
+	m.mu.Lock()
+	same := slices.EqualFunc(keys, m.keys, bytes.Equal)
+	m.mu.Unlock()
+	if same {
+		return
+	}
+	if err := m.g.SetKeys(keys); err != nil {
+		m.log.Warn("mesh: applying the cluster's gossip keys", "err", err)
+		return
+	}
+	applied := make([][]byte, len(keys))
+	for i, k := range keys {
+		applied[i] = slices.Clone(k)
+	}
+	m.mu.Lock()
+	m.keys = applied
+	m.mu.Unlock()
+	m.log.Debug("mesh: gossip keys applied", "keys", len(applied))
 }
 
 // joinIfAlone joins the known peers when this member has the cluster's keys
@@ -238,7 +256,7 @@ func (m *Mesh) joinIfAlone() {
 	if !ready || len(peers) == 0 || len(m.g.Members()) > 1 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(m.ctx, 5*time.Second)
 	defer cancel()
 	if _, err := m.g.Join(ctx, peers); err != nil {
 		m.log.Debug("mesh: joining the gossip", "peers", peers, "err", err)
