@@ -178,10 +178,17 @@ func (mg *Manager) Start(ctx context.Context) (err error) {
 	mg.syncPeers()
 	bgctx, cancel := context.WithCancel(context.Background())
 	mg.bgCancel = cancel
+	// noLonger is closed when the role check finds the node is no longer a
+	// manager before the log is loaded; after, OnDemoted is called.
+	// armMu makes the two exclusive: the check sees armed, or Start sees
+	// noLonger closed.
 	noLonger := make(chan struct{})
+	var armMu sync.Mutex
 	rc := &roleCheck{clock: mg.clock, election: mg.cfg.Raft.ElectionTimeout(), hasLeader: mg.hasLeader,
 		stillManager: mg.stillManager, notManager: func() {
 			mg.log.Warn("the other managers no longer list this node as a manager; becoming a worker")
+			armMu.Lock()
+			defer armMu.Unlock()
 			if mg.armed.Load() {
 				mg.cfg.OnDemoted()
 			} else {
@@ -200,7 +207,14 @@ func (mg *Manager) Start(ctx context.Context) (err error) {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	armMu.Lock()
 	mg.armed.Store(true)
+	armMu.Unlock()
+	select {
+	case <-noLonger:
+		return ErrNoLongerManager // found out just as the log became ready
+	default:
+	}
 	if err := mg.ensureClusterObjects(ctx); err != nil {
 		// A member removed while down may have heard one stale message
 		// from the old leader, enough to call its log ready; the leader

@@ -69,7 +69,9 @@ type Config struct {
 	// the node has no store (a worker, whose keys and peers come through
 	// Update). Called from the sync loop; must not block for long.
 	Source func() (keys [][]byte, peers []string, ok bool)
-	// Clock times the loops; nil means clock.Real().
+	// Clock times the mesh's own loops (sync, apply retries); nil means
+	// clock.Real(). The gossip member's loops take gossip.Config.Clock, which
+	// the Gossip hook may set.
 	Clock clock.Clock
 	// Logger and Metrics are the node's.
 	Logger  *slog.Logger
