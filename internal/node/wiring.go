@@ -93,4 +93,3 @@ func (n *Node) startAgent(ctx context.Context) error {
 	n.agent = a
 	return nil
 }
-
