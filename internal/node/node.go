@@ -89,13 +89,11 @@ type Node struct {
 	mgr      atomic.Pointer[manager.Manager]
 
 	// Role changes: the wanted role (from the dispatcher session or the Raft
-	// membership), applied one at a time by roleLoop.
-	roleMu     sync.Mutex
-	roleWant   *roleWant          // roleMu
-	roleCancel context.CancelFunc // roleMu: cancels a promotion in progress
-	roleKick   chan struct{}
-	roleStop   context.CancelFunc
-	roleDone   chan struct{}
+	// membership), applied one at a time by roles' goroutine, which
+	// finishStart starts and cleanup ends (roleStop, roleDone).
+	roles    *roleChanger
+	roleStop context.CancelFunc
+	roleDone chan struct{}
 
 	agent *dispatch.Agent // set at start (or by a demotion), read after
 	mesh  *mesh.Mesh      // nil when the mesh is disabled
@@ -114,7 +112,6 @@ func New(cfg Config) (*Node, error) {
 	}
 	notManager := errdefs.ToGRPC(fmt.Errorf("this node is not a manager: %w", errdefs.ErrNotManager))
 	n := &Node{cfg: cfg, log: cfg.Logger, clock: cfg.Clock, ready: make(chan struct{}), done: make(chan struct{}),
-		roleKick: make(chan struct{}, 1),
 		services: manager.Services{
 			CA:         &switchable{down: notManager},
 			Control:    &switchable{down: notManager},
@@ -123,6 +120,10 @@ func New(cfg Config) (*Node, error) {
 			Dispatcher: &switchable{down: status.Error(codes.Unavailable, "the dispatcher is not running on this manager (no leader yet)")},
 		}}
 	n.gate = newGate(n.Locked)
+	n.roles = newRoleChanger(cfg.Clock, cfg.RoleRetry, cfg.Logger)
+	n.roles.isManager = func() bool { return n.mgr.Load() != nil }
+	n.roles.promote = n.promote
+	n.roles.demote = n.demote
 	sec, err := nodesec.New(nodesec.Config{StateDir: cfg.StateDir, Dial: cfg.Dial, RenewTargets: n.renewTargets,
 		WantRole: n.wantCertRole, Clock: cfg.Clock, Logger: cfg.Logger})
 	if err != nil {
@@ -430,7 +431,7 @@ func (n *Node) finishStart(ctx context.Context, mode Mode, ident *Identity) erro
 	rctx, rcancel := context.WithCancel(context.Background())
 	n.roleStop = rcancel
 	n.roleDone = make(chan struct{})
-	go n.roleLoop(rctx)
+	go func() { defer close(n.roleDone); n.roles.run(rctx) }()
 	n.sec.Start()
 	if mode == Init {
 		// Written last: a node whose Init failed leaves no identity behind.

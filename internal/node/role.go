@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/pki"
 )
 
@@ -44,71 +47,98 @@ func (n *Node) onSession(m *api.SessionMessage) {
 }
 
 // wantRole records the role the node was told it has and wakes the role
-// loop; a promotion in progress is cancelled by a demotion. It does not
-// block.
-func (n *Node) wantRole(w roleWant) {
-	n.roleMu.Lock()
-	n.roleWant = &w
-	if !w.manager && n.roleCancel != nil {
-		n.roleCancel()
+// loop. It does not block.
+func (n *Node) wantRole(w roleWant) { n.roles.set(w) }
+
+// roleChanger applies the role a node was told it has, one change at a
+// time: a promotion or a demotion runs to its end before the next is
+// looked at, a demotion cancels a promotion in progress, and a failed
+// change is tried again after retry on the clock (unless a newer wish
+// replaced it).
+type roleChanger struct {
+	clock clock.Clock
+	retry time.Duration
+	log   *slog.Logger
+	// isManager reports whether the node runs its manager part now;
+	// promote and demote change that. They are called from run's goroutine
+	// only.
+	isManager func() bool
+	promote   func(ctx context.Context, w *roleWant) error
+	demote    func(ctx context.Context) error
+
+	mu     sync.Mutex
+	want   *roleWant          // mu: the newest wish not yet applied
+	cancel context.CancelFunc // mu: cancels a promotion in progress
+	kick   chan struct{}
+}
+
+func newRoleChanger(c clock.Clock, retry time.Duration, log *slog.Logger) *roleChanger {
+	return &roleChanger{clock: c, retry: retry, log: log, kick: make(chan struct{}, 1)}
+}
+
+// set records w as the newest wish and wakes run; a demotion cancels a
+// promotion in progress. It does not block.
+func (r *roleChanger) set(w roleWant) {
+	r.mu.Lock()
+	r.want = &w
+	if !w.manager && r.cancel != nil {
+		r.cancel()
 	}
-	n.roleMu.Unlock()
+	r.mu.Unlock()
 	select {
-	case n.roleKick <- struct{}{}:
+	case r.kick <- struct{}{}:
 	default:
 	}
 }
 
-// roleLoop applies role changes one at a time until ctx ends; a failed
-// change is retried after Config.RoleRetry on the node's clock.
-func (n *Node) roleLoop(ctx context.Context) {
-	defer close(n.roleDone)
-	retry := n.clock.NewTimer(time.Hour)
+// run applies wishes until ctx ends.
+func (r *roleChanger) run(ctx context.Context) {
+	retry := r.clock.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.roleKick:
+		case <-r.kick:
 		case <-retry.C():
 		}
 		retry.Stop()
-		n.roleMu.Lock()
-		w := n.roleWant
-		n.roleWant = nil
+		r.mu.Lock()
+		w := r.want
+		r.want = nil
 		var opCtx context.Context
 		var cancel context.CancelFunc
 		if w != nil && w.manager {
 			opCtx, cancel = context.WithCancel(ctx)
-			n.roleCancel = cancel
+			r.cancel = cancel
 		}
-		n.roleMu.Unlock()
+		r.mu.Unlock()
 		if w == nil {
 			continue
 		}
-		isManager := n.mgr.Load() != nil
+		isManager := r.isManager()
 		var err error
 		switch {
 		case w.manager && !isManager:
-			err = n.promote(opCtx, w)
+			err = r.promote(opCtx, w)
 		case !w.manager && isManager:
-			err = n.demote(ctx)
+			err = r.demote(ctx)
 		}
 		if cancel != nil {
-			n.roleMu.Lock()
-			n.roleCancel = nil
-			n.roleMu.Unlock()
+			r.mu.Lock()
+			r.cancel = nil
+			r.mu.Unlock()
 			cancel()
 		}
 		if err != nil && ctx.Err() == nil {
-			n.log.Error("role change failed; retrying", "manager", w.manager, "err", err)
-			n.roleMu.Lock()
-			if n.roleWant == nil {
-				n.roleWant = w
+			r.log.Error("role change failed; retrying", "manager", w.manager, "in", r.retry, "err", err)
+			r.mu.Lock()
+			if r.want == nil {
+				r.want = w
 			}
-			n.roleMu.Unlock()
-			retry.Reset(n.cfg.RoleRetry)
+			r.mu.Unlock()
+			retry.Reset(r.retry)
 		}
 	}
 }
