@@ -59,18 +59,29 @@ func LoadIdentity(dir string) (*Identity, error) {
 	return &id, nil
 }
 
-// SaveIdentity writes id to dir's node.json atomically (write, sync,
-// rename).
-func SaveIdentity(dir string, id *Identity) error {
+// SaveIdentity writes id to dir's node.json atomically and durably: a
+// fresh temporary file (mode 0600) is written and synced, renamed over
+// node.json, and the directory synced. On error the temporary file is
+// removed and node.json is as it was.
+func SaveIdentity(dir string, id *Identity) (err error) {
 	data, err := json.MarshalIndent(id, "", "  ")
 	if err != nil {
 		return err
 	}
 	tmp := filepath.Join(dir, IdentityFile+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	// A leftover from an interrupted save may have another mode: start anew.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("write node identity: %w", err)
+	}
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("write node identity: %w", err)
 	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return fmt.Errorf("write node identity: %w", err)
@@ -82,5 +93,16 @@ func SaveIdentity(dir string, id *Identity) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write node identity: %w", err)
 	}
-	return os.Rename(tmp, filepath.Join(dir, IdentityFile))
+	if err := os.Rename(tmp, filepath.Join(dir, IdentityFile)); err != nil {
+		return fmt.Errorf("write node identity: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("write node identity: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("write node identity: sync %s: %w", dir, err)
+	}
+	return nil
 }
