@@ -458,7 +458,7 @@ func TestApplyRetry(t *testing.T) {
 		bal.waitApply(t)
 		m.OnEndpoints([]dispatch.PublishedEndpoint{{ServiceID: "web", TaskID: "t1", PublishedPort: 8080,
 			Protocol: "tcp", Addr: netip.MustParseAddrPort("10.1.0.1:31000")}})
-		bal.waitApply(t) // the first pass, and its retry decision, are over
+		bal.waitApply(t)    // the first pass, and its retry decision, are over
 		waitTimers(t, m, 1) // the sync loop's, re-armed after its last round
 		assert.Equal(t, 1, fakeClock(m).Timers(), "a port's error armed a retry")
 	})
