@@ -25,6 +25,8 @@ type roleCheck struct {
 }
 
 // run checks once per election timeout until ctx ends or notManager ran.
+// The timer is armed again only once a check is over, so an armed timer
+// means the loop waits (tests rely on it).
 func (rc *roleCheck) run(ctx context.Context) {
 	t := rc.clock.NewTimer(rc.election)
 	defer t.Stop()
@@ -34,24 +36,34 @@ func (rc *roleCheck) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C():
-			t.Reset(rc.election)
 		}
-		if rc.hasLeader(ctx) {
-			leaderless = time.Time{}
-			continue
-		}
-		now := rc.clock.Now()
-		if leaderless.IsZero() {
-			leaderless = now
-		}
-		if now.Sub(leaderless) < 3*rc.election {
-			continue
-		}
-		leaderless = now // ask again after as long, if still leaderless
-		// A new mTLS connection each: not an election timeout under load.
-		if !rc.stillManager(ctx, max(rc.election, 3*time.Second)) {
-			rc.notManager()
+		if rc.check(ctx, &leaderless) {
 			return
 		}
+		t.Reset(rc.election)
 	}
+}
+
+// check is one round: it reports whether the check is over (notManager
+// ran). leaderless is when this member last started hearing no leader
+// (zero while it hears one).
+func (rc *roleCheck) check(ctx context.Context, leaderless *time.Time) bool {
+	if rc.hasLeader(ctx) {
+		*leaderless = time.Time{}
+		return false
+	}
+	now := rc.clock.Now()
+	if leaderless.IsZero() {
+		*leaderless = now
+	}
+	if now.Sub(*leaderless) < 3*rc.election {
+		return false
+	}
+	*leaderless = now // ask again after as long, if still leaderless
+	// A new mTLS connection each: not an election timeout under load.
+	if !rc.stillManager(ctx, max(rc.election, 3*time.Second)) {
+		rc.notManager()
+		return true
+	}
+	return false
 }

@@ -96,8 +96,8 @@ func (h *roleHarness) tick(leader bool) {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), exchangeWait)
 	defer cancel()
-	// The loop's only timer is armed again (Reset) as soon as it fired: one
-	// armed timer means the loop took the previous firing.
+	// The loop arms its only timer again once a round is over: one armed
+	// timer means the loop is back waiting, with the previous round done.
 	require.True(h.t, h.clk.WaitTimers(ctx, 1), "the loop never armed its timer")
 	h.clk.Advance(h.election)
 	select {
@@ -278,8 +278,7 @@ func TestRoleCheckReturnsOnCancel(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), exchangeWait)
 			defer cancel()
 			require.True(h.t, h.clk.WaitTimers(ctx, 1))
-			h.clk.Advance(h.election)
-			require.True(h.t, h.clk.WaitTimers(ctx, 1)) // took the firing: in or before hasLeader
+			h.clk.Advance(h.election) // the loop takes the firing: in or before hasLeader (its timer is disarmed until the round ends)
 		}, 0},
 		{"in stillManager", func(h *roleHarness) {
 			for range 3 {
