@@ -423,7 +423,10 @@ func (s *Security) Stop(ctx context.Context) error {
 func (s *Security) renewLoop(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	var retry time.Duration
+	// Armed only by the Reset below, once the wait is known: an armed timer
+	// means the loop waits (tests rely on it).
 	t := s.clock.NewTimer(time.Hour)
+	t.Stop()
 	defer t.Stop()
 	for {
 		s.renewMu.Lock()
