@@ -11,6 +11,7 @@ import (
 	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/keys"
+	"github.com/shoalhq/shoal/internal/lifecycle"
 	"github.com/shoalhq/shoal/internal/state"
 )
 
@@ -40,7 +41,6 @@ type Keeper struct {
 	store Store
 	cfg   Config
 	ready chan struct{} // closed after the first look at the cluster object
-	done  chan struct{} // closed when the goroutine returns
 
 	// wrapMu guards wrapped, the unlock key the file is wrapped with (nil:
 	// plain). Only the Keeper's goroutine changes it, after a rewrap;
@@ -48,10 +48,7 @@ type Keeper struct {
 	wrapMu  sync.Mutex
 	wrapped []byte
 
-	mu      sync.Mutex // guards started, stopped and cancel
-	started bool
-	stopped bool
-	cancel  context.CancelFunc
+	loop lifecycle.Loop
 }
 
 // New returns a Keeper that follows the cluster object cfg.ClusterID in
@@ -71,7 +68,6 @@ func New(store Store, cfg Config) (*Keeper, error) {
 		cfg:     cfg,
 		wrapped: cfg.Wrapped,
 		ready:   make(chan struct{}),
-		done:    make(chan struct{}),
 	}, nil
 }
 
@@ -90,22 +86,7 @@ func (k *Keeper) Wrapped() []byte {
 // bounds the start itself. Start may be called once: again it returns
 // ErrStarted, after Stop an error matching errdefs.ErrStopped.
 func (k *Keeper) Start(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.stopped {
-		return fmt.Errorf("autolock: start after stop: %w", errdefs.ErrStopped)
-	}
-	if k.started {
-		return ErrStarted
-	}
-	k.started = true
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	k.cancel = cancel
-	go k.run(runCtx)
-	return nil
+	return k.loop.Start(ctx, "autolock", ErrStarted, k.run)
 }
 
 // Ready returns a channel closed once the Keeper has first compared the file
@@ -117,30 +98,12 @@ func (k *Keeper) Ready() <-chan struct{} { return k.ready }
 // to return; a rewrap in progress is finished first (it is one small file
 // write). It is idempotent, and safe to call before Start (the Keeper then
 // never starts).
-func (k *Keeper) Stop(ctx context.Context) error {
-	k.mu.Lock()
-	k.stopped = true
-	started := k.started
-	if k.cancel != nil {
-		k.cancel()
-	}
-	k.mu.Unlock()
-	if !started {
-		return nil
-	}
-	select {
-	case <-k.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (k *Keeper) Stop(ctx context.Context) error { return k.loop.Stop(ctx) }
 
 // run is the Keeper's goroutine. It looks at the cluster object at start,
 // after every change of it, after the watch was started again, and when the
 // retry timer fires.
 func (k *Keeper) run(ctx context.Context) {
-	defer close(k.done)
 	log := k.cfg.Logger
 	var retry clock.Timer // armed while a rewrap or a watch is to be tried again
 	defer func() {

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/internal/lifecycle"
 	"github.com/shoalhq/shoal/internal/state"
 )
 
@@ -89,12 +89,7 @@ func (cfg RotatorConfig) validate() (RotatorConfig, error) {
 type Rotator struct {
 	store *state.Store
 	cfg   RotatorConfig
-	done  chan struct{} // closed when the loop returns
-
-	mu      sync.Mutex
-	started bool               // guarded by mu
-	stopped bool               // guarded by mu
-	cancel  context.CancelFunc // ends the loop; guarded by mu
+	loop  lifecycle.Loop
 }
 
 // NewRotator returns a Rotator over store. It validates cfg (errors wrap
@@ -107,56 +102,23 @@ func NewRotator(store *state.Store, cfg RotatorConfig) (*Rotator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Rotator{store: store, cfg: cfg, done: make(chan struct{})}, nil
+	return &Rotator{store: store, cfg: cfg}, nil
 }
 
 // Start starts the Rotator's loop and returns; the loop runs until Stop, and
 // ctx only bounds the start itself. The first check runs at once. Start may
 // be called once (again: ErrStarted; after Stop: errdefs.ErrStopped).
 func (r *Rotator) Start(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.stopped {
-		return fmt.Errorf("gossipkeys: start after stop: %w", errdefs.ErrStopped)
-	}
-	if r.started {
-		return ErrStarted
-	}
-	r.started = true
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r.cancel = cancel
-	go r.run(runCtx)
-	return nil
+	return r.loop.Start(ctx, "gossipkeys", ErrStarted, r.run)
 }
 
 // Stop ends the loop and waits, at most until ctx ends, for it to return
 // (else it returns ctx.Err() and the loop still ends soon after). It is
 // idempotent and may be called without Start. A write in flight is
 // abandoned; the stored keys stay consistent and the next leader carries on.
-func (r *Rotator) Stop(ctx context.Context) error {
-	r.mu.Lock()
-	r.stopped = true
-	started := r.started
-	if r.cancel != nil {
-		r.cancel()
-	}
-	r.mu.Unlock()
-	if !started {
-		return nil
-	}
-	select {
-	case <-r.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (r *Rotator) Stop(ctx context.Context) error { return r.loop.Stop(ctx) }
 
 func (r *Rotator) run(ctx context.Context) {
-	defer close(r.done)
 	r.step(ctx)
 	t := r.cfg.Clock.NewTimer(r.cfg.Interval)
 	defer t.Stop()

@@ -131,7 +131,7 @@ func TestRotatorLifecycle(t *testing.T) {
 	require.ErrorIs(t, g.r.Start(ctx), ErrStarted)
 	require.NoError(t, g.r.Stop(ctx))
 	select {
-	case <-g.r.done:
+	case <-g.r.loop.Done():
 	default:
 		t.Fatal("the loop outlived Stop")
 	}

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/internal/lifecycle"
 	"github.com/shoalhq/shoal/internal/state"
 	"github.com/shoalhq/shoal/raftstore"
 )
@@ -58,12 +58,7 @@ type Reconciler struct {
 	raft  Raft
 	cfg   Config
 	ready chan struct{} // closed after the first round
-	done  chan struct{} // closed when the goroutine returns
-
-	mu      sync.Mutex // guards started, stopped and cancel
-	started bool
-	stopped bool
-	cancel  context.CancelFunc
+	loop  lifecycle.Loop
 }
 
 // New returns a Reconciler that writes the leader mark to store and changes
@@ -84,7 +79,6 @@ func New(store Store, raft Raft, cfg Config) (*Reconciler, error) {
 		raft:  raft,
 		cfg:   cfg,
 		ready: make(chan struct{}),
-		done:  make(chan struct{}),
 	}, nil
 }
 
@@ -93,22 +87,7 @@ func New(store Store, raft Raft, cfg Config) (*Reconciler, error) {
 // once: again it returns ErrStarted, after Stop an error matching
 // errdefs.ErrStopped.
 func (r *Reconciler) Start(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.stopped {
-		return fmt.Errorf("membership: start after stop: %w", errdefs.ErrStopped)
-	}
-	if r.started {
-		return ErrStarted
-	}
-	r.started = true
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r.cancel = cancel
-	go r.run(runCtx)
-	return nil
+	return r.loop.Start(ctx, "membership", ErrStarted, r.run)
 }
 
 // Ready returns a channel closed once the first round after Start has
@@ -119,28 +98,10 @@ func (r *Reconciler) Ready() <-chan struct{} { return r.ready }
 // to return; a Raft call or store write in flight is cancelled. It is
 // idempotent, and safe to call before Start (the Reconciler then never
 // starts).
-func (r *Reconciler) Stop(ctx context.Context) error {
-	r.mu.Lock()
-	r.stopped = true
-	started := r.started
-	if r.cancel != nil {
-		r.cancel()
-	}
-	r.mu.Unlock()
-	if !started {
-		return nil
-	}
-	select {
-	case <-r.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (r *Reconciler) Stop(ctx context.Context) error { return r.loop.Stop(ctx) }
 
 // run is the Reconciler's goroutine.
 func (r *Reconciler) run(ctx context.Context) {
-	defer close(r.done)
 	marked := r.round(ctx, false)
 	close(r.ready)
 	t := r.cfg.Clock.NewTimer(r.cfg.Interval)

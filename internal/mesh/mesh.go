@@ -3,7 +3,6 @@ package mesh
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +21,7 @@ import (
 	"github.com/shoalhq/shoal/ingress/ipvs"
 	"github.com/shoalhq/shoal/ingress/nft"
 	"github.com/shoalhq/shoal/internal/clock"
+	"github.com/shoalhq/shoal/internal/gossipkeys"
 )
 
 // BalancerKind chooses the balancer.
@@ -136,11 +136,11 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 	gc.AdvertiseAddr = cfg.GossipAdvertiseAddr
 	// Until the cluster's keys arrive, a random key: the member can talk to
 	// nobody, which is right for a node that does not know the cluster's.
-	throwaway := make([]byte, 32)
-	if _, err := rand.Read(throwaway); err != nil {
+	throwaway, err := gossipkeys.NewKeys(cfg.Clock.Now())
+	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	gc.Keys = [][]byte{throwaway}
+	gc.Keys = throwaway.Keys
 	g, err := gossip.New(gc)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
@@ -347,17 +347,21 @@ func (m *Mesh) syncLoop(ctx context.Context) {
 			return
 		case <-t.C():
 		}
-		if m.cfg.Source != nil {
-			if keys, peers, ok := m.cfg.Source(); ok {
-				m.Update(keys, peers)
-			} else {
-				m.joinIfAlone()
-			}
-		} else {
-			m.joinIfAlone()
-		}
+		m.sync()
 		t.Reset(m.cfg.SyncInterval)
 	}
+}
+
+// sync is one round of the sync loop: the store's keys and peers on a
+// manager (Update joins when alone), a rejoin when alone elsewhere.
+func (m *Mesh) sync() {
+	if m.cfg.Source != nil {
+		if keys, peers, ok := m.cfg.Source(); ok {
+			m.Update(keys, peers)
+			return
+		}
+	}
+	m.joinIfAlone()
 }
 
 // Stop leaves the gossip gracefully (other nodes drop this node's endpoints

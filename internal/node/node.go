@@ -167,9 +167,6 @@ func (n *Node) Err() error {
 	return n.err
 }
 
-// Manager returns the running manager part (nil on a worker).
-func (n *Node) Manager() *manager.Manager { return n.mgr.Load() }
-
 // Role returns the node's role.
 func (n *Node) Role() Role {
 	n.mu.Lock()

@@ -23,6 +23,6 @@
 // Security's methods are safe for concurrent use. Every change to the
 // credentials (renewal, role change, trust bundle) happens under one lock
 // (renewMu), so a renewal and a trust change never interleave. The renewal
-// loop is one goroutine, started by Start and ended by Stop; stopMu guards
-// its lifecycle.
+// loop is one goroutine, started by Start and ended by Stop
+// (internal/lifecycle).
 package nodesec

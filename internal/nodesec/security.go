@@ -22,8 +22,10 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/shoalhq/shoal/internal/api"
+	"github.com/shoalhq/shoal/internal/ca"
 	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/internal/lifecycle"
 	"github.com/shoalhq/shoal/pki"
 )
 
@@ -80,10 +82,8 @@ type Security struct {
 	// wantRoots is the latest trust bundle the cluster sent ([]byte).
 	wantRoots atomic.Value
 
-	// stopMu guards cancel and done (the renewal loop's lifecycle).
-	stopMu sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	// loop runs the renewal loop.
+	loop lifecycle.Loop
 }
 
 // New returns a node's security, with no credentials yet: Init, Load or
@@ -303,9 +303,9 @@ func (s *Security) Join(ctx context.Context, addr string, req JoinRequest) (*api
 	if err != nil {
 		return nil, pki.KeyPair{}, fmt.Errorf("join %s: the certificate issued: %w", addr, err)
 	}
-	if subj.NodeID != resp.GetNodeId() || subj.ClusterID != resp.GetClusterId() || subj.Role != ouOf(resp.GetRole()) {
+	if subj.NodeID != resp.GetNodeId() || subj.ClusterID != resp.GetClusterId() || subj.Role != ca.OU(resp.GetRole()) {
 		return nil, pki.KeyPair{}, fmt.Errorf("join %s: the certificate issued is for %s %s of cluster %s, not %s %s of %s",
-			addr, subj.Role, subj.NodeID, subj.ClusterID, ouOf(resp.GetRole()), resp.GetNodeId(), resp.GetClusterId())
+			addr, subj.Role, subj.NodeID, subj.ClusterID, ca.OU(resp.GetRole()), resp.GetNodeId(), resp.GetClusterId())
 	}
 	rootsPEM := resp.GetRootCaPem()
 	if len(rootsPEM) == 0 {
@@ -384,35 +384,15 @@ func (s *Security) Kick() {
 	}
 }
 
-// Start starts the renewal loop.
+// Start starts the renewal loop; a second Start, or one after Stop, does
+// nothing.
 func (s *Security) Start() {
-	s.stopMu.Lock()
-	defer s.stopMu.Unlock()
-	if s.cancel != nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel, s.done = cancel, make(chan struct{})
-	go s.renewLoop(ctx, s.done)
+	_ = s.loop.Start(context.Background(), "nodesec", nil, s.renewLoop)
 }
 
 // Stop ends the renewal loop (a renewal in flight is cancelled) and waits
 // for it, bounded by ctx. It is idempotent.
-func (s *Security) Stop(ctx context.Context) error {
-	s.stopMu.Lock()
-	cancel, done := s.cancel, s.done
-	s.stopMu.Unlock()
-	if cancel == nil {
-		return nil
-	}
-	cancel()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (s *Security) Stop(ctx context.Context) error { return s.loop.Stop(ctx) }
 
 // renewLoop renews the certificate at a random point between 50% and 80% of
 // its validity, at once when the role or a root rotation asks for a new
@@ -420,8 +400,7 @@ func (s *Security) Stop(ctx context.Context) error {
 // validity left, between 1s and 1m, plus up to half as much), and renewals
 // that did not bring the role or root wanted after a delay doubling from 1s
 // up to that backoff.
-func (s *Security) renewLoop(ctx context.Context, done chan struct{}) {
-	defer close(done)
+func (s *Security) renewLoop(ctx context.Context) {
 	var retry time.Duration
 	// Armed only by the Reset below, once the wait is known: an armed timer
 	// means the loop waits (tests rely on it).
@@ -595,12 +574,4 @@ func RemoveStale(stateDir string, identityFile string) error {
 		}
 	}
 	return nil
-}
-
-// ouOf is the certificate role (OU) of a node role.
-func ouOf(role api.NodeRole) string {
-	if role == api.NodeRole_NODE_ROLE_MANAGER {
-		return pki.OUManager
-	}
-	return pki.OUWorker
 }

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/ca"
 	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/internal/lifecycle"
 	"github.com/shoalhq/shoal/internal/state"
 )
 
@@ -68,12 +68,7 @@ func (cfg Config) validate() (Config, error) {
 type Completer struct {
 	store *state.Store
 	cfg   Config
-	done  chan struct{} // closed when the loop returns
-
-	mu      sync.Mutex
-	started bool               // guarded by mu
-	stopped bool               // guarded by mu
-	cancel  context.CancelFunc // ends the loop; guarded by mu
+	loop  lifecycle.Loop
 }
 
 // New returns a Completer over store. It validates cfg (errors wrap
@@ -86,31 +81,14 @@ func New(store *state.Store, cfg Config) (*Completer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Completer{store: store, cfg: cfg, done: make(chan struct{})}, nil
+	return &Completer{store: store, cfg: cfg}, nil
 }
 
 // Start starts the Completer's loop and returns; the loop runs until Stop,
 // and ctx only bounds the start itself. The first check runs at once. Start
 // may be called once (again: ErrStarted; after Stop: errdefs.ErrStopped).
 func (c *Completer) Start(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.stopped {
-		return fmt.Errorf("rootrotation: start after stop: %w", errdefs.ErrStopped)
-	}
-	if c.started {
-		return ErrStarted
-	}
-	c.started = true
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c.cancel = cancel
-	// Watch before the first check, so no change after it is missed.
-	w := c.store.Watch(relevant)
-	go c.run(runCtx, w)
-	return nil
+	return c.loop.Start(ctx, "rootrotation", ErrStarted, c.run)
 }
 
 // Stop ends the loop and waits, at most until ctx ends, for it to return
@@ -118,24 +96,7 @@ func (c *Completer) Start(ctx context.Context) error {
 // idempotent and may be called without Start. A write in flight is
 // abandoned; the rotation's state stays consistent and the next leader
 // completes it.
-func (c *Completer) Stop(ctx context.Context) error {
-	c.mu.Lock()
-	c.stopped = true
-	started := c.started
-	if c.cancel != nil {
-		c.cancel()
-	}
-	c.mu.Unlock()
-	if !started {
-		return nil
-	}
-	select {
-	case <-c.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (c *Completer) Stop(ctx context.Context) error { return c.loop.Stop(ctx) }
 
 // relevant selects the changes that can complete a rotation other than a
 // node going DOWN: the cluster object (a rotation starting), and nodes that
@@ -154,8 +115,9 @@ func relevant(e state.Event) bool {
 	return false
 }
 
-func (c *Completer) run(ctx context.Context, w *state.Watcher) {
-	defer close(c.done)
+func (c *Completer) run(ctx context.Context) {
+	// Watch before the first check, so no change after it is missed.
+	w := c.store.Watch(relevant)
 	defer func() {
 		if w != nil {
 			w.Cancel()

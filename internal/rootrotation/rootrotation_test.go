@@ -202,7 +202,7 @@ func TestLifecycle(t *testing.T) {
 	require.ErrorIs(t, g.c.Start(ctx), ErrStarted)
 	require.NoError(t, g.c.Stop(ctx))
 	select {
-	case <-g.c.done:
+	case <-g.c.loop.Done():
 	default:
 		t.Fatal("the loop outlived Stop")
 	}
