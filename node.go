@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/node"
 	"github.com/shoalhq/shoal/pki"
@@ -216,11 +214,10 @@ type MeshEndpoint struct {
 type Node struct {
 	n *node.Node
 
-	// clientMu guards client and clientConn: the Client of the node's
-	// current connection, made again when a role change replaces it.
-	clientMu   sync.Mutex
-	client     *Client
-	clientConn *grpc.ClientConn
+	// clientMu guards client: the Client of the node's current connection,
+	// made again when a role change replaces that connection.
+	clientMu sync.Mutex
+	client   *Client
 }
 
 // New validates cfg and returns a node that has not started. Start restarts
@@ -285,8 +282,8 @@ func (n *Node) Client() *Client {
 	}
 	n.clientMu.Lock()
 	defer n.clientMu.Unlock()
-	if n.client == nil || n.clientConn != conn {
-		n.client, n.clientConn = newClient(conn, false), conn
+	if n.client == nil || n.client.conn != conn {
+		n.client = newClient(conn, false)
 	}
 	return n.client
 }
