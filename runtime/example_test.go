@@ -28,6 +28,6 @@ func ExampleSpec_Validate() {
 	fmt.Println(err)
 	fmt.Println(errors.Is(err, runtime.ErrInvalidTask))
 	// Output:
-	// runtime: invalid task: Spec.Command: must not be empty
+	// runtime: invalid task: Spec.Command: must not be empty (or set Spec.Image)
 	// true
 }

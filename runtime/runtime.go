@@ -61,16 +61,30 @@ func (t Task) Validate() error {
 }
 
 // Spec says what to run and how to stop it.
+//
+// Without Image, the task is a program of the node (Command is its argv)
+// and the container fields below Image must be empty. With Image, the task
+// is a container of that image, and Command and Args have docker's meaning
+// against the image's ENTRYPOINT and CMD:
+//
+//   - Command set: it replaces ENTRYPOINT, and the argv is Command + Args
+//     (the image's CMD is not used, as with docker run --entrypoint).
+//   - Command empty: the argv is ENTRYPOINT + Args, or ENTRYPOINT + CMD
+//     when Args is empty too.
 type Spec struct {
-	// Command is the argv; Command[0] is the program, looked up in the
-	// task's PATH if it contains no slash.
+	// Command is the argv of a program (no Image): Command[0] is the
+	// program, looked up in the task's PATH if it contains no slash. With
+	// an Image it replaces the image's ENTRYPOINT (see above).
 	Command []string
+	// Args are appended to Command (no Image), or replace the image's CMD.
+	Args []string
 	// Env holds "KEY=value" entries added after the runtime's base
-	// environment (each runtime documents its base); a later entry replaces
-	// an earlier one with the same key.
+	// environment (each runtime documents its base; a container's is the
+	// image's); a later entry replaces an earlier one with the same key.
 	Env []string
-	// Dir is the working directory, an absolute path that must exist. ""
-	// means a per-task directory the runtime creates and removes.
+	// Dir is the working directory, an absolute path. Without Image it
+	// must exist, and "" means a per-task directory the runtime creates and
+	// removes; in a container "" means the image's WORKDIR (or /).
 	Dir string
 	// StopSignal is the signal Shutdown sends first, e.g. "SIGTERM"
 	// (default), "SIGINT", "QUIT" or "3"; see ParseSignal.
@@ -78,11 +92,52 @@ type Spec struct {
 	// StopGracePeriod is how long Shutdown waits after StopSignal before it
 	// kills the task; 0 means DefaultStopGracePeriod.
 	StopGracePeriod time.Duration
-	// Resources are limits; runtimes that cannot enforce them document so.
+	// Resources are limits. A runtime that cannot enforce one rejects the
+	// task (ErrInvalidTask) rather than run it unlimited.
 	Resources Resources
+	// Reservations are what the scheduler set aside for the task; a
+	// container runtime turns Reservations.NanoCPUs into the task's CPU
+	// weight (its share when CPUs are contended).
+	Reservations Resources
 	// Ports are the ports the task listens on; the runtime makes each
 	// reachable and reports where through EndpointReporter.
 	Ports []PortRequest
+
+	// Image is a container image reference ("nginx:1.13",
+	// "registry.example:5000/team/app@sha256:..."); "" runs a program of
+	// the node. The fields below need it.
+	Image string
+	// RegistryAuth are the credentials to pull Image with; empty pulls
+	// anonymously. Never logged.
+	RegistryAuth RegistryAuth
+	// User runs the container's processes as "name", "uid", "name:group" or
+	// "uid:gid", names resolved in the image's /etc/passwd and /etc/group;
+	// "" means the image's USER (or root).
+	User string
+	// Hostname is the container's host name, templates already expanded by
+	// the agent; "" means the first 12 characters of the task ID, as docker
+	// does.
+	Hostname string
+	// Mounts are bind mounts, named volumes and tmpfs mounts.
+	Mounts []Mount
+	// ReadOnlyRootfs mounts the image's root filesystem read-only.
+	ReadOnlyRootfs bool
+	// CapAdd and CapDrop change DefaultCapabilities: names as docker takes
+	// them ("NET_ADMIN", "CAP_NET_ADMIN", "ALL"); drops apply first.
+	CapAdd, CapDrop []string
+	// Sysctls are namespaced kernel parameters set in the container.
+	Sysctls map[string]string
+	// Ulimits are rlimits of the container's processes; unset ones keep the
+	// runtime's defaults.
+	Ulimits []Ulimit
+	// Init runs a minimal init as PID 1 that reaps zombies and forwards
+	// signals to the command (docker run --init).
+	Init bool
+	// Labels are the container's labels.
+	Labels map[string]string
+	// HostNetwork runs the container in the node's network namespace
+	// instead of one of its own; its ports are then the node's.
+	HostNetwork bool
 }
 
 // Port protocols, the values of PortRequest.Protocol.
@@ -110,20 +165,35 @@ func (p PortRequest) EffectiveProtocol() string {
 	return p.Protocol
 }
 
-// Resources are per-task limits. Zero means unlimited.
+// Resources are per-task amounts: limits in Spec.Resources, what the
+// scheduler set aside in Spec.Reservations. Zero means unlimited (or
+// nothing reserved).
 type Resources struct {
-	NanoCPUs    int64 // CPU quota in units of 1e-9 CPUs
-	MemoryBytes int64 // memory limit in bytes
+	NanoCPUs    int64 // CPU in units of 1e-9 CPUs (1e9 = one CPU)
+	MemoryBytes int64 // memory in bytes
+	Pids        int64 // most processes and threads at once (limits only)
 }
 
 // Validate checks every field of the spec. Errors wrap ErrInvalidTask and
 // name the field and the rule, e.g. "Spec.Command: must not be empty".
 func (s Spec) Validate() error {
-	if len(s.Command) == 0 {
-		return invalid("Spec.Command", "must not be empty")
+	if s.Image == "" {
+		if len(s.Command) == 0 {
+			return invalid("Spec.Command", "must not be empty (or set Spec.Image)")
+		}
+		if err := s.validateNoContainer(); err != nil {
+			return err
+		}
+	} else if err := s.validateContainer(); err != nil {
+		return err
 	}
-	if s.Command[0] == "" {
+	if len(s.Command) > 0 && s.Command[0] == "" {
 		return invalid("Spec.Command[0]", "program must not be empty")
+	}
+	for i, arg := range s.Args {
+		if strings.IndexByte(arg, 0) >= 0 {
+			return invalid(fmt.Sprintf("Spec.Args[%d]", i), "must not contain NUL bytes")
+		}
 	}
 	for i, arg := range s.Command {
 		if strings.IndexByte(arg, 0) >= 0 {
@@ -158,6 +228,18 @@ func (s Spec) Validate() error {
 	}
 	if s.Resources.MemoryBytes < 0 {
 		return invalid("Spec.Resources.MemoryBytes", "must not be negative")
+	}
+	if s.Resources.Pids < 0 {
+		return invalid("Spec.Resources.Pids", "must not be negative")
+	}
+	if s.Reservations.NanoCPUs < 0 {
+		return invalid("Spec.Reservations.NanoCPUs", "must not be negative")
+	}
+	if s.Reservations.MemoryBytes < 0 {
+		return invalid("Spec.Reservations.MemoryBytes", "must not be negative")
+	}
+	if s.Reservations.Pids != 0 {
+		return invalid("Spec.Reservations.Pids", "must be 0: processes are only limited, never reserved")
 	}
 	targets := make(map[PortRequest]int, len(s.Ports))
 	hosts := make(map[PortRequest]int, len(s.Ports))
@@ -335,4 +417,54 @@ func (o LogOptions) Validate() error {
 		return nil
 	}
 	return fmt.Errorf("LogOptions.Stream: must be %q, %q or empty, got %q", StreamStdout, StreamStderr, o.Stream)
+}
+
+// ExecRequest is a command to run inside a started task's environment.
+type ExecRequest struct {
+	// Command is the argv; Command[0] is looked up in the task's PATH.
+	Command []string
+	// Env is added to the task's environment.
+	Env []string
+	// User and Dir override the task's ("" keeps them).
+	User string
+	Dir  string
+	// Stdout and Stderr receive the command's output; nil discards it.
+	Stdout, Stderr io.Writer
+}
+
+// Execer is an optional capability of a Controller, found by type
+// assertion: it runs another command in the task's environment (inside its
+// container, for a container runtime), as health checks need.
+type Execer interface {
+	// Exec runs req in the started task and returns its exit code once it
+	// exits; a non-zero code is not an error. When ctx ends first the
+	// command is killed and ctx.Err() returned. Returns ErrNotStarted
+	// before Start and an error once the task has exited. Safe for
+	// concurrent use.
+	Exec(ctx context.Context, req ExecRequest) (exitCode int, err error)
+}
+
+// Restorer is an optional capability of a Runtime, found by type assertion:
+// its tasks can outlive the agent that started them (docker's
+// live-restore). An agent that starts again asks it for each task the
+// manager says this node runs before deciding that the task was lost.
+type Restorer interface {
+	// Restore returns a controller of task t, already started, if the
+	// runtime still has t from an earlier run of the agent: Wait reports its
+	// exit (at once if it exited meanwhile), Shutdown and Remove work as
+	// for any started task. ok is false if the runtime knows nothing of t.
+	// Safe for concurrent use for different tasks.
+	Restore(ctx context.Context, t Task) (ctl Controller, ok bool, err error)
+	// Restorable lists the IDs of the tasks the runtime still has from
+	// earlier runs (running or exited), so that an agent can remove those
+	// no longer assigned to it.
+	Restorable(ctx context.Context) ([]string, error)
+}
+
+// Detacher is an optional capability of a Controller, found by type
+// assertion, of runtimes that are Restorers: Detach lets go of a started
+// task without stopping it, so that a later Restore picks it up; the
+// controller must not be used afterwards. Idempotent.
+type Detacher interface {
+	Detach() error
 }

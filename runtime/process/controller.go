@@ -182,7 +182,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	cmd := &exec.Cmd{
 		Path:        c.program,
-		Args:        c.task.Spec.Command,
+		Args:        append(append([]string(nil), c.task.Spec.Command...), c.task.Spec.Args...),
 		Env:         env,
 		Dir:         c.cwd,
 		Stdout:      c.stdout,

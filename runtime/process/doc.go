@@ -56,7 +56,10 @@
 //
 // # Limits
 //
-// Spec.Resources is accepted and ignored: plain processes have no cgroup
-// here. Log files grow without bound while the task runs. Use runtime/runc
-// for enforced limits and isolation.
+// A task with limits (Spec.Resources) or an image is rejected
+// (runtime.ErrInvalidTask): a plain process has no cgroup here, and a limit
+// that is not enforced must not look as if it were. Spec.Reservations are
+// only the scheduler's concern and are accepted. Spec.Args are appended to
+// Spec.Command. Log files grow without bound while the task runs. Use
+// runtime/runc for containers, enforced limits and isolation.
 package process

@@ -79,6 +79,9 @@ func (r *Runtime) controller(t runtime.Task) (*Controller, error) {
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
+	if err := supported(t.Spec); err != nil {
+		return nil, err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if c, ok := r.tasks[t.ID]; ok {
@@ -152,6 +155,19 @@ func validateTaskID(id string) error {
 		if !ok {
 			return fmt.Errorf("%w: Task.ID: %s, got %q", runtime.ErrInvalidTask, rule, id)
 		}
+	}
+	return nil
+}
+
+// supported refuses what a host process cannot honour, rather than run the
+// task without it: images and container fields, and limits (a plain process
+// has no cgroup). Errors wrap runtime.ErrInvalidTask.
+func supported(s runtime.Spec) error {
+	switch {
+	case s.Image != "":
+		return fmt.Errorf("%w: Spec.Image: the process runtime runs programs of the node, not images: use runtime/runc", runtime.ErrInvalidTask)
+	case s.Resources.NanoCPUs != 0 || s.Resources.MemoryBytes != 0 || s.Resources.Pids != 0:
+		return fmt.Errorf("%w: Spec.Resources: the process runtime cannot enforce limits (a host process has no cgroup): use runtime/runc", runtime.ErrInvalidTask)
 	}
 	return nil
 }
