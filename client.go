@@ -111,7 +111,9 @@ func (c *Client) CreateService(ctx context.Context, spec ServiceSpec) (*Service,
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}
-	return fromAPIService(resp.Service), nil
+	svc := fromAPIService(resp.Service)
+	svc.Warnings = resp.Warnings
+	return svc, nil
 }
 
 // GetService returns a service by ID, name or unique ID prefix.
@@ -162,7 +164,9 @@ func (c *Client) UpdateService(ctx context.Context, ref string, version Version,
 	if err != nil {
 		return nil, errdefs.FromGRPC(err)
 	}
-	return fromAPIService(resp.Service), nil
+	svc := fromAPIService(resp.Service)
+	svc.Warnings = resp.Warnings
+	return svc, nil
 }
 
 // ScaleService sets a replicated service's replica count, retrying if the

@@ -3,6 +3,7 @@ package shoal
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/shoalhq/shoal/internal/api"
@@ -119,13 +120,29 @@ func toAPITaskSpec(t TaskSpec) (*api.TaskSpec, error) {
 		StopSignal:      t.StopSignal,
 		StopGracePeriod: int64(t.StopGracePeriod),
 		Resources: &api.ResourceRequirements{
-			Reservations: &api.Resources{NanoCpus: t.Reservations.NanoCPUs, MemoryBytes: t.Reservations.MemoryBytes},
-			Limits:       &api.Resources{NanoCpus: t.Limits.NanoCPUs, MemoryBytes: t.Limits.MemoryBytes},
+			Reservations: &api.Resources{NanoCpus: t.Reservations.NanoCPUs, MemoryBytes: t.Reservations.MemoryBytes, Pids: t.Reservations.Pids},
+			Limits:       &api.Resources{NanoCpus: t.Limits.NanoCPUs, MemoryBytes: t.Limits.MemoryBytes, Pids: t.Limits.Pids},
 		},
 		Placement: &api.Placement{Constraints: append([]string(nil), t.Constraints...), MaxReplicasPerNode: uint64(t.MaxReplicasPerNode)},
 		Restart: &api.RestartPolicy{Condition: api.RestartCondition(r.Condition), Delay: int64(r.Delay),
 			MaxAttempts: uint64(r.MaxAttempts), Window: int64(r.Window)},
 		ForceUpdate: t.ForceUpdate,
+		Image:       t.Image, Args: slices.Clone(t.Args), User: t.User, Hostname: t.Hostname,
+		ReadOnlyRootfs: t.ReadOnlyRootfs, CapAdd: slices.Clone(t.CapAdd), CapDrop: slices.Clone(t.CapDrop),
+		Sysctls: copyMap(t.Sysctls), Init: t.Init, ContainerLabels: copyMap(t.ContainerLabels), HostNetwork: t.HostNetwork,
+	}
+	for i, m := range t.Mounts {
+		if m.Type < MountBind || m.Type > MountTmpfs {
+			return nil, specError(fmt.Sprintf("ServiceSpec.Task.Mounts[%d].Type", i), "must be MountBind, MountVolume or MountTmpfs, got %d", int(m.Type))
+		}
+		out.Mounts = append(out.Mounts, &api.Mount{Type: api.MountType(m.Type), Source: m.Source, Target: m.Target,
+			ReadOnly: m.ReadOnly, TmpfsSize: m.TmpfsSize})
+	}
+	for _, u := range t.Ulimits {
+		out.Ulimits = append(out.Ulimits, &api.Ulimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
+	}
+	if a := t.RegistryAuth; a != nil {
+		out.RegistryAuth = &api.RegistryAuth{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}
 	}
 	return out, nil
 }
@@ -134,15 +151,15 @@ func fromAPITaskSpec(t *api.TaskSpec) TaskSpec {
 	if t == nil {
 		return TaskSpec{}
 	}
-	res := t.GetResources()
-	return TaskSpec{
+	res, lim := t.GetResources().GetReservations(), t.GetResources().GetLimits()
+	out := TaskSpec{
 		Command:            append([]string(nil), t.Command...),
 		Env:                append([]string(nil), t.Env...),
 		Dir:                t.Dir,
 		StopSignal:         t.StopSignal,
 		StopGracePeriod:    time.Duration(t.StopGracePeriod),
-		Reservations:       Resources{NanoCPUs: res.GetReservations().GetNanoCpus(), MemoryBytes: res.GetReservations().GetMemoryBytes()},
-		Limits:             Resources{NanoCPUs: res.GetLimits().GetNanoCpus(), MemoryBytes: res.GetLimits().GetMemoryBytes()},
+		Reservations:       Resources{NanoCPUs: res.GetNanoCpus(), MemoryBytes: res.GetMemoryBytes(), Pids: res.GetPids()},
+		Limits:             Resources{NanoCPUs: lim.GetNanoCpus(), MemoryBytes: lim.GetMemoryBytes(), Pids: lim.GetPids()},
 		Constraints:        append([]string(nil), t.GetPlacement().GetConstraints()...),
 		MaxReplicasPerNode: int(t.GetPlacement().GetMaxReplicasPerNode()),
 		Restart: RestartPolicy{
@@ -152,7 +169,21 @@ func fromAPITaskSpec(t *api.TaskSpec) TaskSpec {
 			Window:      time.Duration(t.GetRestart().GetWindow()),
 		},
 		ForceUpdate: t.ForceUpdate,
+		Image:       t.Image, Args: slices.Clone(t.Args), User: t.User, Hostname: t.Hostname,
+		ReadOnlyRootfs: t.ReadOnlyRootfs, CapAdd: slices.Clone(t.CapAdd), CapDrop: slices.Clone(t.CapDrop),
+		Sysctls: copyMap(t.Sysctls), Init: t.Init, ContainerLabels: copyMap(t.ContainerLabels), HostNetwork: t.HostNetwork,
 	}
+	for _, m := range t.Mounts {
+		out.Mounts = append(out.Mounts, Mount{Type: MountType(m.GetType()), Source: m.GetSource(), Target: m.GetTarget(),
+			ReadOnly: m.GetReadOnly(), TmpfsSize: m.GetTmpfsSize()})
+	}
+	for _, u := range t.Ulimits {
+		out.Ulimits = append(out.Ulimits, Ulimit{Name: u.GetName(), Soft: u.GetSoft(), Hard: u.GetHard()})
+	}
+	if a := t.RegistryAuth; a != nil {
+		out.RegistryAuth = &RegistryAuth{a.Username, a.Password, a.IdentityToken, a.RegistryToken}
+	}
+	return out
 }
 
 func unixTime(ns int64) time.Time {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/shoalhq/shoal/runtime"
 )
 
 // ServiceMode says how many tasks a service runs.
@@ -127,8 +129,45 @@ type TaskEndpoint struct {
 // TaskSpec says what a task runs and where it may run.
 type TaskSpec struct {
 	// Command is the program and its arguments; Command[0] is looked up in
-	// PATH if it has no slash.
+	// PATH if it has no slash. Required without Image; with Image it
+	// replaces the image's ENTRYPOINT and drops its CMD.
 	Command []string
+	// Args follow Command, or replace the image's CMD.
+	Args []string
+	// Image makes the task a container of that image ("nginx:1.13"); the
+	// manager pins a tag to its digest where it can (see Service.Warnings).
+	// The fields from here to RegistryAuth need it.
+	Image string
+	// User is "name", "uid", "name:group" or "uid:gid" of the image; ""
+	// means the image's USER.
+	User string
+	// Hostname is a text/template the task's node expands, with .Service.ID,
+	// .Service.Name, .Service.Labels, .Task.ID, .Task.Name
+	// ("<service>.<slot>.<task ID>", the node ID for the slot of a global
+	// service), .Task.Slot, .Node.ID, .Node.Hostname, .Node.Platform.OS and
+	// .Node.Platform.Architecture; "" means the task ID's first 12
+	// characters.
+	Hostname string
+	Mounts   []Mount
+	// ReadOnlyRootfs mounts the image's filesystem read-only.
+	ReadOnlyRootfs bool
+	// CapAdd and CapDrop change docker's default capabilities ("NET_ADMIN",
+	// "CAP_SYS_TIME", "ALL"); drops apply first.
+	CapAdd, CapDrop []string
+	// Sysctls are namespaced kernel parameters: kernel.msg*, kernel.sem,
+	// kernel.shm*, fs.mqueue.*, and net.* without HostNetwork.
+	Sysctls map[string]string
+	Ulimits []Ulimit
+	// Init runs an init as PID 1 that reaps zombies and forwards signals.
+	Init bool
+	// ContainerLabels are the container's (Labels are the service's).
+	ContainerLabels map[string]string
+	// HostNetwork runs the container in its node's network namespace.
+	HostNetwork bool
+	// RegistryAuth are the credentials to pull Image with, sent only to the
+	// nodes that run the task; no answer of the API includes them. On
+	// UpdateService nil keeps the stored ones, an empty one removes them.
+	RegistryAuth *RegistryAuth
 	// Env holds KEY=value pairs added to the task's environment.
 	Env []string
 	// Dir is the working directory; empty means a directory per task that the
@@ -160,7 +199,59 @@ type Resources struct {
 	NanoCPUs int64
 	// MemoryBytes is memory in bytes.
 	MemoryBytes int64
+	// Pids caps a task's processes and threads (a limit only: it must be 0
+	// in Reservations).
+	Pids int64
 }
+
+// MountType is the kind of a Mount.
+type MountType int
+
+const (
+	// MountBind shows Source, an absolute path on the node, at Target.
+	MountBind MountType = iota
+	// MountVolume mounts the node's volume named Source (letters, digits,
+	// '_', '.', '-'), created on first use and kept after the task.
+	MountVolume
+	// MountTmpfs mounts a fresh tmpfs (no Source) of TmpfsSize bytes at most
+	// (0: half the node's memory).
+	MountTmpfs
+)
+
+func (m MountType) String() string {
+	if m >= 0 && int(m) < len(mountTypeNames) {
+		return mountTypeNames[m]
+	}
+	return fmt.Sprintf("MountType(%d)", int(m))
+}
+
+var mountTypeNames = [...]string{"bind", "volume", "tmpfs"}
+
+// Mount is a filesystem a container sees at Target, an absolute path that
+// no other mount of the task has.
+type Mount struct {
+	Type           MountType
+	Source, Target string
+	ReadOnly       bool
+	TmpfsSize      int64
+}
+
+// Ulimit is an rlimit of a container's processes: Name as docker's --ulimit
+// takes it ("nofile", "nproc", ...), -1 for unlimited, Soft at most Hard.
+type Ulimit struct {
+	Name       string
+	Soft, Hard int64
+}
+
+// RegistryAuth are credentials to pull a private image: Username and
+// Password, an IdentityToken (OAuth2 refresh token) or a RegistryToken
+// (bearer token). String and GoString never print the secrets.
+type RegistryAuth struct {
+	Username, Password, IdentityToken, RegistryToken string
+}
+
+func (a RegistryAuth) String() string   { return runtime.RegistryAuth(a).String() }
+func (a RegistryAuth) GoString() string { return a.String() }
 
 // RestartCondition says which endings of a task lead to a replacement.
 type RestartCondition int
@@ -286,6 +377,9 @@ type Service struct {
 	// filled in. Spec keeps the ports as they were written, so an update
 	// from Spec asks for the same allocation again (and keeps it).
 	Ports []PortConfig
+	// Warnings are set only on what CreateService and UpdateService return,
+	// e.g. that the image could not be pinned to a digest.
+	Warnings []string
 }
 
 // TaskState is a task's place in its life. States only move forward.

@@ -256,8 +256,11 @@ func (x *CreateServiceRequest) GetSpec() *ServiceSpec {
 }
 
 type ServiceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// warnings are set on the answers of CreateService and UpdateService
+	// only, e.g. when the image could not be pinned to a digest.
+	Warnings      []string `protobuf:"bytes,2,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -295,6 +298,13 @@ func (*ServiceResponse) Descriptor() ([]byte, []int) {
 func (x *ServiceResponse) GetService() *Service {
 	if x != nil {
 		return x.Service
+	}
+	return nil
+}
+
+func (x *ServiceResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -1655,9 +1665,10 @@ const file_control_proto_rawDesc = "" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\x10\n" +
 	"\x0eRemoveResponse\"B\n" +
 	"\x14CreateServiceRequest\x12*\n" +
-	"\x04spec\x18\x01 \x01(\v2\x16.shoal.api.ServiceSpecR\x04spec\"?\n" +
+	"\x04spec\x18\x01 \x01(\v2\x16.shoal.api.ServiceSpecR\x04spec\"[\n" +
 	"\x0fServiceResponse\x12,\n" +
-	"\aservice\x18\x01 \x01(\v2\x12.shoal.api.ServiceR\aservice\"L\n" +
+	"\aservice\x18\x01 \x01(\v2\x12.shoal.api.ServiceR\aservice\x12\x1a\n" +
+	"\bwarnings\x18\x02 \x03(\tR\bwarnings\"L\n" +
 	"\x13ListServicesRequest\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x12\x1f\n" +
 	"\vid_prefixes\x18\x02 \x03(\tR\n" +

@@ -269,6 +269,55 @@ func (RestartCondition) EnumDescriptor() ([]byte, []int) {
 	return file_objects_proto_rawDescGZIP(), []int{4}
 }
 
+type MountType int32
+
+const (
+	MountType_MOUNT_TYPE_BIND   MountType = 0
+	MountType_MOUNT_TYPE_VOLUME MountType = 1
+	MountType_MOUNT_TYPE_TMPFS  MountType = 2
+)
+
+// Enum value maps for MountType.
+var (
+	MountType_name = map[int32]string{
+		0: "MOUNT_TYPE_BIND",
+		1: "MOUNT_TYPE_VOLUME",
+		2: "MOUNT_TYPE_TMPFS",
+	}
+	MountType_value = map[string]int32{
+		"MOUNT_TYPE_BIND":   0,
+		"MOUNT_TYPE_VOLUME": 1,
+		"MOUNT_TYPE_TMPFS":  2,
+	}
+)
+
+func (x MountType) Enum() *MountType {
+	p := new(MountType)
+	*p = x
+	return p
+}
+
+func (x MountType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MountType) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[5].Descriptor()
+}
+
+func (MountType) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[5]
+}
+
+func (x MountType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MountType.Descriptor instead.
+func (MountType) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{5}
+}
+
 type PortProtocol int32
 
 const (
@@ -299,11 +348,11 @@ func (x PortProtocol) String() string {
 }
 
 func (PortProtocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[5].Descriptor()
+	return file_objects_proto_enumTypes[6].Descriptor()
 }
 
 func (PortProtocol) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[5]
+	return &file_objects_proto_enumTypes[6]
 }
 
 func (x PortProtocol) Number() protoreflect.EnumNumber {
@@ -312,7 +361,7 @@ func (x PortProtocol) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PortProtocol.Descriptor instead.
 func (PortProtocol) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{5}
+	return file_objects_proto_rawDescGZIP(), []int{6}
 }
 
 type PublishMode int32
@@ -349,11 +398,11 @@ func (x PublishMode) String() string {
 }
 
 func (PublishMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[6].Descriptor()
+	return file_objects_proto_enumTypes[7].Descriptor()
 }
 
 func (PublishMode) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[6]
+	return &file_objects_proto_enumTypes[7]
 }
 
 func (x PublishMode) Number() protoreflect.EnumNumber {
@@ -362,7 +411,7 @@ func (x PublishMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PublishMode.Descriptor instead.
 func (PublishMode) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{6}
+	return file_objects_proto_rawDescGZIP(), []int{7}
 }
 
 type UpdateOrder int32
@@ -395,11 +444,11 @@ func (x UpdateOrder) String() string {
 }
 
 func (UpdateOrder) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[7].Descriptor()
+	return file_objects_proto_enumTypes[8].Descriptor()
 }
 
 func (UpdateOrder) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[7]
+	return &file_objects_proto_enumTypes[8]
 }
 
 func (x UpdateOrder) Number() protoreflect.EnumNumber {
@@ -408,7 +457,7 @@ func (x UpdateOrder) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateOrder.Descriptor instead.
 func (UpdateOrder) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{7}
+	return file_objects_proto_rawDescGZIP(), []int{8}
 }
 
 type UpdateState int32
@@ -447,11 +496,11 @@ func (x UpdateState) String() string {
 }
 
 func (UpdateState) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[8].Descriptor()
+	return file_objects_proto_enumTypes[9].Descriptor()
 }
 
 func (UpdateState) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[8]
+	return &file_objects_proto_enumTypes[9]
 }
 
 func (x UpdateState) Number() protoreflect.EnumNumber {
@@ -460,7 +509,7 @@ func (x UpdateState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateState.Descriptor instead.
 func (UpdateState) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{8}
+	return file_objects_proto_rawDescGZIP(), []int{9}
 }
 
 // TaskState values are ordered: a task's status only moves forward.
@@ -530,11 +579,11 @@ func (x TaskState) String() string {
 }
 
 func (TaskState) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[9].Descriptor()
+	return file_objects_proto_enumTypes[10].Descriptor()
 }
 
 func (TaskState) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[9]
+	return &file_objects_proto_enumTypes[10]
 }
 
 func (x TaskState) Number() protoreflect.EnumNumber {
@@ -543,7 +592,7 @@ func (x TaskState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskState.Descriptor instead.
 func (TaskState) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{9}
+	return file_objects_proto_rawDescGZIP(), []int{10}
 }
 
 type StoreAction_Kind int32
@@ -582,11 +631,11 @@ func (x StoreAction_Kind) String() string {
 }
 
 func (StoreAction_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[10].Descriptor()
+	return file_objects_proto_enumTypes[11].Descriptor()
 }
 
 func (StoreAction_Kind) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[10]
+	return &file_objects_proto_enumTypes[11]
 }
 
 func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
@@ -595,7 +644,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29, 0}
+	return file_objects_proto_rawDescGZIP(), []int{32, 0}
 }
 
 type Meta struct {
@@ -773,9 +822,12 @@ func (x *Platform) GetArch() string {
 }
 
 type Resources struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NanoCpus      int64                  `protobuf:"varint,1,opt,name=nano_cpus,json=nanoCpus,proto3" json:"nano_cpus,omitempty"`
-	MemoryBytes   int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	NanoCpus    int64                  `protobuf:"varint,1,opt,name=nano_cpus,json=nanoCpus,proto3" json:"nano_cpus,omitempty"`
+	MemoryBytes int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// pids caps the processes and threads of a task at once; only a limit,
+	// never reserved (0 in reservations and node descriptions).
+	Pids          int64 `protobuf:"varint,3,opt,name=pids,proto3" json:"pids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -820,6 +872,13 @@ func (x *Resources) GetNanoCpus() int64 {
 func (x *Resources) GetMemoryBytes() int64 {
 	if x != nil {
 		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *Resources) GetPids() int64 {
+	if x != nil {
+		return x.Pids
 	}
 	return 0
 }
@@ -1337,7 +1396,29 @@ type TaskSpec struct {
 	// in the public API). They live in the task spec so that every task
 	// carries them (the scheduler needs host-mode ports, the runtime the
 	// targets) and a change of them redeploys the tasks.
-	Ports         []*PortConfig `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
+	Ports []*PortConfig `protobuf:"bytes,10,rep,name=ports,proto3" json:"ports,omitempty"`
+	// The container fields, with runtime.Spec's meaning. With image set the
+	// task is a container of that image (pinned to a digest by the manager
+	// where it can be); the fields after it need it, except args, which
+	// follow command without an image too.
+	Image string   `protobuf:"bytes,11,opt,name=image,proto3" json:"image,omitempty"`
+	Args  []string `protobuf:"bytes,12,rep,name=args,proto3" json:"args,omitempty"`
+	User  string   `protobuf:"bytes,13,opt,name=user,proto3" json:"user,omitempty"`
+	// hostname is a text/template the agent expands for each task
+	// (dispatch.RuntimeTask).
+	Hostname        string            `protobuf:"bytes,14,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Mounts          []*Mount          `protobuf:"bytes,15,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	ReadOnlyRootfs  bool              `protobuf:"varint,16,opt,name=read_only_rootfs,json=readOnlyRootfs,proto3" json:"read_only_rootfs,omitempty"`
+	CapAdd          []string          `protobuf:"bytes,17,rep,name=cap_add,json=capAdd,proto3" json:"cap_add,omitempty"`
+	CapDrop         []string          `protobuf:"bytes,18,rep,name=cap_drop,json=capDrop,proto3" json:"cap_drop,omitempty"`
+	Sysctls         map[string]string `protobuf:"bytes,19,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Ulimits         []*Ulimit         `protobuf:"bytes,20,rep,name=ulimits,proto3" json:"ulimits,omitempty"`
+	Init            bool              `protobuf:"varint,21,opt,name=init,proto3" json:"init,omitempty"`
+	ContainerLabels map[string]string `protobuf:"bytes,22,rep,name=container_labels,json=containerLabels,proto3" json:"container_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	HostNetwork     bool              `protobuf:"varint,23,opt,name=host_network,json=hostNetwork,proto3" json:"host_network,omitempty"`
+	// registry_auth are the credentials to pull image with. They reach only
+	// the nodes that run the task; the control API never returns them.
+	RegistryAuth  *RegistryAuth `protobuf:"bytes,24,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1442,6 +1523,314 @@ func (x *TaskSpec) GetPorts() []*PortConfig {
 	return nil
 }
 
+func (x *TaskSpec) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *TaskSpec) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *TaskSpec) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *TaskSpec) GetMounts() []*Mount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetReadOnlyRootfs() bool {
+	if x != nil {
+		return x.ReadOnlyRootfs
+	}
+	return false
+}
+
+func (x *TaskSpec) GetCapAdd() []string {
+	if x != nil {
+		return x.CapAdd
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetCapDrop() []string {
+	if x != nil {
+		return x.CapDrop
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetSysctls() map[string]string {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetUlimits() []*Ulimit {
+	if x != nil {
+		return x.Ulimits
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetInit() bool {
+	if x != nil {
+		return x.Init
+	}
+	return false
+}
+
+func (x *TaskSpec) GetContainerLabels() map[string]string {
+	if x != nil {
+		return x.ContainerLabels
+	}
+	return nil
+}
+
+func (x *TaskSpec) GetHostNetwork() bool {
+	if x != nil {
+		return x.HostNetwork
+	}
+	return false
+}
+
+func (x *TaskSpec) GetRegistryAuth() *RegistryAuth {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
+}
+
+type Mount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  MountType              `protobuf:"varint,1,opt,name=type,proto3,enum=shoal.api.MountType" json:"type,omitempty"`
+	// source is the node's path (bind), the volume's name (volume), or empty
+	// (tmpfs).
+	Source   string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Target   string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	ReadOnly bool   `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// tmpfs_size caps a tmpfs in bytes; 0 is the kernel's default.
+	TmpfsSize     int64 `protobuf:"varint,5,opt,name=tmpfs_size,json=tmpfsSize,proto3" json:"tmpfs_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mount) Reset() {
+	*x = Mount{}
+	mi := &file_objects_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mount) ProtoMessage() {}
+
+func (x *Mount) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mount.ProtoReflect.Descriptor instead.
+func (*Mount) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Mount) GetType() MountType {
+	if x != nil {
+		return x.Type
+	}
+	return MountType_MOUNT_TYPE_BIND
+}
+
+func (x *Mount) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Mount) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Mount) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *Mount) GetTmpfsSize() int64 {
+	if x != nil {
+		return x.TmpfsSize
+	}
+	return 0
+}
+
+// Ulimit is an rlimit of a container's processes; -1 is unlimited.
+type Ulimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Soft          int64                  `protobuf:"varint,2,opt,name=soft,proto3" json:"soft,omitempty"`
+	Hard          int64                  `protobuf:"varint,3,opt,name=hard,proto3" json:"hard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ulimit) Reset() {
+	*x = Ulimit{}
+	mi := &file_objects_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ulimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ulimit) ProtoMessage() {}
+
+func (x *Ulimit) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ulimit.ProtoReflect.Descriptor instead.
+func (*Ulimit) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Ulimit) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Ulimit) GetSoft() int64 {
+	if x != nil {
+		return x.Soft
+	}
+	return 0
+}
+
+func (x *Ulimit) GetHard() int64 {
+	if x != nil {
+		return x.Hard
+	}
+	return 0
+}
+
+// RegistryAuth are credentials for pulling an image: username and password,
+// an identity token (OAuth2 refresh token) or a registry token (bearer).
+type RegistryAuth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Username      string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	Password      string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	IdentityToken string                 `protobuf:"bytes,3,opt,name=identity_token,json=identityToken,proto3" json:"identity_token,omitempty"`
+	RegistryToken string                 `protobuf:"bytes,4,opt,name=registry_token,json=registryToken,proto3" json:"registry_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryAuth) Reset() {
+	*x = RegistryAuth{}
+	mi := &file_objects_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryAuth) ProtoMessage() {}
+
+func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
+func (*RegistryAuth) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RegistryAuth) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetIdentityToken() string {
+	if x != nil {
+		return x.IdentityToken
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetRegistryToken() string {
+	if x != nil {
+		return x.RegistryToken
+	}
+	return ""
+}
+
 type PortConfig struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	TargetPort uint32                 `protobuf:"varint,1,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
@@ -1456,7 +1845,7 @@ type PortConfig struct {
 
 func (x *PortConfig) Reset() {
 	*x = PortConfig{}
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1468,7 +1857,7 @@ func (x *PortConfig) String() string {
 func (*PortConfig) ProtoMessage() {}
 
 func (x *PortConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1481,7 +1870,7 @@ func (x *PortConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
 func (*PortConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{12}
+	return file_objects_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PortConfig) GetTargetPort() uint32 {
@@ -1523,7 +1912,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1535,7 +1924,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1548,7 +1937,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{13}
+	return file_objects_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Endpoint) GetPorts() []*PortConfig {
@@ -1573,7 +1962,7 @@ type TaskEndpoint struct {
 
 func (x *TaskEndpoint) Reset() {
 	*x = TaskEndpoint{}
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1974,7 @@ func (x *TaskEndpoint) String() string {
 func (*TaskEndpoint) ProtoMessage() {}
 
 func (x *TaskEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1987,7 @@ func (x *TaskEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEndpoint.ProtoReflect.Descriptor instead.
 func (*TaskEndpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{14}
+	return file_objects_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TaskEndpoint) GetTargetPort() uint32 {
@@ -1640,7 +2029,7 @@ type UpdateConfig struct {
 
 func (x *UpdateConfig) Reset() {
 	*x = UpdateConfig{}
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +2041,7 @@ func (x *UpdateConfig) String() string {
 func (*UpdateConfig) ProtoMessage() {}
 
 func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +2054,7 @@ func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConfig.ProtoReflect.Descriptor instead.
 func (*UpdateConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{15}
+	return file_objects_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpdateConfig) GetParallelism() uint64 {
@@ -1698,7 +2087,7 @@ type ReplicatedService struct {
 
 func (x *ReplicatedService) Reset() {
 	*x = ReplicatedService{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +2099,7 @@ func (x *ReplicatedService) String() string {
 func (*ReplicatedService) ProtoMessage() {}
 
 func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +2112,7 @@ func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedService.ProtoReflect.Descriptor instead.
 func (*ReplicatedService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReplicatedService) GetReplicas() uint64 {
@@ -1741,7 +2130,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +2142,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +2155,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 type ServiceSpec struct {
@@ -1786,7 +2175,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +2187,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +2200,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServiceSpec) GetName() string {
@@ -1895,7 +2284,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +2296,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +2309,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -1969,7 +2358,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2370,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2383,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Service) GetId() string {
@@ -2055,7 +2444,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2067,7 +2456,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2080,7 +2469,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TaskStatus) GetState() TaskState {
@@ -2132,19 +2521,22 @@ type Task struct {
 	ServiceId   string                 `protobuf:"bytes,3,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
 	ServiceName string                 `protobuf:"bytes,4,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
 	// slot is the replica number (1-based) of a replicated service; 0 for global.
-	Slot          uint64      `protobuf:"varint,5,opt,name=slot,proto3" json:"slot,omitempty"`
-	NodeId        string      `protobuf:"bytes,6,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Spec          *TaskSpec   `protobuf:"bytes,7,opt,name=spec,proto3" json:"spec,omitempty"`
-	SpecVersion   uint64      `protobuf:"varint,8,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
-	DesiredState  TaskState   `protobuf:"varint,9,opt,name=desired_state,json=desiredState,proto3,enum=shoal.api.TaskState" json:"desired_state,omitempty"`
-	Status        *TaskStatus `protobuf:"bytes,10,opt,name=status,proto3" json:"status,omitempty"`
+	Slot         uint64      `protobuf:"varint,5,opt,name=slot,proto3" json:"slot,omitempty"`
+	NodeId       string      `protobuf:"bytes,6,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Spec         *TaskSpec   `protobuf:"bytes,7,opt,name=spec,proto3" json:"spec,omitempty"`
+	SpecVersion  uint64      `protobuf:"varint,8,opt,name=spec_version,json=specVersion,proto3" json:"spec_version,omitempty"`
+	DesiredState TaskState   `protobuf:"varint,9,opt,name=desired_state,json=desiredState,proto3,enum=shoal.api.TaskState" json:"desired_state,omitempty"`
+	Status       *TaskStatus `protobuf:"bytes,10,opt,name=status,proto3" json:"status,omitempty"`
+	// service_labels are the service's labels when the task was created
+	// (templates in the spec see them as .Service.Labels).
+	ServiceLabels map[string]string `protobuf:"bytes,11,rep,name=service_labels,json=serviceLabels,proto3" json:"service_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2548,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2561,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Task) GetId() string {
@@ -2242,6 +2634,13 @@ func (x *Task) GetStatus() *TaskStatus {
 	return nil
 }
 
+func (x *Task) GetServiceLabels() map[string]string {
+	if x != nil {
+		return x.ServiceLabels
+	}
+	return nil
+}
+
 type ClusterSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2261,7 +2660,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2672,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2685,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ClusterSpec) GetName() string {
@@ -2334,7 +2733,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2346,7 +2745,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,7 +2758,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -2397,7 +2796,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2808,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2821,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RootCA) GetCertPem() []byte {
@@ -2476,7 +2875,7 @@ type RootRotation struct {
 
 func (x *RootRotation) Reset() {
 	*x = RootRotation{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2887,7 @@ func (x *RootRotation) String() string {
 func (*RootRotation) ProtoMessage() {}
 
 func (x *RootRotation) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2900,7 @@ func (x *RootRotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootRotation.ProtoReflect.Descriptor instead.
 func (*RootRotation) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RootRotation) GetNewCertPem() []byte {
@@ -2543,7 +2942,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +2954,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2967,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Cluster) GetId() string {
@@ -2639,7 +3038,7 @@ type GossipKeys struct {
 
 func (x *GossipKeys) Reset() {
 	*x = GossipKeys{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +3050,7 @@ func (x *GossipKeys) String() string {
 func (*GossipKeys) ProtoMessage() {}
 
 func (x *GossipKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +3063,7 @@ func (x *GossipKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeys.ProtoReflect.Descriptor instead.
 func (*GossipKeys) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GossipKeys) GetKeys() [][]byte {
@@ -2705,7 +3104,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +3116,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +3129,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -2827,7 +3226,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2839,7 +3238,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2852,7 +3251,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -2882,7 +3281,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3293,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3306,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -2958,10 +3357,11 @@ const file_objects_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\".\n" +
 	"\bPlatform\x12\x0e\n" +
 	"\x02os\x18\x01 \x01(\tR\x02os\x12\x12\n" +
-	"\x04arch\x18\x02 \x01(\tR\x04arch\"K\n" +
+	"\x04arch\x18\x02 \x01(\tR\x04arch\"_\n" +
 	"\tResources\x12\x1b\n" +
 	"\tnano_cpus\x18\x01 \x01(\x03R\bnanoCpus\x12!\n" +
-	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\"\xb3\x01\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x12\n" +
+	"\x04pids\x18\x03 \x01(\x03R\x04pids\"\xb3\x01\n" +
 	"\x0fNodeDescription\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12/\n" +
 	"\bplatform\x18\x02 \x01(\v2\x13.shoal.api.PlatformR\bplatform\x122\n" +
@@ -2999,7 +3399,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x15max_replicas_per_node\x18\x02 \x01(\x04R\x12maxReplicasPerNode\"~\n" +
 	"\x14ResourceRequirements\x128\n" +
 	"\freservations\x18\x01 \x01(\v2\x14.shoal.api.ResourcesR\freservations\x12,\n" +
-	"\x06limits\x18\x02 \x01(\v2\x14.shoal.api.ResourcesR\x06limits\"\x8c\x03\n" +
+	"\x06limits\x18\x02 \x01(\v2\x14.shoal.api.ResourcesR\x06limits\"\xa1\b\n" +
 	"\bTaskSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
@@ -3012,7 +3412,43 @@ const file_objects_proto_rawDesc = "" +
 	"\arestart\x18\b \x01(\v2\x18.shoal.api.RestartPolicyR\arestart\x12!\n" +
 	"\fforce_update\x18\t \x01(\x04R\vforceUpdate\x12+\n" +
 	"\x05ports\x18\n" +
-	" \x03(\v2\x15.shoal.api.PortConfigR\x05ports\"\xb5\x01\n" +
+	" \x03(\v2\x15.shoal.api.PortConfigR\x05ports\x12\x14\n" +
+	"\x05image\x18\v \x01(\tR\x05image\x12\x12\n" +
+	"\x04args\x18\f \x03(\tR\x04args\x12\x12\n" +
+	"\x04user\x18\r \x01(\tR\x04user\x12\x1a\n" +
+	"\bhostname\x18\x0e \x01(\tR\bhostname\x12(\n" +
+	"\x06mounts\x18\x0f \x03(\v2\x10.shoal.api.MountR\x06mounts\x12(\n" +
+	"\x10read_only_rootfs\x18\x10 \x01(\bR\x0ereadOnlyRootfs\x12\x17\n" +
+	"\acap_add\x18\x11 \x03(\tR\x06capAdd\x12\x19\n" +
+	"\bcap_drop\x18\x12 \x03(\tR\acapDrop\x12:\n" +
+	"\asysctls\x18\x13 \x03(\v2 .shoal.api.TaskSpec.SysctlsEntryR\asysctls\x12+\n" +
+	"\aulimits\x18\x14 \x03(\v2\x11.shoal.api.UlimitR\aulimits\x12\x12\n" +
+	"\x04init\x18\x15 \x01(\bR\x04init\x12S\n" +
+	"\x10container_labels\x18\x16 \x03(\v2(.shoal.api.TaskSpec.ContainerLabelsEntryR\x0fcontainerLabels\x12!\n" +
+	"\fhost_network\x18\x17 \x01(\bR\vhostNetwork\x12<\n" +
+	"\rregistry_auth\x18\x18 \x01(\v2\x17.shoal.api.RegistryAuthR\fregistryAuth\x1a:\n" +
+	"\fSysctlsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
+	"\x14ContainerLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9d\x01\n" +
+	"\x05Mount\x12(\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x14.shoal.api.MountTypeR\x04type\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\x12\x1b\n" +
+	"\tread_only\x18\x04 \x01(\bR\breadOnly\x12\x1d\n" +
+	"\n" +
+	"tmpfs_size\x18\x05 \x01(\x03R\ttmpfsSize\"D\n" +
+	"\x06Ulimit\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04soft\x18\x02 \x01(\x03R\x04soft\x12\x12\n" +
+	"\x04hard\x18\x03 \x01(\x03R\x04hard\"\x94\x01\n" +
+	"\fRegistryAuth\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12%\n" +
+	"\x0eidentity_token\x18\x03 \x01(\tR\ridentityToken\x12%\n" +
+	"\x0eregistry_token\x18\x04 \x01(\tR\rregistryToken\"\xb5\x01\n" +
 	"\n" +
 	"PortConfig\x12\x1f\n" +
 	"\vtarget_port\x18\x01 \x01(\rR\n" +
@@ -3068,7 +3504,7 @@ const file_objects_proto_rawDesc = "" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x10\n" +
 	"\x03err\x18\x04 \x01(\tR\x03err\x12\x1b\n" +
 	"\texit_code\x18\x05 \x01(\x05R\bexitCode\x125\n" +
-	"\tendpoints\x18\x06 \x03(\v2\x17.shoal.api.TaskEndpointR\tendpoints\"\xe0\x02\n" +
+	"\tendpoints\x18\x06 \x03(\v2\x17.shoal.api.TaskEndpointR\tendpoints\"\xed\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12\x1d\n" +
@@ -3081,7 +3517,11 @@ const file_objects_proto_rawDesc = "" +
 	"\fspec_version\x18\b \x01(\x04R\vspecVersion\x129\n" +
 	"\rdesired_state\x18\t \x01(\x0e2\x14.shoal.api.TaskStateR\fdesiredState\x12-\n" +
 	"\x06status\x18\n" +
-	" \x01(\v2\x15.shoal.api.TaskStatusR\x06status\"\xc4\x01\n" +
+	" \x01(\v2\x15.shoal.api.TaskStatusR\x06status\x12I\n" +
+	"\x0eservice_labels\x18\v \x03(\v2\".shoal.api.Task.ServiceLabelsEntryR\rserviceLabels\x1a@\n" +
+	"\x12ServiceLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x01\n" +
 	"\vClusterSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
 	"\x12task_history_limit\x18\x02 \x01(\x03R\x10taskHistoryLimit\x12)\n" +
@@ -3159,7 +3599,11 @@ const file_objects_proto_rawDesc = "" +
 	"\x10RestartCondition\x12\x19\n" +
 	"\x15RESTART_CONDITION_ANY\x10\x00\x12 \n" +
 	"\x1cRESTART_CONDITION_ON_FAILURE\x10\x01\x12\x1a\n" +
-	"\x16RESTART_CONDITION_NONE\x10\x02*<\n" +
+	"\x16RESTART_CONDITION_NONE\x10\x02*M\n" +
+	"\tMountType\x12\x13\n" +
+	"\x0fMOUNT_TYPE_BIND\x10\x00\x12\x15\n" +
+	"\x11MOUNT_TYPE_VOLUME\x10\x01\x12\x14\n" +
+	"\x10MOUNT_TYPE_TMPFS\x10\x02*<\n" +
 	"\fPortProtocol\x12\x15\n" +
 	"\x11PORT_PROTOCOL_TCP\x10\x00\x12\x15\n" +
 	"\x11PORT_PROTOCOL_UDP\x10\x01*>\n" +
@@ -3203,118 +3647,132 @@ func file_objects_proto_rawDescGZIP() []byte {
 	return file_objects_proto_rawDescData
 }
 
-var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.api.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.api.NodeAvailability
 	(NodeState)(0),               // 2: shoal.api.NodeState
 	(Reachability)(0),            // 3: shoal.api.Reachability
 	(RestartCondition)(0),        // 4: shoal.api.RestartCondition
-	(PortProtocol)(0),            // 5: shoal.api.PortProtocol
-	(PublishMode)(0),             // 6: shoal.api.PublishMode
-	(UpdateOrder)(0),             // 7: shoal.api.UpdateOrder
-	(UpdateState)(0),             // 8: shoal.api.UpdateState
-	(TaskState)(0),               // 9: shoal.api.TaskState
-	(StoreAction_Kind)(0),        // 10: shoal.api.StoreAction.Kind
-	(*Meta)(nil),                 // 11: shoal.api.Meta
-	(*NodeSpec)(nil),             // 12: shoal.api.NodeSpec
-	(*Platform)(nil),             // 13: shoal.api.Platform
-	(*Resources)(nil),            // 14: shoal.api.Resources
-	(*NodeDescription)(nil),      // 15: shoal.api.NodeDescription
-	(*NodeStatus)(nil),           // 16: shoal.api.NodeStatus
-	(*ManagerStatus)(nil),        // 17: shoal.api.ManagerStatus
-	(*Node)(nil),                 // 18: shoal.api.Node
-	(*RestartPolicy)(nil),        // 19: shoal.api.RestartPolicy
-	(*Placement)(nil),            // 20: shoal.api.Placement
-	(*ResourceRequirements)(nil), // 21: shoal.api.ResourceRequirements
-	(*TaskSpec)(nil),             // 22: shoal.api.TaskSpec
-	(*PortConfig)(nil),           // 23: shoal.api.PortConfig
-	(*Endpoint)(nil),             // 24: shoal.api.Endpoint
-	(*TaskEndpoint)(nil),         // 25: shoal.api.TaskEndpoint
-	(*UpdateConfig)(nil),         // 26: shoal.api.UpdateConfig
-	(*ReplicatedService)(nil),    // 27: shoal.api.ReplicatedService
-	(*GlobalService)(nil),        // 28: shoal.api.GlobalService
-	(*ServiceSpec)(nil),          // 29: shoal.api.ServiceSpec
-	(*UpdateStatus)(nil),         // 30: shoal.api.UpdateStatus
-	(*Service)(nil),              // 31: shoal.api.Service
-	(*TaskStatus)(nil),           // 32: shoal.api.TaskStatus
-	(*Task)(nil),                 // 33: shoal.api.Task
-	(*ClusterSpec)(nil),          // 34: shoal.api.ClusterSpec
-	(*JoinTokens)(nil),           // 35: shoal.api.JoinTokens
-	(*RootCA)(nil),               // 36: shoal.api.RootCA
-	(*RootRotation)(nil),         // 37: shoal.api.RootRotation
-	(*Cluster)(nil),              // 38: shoal.api.Cluster
-	(*GossipKeys)(nil),           // 39: shoal.api.GossipKeys
-	(*StoreAction)(nil),          // 40: shoal.api.StoreAction
-	(*StoreRequest)(nil),         // 41: shoal.api.StoreRequest
-	(*StoreSnapshot)(nil),        // 42: shoal.api.StoreSnapshot
-	nil,                          // 43: shoal.api.NodeSpec.LabelsEntry
-	nil,                          // 44: shoal.api.ServiceSpec.LabelsEntry
+	(MountType)(0),               // 5: shoal.api.MountType
+	(PortProtocol)(0),            // 6: shoal.api.PortProtocol
+	(PublishMode)(0),             // 7: shoal.api.PublishMode
+	(UpdateOrder)(0),             // 8: shoal.api.UpdateOrder
+	(UpdateState)(0),             // 9: shoal.api.UpdateState
+	(TaskState)(0),               // 10: shoal.api.TaskState
+	(StoreAction_Kind)(0),        // 11: shoal.api.StoreAction.Kind
+	(*Meta)(nil),                 // 12: shoal.api.Meta
+	(*NodeSpec)(nil),             // 13: shoal.api.NodeSpec
+	(*Platform)(nil),             // 14: shoal.api.Platform
+	(*Resources)(nil),            // 15: shoal.api.Resources
+	(*NodeDescription)(nil),      // 16: shoal.api.NodeDescription
+	(*NodeStatus)(nil),           // 17: shoal.api.NodeStatus
+	(*ManagerStatus)(nil),        // 18: shoal.api.ManagerStatus
+	(*Node)(nil),                 // 19: shoal.api.Node
+	(*RestartPolicy)(nil),        // 20: shoal.api.RestartPolicy
+	(*Placement)(nil),            // 21: shoal.api.Placement
+	(*ResourceRequirements)(nil), // 22: shoal.api.ResourceRequirements
+	(*TaskSpec)(nil),             // 23: shoal.api.TaskSpec
+	(*Mount)(nil),                // 24: shoal.api.Mount
+	(*Ulimit)(nil),               // 25: shoal.api.Ulimit
+	(*RegistryAuth)(nil),         // 26: shoal.api.RegistryAuth
+	(*PortConfig)(nil),           // 27: shoal.api.PortConfig
+	(*Endpoint)(nil),             // 28: shoal.api.Endpoint
+	(*TaskEndpoint)(nil),         // 29: shoal.api.TaskEndpoint
+	(*UpdateConfig)(nil),         // 30: shoal.api.UpdateConfig
+	(*ReplicatedService)(nil),    // 31: shoal.api.ReplicatedService
+	(*GlobalService)(nil),        // 32: shoal.api.GlobalService
+	(*ServiceSpec)(nil),          // 33: shoal.api.ServiceSpec
+	(*UpdateStatus)(nil),         // 34: shoal.api.UpdateStatus
+	(*Service)(nil),              // 35: shoal.api.Service
+	(*TaskStatus)(nil),           // 36: shoal.api.TaskStatus
+	(*Task)(nil),                 // 37: shoal.api.Task
+	(*ClusterSpec)(nil),          // 38: shoal.api.ClusterSpec
+	(*JoinTokens)(nil),           // 39: shoal.api.JoinTokens
+	(*RootCA)(nil),               // 40: shoal.api.RootCA
+	(*RootRotation)(nil),         // 41: shoal.api.RootRotation
+	(*Cluster)(nil),              // 42: shoal.api.Cluster
+	(*GossipKeys)(nil),           // 43: shoal.api.GossipKeys
+	(*StoreAction)(nil),          // 44: shoal.api.StoreAction
+	(*StoreRequest)(nil),         // 45: shoal.api.StoreRequest
+	(*StoreSnapshot)(nil),        // 46: shoal.api.StoreSnapshot
+	nil,                          // 47: shoal.api.NodeSpec.LabelsEntry
+	nil,                          // 48: shoal.api.TaskSpec.SysctlsEntry
+	nil,                          // 49: shoal.api.TaskSpec.ContainerLabelsEntry
+	nil,                          // 50: shoal.api.ServiceSpec.LabelsEntry
+	nil,                          // 51: shoal.api.Task.ServiceLabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	43, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
+	47, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
 	0,  // 1: shoal.api.NodeSpec.desired_role:type_name -> shoal.api.NodeRole
 	1,  // 2: shoal.api.NodeSpec.availability:type_name -> shoal.api.NodeAvailability
-	13, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
-	14, // 4: shoal.api.NodeDescription.resources:type_name -> shoal.api.Resources
+	14, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
+	15, // 4: shoal.api.NodeDescription.resources:type_name -> shoal.api.Resources
 	2,  // 5: shoal.api.NodeStatus.state:type_name -> shoal.api.NodeState
 	3,  // 6: shoal.api.ManagerStatus.reachability:type_name -> shoal.api.Reachability
-	11, // 7: shoal.api.Node.meta:type_name -> shoal.api.Meta
-	12, // 8: shoal.api.Node.spec:type_name -> shoal.api.NodeSpec
-	15, // 9: shoal.api.Node.description:type_name -> shoal.api.NodeDescription
-	16, // 10: shoal.api.Node.status:type_name -> shoal.api.NodeStatus
+	12, // 7: shoal.api.Node.meta:type_name -> shoal.api.Meta
+	13, // 8: shoal.api.Node.spec:type_name -> shoal.api.NodeSpec
+	16, // 9: shoal.api.Node.description:type_name -> shoal.api.NodeDescription
+	17, // 10: shoal.api.Node.status:type_name -> shoal.api.NodeStatus
 	0,  // 11: shoal.api.Node.role:type_name -> shoal.api.NodeRole
-	17, // 12: shoal.api.Node.manager_status:type_name -> shoal.api.ManagerStatus
+	18, // 12: shoal.api.Node.manager_status:type_name -> shoal.api.ManagerStatus
 	4,  // 13: shoal.api.RestartPolicy.condition:type_name -> shoal.api.RestartCondition
-	14, // 14: shoal.api.ResourceRequirements.reservations:type_name -> shoal.api.Resources
-	14, // 15: shoal.api.ResourceRequirements.limits:type_name -> shoal.api.Resources
-	21, // 16: shoal.api.TaskSpec.resources:type_name -> shoal.api.ResourceRequirements
-	20, // 17: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
-	19, // 18: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
-	23, // 19: shoal.api.TaskSpec.ports:type_name -> shoal.api.PortConfig
-	5,  // 20: shoal.api.PortConfig.protocol:type_name -> shoal.api.PortProtocol
-	6,  // 21: shoal.api.PortConfig.mode:type_name -> shoal.api.PublishMode
-	23, // 22: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
-	5,  // 23: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
-	7,  // 24: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
-	44, // 25: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
-	22, // 26: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
-	27, // 27: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
-	28, // 28: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
-	26, // 29: shoal.api.ServiceSpec.update:type_name -> shoal.api.UpdateConfig
-	8,  // 30: shoal.api.UpdateStatus.state:type_name -> shoal.api.UpdateState
-	11, // 31: shoal.api.Service.meta:type_name -> shoal.api.Meta
-	29, // 32: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
-	30, // 33: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
-	24, // 34: shoal.api.Service.endpoint:type_name -> shoal.api.Endpoint
-	9,  // 35: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
-	25, // 36: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
-	11, // 37: shoal.api.Task.meta:type_name -> shoal.api.Meta
-	22, // 38: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
-	9,  // 39: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
-	32, // 40: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
-	37, // 41: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
-	11, // 42: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
-	34, // 43: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
-	35, // 44: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
-	36, // 45: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
-	39, // 46: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
-	10, // 47: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
-	18, // 48: shoal.api.StoreAction.node:type_name -> shoal.api.Node
-	31, // 49: shoal.api.StoreAction.service:type_name -> shoal.api.Service
-	33, // 50: shoal.api.StoreAction.task:type_name -> shoal.api.Task
-	38, // 51: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
-	40, // 52: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
-	18, // 53: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
-	31, // 54: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
-	33, // 55: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
-	38, // 56: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
-	57, // [57:57] is the sub-list for method output_type
-	57, // [57:57] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	15, // 14: shoal.api.ResourceRequirements.reservations:type_name -> shoal.api.Resources
+	15, // 15: shoal.api.ResourceRequirements.limits:type_name -> shoal.api.Resources
+	22, // 16: shoal.api.TaskSpec.resources:type_name -> shoal.api.ResourceRequirements
+	21, // 17: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
+	20, // 18: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
+	27, // 19: shoal.api.TaskSpec.ports:type_name -> shoal.api.PortConfig
+	24, // 20: shoal.api.TaskSpec.mounts:type_name -> shoal.api.Mount
+	48, // 21: shoal.api.TaskSpec.sysctls:type_name -> shoal.api.TaskSpec.SysctlsEntry
+	25, // 22: shoal.api.TaskSpec.ulimits:type_name -> shoal.api.Ulimit
+	49, // 23: shoal.api.TaskSpec.container_labels:type_name -> shoal.api.TaskSpec.ContainerLabelsEntry
+	26, // 24: shoal.api.TaskSpec.registry_auth:type_name -> shoal.api.RegistryAuth
+	5,  // 25: shoal.api.Mount.type:type_name -> shoal.api.MountType
+	6,  // 26: shoal.api.PortConfig.protocol:type_name -> shoal.api.PortProtocol
+	7,  // 27: shoal.api.PortConfig.mode:type_name -> shoal.api.PublishMode
+	27, // 28: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
+	6,  // 29: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
+	8,  // 30: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
+	50, // 31: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
+	23, // 32: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
+	31, // 33: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
+	32, // 34: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
+	30, // 35: shoal.api.ServiceSpec.update:type_name -> shoal.api.UpdateConfig
+	9,  // 36: shoal.api.UpdateStatus.state:type_name -> shoal.api.UpdateState
+	12, // 37: shoal.api.Service.meta:type_name -> shoal.api.Meta
+	33, // 38: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
+	34, // 39: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
+	28, // 40: shoal.api.Service.endpoint:type_name -> shoal.api.Endpoint
+	10, // 41: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
+	29, // 42: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
+	12, // 43: shoal.api.Task.meta:type_name -> shoal.api.Meta
+	23, // 44: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
+	10, // 45: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
+	36, // 46: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
+	51, // 47: shoal.api.Task.service_labels:type_name -> shoal.api.Task.ServiceLabelsEntry
+	41, // 48: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
+	12, // 49: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
+	38, // 50: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
+	39, // 51: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
+	40, // 52: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
+	43, // 53: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
+	11, // 54: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
+	19, // 55: shoal.api.StoreAction.node:type_name -> shoal.api.Node
+	35, // 56: shoal.api.StoreAction.service:type_name -> shoal.api.Service
+	37, // 57: shoal.api.StoreAction.task:type_name -> shoal.api.Task
+	42, // 58: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
+	44, // 59: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
+	19, // 60: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
+	35, // 61: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
+	37, // 62: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
+	42, // 63: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
+	64, // [64:64] is the sub-list for method output_type
+	64, // [64:64] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -3322,11 +3780,11 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[18].OneofWrappers = []any{
+	file_objects_proto_msgTypes[21].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[29].OneofWrappers = []any{
+	file_objects_proto_msgTypes[32].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -3337,8 +3795,8 @@ func file_objects_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
-			NumEnums:      11,
-			NumMessages:   34,
+			NumEnums:      12,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"maps"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -128,7 +129,8 @@ func samePort(a, b *api.PortConfig) bool {
 
 // newTask returns a task for one slot of svc, as the rest of the system
 // expects new tasks: PENDING, desired RUNNING, with a copy of the service's
-// task spec and its spec version. nodeID is preset for global services.
+// task spec, its spec version and its labels. nodeID is preset for global
+// services.
 func newTask(svc *api.Service, slot uint64, nodeID string, now time.Time) *api.Task {
 	spec := &api.TaskSpec{}
 	if s := svc.GetSpec().GetTask(); s != nil {
@@ -149,5 +151,6 @@ func newTask(svc *api.Service, slot uint64, nodeID string, now time.Time) *api.T
 			Message:   pendingMessage,
 			Timestamp: now.UnixNano(),
 		},
+		ServiceLabels: maps.Clone(svc.GetSpec().GetLabels()),
 	}
 }

@@ -422,6 +422,8 @@ func shallowTask(t *api.Task) *api.Task {
 		SpecVersion:  t.SpecVersion,
 		DesiredState: t.DesiredState,
 		Status:       copyStatus(t.Status),
+		// ServiceLabels is shared, like Spec: set once, never modified.
+		ServiceLabels: t.ServiceLabels,
 	}
 }
 
