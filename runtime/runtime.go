@@ -456,9 +456,13 @@ type Restorer interface {
 	// Safe for concurrent use for different tasks.
 	Restore(ctx context.Context, t Task) (ctl Controller, ok bool, err error)
 	// Restorable lists the IDs of the tasks the runtime still has from
-	// earlier runs (running or exited), so that an agent can remove those
+	// earlier runs (running or exited), so that an agent can discard those
 	// no longer assigned to it.
 	Restorable(ctx context.Context) ([]string, error)
+	// Discard stops (stop signal, grace period, kill) and removes a task of
+	// an earlier run that the agent no longer has, knowing only its ID.
+	// Unknown IDs are a no-op.
+	Discard(ctx context.Context, taskID string) error
 }
 
 // Detacher is an optional capability of a Controller, found by type
