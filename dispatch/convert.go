@@ -1,20 +1,34 @@
 package dispatch
 
 import (
+	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/runtime"
 )
 
-// runtimeTask converts a task as the manager stores it into what a runtime
-// is asked to run. Resource limits (not reservations) are what a runtime
-// enforces.
-func runtimeTask(t *api.Task) runtime.Task {
+// RuntimeTask converts task t as the manager stores it into what the
+// runtime of its node is asked to run; node is the description the node's
+// agent reports (AgentConfig.Description, nil if it reports none). Limits
+// become Spec.Resources and reservations Spec.Reservations, the container
+// labels Spec.Labels, and the hostname template is expanded for the task,
+// its service and node (see TaskSpec.Hostname in package shoal). The agent
+// calls it for every task it runs; the control API calls it on a sample
+// task to check a spec the way the agent will see it. An error (a template
+// that does not execute) wraps runtime.ErrInvalidTask: the task can never
+// run, so the agent rejects it.
+func RuntimeTask(t *api.Task, node *api.NodeDescription) (runtime.Task, error) {
 	spec := t.GetSpec()
-	limits := spec.GetResources().GetLimits()
+	res := spec.GetResources()
+	hostname, err := expandTemplate(spec.GetHostname(), newTemplateContext(t, node))
+	if err != nil {
+		return runtime.Task{}, fmt.Errorf("%w: Spec.Hostname: template %q: %w", runtime.ErrInvalidTask, spec.GetHostname(), err)
+	}
 	return runtime.Task{
 		ID:          t.GetId(),
 		ServiceID:   t.GetServiceId(),
@@ -22,18 +36,73 @@ func runtimeTask(t *api.Task) runtime.Task {
 		Slot:        t.GetSlot(),
 		NodeID:      t.GetNodeId(),
 		Spec: runtime.Spec{
-			Command:         append([]string(nil), spec.GetCommand()...),
-			Env:             append([]string(nil), spec.GetEnv()...),
+			Command:         slices.Clone(spec.GetCommand()),
+			Args:            slices.Clone(spec.GetArgs()),
+			Env:             slices.Clone(spec.GetEnv()),
 			Dir:             spec.GetDir(),
 			StopSignal:      spec.GetStopSignal(),
 			StopGracePeriod: time.Duration(spec.GetStopGracePeriod()),
-			Resources: runtime.Resources{
-				NanoCPUs:    limits.GetNanoCpus(),
-				MemoryBytes: limits.GetMemoryBytes(),
-			},
-			Ports: portRequests(spec.GetPorts()),
+			Resources:       runtimeResources(res.GetLimits()),
+			Reservations:    runtimeResources(res.GetReservations()),
+			Ports:           portRequests(spec.GetPorts()),
+			Image:           spec.GetImage(),
+			RegistryAuth:    registryAuth(spec.GetRegistryAuth()),
+			User:            spec.GetUser(),
+			Hostname:        hostname,
+			Mounts:          mounts(spec.GetMounts()),
+			ReadOnlyRootfs:  spec.GetReadOnlyRootfs(),
+			CapAdd:          slices.Clone(spec.GetCapAdd()),
+			CapDrop:         slices.Clone(spec.GetCapDrop()),
+			Sysctls:         maps.Clone(spec.GetSysctls()),
+			Ulimits:         ulimits(spec.GetUlimits()),
+			Init:            spec.GetInit(),
+			Labels:          maps.Clone(spec.GetContainerLabels()),
+			HostNetwork:     spec.GetHostNetwork(),
 		},
+	}, nil
+}
+
+func runtimeResources(r *api.Resources) runtime.Resources {
+	return runtime.Resources{NanoCPUs: r.GetNanoCpus(), MemoryBytes: r.GetMemoryBytes(), Pids: r.GetPids()}
+}
+
+func registryAuth(a *api.RegistryAuth) runtime.RegistryAuth {
+	return runtime.RegistryAuth{Username: a.GetUsername(), Password: a.GetPassword(),
+		IdentityToken: a.GetIdentityToken(), RegistryToken: a.GetRegistryToken()}
+}
+
+// mounts converts a task's mounts; a type this agent does not know keeps its
+// number as its name, which the runtime refuses.
+func mounts(ms []*api.Mount) []runtime.Mount {
+	if len(ms) == 0 {
+		return nil
 	}
+	out := make([]runtime.Mount, len(ms))
+	for i, m := range ms {
+		typ := m.GetType().String()
+		switch m.GetType() {
+		case api.MountType_MOUNT_TYPE_BIND:
+			typ = runtime.MountBind
+		case api.MountType_MOUNT_TYPE_VOLUME:
+			typ = runtime.MountVolume
+		case api.MountType_MOUNT_TYPE_TMPFS:
+			typ = runtime.MountTmpfs
+		}
+		out[i] = runtime.Mount{Type: typ, Source: m.GetSource(), Target: m.GetTarget(),
+			ReadOnly: m.GetReadOnly(), TmpfsSize: m.GetTmpfsSize()}
+	}
+	return out
+}
+
+func ulimits(us []*api.Ulimit) []runtime.Ulimit {
+	if len(us) == 0 {
+		return nil
+	}
+	out := make([]runtime.Ulimit, len(us))
+	for i, u := range us {
+		out[i] = runtime.Ulimit{Name: u.GetName(), Soft: u.GetSoft(), Hard: u.GetHard()}
+	}
+	return out
 }
 
 // portRequests converts a task's ports: every target gets a host port, the

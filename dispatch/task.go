@@ -166,7 +166,13 @@ func (r *taskRunner) run() {
 		return
 	}
 	r.report(api.TaskState_TASK_STATE_ACCEPTED, "accepted", "", 0)
-	c, err := r.a.cfg.Runtime.Controller(runtimeTask(t))
+	rt, err := RuntimeTask(t, r.a.cfg.Description)
+	if err != nil {
+		r.report(api.TaskState_TASK_STATE_REJECTED, "rejected: its spec does not expand for this node", err.Error(), 0)
+		r.waitEnd()
+		return
+	}
+	c, err := r.a.cfg.Runtime.Controller(rt)
 	if err != nil {
 		r.report(api.TaskState_TASK_STATE_REJECTED, "rejected by the runtime", err.Error(), 0)
 		r.waitEnd()
