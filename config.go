@@ -57,6 +57,14 @@ type Config struct {
 	// DisableAgent keeps a manager from running tasks. By default managers run
 	// tasks too, as small clusters want.
 	DisableAgent bool
+	// LiveRestore makes Stop leave the node's tasks running, for a restart
+	// of the host program (an in-place upgrade) that re-adopts them
+	// (docker's live-restore). It needs a Runtime that can restore tasks
+	// (runtime.Restorer, such as runtime/runc). A node that stays away
+	// longer than the heartbeat grace is marked down and its tasks replaced;
+	// those it still runs are then discarded when it returns. Leave stops
+	// the tasks either way.
+	LiveRestore bool
 
 	// HeartbeatPeriod is how often workers heartbeat; a node is DOWN after
 	// three missed periods. Set at Init (a cluster setting).
@@ -327,6 +335,9 @@ func (c Config) Validate() error {
 			return configError("AdvertiseAddr", "%q must be host:port", c.AdvertiseAddr)
 		}
 	}
+	if _, ok := c.Runtime.(runtime.Restorer); c.LiveRestore && !ok {
+		return configError("LiveRestore", "needs a Runtime that can restore tasks (a runtime.Restorer such as runtime/runc); %T cannot", c.Runtime)
+	}
 	if e := c.ExternalCA; e != nil {
 		if e.URL == "" {
 			return configError("ExternalCA.URL", "is required")
@@ -400,7 +411,7 @@ func (c Config) nodeConfig() node.Config {
 		StateDir: c.StateDir, ListenAddr: c.ListenAddr, AdvertiseAddr: c.AdvertiseAddr,
 		Listener: c.Listener, Dial: c.Dial,
 		Hostname: c.Hostname, Labels: c.Labels, NanoCPUs: c.Resources.NanoCPUs, MemoryBytes: c.Resources.MemoryBytes,
-		Runtime: c.Runtime, DisableAgent: c.DisableAgent,
+		Runtime: c.Runtime, DisableAgent: c.DisableAgent, LiveRestore: c.LiveRestore,
 		HeartbeatPeriod: c.HeartbeatPeriod, CertValidity: c.CertValidity, AutoLock: c.AutoLock,
 		TaskHistoryLimit: c.TaskHistoryLimit, RestartDelay: c.RestartDelay,
 		Raft: manager.RaftConfig{TickInterval: c.Raft.TickInterval, ElectionTicks: c.Raft.ElectionTicks,

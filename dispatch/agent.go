@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
+	"github.com/shoalhq/shoal/runtime"
 )
 
 // Agent is the worker side of the manager<->worker protocol. It keeps a
@@ -39,8 +40,15 @@ type Agent struct {
 	loopDone chan struct{} // closed when the session loop returned
 	ready    chan struct{} // closed at the first complete assignment set
 	ready1   sync.Once
+	// discard1 runs, at the first complete assignment set, the discarding
+	// of the tasks a Restorer runtime kept from an earlier run that the set
+	// no longer has.
+	discard1 sync.Once
 
 	connected atomic.Bool
+	// leaveForGood is set by Leave: Stop then shuts the tasks down and
+	// leaves the cluster even with LiveRestore.
+	leaveForGood atomic.Bool
 
 	taskCtx    context.Context // bounds controller calls; cancelled when Stop's ctx ends
 	taskCancel context.CancelFunc
@@ -168,7 +176,7 @@ func (a *Agent) Stop(ctx context.Context) error {
 	ls := a.live
 	a.mu.Unlock()
 
-	if ls != nil {
+	if ls != nil && !a.liveRestore() {
 		a.leave(ctx, ls)
 	}
 	a.tasksMu.Lock()
@@ -208,6 +216,16 @@ func (a *Agent) Stop(ctx context.Context) error {
 	close(a.done)
 	return err
 }
+
+// Leave is Stop for a node that leaves the cluster for good: even with
+// LiveRestore the tasks are shut down and the dispatcher told.
+func (a *Agent) Leave(ctx context.Context) error {
+	a.leaveForGood.Store(true)
+	return a.Stop(ctx)
+}
+
+// liveRestore reports whether Stop leaves the tasks running.
+func (a *Agent) liveRestore() bool { return a.cfg.LiveRestore && !a.leaveForGood.Load() }
 
 // leave tells the dispatcher of ls that the node is stopping. A failure is
 // logged, not returned: the node is then marked DOWN when its heartbeats
@@ -478,6 +496,7 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, se
 		switch m.GetType() {
 		case api.AssignmentsMessage_TYPE_COMPLETE:
 			a.reconcile(m.GetUpdate())
+			a.discard1.Do(func() { a.discardLeftovers(m.GetUpdate()) })
 			a.connected.Store(true)
 			a.ready1.Do(func() { close(a.ready) })
 		case api.AssignmentsMessage_TYPE_INCREMENTAL:
@@ -560,6 +579,47 @@ func (a *Agent) reconcile(set []*api.Task) {
 			r.rereport(t.GetStatus().GetState())
 		}
 	}
+}
+
+// discardLeftovers stops and removes, in the background, the tasks a
+// Restorer runtime kept from an earlier run of the agent that the complete
+// assignment set no longer runs here (absent, or already ended).
+func (a *Agent) discardLeftovers(set []*api.Task) {
+	rs, ok := a.cfg.Runtime.(runtime.Restorer)
+	if !ok {
+		return
+	}
+	keep := make(map[string]bool, len(set))
+	for _, t := range set {
+		if t.GetStatus().GetState() < api.TaskState_TASK_STATE_COMPLETE {
+			keep[t.GetId()] = true
+		}
+	}
+	a.tasksMu.Lock()
+	defer a.tasksMu.Unlock()
+	select {
+	case <-a.stopping:
+		return
+	default:
+	}
+	a.taskWG.Add(1)
+	go func() {
+		defer a.taskWG.Done()
+		ids, err := rs.Restorable(a.taskCtx)
+		if err != nil {
+			a.log.Warn("listing the tasks kept by the runtime failed", "err", err)
+			return
+		}
+		for _, id := range ids {
+			if keep[id] {
+				continue
+			}
+			a.log.Info("discarding a task kept by the runtime that this node no longer runs", "task", id)
+			if err := rs.Discard(a.taskCtx, id); err != nil {
+				a.log.Warn("discarding a kept task failed", "task", id, "err", err)
+			}
+		}
+	}()
 }
 
 // assign starts a runner for a new task, or passes the task's new desired

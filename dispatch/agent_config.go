@@ -112,6 +112,17 @@ type AgentConfig struct {
 	// value below DrainDelay counts as DrainDelay. Measured on Clock.
 	// Default 0: the drain lasts DrainDelay, confirmed or not.
 	DrainTimeout time.Duration
+	// LiveRestore makes Stop leave the tasks running (docker's
+	// live-restore): Stop does not leave the cluster, it detaches every task
+	// whose controller can be detached (runtime.Detacher) and closes the
+	// session, so the managers see the node go quiet as after a crash. An
+	// agent started again on the same runtime state re-adopts the tasks its
+	// assignments still hold (runtime.Restorer) and discards the others. A
+	// node that stays away past the heartbeat grace is marked DOWN and its
+	// tasks are replaced elsewhere; the ones it still runs are discarded
+	// when it returns. Requires a Runtime that is a runtime.Restorer.
+	// Default false: Stop shuts the tasks down.
+	LiveRestore bool
 }
 
 // DefaultAgentConfig returns the configuration with every default set; the
@@ -168,6 +179,9 @@ func (c AgentConfig) withDefaults() (AgentConfig, error) {
 	}
 	if c.Runtime == nil {
 		errs = append(errs, errors.New("AgentConfig.Runtime: must not be nil"))
+	}
+	if _, ok := c.Runtime.(runtime.Restorer); c.LiveRestore && c.Runtime != nil && !ok {
+		errs = append(errs, fmt.Errorf("AgentConfig.LiveRestore: the runtime (%T) cannot restore tasks: it is not a runtime.Restorer", c.Runtime))
 	}
 	if c.TransportCredentials == nil && !c.Insecure {
 		errs = append(errs, errors.New("AgentConfig.TransportCredentials: must not be nil (set AgentConfig.Insecure for plaintext, in tests only)"))

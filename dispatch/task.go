@@ -29,6 +29,8 @@ type taskRunner struct {
 	stopReq    chan struct{} // closed when the task must stop (desired ≥ SHUTDOWN, or removed)
 	removeOnce sync.Once
 	removeReq  chan struct{} // closed when the task left the assignments
+
+	detached bool // run left the task running for a later agent (LiveRestore); read by cleanup in run's goroutine
 }
 
 func newTaskRunner(a *Agent, t *api.Task) *taskRunner {
@@ -151,7 +153,13 @@ func (r *taskRunner) run() {
 
 	if st := t.GetStatus().GetState(); st > api.TaskState_TASK_STATE_ASSIGNED {
 		// The manager says this node already ran the task, but this agent does
-		// not know it: the agent (or its host) restarted and the task is lost.
+		// not know it: the agent (or its host) restarted. A runtime that keeps
+		// tasks across restarts may still have it; otherwise it is lost.
+		if c, ok := r.restore(t); ok {
+			ctl = c
+			r.running(ctl, "re-adopted after a restart of the worker")
+			return
+		}
 		if r.stopRequested() {
 			r.report(api.TaskState_TASK_STATE_SHUTDOWN, "task shut down (lost by a restart of the worker)", "", 0)
 		} else {
@@ -198,8 +206,14 @@ func (r *taskRunner) run() {
 		r.waitEnd()
 		return
 	}
+	r.running(ctl, "started")
+}
+
+// running follows a started task (started by run, or re-adopted from the
+// runtime) until it ends or must stop, and reports how it ended.
+func (r *taskRunner) running(ctl runtime.Controller, msg string) {
 	reps := runtimeEndpoints(ctl)
-	r.reportWith(api.TaskState_TASK_STATE_RUNNING, "started", "", 0, taskEndpoints(reps))
+	r.reportWith(api.TaskState_TASK_STATE_RUNNING, msg, "", 0, taskEndpoints(reps))
 	r.publish(reps)
 
 	wctx, wcancel := context.WithCancel(r.a.taskCtx)
@@ -228,8 +242,18 @@ func (r *taskRunner) run() {
 		// The agent is stopping: shut the task down here rather than in
 		// cleanup, so that its final status is reported before the agent
 		// flushes its reports and leaves. Its endpoints are withdrawn, but
-		// the node is going away: there is no drain delay.
+		// the node is going away: there is no drain delay. With LiveRestore
+		// a task that can be detached is left running instead.
 		r.a.endpoints.remove(r.id)
+		if d, ok := ctl.(runtime.Detacher); ok && r.a.liveRestore() {
+			wcancel()
+			<-waitCh
+			if err := d.Detach(); err != nil {
+				r.a.log.Warn("detaching a task failed", "task", r.id, "err", err)
+			}
+			r.detached = true
+			return
+		}
 		stopped = true
 		why = "shut down: the worker is stopping"
 		if err := ctl.Shutdown(r.a.taskCtx); err != nil {
@@ -261,6 +285,35 @@ func (r *taskRunner) run() {
 		r.report(api.TaskState_TASK_STATE_FAILED, "task failed: "+res.st.String(), errStr, int32(res.st.Code))
 	}
 	r.waitEnd()
+}
+
+// restore asks a Restorer runtime for the task's controller, kept from an
+// earlier run of the agent.
+func (r *taskRunner) restore(t *api.Task) (runtime.Controller, bool) {
+	rs, ok := r.a.cfg.Runtime.(runtime.Restorer)
+	if !ok {
+		return nil, false
+	}
+	rt, err := RuntimeTask(t, r.a.cfg.Description)
+	if err != nil {
+		return nil, false
+	}
+	var ctl runtime.Controller
+	err = r.step(func(ctx context.Context) error {
+		c, found, err := rs.Restore(ctx, rt)
+		if found {
+			ctl = c
+		}
+		return err
+	})
+	if err != nil {
+		r.a.log.Warn("restoring a task kept by the runtime failed", "task", r.id, "err", err)
+		return nil, false
+	}
+	if ctl != nil {
+		r.a.log.Info("re-adopted a task kept by the runtime", "task", r.id)
+	}
+	return ctl, ctl != nil
 }
 
 // waitResult is how a task's Wait returned.
@@ -386,7 +439,7 @@ func (r *taskRunner) waitEnd() {
 
 // cleanup stops the task if it still runs and releases it in the runtime.
 func (r *taskRunner) cleanup(ctl runtime.Controller) {
-	if ctl == nil {
+	if ctl == nil || r.detached {
 		return
 	}
 	ctx := r.a.taskCtx

@@ -34,6 +34,8 @@ type Config struct {
 	// files under StateDir/tasks.
 	Runtime      runtime.Runtime
 	DisableAgent bool
+	// LiveRestore: Stop leaves the tasks running (dispatch.AgentConfig).
+	LiveRestore bool
 
 	HeartbeatPeriod  time.Duration
 	CertValidity     time.Duration

@@ -96,7 +96,10 @@ type Node struct {
 	roleDone chan struct{}
 
 	agent *dispatch.Agent // set at start (or by a demotion), read after
-	mesh  *mesh.Mesh      // nil when the mesh is disabled
+	// leaving is set by Leave before it stops the node: the agent then
+	// stops its tasks even with LiveRestore.
+	leaving atomic.Bool
+	mesh    *mesh.Mesh // nil when the mesh is disabled
 
 	unlockMu sync.Mutex
 }
@@ -514,6 +517,7 @@ func (n *Node) Leave(ctx context.Context) error {
 		id := n.Identity()
 		return fmt.Errorf("node %s is a manager: demote it to a worker first, then leave: %w", id.NodeID, errdefs.ErrInvalidSpec)
 	}
+	n.leaving.Store(true)
 	if err := n.Stop(ctx); err != nil {
 		return err
 	}
@@ -536,7 +540,11 @@ func (n *Node) cleanup(ctx context.Context) error {
 	}
 	errs = append(errs, n.sec.Stop(ctx))
 	if n.agent != nil {
-		errs = append(errs, n.agent.Stop(ctx))
+		if n.leaving.Load() {
+			errs = append(errs, n.agent.Leave(ctx))
+		} else {
+			errs = append(errs, n.agent.Stop(ctx))
+		}
 	}
 	if n.mesh != nil {
 		errs = append(errs, n.mesh.Stop(ctx))

@@ -73,6 +73,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 	acfg.Dial = n.cfg.Dial
 	acfg.TransportCredentials = n.sec.ClientCreds()
 	acfg.Runtime = rt
+	acfg.LiveRestore = n.cfg.LiveRestore
 	acfg.Description = n.description()
 	acfg.Addr = n.Addr()
 	acfg.Logger = n.log
