@@ -1,11 +1,15 @@
 package controlapi
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/shoalhq/shoal/dispatch"
 	"github.com/shoalhq/shoal/internal/allocator"
 	"github.com/shoalhq/shoal/internal/api"
 	"github.com/shoalhq/shoal/internal/errdefs"
@@ -44,7 +48,7 @@ func ValidateServiceSpec(s *api.ServiceSpec) error {
 	default:
 		return invalid("ServiceSpec.Mode", "must be replicated or global")
 	}
-	if err := ValidateTaskSpec(s.Task); err != nil {
+	if err := validateTaskSpec(s); err != nil {
 		return err
 	}
 	if u := s.Update; u != nil {
@@ -67,10 +71,19 @@ func validateLabels(field string, labels map[string]string) error {
 	return nil
 }
 
-// ValidateTaskSpec checks a task spec; see ValidateServiceSpec.
-func ValidateTaskSpec(t *api.TaskSpec) error {
-	if t == nil || len(t.Command) == 0 || t.Command[0] == "" {
-		return invalid("ServiceSpec.Task.Command", "is required (the program and its arguments)")
+// validateTaskSpec checks the task spec of service spec s; see
+// ValidateServiceSpec.
+func validateTaskSpec(s *api.ServiceSpec) error {
+	t := s.Task
+	if t.GetImage() == "" && (len(t.GetCommand()) == 0 || t.Command[0] == "") {
+		return invalid("ServiceSpec.Task.Command", "is required (the program and its arguments) unless ServiceSpec.Task.Image is set")
+	}
+	if t.Image != "" {
+		if _, err := name.ParseReference(t.Image); err != nil {
+			return invalid("ServiceSpec.Task.Image", "%q is not an image reference: %v", t.Image, err)
+		}
+	} else if t.HostNetwork {
+		return invalid("ServiceSpec.Task.HostNetwork", "needs ServiceSpec.Task.Image: a program of the node always runs in the node's network")
 	}
 	for i, e := range t.Env {
 		k, _, ok := strings.Cut(e, "=")
@@ -95,10 +108,14 @@ func ValidateTaskSpec(t *api.TaskSpec) error {
 		{"Reservations.MemoryBytes", res.GetReservations().GetMemoryBytes()},
 		{"Limits.NanoCPUs", res.GetLimits().GetNanoCpus()},
 		{"Limits.MemoryBytes", res.GetLimits().GetMemoryBytes()},
+		{"Limits.Pids", res.GetLimits().GetPids()},
 	} {
 		if r.v < 0 {
 			return invalid("ServiceSpec.Task."+r.name, "must be >= 0")
 		}
+	}
+	if res.GetReservations().GetPids() != 0 {
+		return invalid("ServiceSpec.Task.Reservations.Pids", "must be 0: processes are only limited (Limits.Pids), never reserved")
 	}
 	if l, r := res.GetLimits().GetNanoCpus(), res.GetReservations().GetNanoCpus(); l > 0 && r > l {
 		return invalid("ServiceSpec.Task.Reservations.NanoCPUs", "must not exceed Limits.NanoCPUs (%d > %d)", r, l)
@@ -126,7 +143,69 @@ func ValidateTaskSpec(t *api.TaskSpec) error {
 			return invalid("ServiceSpec.Task.Restart.Window", "must be >= 0")
 		}
 	}
-	return nil
+	return validateAsRuntime(s)
+}
+
+// The sample task and node a spec is checked on: IDs of the real length, a
+// short host name.
+const (
+	sampleTaskID = "sampletask000000000000000"
+	sampleNodeID = "samplenode000000000000000"
+)
+
+var sampleNode = &api.NodeDescription{Hostname: "sample-node", Platform: &api.Platform{Os: "linux", Arch: "amd64"}}
+
+// validateAsRuntime checks s's task spec the way a node will see it: a
+// sample task of the service goes through dispatch.RuntimeTask, as the
+// agent's tasks do (which executes the hostname template, so a field the
+// template context lacks is found here), and the result through
+// runtime.Spec.Validate. The API and the runtime so share one set of rules
+// for the container fields (mounts, capabilities, user, sysctls, ulimits,
+// the fields that need an image); runtime field names ("Spec.Mounts[1]")
+// are reported as the public ones ("ServiceSpec.Task.Mounts[1]").
+func validateAsRuntime(s *api.ServiceSpec) error {
+	sample := &api.Task{Id: sampleTaskID, ServiceId: sampleTaskID, ServiceName: s.Name, ServiceLabels: s.Labels,
+		Slot: 1, NodeId: sampleNodeID, Spec: s.Task}
+	if _, global := s.Mode.(*api.ServiceSpec_Global); global {
+		sample.Slot = 0
+	}
+	rt, err := dispatch.RuntimeTask(sample, sampleNode)
+	expanded := err == nil
+	if expanded {
+		err = rt.Spec.Validate()
+	}
+	if err == nil {
+		return nil
+	}
+	msg, ok := strings.CutPrefix(err.Error(), runtime.ErrInvalidTask.Error()+": ")
+	field, rule, found := strings.Cut(msg, ": ")
+	if !ok || !found || !errors.Is(err, runtime.ErrInvalidTask) {
+		return invalid("ServiceSpec.Task", "%v", err)
+	}
+	if field == "Spec.CapAdd" && len(s.Task.CapAdd) == 0 {
+		field = "Spec.CapDrop" // the runtime names CapAdd for both
+	}
+	if field == "Spec.Hostname" && expanded && rt.Spec.Hostname != s.Task.Hostname {
+		rule += fmt.Sprintf(" (%q is %q for a sample task)", s.Task.Hostname, rt.Spec.Hostname)
+	}
+	return invalid(runtimeName.ReplaceAllStringFunc(field, publicName), "%s", runtimeName.ReplaceAllStringFunc(rule, publicName))
+}
+
+// runtimeName matches a runtime.Spec field name in an error of Validate.
+var runtimeName = regexp.MustCompile(`\bSpec\.[A-Za-z]+`)
+
+// publicName returns the public name of runtime field "Spec.X".
+func publicName(field string) string {
+	switch x := strings.TrimPrefix(field, "Spec."); x {
+	case "Resources":
+		return "ServiceSpec.Task.Limits"
+	case "Labels":
+		return "ServiceSpec.Task.ContainerLabels"
+	case "Ports":
+		return "ServiceSpec.Ports"
+	default:
+		return "ServiceSpec.Task." + x
+	}
 }
 
 // ValidateNodeSpec checks a node spec.
