@@ -10,7 +10,6 @@ import (
 	"github.com/shoalhq/shoal/internal/gossipkeys"
 	"github.com/shoalhq/shoal/internal/keys"
 	"github.com/shoalhq/shoal/internal/state"
-	"google.golang.org/protobuf/proto"
 )
 
 func (s *Server) theCluster(tx state.ReadTx, id string) *api.Cluster {
@@ -97,23 +96,4 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 		return nil, errdefs.ToGRPC(err)
 	}
 	return s.localCluster(id)
-}
-
-// Redact returns the cluster object as the API shows it: without the root
-// CA's private key and the external CA's authentication key, which never
-// leave the managers' store. c itself is not modified.
-func Redact(c *api.Cluster) *api.Cluster {
-	if c == nil || (len(c.GetRootCa().GetKeyPem()) == 0 && c.GetRootCa().GetExternalAuthKey() == "" &&
-		len(c.GetGossip().GetKeys()) == 0) {
-		return c
-	}
-	out := proto.Clone(c).(*api.Cluster)
-	if out.RootCa != nil {
-		out.RootCa.KeyPem = nil
-		out.RootCa.ExternalAuthKey = ""
-	}
-	if out.Gossip != nil {
-		out.Gossip.Keys = nil
-	}
-	return out
 }

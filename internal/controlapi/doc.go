@@ -9,6 +9,12 @@
 // sentinels. A service write allocates its published ports
 // (internal/allocator) in the same store transaction.
 //
+// Secrets stay on the managers: every answer and watch event passes through
+// redact.go, which removes the CA keys, the gossip keys and the registry
+// credentials of services and tasks (those reach only the nodes that run the
+// tasks, through the dispatcher). Clients never read credentials back, so an
+// update without them keeps the stored ones.
+//
 // Reads wait for a read barrier, so they see every write committed before
 // them; without a quorum they are served from this manager's state and say
 // so in the StaleReadHeader response header. Writes that need the Raft

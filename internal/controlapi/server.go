@@ -127,7 +127,7 @@ func (s *Server) localService(id string) (*api.ServiceResponse, error) {
 	if svc == nil {
 		return nil, notFound("service", id)
 	}
-	return &api.ServiceResponse{Service: svc}, nil
+	return &api.ServiceResponse{Service: RedactService(svc)}, nil
 }
 
 func (s *Server) localNode(id string) (*api.NodeResponse, error) {

@@ -27,7 +27,9 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 		s.portMu.Lock()
 		defer s.portMu.Unlock()
 	}
-	svc := &api.Service{Id: identity.NewID(), Spec: req.Spec, SpecVersion: 1}
+	spec := proto.Clone(req.Spec).(*api.ServiceSpec)
+	settleAuth(spec.Task, nil)
+	svc := &api.Service{Id: identity.NewID(), Spec: spec, SpecVersion: 1}
 	// Retried on a conflict: another manager may have allocated the same free
 	// port at the same moment (the store refuses the second when it applies).
 	err := s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
@@ -88,7 +90,7 @@ func (s *Server) GetService(ctx context.Context, req *api.GetRequest) (*api.Serv
 	if svc == nil {
 		return nil, notFound("service", req.GetId())
 	}
-	return &api.ServiceResponse{Service: svc}, nil
+	return &api.ServiceResponse{Service: RedactService(svc)}, nil
 }
 
 // ListServices lists services, optionally by names or ID prefixes.
@@ -113,14 +115,15 @@ func (s *Server) ListServices(ctx context.Context, req *api.ListServicesRequest)
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return &api.ListServicesResponse{Services: out}, nil
+	return &api.ListServicesResponse{Services: redactServices(out)}, nil
 }
 
 // UpdateService replaces a service's spec. The request's version must be the
 // service's current version. A change of the task spec bumps SpecVersion,
 // which makes the orchestrator replace the tasks. Published ports are
 // allocated again in the same write; a port the spec leaves at 0 keeps the
-// one allocated before for the same target and protocol.
+// one allocated before for the same target and protocol. Registry
+// credentials follow settleAuth.
 func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceRequest) (*api.ServiceResponse, error) {
 	if err := ValidateServiceSpec(req.GetSpec()); err != nil {
 		return nil, errdefs.ToGRPC(err)
@@ -144,10 +147,12 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 		if wasGlobal != isGlobal {
 			return fmt.Errorf("ServiceSpec.Mode: cannot change between replicated and global; remove and create the service: %w", errdefs.ErrInvalidSpec)
 		}
-		if !proto.Equal(cur.Spec.Task, req.Spec.Task) {
+		spec := proto.Clone(req.Spec).(*api.ServiceSpec)
+		settleAuth(spec.Task, cur.Spec.GetTask())
+		if !proto.Equal(cur.Spec.Task, spec.Task) {
 			cur.SpecVersion++
 		}
-		cur.Spec = req.Spec
+		cur.Spec = spec
 		if err := nameFree(tx, cur); err != nil {
 			return err
 		}
@@ -160,6 +165,19 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 		return nil, errdefs.ToGRPC(err)
 	}
 	return s.localService(id)
+}
+
+// settleAuth applies the update rule of a task spec's registry credentials
+// to spec, the spec being written over cur (nil on create): clients never
+// read them back, so nil keeps cur's (while spec has an image to pull), and
+// an empty RegistryAuth removes them.
+func settleAuth(spec, cur *api.TaskSpec) {
+	switch a := spec.GetRegistryAuth(); {
+	case a == nil && spec.GetImage() != "":
+		spec.RegistryAuth = cur.GetRegistryAuth()
+	case a != nil && proto.Equal(a, &api.RegistryAuth{}):
+		spec.RegistryAuth = nil
+	}
 }
 
 // RemoveService deletes a service; the orchestrator then stops and removes

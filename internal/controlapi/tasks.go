@@ -18,7 +18,7 @@ func (s *Server) GetTask(ctx context.Context, req *api.GetRequest) (*api.TaskRes
 	if t == nil {
 		return nil, notFound("task", req.GetId())
 	}
-	return &api.TaskResponse{Task: t}, nil
+	return &api.TaskResponse{Task: RedactTask(t)}, nil
 }
 
 // ListTasks lists tasks. Service IDs may also be service names.
@@ -57,7 +57,7 @@ func (s *Server) ListTasks(ctx context.Context, req *api.ListTasksRequest) (*api
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return &api.ListTasksResponse{Tasks: out}, nil
+	return &api.ListTasksResponse{Tasks: redactTasks(out)}, nil
 }
 
 func matchTask(t *api.Task, req *api.ListTasksRequest) bool {

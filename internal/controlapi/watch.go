@@ -55,12 +55,9 @@ func toWatchEvent(e state.Event) *api.WatchEvent {
 	case state.ActionDelete:
 		kind = api.StoreAction_KIND_DELETE
 	}
-	obj, old := e.Object, e.Old
-	if c, ok := obj.(*api.Cluster); ok {
-		obj = Redact(c)
-	}
-	if c, ok := old.(*api.Cluster); ok && c != nil {
-		old = Redact(c)
+	obj, old := redactObject(e.Object), e.Old
+	if old != nil {
+		old = redactObject(old)
 	}
 	return &api.WatchEvent{Action: kind, Object: state.StoreAction(kind, obj), Old: state.StoreAction(kind, old), Version: e.Index}
 }
