@@ -194,10 +194,10 @@ func (s *Store) Close() error {
 }
 
 // Directories under Dir.
-func (s *Store) tmpDir() string          { return filepath.Join(s.cfg.Dir, "tmp") }
-func (s *Store) layersDir() string       { return filepath.Join(s.cfg.Dir, "layers") }
-func (s *Store) imagesDir() string       { return filepath.Join(s.cfg.Dir, "images") }
-func (s *Store) containersDir() string   { return filepath.Join(s.cfg.Dir, "containers") }
+func (s *Store) tmpDir() string            { return filepath.Join(s.cfg.Dir, "tmp") }
+func (s *Store) layersDir() string         { return filepath.Join(s.cfg.Dir, "layers") }
+func (s *Store) imagesDir() string         { return filepath.Join(s.cfg.Dir, "images") }
+func (s *Store) containersDir() string     { return filepath.Join(s.cfg.Dir, "containers") }
 func (s *Store) layerDir(id string) string { return filepath.Join(s.layersDir(), hexOf(id)) }
 func (s *Store) layerFS(id string) string  { return filepath.Join(s.layerDir(id), "fs") }
 func (s *Store) containerDir(id string) string {
