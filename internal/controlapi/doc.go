@@ -7,7 +7,9 @@
 // and its siblings; errors name the field and the rule); errors are gRPC
 // status errors that errdefs.FromGRPC turns back into the module's
 // sentinels. A service write allocates its published ports
-// (internal/allocator) in the same store transaction.
+// (internal/allocator) in the same store transaction, and pins its image to
+// a digest first (Options.Resolver; when it cannot, the tag is kept and the
+// answer's warnings say so).
 //
 // Secrets stay on the managers: every answer and watch event passes through
 // redact.go, which removes the CA keys, the gossip keys and the registry
@@ -26,5 +28,6 @@
 // Server and JoinServer are safe for concurrent use, as gRPC calls them. The
 // service writes of one Server that allocate ports are serialized, so they do
 // not pick the same free port; writes on different managers that do are
-// caught by the store and retried.
+// caught by the store and retried. Images are resolved before any of
+// this, outside every lock, each call bounded by Options.ResolveTimeout.
 package controlapi

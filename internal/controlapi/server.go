@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/shoalhq/shoal/internal/allocator"
 	"github.com/shoalhq/shoal/internal/api"
@@ -26,6 +28,9 @@ type Server struct {
 	store *state.Store
 	opts  Options
 	clock clock.Clock // opts.Clock, or the real clock
+	log   *slog.Logger
+	// resolveTimeout is opts.ResolveTimeout, or DefaultResolveTimeout.
+	resolveTimeout time.Duration
 	// ports is the range ingress ports are allocated from; tests shrink it.
 	ports allocator.PortRange
 	// portMu serializes the service writes of this manager that allocate
@@ -59,7 +64,7 @@ type MemberAdmin interface {
 }
 
 // Options are a manager's hooks into the Raft group, for the operations that
-// need the leader, and its clock. Zero Options serve a store without Raft
+// need the leader, its clock, image pinning and logger. Zero Options serve a store without Raft
 // membership (tests): role changes and removing a manager are refused with
 // ErrInvalidSpec.
 type Options struct {
@@ -73,6 +78,19 @@ type Options struct {
 	// object (the start of a gossip key rotation phase). Nil means
 	// clock.Real().
 	Clock clock.Clock
+	// Resolver pins the image of a service to a digest when it is created
+	// and when its image changes, so that every node runs the same image.
+	// Nil means no pinning: the tag is kept, and the answer warns that
+	// pinning is off.
+	Resolver ImageResolver
+	// ResolveTimeout bounds each Resolver call; 0 means
+	// DefaultResolveTimeout. A call that runs out keeps the tag, with a
+	// warning in the answer.
+	ResolveTimeout time.Duration
+	// Logger receives the server's logs (images that could not be pinned,
+	// never credentials). Nil discards them: a library writes to the host's
+	// logs only when asked.
+	Logger *slog.Logger
 }
 
 // New returns a control API server over store.
@@ -84,6 +102,14 @@ func New(store *state.Store, opts ...Options) *Server {
 	s.clock = s.opts.Clock
 	if s.clock == nil {
 		s.clock = clock.Real()
+	}
+	s.log = s.opts.Logger
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.resolveTimeout = s.opts.ResolveTimeout
+	if s.resolveTimeout <= 0 {
+		s.resolveTimeout = DefaultResolveTimeout
 	}
 	return s
 }
@@ -121,13 +147,13 @@ func notFound(kind, id string) error {
 // localService, localNode and localCluster answer a write with the object as
 // this manager applied it (the write returned, so it is applied here: no
 // read barrier needed).
-func (s *Server) localService(id string) (*api.ServiceResponse, error) {
+func (s *Server) localService(id string, warnings []string) (*api.ServiceResponse, error) {
 	var svc *api.Service
 	s.read(func(tx state.ReadTx) { svc = tx.GetService(id) })
 	if svc == nil {
 		return nil, notFound("service", id)
 	}
-	return &api.ServiceResponse{Service: RedactService(svc)}, nil
+	return &api.ServiceResponse{Service: RedactService(svc), Warnings: warnings}, nil
 }
 
 func (s *Server) localNode(id string) (*api.NodeResponse, error) {

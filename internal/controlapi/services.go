@@ -18,21 +18,27 @@ const portRetries = 5
 
 // CreateService validates the spec and stores a new service with its
 // published ports allocated (see allocator.AllocatePorts; a port another service
-// publishes is refused with ErrInvalidSpec naming the port and the service).
+// publishes is refused with ErrInvalidSpec naming the port and the service)
+// and its image pinned to a digest (pinImage; the answer's warnings say
+// when it could not be).
 func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceRequest) (*api.ServiceResponse, error) {
 	if err := ValidateServiceSpec(req.GetSpec()); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	spec := proto.Clone(req.Spec).(*api.ServiceSpec)
+	settleAuth(spec.Task, nil)
+	warnings, err := s.pinImage(ctx, spec.Task, "")
+	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
 	if len(req.GetSpec().GetTask().GetPorts()) > 0 {
 		s.portMu.Lock()
 		defer s.portMu.Unlock()
 	}
-	spec := proto.Clone(req.Spec).(*api.ServiceSpec)
-	settleAuth(spec.Task, nil)
 	svc := &api.Service{Id: identity.NewID(), Spec: spec, SpecVersion: 1}
 	// Retried on a conflict: another manager may have allocated the same free
 	// port at the same moment (the store refuses the second when it applies).
-	err := s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
+	err = s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
 		if err := nameFree(tx, svc); err != nil {
 			return err
 		}
@@ -44,7 +50,7 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return s.localService(svc.Id)
+	return s.localService(svc.Id, warnings)
 }
 
 // nameFree checks that no other service in tx has svc's name (names are
@@ -123,36 +129,44 @@ func (s *Server) ListServices(ctx context.Context, req *api.ListServicesRequest)
 // which makes the orchestrator replace the tasks. Published ports are
 // allocated again in the same write; a port the spec leaves at 0 keeps the
 // one allocated before for the same target and protocol. Registry
-// credentials follow settleAuth.
+// credentials follow settleAuth; a changed image is pinned to a digest
+// (pinImage) before the write.
 func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceRequest) (*api.ServiceResponse, error) {
 	if err := ValidateServiceSpec(req.GetSpec()); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	// The stored service decides the credentials and whether the image
+	// changed; the write checks it is still the version read here.
+	var cur *api.Service
+	s.read(func(tx state.ReadTx) { cur = lookupService(tx, req.GetId()) })
+	if err := updatable(cur, req); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	spec := proto.Clone(req.Spec).(*api.ServiceSpec)
+	settleAuth(spec.Task, cur.GetSpec().GetTask())
+	warnings, err := s.pinImage(ctx, spec.Task, cur.GetSpec().GetTask().GetImage())
+	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
 	if len(req.GetSpec().GetTask().GetPorts()) > 0 {
 		s.portMu.Lock()
 		defer s.portMu.Unlock()
 	}
-	var id string
-	err := s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
-		cur := lookupService(tx, req.GetId())
-		if cur == nil {
-			return fmt.Errorf("service %q: %w", req.GetId(), errdefs.ErrNotFound)
-		}
-		id = cur.Id
-		if cur.Meta.GetVersion() != req.GetVersion() {
-			return fmt.Errorf("service %s: version %d is not the current %d: %w", cur.Id, req.GetVersion(), cur.Meta.GetVersion(), errdefs.ErrConflict)
+	id := cur.Id
+	err = s.store.UpdateRetry(ctx, portRetries, func(tx state.WriteTx) error {
+		cur := tx.GetService(id)
+		if err := updatable(cur, req); err != nil {
+			return err
 		}
 		_, wasGlobal := cur.Spec.Mode.(*api.ServiceSpec_Global)
 		_, isGlobal := req.Spec.Mode.(*api.ServiceSpec_Global)
 		if wasGlobal != isGlobal {
 			return fmt.Errorf("ServiceSpec.Mode: cannot change between replicated and global; remove and create the service: %w", errdefs.ErrInvalidSpec)
 		}
-		spec := proto.Clone(req.Spec).(*api.ServiceSpec)
-		settleAuth(spec.Task, cur.Spec.GetTask())
 		if !proto.Equal(cur.Spec.Task, spec.Task) {
 			cur.SpecVersion++
 		}
-		cur.Spec = spec
+		cur.Spec = proto.Clone(spec).(*api.ServiceSpec)
 		if err := nameFree(tx, cur); err != nil {
 			return err
 		}
@@ -164,7 +178,19 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	return s.localService(id)
+	return s.localService(id, warnings)
+}
+
+// updatable checks that cur, the stored service req updates (nil when there
+// is none), is at the version req was made from.
+func updatable(cur *api.Service, req *api.UpdateServiceRequest) error {
+	if cur == nil {
+		return fmt.Errorf("service %q: %w", req.GetId(), errdefs.ErrNotFound)
+	}
+	if cur.GetMeta().GetVersion() != req.GetVersion() {
+		return fmt.Errorf("service %s: version %d is not the current %d: %w", cur.Id, req.GetVersion(), cur.GetMeta().GetVersion(), errdefs.ErrConflict)
+	}
+	return nil
 }
 
 // settleAuth applies the update rule of a task spec's registry credentials
