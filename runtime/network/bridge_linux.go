@@ -169,36 +169,9 @@ func (b *Bridge) Setup(ctx context.Context) error {
 		return err
 	}
 	defer b.unlock()
-	if err := b.openHostNS(); err != nil {
-		return err
-	}
-	h, err := b.hostHandle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	if err := b.checkOverlap(h); err != nil {
-		return err
-	}
-	if _, err := b.ensureBridge(h); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if changed, err := writeSysctl(b.hostNS, "net/ipv4/ip_forward", "1"); err != nil {
-		return err
-	} else if changed {
-		b.log.Info("enabled IPv4 forwarding (net.ipv4.ip_forward=1)")
-	}
-	if _, err := writeSysctl(b.hostNS, "net/ipv4/conf/"+b.cfg.Bridge+"/route_localnet", "1"); err != nil {
-		return err
-	}
-	for _, dir := range []string{b.leases.dir, b.netnsDir} {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("network: Config.StateDir: %w", err)
-		}
-	}
+	// The leases are checked before anything changes: a lease that does
+	// not fit the Config stops Setup before it renumbers the bridge under
+	// running containers.
 	leases, err := b.leases.load()
 	if err != nil {
 		return fmt.Errorf("network: load leases: %w", err)
@@ -214,8 +187,32 @@ func (b *Bridge) Setup(ctx context.Context) error {
 	if err := portConflicts(atts); err != nil {
 		return fmt.Errorf("network: load leases: %w", err)
 	}
+	if err := b.openHostNS(); err != nil {
+		return err
+	}
+	h, err := b.hostHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if err := b.checkOverlap(h); err != nil {
+		return err
+	}
+	for _, dir := range []string{b.leases.dir, b.netnsDir} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("network: Config.StateDir: %w", err)
+		}
+	}
+	if _, err := b.ensureBridge(h); err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if changed, err := writeSysctl(b.hostNS, "net/ipv4/ip_forward", "1"); err != nil {
+		return err
+	} else if changed {
+		b.log.Info("enabled IPv4 forwarding (net.ipv4.ip_forward=1)")
 	}
 	if err := b.program(atts); err != nil {
 		return err
@@ -299,7 +296,8 @@ func (b *Bridge) checkOverlap(h *netlink.Handle) error {
 }
 
 // ensureBridge creates the bridge or adopts the one of that name, and
-// makes it match the Config: MTU, MAC, the gateway address, up.
+// makes it match the Config: MTU, MAC, the gateway as its only IPv4
+// address, route_localnet, up.
 func (b *Bridge) ensureBridge(h *netlink.Handle) (netlink.Link, error) {
 	name := b.cfg.Bridge
 	mac := MACFor(b.gateway())
@@ -334,6 +332,23 @@ func (b *Bridge) ensureBridge(h *netlink.Handle) (netlink.Link, error) {
 	gw := &netlink.Addr{IPNet: &net.IPNet{IP: b.gateway().AsSlice(), Mask: net.CIDRMask(b.cfg.Subnet.Bits(), 32)}}
 	if err := h.AddrReplace(link, gw); err != nil {
 		return nil, fmt.Errorf("network: bridge %s: address %s: %w", name, gw.IPNet, err)
+	}
+	// Other IPv4 addresses (an earlier Config.Subnet, say) would route
+	// someone else's pool to this bridge.
+	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, fmt.Errorf("network: bridge %s: list addresses: %w", name, err)
+	}
+	for _, a := range addrs {
+		if a.IPNet.String() != gw.IPNet.String() {
+			if err := h.AddrDel(link, &a); err != nil {
+				return nil, fmt.Errorf("network: bridge %s: remove stale address %s: %w", name, a.IPNet, err)
+			}
+			b.log.Info("removed stale bridge address", "addr", a.IPNet.String())
+		}
+	}
+	if _, err := writeSysctl(b.hostNS, "net/ipv4/conf/"+name+"/route_localnet", "1"); err != nil {
+		return nil, err
 	}
 	if err := h.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("network: bridge %s: up: %w", name, err)
@@ -395,6 +410,11 @@ func (b *Bridge) Attach(ctx context.Context, id string) (*Attachment, error) {
 	}
 	defer h.Close()
 	if exists {
+		if _, err := os.Stat(b.leases.path(id)); errors.Is(err, fs.ErrNotExist) {
+			if err := b.leases.write(leaseOf(att)); err != nil {
+				return nil, fmt.Errorf("network: Attach %q: write lease: %w", id, err)
+			}
+		}
 		if err := b.realize(ctx, h, att); err != nil {
 			return nil, fmt.Errorf("network: Attach %q: repair: %w", id, err)
 		}
@@ -668,6 +688,7 @@ func (b *Bridge) Detach(ctx context.Context, id string) error {
 	if err := b.unrealize(h, att); err != nil {
 		return fmt.Errorf("network: Detach %q: %w", id, err)
 	}
+	b.forgetFlows(h, att.Addr, nil)
 	if err := b.leases.remove(id); err != nil {
 		return fmt.Errorf("network: Detach %q: remove lease: %w", id, err)
 	}
@@ -740,8 +761,64 @@ func (b *Bridge) Publish(ctx context.Context, id string, ports []PortMapping) er
 	b.mu.Lock()
 	b.atts[id] = next
 	b.mu.Unlock()
+	var gone []PortMapping
+	for _, p := range old.Ports {
+		if !slices.Contains(norm, p) {
+			gone = append(gone, p)
+		}
+	}
+	if len(gone) > 0 {
+		if h, err := b.hostHandle(); err == nil {
+			b.forgetFlows(h, old.Addr, gone)
+			h.Close()
+		}
+	}
 	b.log.Debug("published", "id", id, "ports", norm)
 	return nil
+}
+
+// forgetFlows deletes the conntrack entries of flows to and from addr, or
+// with ports, only those that entered through one of them, so that a UDP
+// flow (which never ends by itself) does not keep going to an address
+// whose mapping is gone, or to the next container that gets the address.
+// It is best effort: without conntrack over netlink (nf_conntrack_netlink)
+// the entries expire on their own, and a warning is logged.
+func (b *Bridge) forgetFlows(h *netlink.Handle, addr netip.Addr, ports []PortMapping) {
+	ip := net.IP(addr.AsSlice())
+	var filters []netlink.CustomConntrackFilter
+	add := func(f *netlink.ConntrackFilter, err error) {
+		if err != nil {
+			b.log.Warn("conntrack filter", "err", err)
+			return
+		}
+		filters = append(filters, f)
+	}
+	if ports == nil {
+		for _, tp := range []netlink.ConntrackFilterType{netlink.ConntrackReplySrcIP, netlink.ConntrackOrigSrcIP} {
+			f := &netlink.ConntrackFilter{}
+			add(f, f.AddIP(tp, ip))
+		}
+	}
+	for _, p := range ports {
+		f := &netlink.ConntrackFilter{}
+		err := errors.Join(
+			f.AddProtocol(l4proto(p.Protocol)),
+			f.AddPort(netlink.ConntrackOrigDstPort, p.HostPort),
+			f.AddIP(netlink.ConntrackReplySrcIP, ip),
+		)
+		add(f, err)
+	}
+	if len(filters) == 0 {
+		return
+	}
+	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...)
+	if err != nil {
+		b.log.Warn("could not delete conntrack entries; they expire on their own", "addr", addr, "err", err)
+		return
+	}
+	if n > 0 {
+		b.log.Debug("deleted conntrack entries", "addr", addr, "count", n)
+	}
 }
 
 // Teardown removes everything the Bridge owns: every attachment (as
