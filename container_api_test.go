@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoalhq/shoal"
 	"github.com/shoalhq/shoal/runtime"
+	"github.com/shoalhq/shoal/runtime/runtimetest"
 	"github.com/shoalhq/shoal/shoaltest"
 )
 
@@ -255,4 +258,39 @@ func TestContainerMountTypeString(t *testing.T) {
 		shoal.MountTmpfs: "tmpfs", shoal.MountType(7): "MountType(7)", shoal.MountType(-1): "MountType(-1)"} {
 		assert.Equal(t, want, typ.String())
 	}
+}
+
+// A container service: the image, its command against the image's
+// ENTRYPOINT and CMD, a hostname template, mounts and the credentials to
+// pull with, which the API never returns.
+func ExampleClient_CreateService_container() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := exampleDir()
+	defer os.RemoveAll(dir)
+	mgr, err := shoal.Init(ctx, shoal.Config{StateDir: dir, ListenAddr: "127.0.0.1:0", Runtime: runtimetest.New()})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer mgr.Stop(context.Background())
+	auth := &shoal.RegistryAuth{Username: "deploy", Password: "s3cret"}
+	svc, err := mgr.Client().CreateService(ctx, shoal.ServiceSpec{Name: "web", Replicas: 2, Task: shoal.TaskSpec{
+		Image:        "nginx:1.13",
+		Args:         []string{"nginx", "-g", "daemon off;"}, // replace the image's CMD
+		Hostname:     "{{.Service.Name}}-{{.Task.Slot}}",
+		Mounts:       []shoal.Mount{{Type: shoal.MountVolume, Source: "cache", Target: "/var/cache/nginx"}},
+		RegistryAuth: auth,
+	}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(auth)
+	fmt.Println("credentials returned:", svc.Spec.Task.RegistryAuth != nil)
+	fmt.Println("warnings:", len(svc.Warnings)) // the tag could not be pinned to a digest
+	// Output:
+	// registry credentials of "deploy" (password redacted)
+	// credentials returned: false
+	// warnings: 1
 }

@@ -132,7 +132,8 @@ type TaskSpec struct {
 	// PATH if it has no slash. Required without Image; with Image it
 	// replaces the image's ENTRYPOINT and drops its CMD.
 	Command []string
-	// Args follow Command, or replace the image's CMD.
+	// Args follow Command. With Image and no Command the task runs the
+	// image's ENTRYPOINT + Args, or ENTRYPOINT + CMD when Args is empty.
 	Args []string
 	// Image makes the task a container of that image ("nginx:1.13"); the
 	// manager pins a tag to its digest where it can (see Service.Warnings).
@@ -141,12 +142,11 @@ type TaskSpec struct {
 	// User is "name", "uid", "name:group" or "uid:gid" of the image; ""
 	// means the image's USER.
 	User string
-	// Hostname is a text/template the task's node expands, with .Service.ID,
-	// .Service.Name, .Service.Labels, .Task.ID, .Task.Name
-	// ("<service>.<slot>.<task ID>", the node ID for the slot of a global
-	// service), .Task.Slot, .Node.ID, .Node.Hostname, .Node.Platform.OS and
-	// .Node.Platform.Architecture; "" means the task ID's first 12
-	// characters.
+	// Hostname is a text/template the task's node expands: .Service.ID,
+	// .Service.Name, .Service.Labels, .Task.ID, .Task.Slot (the node ID for
+	// a global service), .Task.Name ("<service>.<slot>.<task ID>"), .Node.ID,
+	// .Node.Hostname, .Node.Platform.OS, .Node.Platform.Architecture; ""
+	// means the task ID's first 12 characters.
 	Hostname string
 	Mounts   []Mount
 	// ReadOnlyRootfs mounts the image's filesystem read-only.
