@@ -160,3 +160,26 @@ func TestAgentExpandsHostname(t *testing.T) {
 	_, known := rt.State("bad")
 	assert.False(t, known, "the runtime never saw the rejected task")
 }
+
+// BenchmarkRuntimeTask is the agent's cost per task it starts: the
+// conversion with a hostname template; BenchmarkRuntimeTaskPlain without.
+func BenchmarkRuntimeTask(b *testing.B) {
+	task, node := containerTask(), &api.NodeDescription{Hostname: "host-a"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := RuntimeTask(task, node); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRuntimeTaskPlain(b *testing.B) {
+	task := containerTask()
+	task.Spec.Hostname = "web"
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := RuntimeTask(task, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

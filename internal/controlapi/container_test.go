@@ -212,3 +212,19 @@ func FuzzValidateContainerSpec(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkValidateContainerSpec is the cost validation adds to a service
+// write with every container field and a hostname template.
+func BenchmarkValidateContainerSpec(b *testing.B) {
+	s := containerSpec("web")
+	s.Task.Hostname = "{{.Service.Name}}-{{.Task.Slot}}-{{.Node.Hostname}}"
+	s.Task.Mounts = []*api.Mount{{Type: api.MountType_MOUNT_TYPE_VOLUME, Source: "data", Target: "/data"}}
+	s.Task.CapAdd, s.Task.User = []string{"NET_ADMIN"}, "1000:1000"
+	s.Task.Ulimits = []*api.Ulimit{{Name: "nofile", Soft: 1024, Hard: 4096}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := ValidateServiceSpec(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
