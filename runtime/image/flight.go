@@ -25,8 +25,10 @@ type flightGroup[V any] struct {
 type flight[V any] struct {
 	done   chan struct{}
 	cancel context.CancelFunc
-	// waiters counts the callers still waiting; guarded by the group's mu.
-	waiters int
+	// waiters counts the callers still waiting, and abandoned says it
+	// fell to 0 and the call was cancelled; both guarded by the group's mu.
+	waiters   int
+	abandoned bool
 	// val and err are set before done closes and read only after.
 	val V
 	err error
@@ -43,36 +45,60 @@ func (g *flightGroup[V]) do(ctx context.Context, key string, fn func(context.Con
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
-	g.mu.Lock()
-	f, ok := g.m[key]
-	if !ok {
-		if g.base.Err() != nil {
+	for {
+		g.mu.Lock()
+		f, ok := g.m[key]
+		if ok && f.abandoned {
+			// A call nobody waited for is ending; a new one starts after it,
+			// so two calls for one key never run at once.
 			g.mu.Unlock()
-			return zero, ErrClosed
+			select {
+			case <-f.done:
+				continue
+			case <-ctx.Done():
+				return zero, ctx.Err()
+			}
 		}
-		fctx, cancel := context.WithCancel(g.base)
-		f = &flight[V]{done: make(chan struct{}), cancel: cancel}
-		g.m[key] = f
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			v, err := fn(fctx)
-			if err != nil && g.base.Err() != nil {
-				err = ErrClosed
+		if !ok {
+			if g.base.Err() != nil {
+				g.mu.Unlock()
+				return zero, ErrClosed
 			}
-			g.mu.Lock()
-			if g.m[key] == f {
-				delete(g.m, key)
-			}
-			g.mu.Unlock()
-			f.val, f.err = v, err
-			close(f.done)
-			cancel()
-		}()
+			f = g.start(key, fn)
+		}
+		f.waiters++
+		g.mu.Unlock()
+		return g.wait(ctx, f)
 	}
-	f.waiters++
-	g.mu.Unlock()
+}
 
+// start runs fn for key in a new goroutine. The caller holds mu.
+func (g *flightGroup[V]) start(key string, fn func(context.Context) (V, error)) *flight[V] {
+	fctx, cancel := context.WithCancel(g.base)
+	f := &flight[V]{done: make(chan struct{}), cancel: cancel}
+	g.m[key] = f
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		v, err := fn(fctx)
+		if err != nil && g.base.Err() != nil {
+			err = ErrClosed
+		}
+		g.mu.Lock()
+		if g.m[key] == f {
+			delete(g.m, key)
+		}
+		g.mu.Unlock()
+		f.val, f.err = v, err
+		close(f.done)
+		cancel()
+	}()
+	return f
+}
+
+// wait waits for f's result or the end of ctx.
+func (g *flightGroup[V]) wait(ctx context.Context, f *flight[V]) (V, error) {
+	var zero V
 	select {
 	case <-f.done:
 		return f.val, f.err
@@ -80,16 +106,22 @@ func (g *flightGroup[V]) do(ctx context.Context, key string, fn func(context.Con
 		g.mu.Lock()
 		f.waiters--
 		if f.waiters == 0 {
-			// Nobody wants the result any more: cancel the call, and let the
-			// next caller start afresh rather than join a dying call.
+			// Nobody wants the result any more: cancel the call. The next
+			// caller waits for it to end and starts afresh rather than join
+			// a dying call.
+			f.abandoned = true
 			f.cancel()
-			if g.m[key] == f {
-				delete(g.m, key)
-			}
 		}
 		g.mu.Unlock()
 		return zero, ctx.Err()
 	}
+}
+
+// quiesce returns once no call is being started: after the base context
+// ends, the caller may wait on the group's WaitGroup.
+func (g *flightGroup[V]) quiesce() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 }
 
 // waiting returns how many callers wait for key (tests use it to line
@@ -97,7 +129,7 @@ func (g *flightGroup[V]) do(ctx context.Context, key string, fn func(context.Con
 func (g *flightGroup[V]) waiting(key string) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if f, ok := g.m[key]; ok {
+	if f, ok := g.m[key]; ok && !f.abandoned {
 		return f.waiters
 	}
 	return 0

@@ -383,15 +383,16 @@ func (s *Store) ensureLayers(ctx context.Context, sources []layerSource) ([]laye
 	sem := make(chan struct{}, s.downloads)
 	var wg sync.WaitGroup
 	for i := range sources {
+		// Layers start in order, lowest first, as slots free up.
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				errs[i] = ctx.Err()
-				return
-			}
 			defer func() { <-sem }()
 			infos[i], errs[i] = s.ensureLayer(ctx, sources[i])
 			if errs[i] != nil {
@@ -452,10 +453,10 @@ func (s *Store) unpackLayer(ctx context.Context, src layerSource) (li layerInfo,
 	}
 	defer rc.Close()
 
-	blob := &hashingReader{r: rc, h: sha256.New()}
+	blob := &hashingReader{r: ctxReader{ctx, rc}, h: sha256.New()}
 	if src.size >= 0 {
 		// One byte more than the descriptor says shows a longer blob.
-		blob.r = io.LimitReader(rc, src.size+1)
+		blob.r = io.LimitReader(blob.r, src.size+1)
 	}
 	dec, err := decompress(blob)
 	if err != nil {
@@ -493,7 +494,14 @@ func (s *Store) unpackLayer(ctx context.Context, src layerSource) (li layerInfo,
 	}
 	dst := s.layerDir(src.diffID)
 	if err := os.Rename(tmp, dst); err != nil {
-		return layerInfo{}, fmt.Errorf("layer %s: %w", src.diffID, err)
+		// The layer may be there already, complete, from a call that was
+		// cancelled too late to stop it.
+		var have layerInfo
+		if rerr := readJSON(filepath.Join(dst, "layer.json"), &have); rerr != nil || have.DiffID != src.diffID {
+			return layerInfo{}, fmt.Errorf("layer %s: %w", src.diffID, err)
+		}
+		os.RemoveAll(tmp)
+		li = have
 	}
 	if err := syncDir(s.layersDir()); err != nil {
 		return layerInfo{}, err

@@ -182,6 +182,8 @@ func (s *Store) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.cancel()
+	s.pulls.quiesce()
+	s.layerF.quiesce()
 	s.wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
