@@ -38,6 +38,7 @@ var noDefault = map[string]string{
 	// No default: the zero value is the setting.
 	"Labels":          "no labels",
 	"DisableAgent":    "false: managers run tasks too",
+	"LiveRestore":     "false: Stop stops the tasks unless the host asks to keep them (and has a runtime that can)",
 	"AutoLock":        "false: autolock is opt-in",
 	"ForceNewCluster": "false: a normal restart",
 	// Mesh.

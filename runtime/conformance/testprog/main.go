@@ -23,6 +23,7 @@ func main() {
 	env := flag.String("env", "", "print the value of this environment variable on stdout")
 	pwd := flag.Bool("pwd", false, "print the working directory on stdout")
 	id := flag.Bool("id", false, "print uid:gid on stdout")
+	pid := flag.Bool("pid", false, "print the process ID on stdout")
 	cat := flag.String("cat", "", "print this file's content on stdout")
 	write := flag.String("write", "", "write \"written\" into this file")
 	listen := flag.Int("listen", 0, "answer \"hello\" to every TCP connection on this port, or on $PORT when the runtime sets it")
@@ -48,8 +49,17 @@ func main() {
 		wd, _ := os.Getwd()
 		fmt.Println(wd)
 	}
+	if *pid {
+		fmt.Println(os.Getpid())
+	}
 	if *id {
 		fmt.Printf("%d:%d\n", os.Getuid(), os.Getgid())
+	}
+	if *write != "" {
+		if err := os.WriteFile(*write, []byte("written"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
 	}
 	if *cat != "" {
 		b, err := os.ReadFile(*cat)
@@ -58,12 +68,6 @@ func main() {
 			os.Exit(2)
 		}
 		os.Stdout.Write(b)
-	}
-	if *write != "" {
-		if err := os.WriteFile(*write, []byte("written"), 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
-		}
 	}
 	if *listen != 0 {
 		port := fmt.Sprint(*listen)
