@@ -65,6 +65,10 @@ type Config struct {
 	// those it still runs are then discarded when it returns. Leave stops
 	// the tasks either way.
 	LiveRestore bool
+	// InsecureRegistries are the registry hosts ("127.0.0.1:5000") a
+	// manager reaches over plain HTTP when it pins a service's image to a
+	// digest; the nodes' runtimes have their own list (runtime/runc).
+	InsecureRegistries []string
 
 	// HeartbeatPeriod is how often workers heartbeat; a node is DOWN after
 	// three missed periods. Set at Init (a cluster setting).
@@ -411,7 +415,7 @@ func (c Config) nodeConfig() node.Config {
 		StateDir: c.StateDir, ListenAddr: c.ListenAddr, AdvertiseAddr: c.AdvertiseAddr,
 		Listener: c.Listener, Dial: c.Dial,
 		Hostname: c.Hostname, Labels: c.Labels, NanoCPUs: c.Resources.NanoCPUs, MemoryBytes: c.Resources.MemoryBytes,
-		Runtime: c.Runtime, DisableAgent: c.DisableAgent, LiveRestore: c.LiveRestore,
+		Runtime: c.Runtime, DisableAgent: c.DisableAgent, LiveRestore: c.LiveRestore, InsecureRegistries: c.InsecureRegistries,
 		HeartbeatPeriod: c.HeartbeatPeriod, CertValidity: c.CertValidity, AutoLock: c.AutoLock,
 		TaskHistoryLimit: c.TaskHistoryLimit, RestartDelay: c.RestartDelay,
 		Raft: manager.RaftConfig{TickInterval: c.Raft.TickInterval, ElectionTicks: c.Raft.ElectionTicks,

@@ -36,11 +36,12 @@ var noDefault = map[string]string{
 	"ExternalCA": "nil: Shoal's own root CA",
 	"Metrics":    "nil: no metrics",
 	// No default: the zero value is the setting.
-	"Labels":          "no labels",
-	"DisableAgent":    "false: managers run tasks too",
-	"LiveRestore":     "false: Stop stops the tasks unless the host asks to keep them (and has a runtime that can)",
-	"AutoLock":        "false: autolock is opt-in",
-	"ForceNewCluster": "false: a normal restart",
+	"Labels":             "no labels",
+	"DisableAgent":       "false: managers run tasks too",
+	"LiveRestore":        "false: Stop stops the tasks unless the host asks to keep them (and has a runtime that can)",
+	"InsecureRegistries": "none: registries are reached over TLS unless the host lists one",
+	"AutoLock":           "false: autolock is opt-in",
+	"ForceNewCluster":    "false: a normal restart",
 	// Mesh.
 	"Mesh.Disabled":            "false: every node takes part in the mesh",
 	"Mesh.GossipAddr":          "from the node's address, port 7946, at start",

@@ -78,6 +78,9 @@ type Config struct {
 	// it READY; its node object is marked READY by the manager itself.
 	DisableAgent bool
 	Labels       map[string]string
+	// InsecureRegistries are the registries reached over plain HTTP when
+	// service images are pinned to digests.
+	InsecureRegistries []string
 	// Description returns the node's description (resources, platform,
 	// gossip address). Called at start; must not block.
 	Description func() *api.NodeDescription

@@ -24,6 +24,7 @@ import (
 	"github.com/shoalhq/shoal/internal/ca"
 	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/controlapi"
+	"github.com/shoalhq/shoal/runtime/image"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/gossipkeys"
 	"github.com/shoalhq/shoal/internal/keys"
@@ -228,7 +229,8 @@ func (mg *Manager) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	svc.Control.Set(controlapi.New(mg.store, controlapi.Options{Members: rn, Leader: mg.leaderControl, Clock: mg.clock}))
+	svc.Control.Set(controlapi.New(mg.store, controlapi.Options{Members: rn, Leader: mg.leaderControl, Clock: mg.clock,
+		Resolver: imageResolver{opts: image.RemoteOptions{InsecureRegistries: mg.cfg.InsecureRegistries}}, Logger: mg.log}))
 	signers := &ca.Signers{}
 	svc.Join.Set(controlapi.NewJoinServer(controlapi.JoinConfig{
 		Store: mg.store, Managers: mg.ManagerAddrs, Membership: rn, Forward: mg.forwardJoin, Signers: signers,

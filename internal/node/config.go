@@ -36,6 +36,9 @@ type Config struct {
 	DisableAgent bool
 	// LiveRestore: Stop leaves the tasks running (dispatch.AgentConfig).
 	LiveRestore bool
+	// InsecureRegistries: registries a manager reaches over plain HTTP to
+	// pin service images to digests.
+	InsecureRegistries []string
 
 	HeartbeatPeriod  time.Duration
 	CertValidity     time.Duration

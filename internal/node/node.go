@@ -619,7 +619,7 @@ func (n *Node) startManager(ctx context.Context, ident *Identity, initCluster, j
 		NodeID: ident.NodeID, ClusterID: ident.ClusterID, RaftID: ident.RaftID, BootPeers: ident.RaftPeers,
 		Addr: n.Addr(), RaftDir: filepath.Join(n.cfg.StateDir, "raft"),
 		Joined: joined, ForceNewCluster: n.cfg.ForceNewCluster, DisableAgent: n.cfg.DisableAgent,
-		Labels: n.cfg.Labels, Description: n.description,
+		Labels: n.cfg.Labels, Description: n.description, InsecureRegistries: n.cfg.InsecureRegistries,
 		DialOptions: n.sec.DialOptions, TransportCredentials: n.sec.ClientCreds(), Dial: n.cfg.Dial,
 		DataKeyPath: dataKeyPath(n.cfg.StateDir), Wrapped: wrap,
 		Raft: n.cfg.Raft, HeartbeatPeriod: n.cfg.HeartbeatPeriod, RestartDelay: n.cfg.RestartDelay,
