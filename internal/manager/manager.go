@@ -24,7 +24,6 @@ import (
 	"github.com/shoalhq/shoal/internal/ca"
 	"github.com/shoalhq/shoal/internal/clock"
 	"github.com/shoalhq/shoal/internal/controlapi"
-	"github.com/shoalhq/shoal/runtime/image"
 	"github.com/shoalhq/shoal/internal/errdefs"
 	"github.com/shoalhq/shoal/internal/gossipkeys"
 	"github.com/shoalhq/shoal/internal/keys"
@@ -32,6 +31,7 @@ import (
 	"github.com/shoalhq/shoal/pki"
 	"github.com/shoalhq/shoal/raftstore"
 	"github.com/shoalhq/shoal/raftstore/transport"
+	"github.com/shoalhq/shoal/runtime/image"
 )
 
 // ErrNoLongerManager: the other managers no longer list this node as a
