@@ -33,8 +33,8 @@ type Bridge struct {
 
 	// sem is held by the operation that changes kernel state or lease
 	// files, one at a time: a channel of capacity one, so that waiting for
-	// it ends with ctx. It is taken before mu. It guards hostNS, pool and
-	// the lease files.
+	// it ends with ctx. It is taken before mu. It guards hostNS,
+	// hostNSOpen, pool, ports and the lease files.
 	sem chan struct{}
 	// hostNS is the host side's namespace, open from the first Setup (or
 	// Teardown) to Teardown or Close; hostNSOpen says whether it is.
@@ -42,6 +42,9 @@ type Bridge struct {
 	hostNSOpen bool
 	// pool holds the leased addresses; nil before Setup.
 	pool *pool
+	// ports is what the nftables ports map holds, as far as the Bridge
+	// knows; nil means unknown, to be read from the kernel.
+	ports portTable
 
 	// mu guards the fields below. It is held only to read or replace
 	// them, never across a kernel call or file write; writers hold sem
@@ -214,6 +217,7 @@ func (b *Bridge) Setup(ctx context.Context) error {
 	} else if changed {
 		b.log.Info("enabled IPv4 forwarding (net.ipv4.ip_forward=1)")
 	}
+	b.ports = nil // what the kernel holds, not what this Bridge last wrote
 	if err := b.program(atts); err != nil {
 		return err
 	}
@@ -356,25 +360,29 @@ func (b *Bridge) ensureBridge(h *netlink.Handle) (netlink.Link, error) {
 	return link, nil
 }
 
-// program replaces the nftables table with the ruleset for atts.
+// program makes the nftables table hold the ruleset for atts. When b.ports
+// is nil (in Setup) it reads the ports map from the kernel and declares
+// the whole table; otherwise it changes only the map entries that differ
+// from b.ports, since the chains never change after Setup.
 func (b *Bridge) program(atts map[string]*Attachment) error {
-	rs := ruleset{bridge: b.cfg.Bridge, subnet: b.cfg.Subnet, masquerade: b.cfg.Masquerade}
-	ids := make([]string, 0, len(atts))
-	for id := range atts {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	for _, id := range ids {
-		a := atts[id]
+	rs := ruleset{bridge: b.cfg.Bridge, subnet: b.cfg.Subnet, masquerade: b.cfg.Masquerade, ports: portTable{}}
+	for _, a := range atts {
 		for _, p := range a.Ports {
-			rs.ports = append(rs.ports, mapped{addr: a.Addr, port: p})
+			rs.ports[portKey{proto: l4proto(p.Protocol), port: p.HostPort}] = portTarget{addr: a.Addr, port: p.Target}
 		}
 	}
 	conn, err := nftConn(b.hostNS)
 	if err != nil {
 		return err
 	}
-	if err := programTable(conn, rs); err != nil {
+	declare := b.ports == nil
+	if declare {
+		if b.ports, err = readPorts(conn, b.cfg.Bridge); err != nil {
+			return fmt.Errorf("network: read map %s of table ip %s: %w", portsMap, tableName(b.cfg.Bridge), err)
+		}
+	}
+	b.ports, err = programTable(conn, rs, b.ports, declare)
+	if err != nil {
 		return fmt.Errorf("network: program table ip %s: %w", tableName(b.cfg.Bridge), err)
 	}
 	return nil
@@ -688,7 +696,7 @@ func (b *Bridge) Detach(ctx context.Context, id string) error {
 	if err := b.unrealize(h, att); err != nil {
 		return fmt.Errorf("network: Detach %q: %w", id, err)
 	}
-	b.forgetFlows(h, att.Addr, nil)
+	b.forgetFlows(h, att.Addr, att.Ports)
 	if err := b.leases.remove(id); err != nil {
 		return fmt.Errorf("network: Detach %q: remove lease: %w", id, err)
 	}
@@ -763,7 +771,7 @@ func (b *Bridge) Publish(ctx context.Context, id string, ports []PortMapping) er
 	b.mu.Unlock()
 	var gone []PortMapping
 	for _, p := range old.Ports {
-		if !slices.Contains(norm, p) {
+		if p.Protocol == ProtocolUDP && !slices.Contains(norm, p) {
 			gone = append(gone, p)
 		}
 	}
@@ -777,36 +785,33 @@ func (b *Bridge) Publish(ctx context.Context, id string, ports []PortMapping) er
 	return nil
 }
 
-// forgetFlows deletes the conntrack entries of flows to and from addr, or
-// with ports, only those that entered through one of them, so that a UDP
-// flow (which never ends by itself) does not keep going to an address
-// whose mapping is gone, or to the next container that gets the address.
-// It is best effort: without conntrack over netlink (nf_conntrack_netlink)
-// the entries expire on their own, and a warning is logged.
+// forgetFlows deletes the conntrack entries of UDP flows that entered
+// through one of ports and were DNATed to addr. A UDP flow never ends by
+// itself: its entry would keep sending it to a container whose mapping is
+// gone, or to the next container given the address. TCP connections end,
+// and their entries with them, so they are left alone: finding entries
+// walks the kernel's whole conntrack hash table, shared by every
+// namespace, some milliseconds each time. It is best effort: without
+// conntrack over netlink (nf_conntrack_netlink) the entries expire on
+// their own, and a warning is logged.
 func (b *Bridge) forgetFlows(h *netlink.Handle, addr netip.Addr, ports []PortMapping) {
 	ip := net.IP(addr.AsSlice())
 	var filters []netlink.CustomConntrackFilter
-	add := func(f *netlink.ConntrackFilter, err error) {
-		if err != nil {
-			b.log.Warn("conntrack filter", "err", err)
-			return
-		}
-		filters = append(filters, f)
-	}
-	if ports == nil {
-		for _, tp := range []netlink.ConntrackFilterType{netlink.ConntrackReplySrcIP, netlink.ConntrackOrigSrcIP} {
-			f := &netlink.ConntrackFilter{}
-			add(f, f.AddIP(tp, ip))
-		}
-	}
 	for _, p := range ports {
+		if p.Protocol != ProtocolUDP {
+			continue
+		}
 		f := &netlink.ConntrackFilter{}
 		err := errors.Join(
-			f.AddProtocol(l4proto(p.Protocol)),
+			f.AddProtocol(unix.IPPROTO_UDP),
 			f.AddPort(netlink.ConntrackOrigDstPort, p.HostPort),
 			f.AddIP(netlink.ConntrackReplySrcIP, ip),
 		)
-		add(f, err)
+		if err != nil {
+			b.log.Warn("conntrack filter", "port", p, "err", err)
+			continue
+		}
+		filters = append(filters, f)
 	}
 	if len(filters) == 0 {
 		return
@@ -899,7 +904,7 @@ func (b *Bridge) Teardown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	b.pool = nil
+	b.pool, b.ports = nil, nil
 	b.mu.Lock()
 	b.setUp = false
 	b.atts = map[string]*Attachment{}

@@ -40,7 +40,9 @@ func TestSetupIdempotent(t *testing.T) {
 		assert.True(t, tableExists(t, l.host, "shtest0"))
 		assert.Len(t, nftRules(t, l.host, "shtest0", chainPostrouting), 3, "outbound, loopback and hairpin masquerade")
 		assert.Len(t, nftRules(t, l.host, "shtest0", chainLocalnet), 1)
-		assert.Empty(t, nftRules(t, l.host, "shtest0", chainPrerouting))
+		assert.Len(t, nftRules(t, l.host, "shtest0", chainPrerouting), 1, "one DNAT rule, through the ports map")
+		assert.Len(t, nftRules(t, l.host, "shtest0", chainOutput), 1)
+		assert.Empty(t, nftPorts(t, l.host, "shtest0"))
 	}
 	require.NoError(t, b.Setup(ctx))
 	check()
@@ -210,8 +212,7 @@ func TestPublish(t *testing.T) {
 	}))
 	got, _ := b.Lookup("a")
 	assert.Len(t, got.Ports, 2)
-	assert.Len(t, nftRules(t, l.host, "shtest0", chainPrerouting), 2)
-	assert.Len(t, nftRules(t, l.host, "shtest0", chainOutput), 2)
+	assert.Equal(t, []string{"tcp:8080>10.200.4.2:80", "udp:8080>10.200.4.2:80"}, nftPorts(t, l.host, "shtest0"))
 
 	for _, tc := range []struct {
 		what, ns, addr, wantFrom string
@@ -246,9 +247,9 @@ func TestPublish(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "a", name)
 
+	assert.Equal(t, []string{"tcp:9090>10.200.4.2:81"}, nftPorts(t, l.host, "shtest0"))
 	require.NoError(t, b.Detach(ctx, "a"))
-	assert.Empty(t, nftRules(t, l.host, "shtest0", chainPrerouting))
-	assert.Empty(t, nftRules(t, l.host, "shtest0", chainOutput))
+	assert.Empty(t, nftPorts(t, l.host, "shtest0"))
 	_, _, err = ask(l.client, hostLinkAddr+":9090")
 	assert.Error(t, err)
 }
@@ -274,7 +275,7 @@ func TestDetach(t *testing.T) {
 	_, ok := b.Lookup("a")
 	assert.False(t, ok)
 	assert.Empty(t, b.Attachments())
-	assert.Empty(t, nftRules(t, l.host, "shtest0", chainPrerouting))
+	assert.Empty(t, nftPorts(t, l.host, "shtest0"))
 
 	require.NoError(t, b.Detach(ctx, "a"), "detaching again")
 	require.NoError(t, b.Detach(ctx, "never"), "unknown ID")

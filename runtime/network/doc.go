@@ -40,15 +40,22 @@
 //     container (docker does the same without its userland proxy);
 //   - one nftables table, ip shoal-nat-<bridge>.
 //
-// The Bridge owns the table and replaces it in one atomic batch whenever
-// its ports change. With one port published it reads:
+// The Bridge owns the table. Setup declares it whole; Publish and Detach
+// change only the entries of its ports map that differ, in netlink batches
+// the kernel applies atomically (1024 entries each, so a range of
+// thousands of ports takes a few, and an entry that does not change is
+// never missing). With one port published it reads:
 //
 //	table ip shoal-nat-shoal0 {
+//		map ports {	# protocol . host port : container address . target port
+//			type inet_proto . inet_service : ipv4_addr . inet_service
+//			elements = { tcp . 8080 : 172.31.0.2 . 80 }
+//		}
 //		chain prerouting {	# nat, dstnat: traffic arriving at the node
-//			tcp dport 8080 fib daddr type local dnat to 172.31.0.2:80
+//			fib daddr type local dnat ip to meta l4proto . th dport map @ports
 //		}
 //		chain output {		# nat, dstnat: connections the node opens
-//			tcp dport 8080 fib daddr type local dnat to 172.31.0.2:80
+//			fib daddr type local dnat ip to meta l4proto . th dport map @ports
 //		}
 //		chain postrouting {	# nat, srcnat
 //			ip saddr 172.31.0.0/24 oifname != "shoal0" masquerade	# Config.Masquerade
@@ -59,6 +66,11 @@
 //			iifname "shoal0" ip daddr 127.0.0.0/8 drop	# containers never reach the node's loopback
 //		}
 //	}
+//
+// One hash lookup finds a packet's mapping however many ports are
+// published. When a UDP mapping goes away (Publish without it, Detach),
+// the conntrack entries of its flows are deleted too, so that they do not
+// keep reaching the old container, or the next one given its address.
 //
 // A published port is reachable at every address of the host namespace,
 // 127.0.0.1 included, from outside the node, from the node itself, and from

@@ -3,12 +3,14 @@ package network
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -351,4 +353,29 @@ func isMounted(tb testing.TB, path string) bool {
 	ok, err := isNetnsMount(path)
 	require.NoError(tb, err)
 	return ok
+}
+
+// nftPorts lists the ports map of the bridge's table in the namespace at
+// path, as "proto:hostport>addr:target" strings.
+func nftPorts(tb testing.TB, path, bridge string) []string {
+	tb.Helper()
+	ns, err := netns.GetFromPath(path)
+	require.NoError(tb, err)
+	defer ns.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	require.NoError(tb, err)
+	set, err := c.GetSetByName(nftTable(bridge), portsMap)
+	require.NoError(tb, err)
+	elems, err := c.GetSetElements(set)
+	require.NoError(tb, err)
+	out := []string{}
+	for _, e := range elems {
+		require.Len(tb, e.Key, 8)
+		require.Len(tb, e.Val, 8)
+		proto := map[byte]string{6: "tcp", 17: "udp"}[e.Key[0]]
+		addr := netip.AddrFrom4([4]byte(e.Val[:4]))
+		out = append(out, fmt.Sprintf("%s:%d>%s:%d", proto, binary.BigEndian.Uint16(e.Key[4:6]), addr, binary.BigEndian.Uint16(e.Val[4:6])))
+	}
+	slices.Sort(out)
+	return out
 }

@@ -1,9 +1,13 @@
 package network
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -20,11 +24,19 @@ const (
 	chainLocalnet    = "localnet"    // filter at raw priority, drops loopback destinations from the bridge
 )
 
-// Registers (NFT_REG_1 and NFT_REG_2 are the 16-byte ones).
+// Registers: nftables has four 16-byte registers, also addressed as
+// sixteen 4-byte ones (NFT_REG32_00 is the first four bytes of NFT_REG_1).
+// A concatenation (protocol . port) is built in consecutive 4-byte
+// registers, and a map lookup writes its concatenated value (address .
+// port) the same way, so the port lands in the second 4-byte register.
 const (
-	reg1 = unix.NFT_REG_1
-	reg2 = unix.NFT_REG_2
+	reg1      = unix.NFT_REG_1
+	reg32Port = unix.NFT_REG32_00 + 1
 )
+
+// portsMap is the map, in the bridge's table, from protocol . host port to
+// the container's address . target port.
+const portsMap = "ports"
 
 // ctStatusDNAT is IPS_DST_NAT, the conntrack status bit of a connection
 // whose destination was rewritten.
@@ -32,18 +44,33 @@ const ctStatusDNAT = 1 << 5
 
 var loopback = netip.MustParsePrefix("127.0.0.0/8")
 
-// mapped is one published port of one attachment, as the ruleset needs it.
-type mapped struct {
-	addr netip.Addr
-	port PortMapping
+// maxElemsPerBatch bounds the map changes sent in one netlink batch: the
+// elements of one message must fit a netlink attribute (64 KiB, about 40
+// bytes each here), and a batch the socket buffers. Bigger changes take
+// several batches.
+const maxElemsPerBatch = 1024
+
+// portKey is a key of the ports map: protocol and host port.
+type portKey struct {
+	proto byte
+	port  uint16
 }
+
+// portTarget is a value of the ports map: the container's address and port.
+type portTarget struct {
+	addr netip.Addr
+	port uint16
+}
+
+// portTable is the content of the ports map.
+type portTable map[portKey]portTarget
 
 // ruleset is everything the bridge's table holds.
 type ruleset struct {
 	bridge     string
 	subnet     netip.Prefix
 	masquerade bool
-	ports      []mapped
+	ports      portTable
 }
 
 // nftConn opens an nftables connection in the namespace ns.
@@ -59,11 +86,103 @@ func nftTable(bridge string) *nftables.Table {
 	return &nftables.Table{Name: tableName(bridge), Family: nftables.TableFamilyIPv4}
 }
 
-// programTable replaces the whole table with rs in one netlink batch, which
-// the kernel applies atomically: the table and chains are created if
-// missing, the chains emptied and refilled.
-func programTable(conn *nftables.Conn, rs ruleset) error {
-	tbl := conn.AddTable(nftTable(rs.bridge))
+// programTable makes the bridge's table hold rs, given have, what its
+// ports map holds now. With declare, the first netlink batch declares the
+// table, its chains (emptied and refilled) and the map, with the first
+// changes to the map; without, only the map changes. The kernel applies
+// each batch atomically. Changes to more than
+// maxElemsPerBatch map entries take more batches, each applying whole
+// entries, so an entry that does not change is never missing and one that
+// does change goes straight from its old value to its new one. It returns
+// what the map holds afterwards, which on error may be part of the way.
+func programTable(conn *nftables.Conn, rs ruleset, have portTable, declare bool) (portTable, error) {
+	tbl := nftTable(rs.bridge)
+	ports := portsSet(tbl)
+	if declare {
+		if err := declareTable(conn, rs, ports); err != nil {
+			return have, err
+		}
+	}
+
+	// The changes, in key order so batches are reproducible: an entry
+	// whose value changes is deleted and added in the same batch.
+	keys := make([]portKey, 0, len(have)+len(rs.ports))
+	for k := range have {
+		keys = append(keys, k)
+	}
+	for k := range rs.ports {
+		if _, ok := have[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, func(a, b portKey) int { return cmp.Or(cmp.Compare(a.proto, b.proto), cmp.Compare(a.port, b.port)) })
+	now := maps.Clone(have)
+	if now == nil {
+		now = portTable{}
+	}
+	var dels, adds []nftables.SetElement
+	var delKeys, addKeys []portKey
+	flush := func() error {
+		if len(dels) > 0 {
+			if err := conn.SetDeleteElements(ports, dels); err != nil {
+				return err
+			}
+		}
+		if len(adds) > 0 {
+			if err := conn.SetAddElements(ports, adds); err != nil {
+				return err
+			}
+		}
+		if err := conn.Flush(); err != nil {
+			return err
+		}
+		for _, k := range delKeys {
+			delete(now, k)
+		}
+		for _, k := range addKeys {
+			now[k] = rs.ports[k]
+		}
+		dels, adds, delKeys, addKeys = nil, nil, nil, nil
+		return nil
+	}
+	first := true
+	for _, k := range keys {
+		old, had := have[k]
+		want, wanted := rs.ports[k]
+		if had && wanted && old == want {
+			continue
+		}
+		if had {
+			dels = append(dels, nftables.SetElement{Key: elemKey(k)})
+			delKeys = append(delKeys, k)
+		}
+		if wanted {
+			adds = append(adds, nftables.SetElement{Key: elemKey(k), Val: elemVal(want)})
+			addKeys = append(addKeys, k)
+		}
+		if len(dels)+len(adds) >= maxElemsPerBatch {
+			if err := flush(); err != nil {
+				return now, err
+			}
+			first = false
+		}
+	}
+	if (first && declare) || len(dels)+len(adds) > 0 {
+		if err := flush(); err != nil {
+			return now, err
+		}
+	}
+	return now, nil
+}
+
+// declareTable queues the table, its chains, emptied and refilled with
+// their rules, and the ports map (created if missing, left as it is
+// otherwise).
+func declareTable(conn *nftables.Conn, rs ruleset, ports *nftables.Set) error {
+	tbl := conn.AddTable(ports.Table)
+	if err := conn.AddSet(ports, nil); err != nil {
+		return err
+	}
 	accept := nftables.ChainPolicyAccept
 	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
 		c := conn.AddChain(&nftables.Chain{
@@ -78,17 +197,53 @@ func programTable(conn *nftables.Conn, rs ruleset) error {
 	post := chain(chainPostrouting, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
 	localnet := chain(chainLocalnet, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw)
 
-	for _, m := range rs.ports {
-		conn.AddRule(&nftables.Rule{Table: tbl, Chain: pre, Exprs: dnat(m)})
-		conn.AddRule(&nftables.Rule{Table: tbl, Chain: out, Exprs: dnat(m)})
-	}
+	conn.AddRule(&nftables.Rule{Table: tbl, Chain: pre, Exprs: dnatMap(ports)})
+	conn.AddRule(&nftables.Rule{Table: tbl, Chain: out, Exprs: dnatMap(ports)})
 	if rs.masquerade {
 		conn.AddRule(&nftables.Rule{Table: tbl, Chain: post, Exprs: masqueradeOutbound(rs.bridge, rs.subnet)})
 	}
 	conn.AddRule(&nftables.Rule{Table: tbl, Chain: post, Exprs: masqueradeLoopback(rs.bridge)})
 	conn.AddRule(&nftables.Rule{Table: tbl, Chain: post, Exprs: masqueradeHairpin(rs.bridge, rs.subnet)})
 	conn.AddRule(&nftables.Rule{Table: tbl, Chain: localnet, Exprs: dropLoopbackFromBridge(rs.bridge)})
-	return conn.Flush()
+	return nil
+
+}
+
+func portsSet(tbl *nftables.Table) *nftables.Set {
+	return &nftables.Set{
+		Table: tbl, ID: 1, Name: portsMap, IsMap: true,
+		KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService),
+		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService),
+	}
+}
+
+// readPorts returns what the bridge's ports map holds; nothing if the
+// table or the map does not exist.
+func readPorts(conn *nftables.Conn, bridge string) (portTable, error) {
+	present, err := tablePresent(conn, bridge)
+	if err != nil || !present {
+		return portTable{}, err
+	}
+	set, err := conn.GetSetByName(nftTable(bridge), portsMap)
+	if errors.Is(err, unix.ENOENT) {
+		return portTable{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	elems, err := conn.GetSetElements(set)
+	if err != nil {
+		return nil, err
+	}
+	t := make(portTable, len(elems))
+	for _, e := range elems {
+		if len(e.Key) != 8 || len(e.Val) != 8 {
+			return nil, fmt.Errorf("map %s: element of unexpected size (key %d, value %d bytes)", portsMap, len(e.Key), len(e.Val))
+		}
+		k := portKey{proto: e.Key[0], port: binary.BigEndian.Uint16(e.Key[4:])}
+		t[k] = portTarget{addr: netip.AddrFrom4([4]byte(e.Val[:4])), port: binary.BigEndian.Uint16(e.Val[4:])}
+	}
+	return t, nil
 }
 
 // deleteTable deletes the bridge's table; an absent table is not an error.
@@ -159,22 +314,37 @@ func matchIfName(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
 	}
 }
 
-// dnat is `meta l4proto P th dport HOST fib daddr type local dnat to
-// ADDR:TARGET`: a packet to one of the node's own addresses at the host
-// port goes to the container.
-func dnat(m mapped) []expr.Any {
+// elemKey is the ports map key of k: protocol . port, each padded to
+// 4 bytes as the registers hold them.
+func elemKey(k portKey) []byte {
+	b := make([]byte, 8)
+	b[0] = k.proto
+	binary.BigEndian.PutUint16(b[4:], k.port)
+	return b
+}
+
+// elemVal is the ports map value of t: address . port.
+func elemVal(t portTarget) []byte {
+	b := make([]byte, 8)
+	copy(b, t.addr.AsSlice())
+	binary.BigEndian.PutUint16(b[4:], t.port)
+	return b
+}
+
+// dnatMap is `fib daddr type local dnat ip to meta l4proto . th dport map
+// @ports`: a packet to one of the node's own addresses at a published port
+// goes to the container's address and target port, one hash lookup
+// however many ports are published.
+func dnatMap(m *nftables.Set) []expr.Any {
 	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{l4proto(m.port.Protocol)}},
-		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(m.port.HostPort)},
 		&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-		&expr.Immediate{Register: reg1, Data: m.addr.AsSlice()},
-		&expr.Immediate{Register: reg2, Data: binaryutil.BigEndian.PutUint16(m.port.Target)},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Payload{DestRegister: reg32Port, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
 		&expr.NAT{
 			Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4,
-			RegAddrMin: reg1, RegProtoMin: reg2, Specified: true,
+			RegAddrMin: reg1, RegProtoMin: reg32Port, Specified: true,
 		},
 	}
 }
