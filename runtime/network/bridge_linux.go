@@ -153,20 +153,21 @@ func (b *Bridge) gateway() netip.Addr { return b.cfg.Subnet.Addr().Next() }
 
 func (b *Bridge) netnsPath(id string) string { return filepath.Join(b.netnsDir, id) }
 
-// Setup makes the host side match the Config, creating what is missing and
-// adopting what exists, so calling it again (or in a new process on the
-// same StateDir) is harmless: the bridge (up, with the gateway address, the
-// MTU and a MAC derived from the gateway), IPv4 forwarding
-// (net.ipv4.ip_forward=1), route_localnet on the bridge, and the nftables
-// table. It then loads the leases in StateDir, so that every attachment
-// made before, by this process or an earlier one, is known, keeps its
-// address and its published ports, and can be detached.
+// Setup loads the leases in StateDir, so that every attachment made
+// before, by this process or an earlier one, is known, keeps its address
+// and its published ports, and can be repaired or detached. It then makes
+// the host side match the Config, creating what is missing and adopting
+// what exists, so calling it again (or in a new process on the same
+// StateDir) is harmless: the bridge (up, with the MTU, a MAC derived from
+// the gateway address, and the gateway as its only IPv4 address),
+// route_localnet on the bridge, IPv4 forwarding (net.ipv4.ip_forward=1),
+// and the nftables table with the leases' published ports.
 //
-// Setup fails without changing anything if another interface of the host
-// namespace has an address that overlaps Config.Subnet, and fails after
-// programming the bridge if a lease does not parse or does not fit the
-// pool. The netlink exchanges cannot be interrupted; ctx is checked
-// between steps.
+// Setup fails before changing anything in the kernel if a lease does not
+// parse, does not fit the pool or publishes a host port another lease
+// publishes, or if another interface of the host namespace has an address
+// that overlaps Config.Subnet. The netlink exchanges cannot be
+// interrupted; ctx is checked between steps.
 func (b *Bridge) Setup(ctx context.Context) error {
 	if err := b.lock(ctx); err != nil {
 		return err
@@ -400,7 +401,9 @@ func (b *Bridge) program(atts map[string]*Attachment) error {
 // what is missing or wrong (after a reboot, say, it makes a new namespace
 // at the same path), and returns the same address. It returns an error
 // wrapping ErrPoolExhausted when no address is free, and ErrNotSetUp before
-// Setup. A new attachment that fails half-way is undone.
+// Setup. A new attachment that fails half-way is undone; if undoing fails
+// too, the attachment stays known (Lookup finds it) so that Detach can
+// finish the job.
 func (b *Bridge) Attach(ctx context.Context, id string) (*Attachment, error) {
 	if err := validID(id); err != nil {
 		return nil, err
@@ -872,6 +875,7 @@ func (b *Bridge) Teardown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("attachment %q: %w", a.ID, err))
 			continue
 		}
+		b.forgetFlows(h, a.Addr, a.Ports)
 		if err := b.leases.remove(a.ID); err != nil {
 			errs = append(errs, fmt.Errorf("attachment %q: remove lease: %w", a.ID, err))
 			continue
@@ -919,9 +923,10 @@ func (b *Bridge) Teardown(ctx context.Context) error {
 
 // Close releases what the Bridge holds open (a handle on the host
 // namespace) and leaves the kernel and StateDir as they are, so that a new
-// Bridge on the same StateDir takes over (live restore). Every later call
-// returns ErrClosed; Close itself is idempotent. It waits for the
-// operation in progress, if any.
+// Bridge on the same StateDir takes over (live restore). Later calls of
+// Setup, Attach, Detach, Publish and Teardown return ErrClosed; Lookup and
+// Attachments go on reporting what the Bridge knew. Close is idempotent
+// and waits for the operation in progress, if any.
 func (b *Bridge) Close() error {
 	b.sem <- struct{}{}
 	defer b.unlock()
