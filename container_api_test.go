@@ -26,7 +26,7 @@ func containerServiceSpec() shoal.ServiceSpec {
 		Labels:   map[string]string{"tier": "front"},
 		Replicas: 1,
 		Task: shoal.TaskSpec{
-			Image:    "nginx:1.13",
+			Image:    "127.0.0.1:1/library/nginx:1.13",
 			Command:  []string{"/docker-entrypoint.sh"},
 			Args:     []string{"nginx", "-g", "daemon off;"},
 			User:     "101:101",
@@ -102,7 +102,7 @@ func TestContainerServiceEndToEnd(t *testing.T) {
 	svc, err := cl.CreateService(ctx, spec)
 	require.NoError(t, err)
 	require.Len(t, svc.Warnings, 1, "the manager has no image resolver: the tag is kept")
-	assert.Contains(t, svc.Warnings[0], "image nginx:1.13 was not pinned to a digest")
+	assert.Contains(t, svc.Warnings[0], "image 127.0.0.1:1/library/nginx:1.13 could not be accessed on a registry to record its digest")
 	assert.Nil(t, svc.Spec.Task.RegistryAuth, "CreateService's answer")
 	want := spec.Task
 	want.RegistryAuth = nil
@@ -113,7 +113,7 @@ func TestContainerServiceEndToEnd(t *testing.T) {
 	node := c.NodeByID(got.NodeID)
 	require.NotNil(t, node)
 	assert.Equal(t, runtime.Spec{
-		Command: spec.Task.Command, Args: spec.Task.Args, Image: "nginx:1.13",
+		Command: spec.Task.Command, Args: spec.Task.Args, Image: "127.0.0.1:1/library/nginx:1.13",
 		RegistryAuth: runtime.RegistryAuth{Username: "deploy", Password: containerSecret},
 		User:         "101:101", Hostname: "front-1-" + node.Name,
 		Mounts: []runtime.Mount{
@@ -276,7 +276,7 @@ func ExampleClient_CreateService_container() {
 	defer mgr.Stop(context.Background())
 	auth := &shoal.RegistryAuth{Username: "deploy", Password: "s3cret"}
 	svc, err := mgr.Client().CreateService(ctx, shoal.ServiceSpec{Name: "web", Replicas: 2, Task: shoal.TaskSpec{
-		Image:        "nginx:1.13",
+		Image:        "127.0.0.1:1/library/nginx:1.13",
 		Args:         []string{"nginx", "-g", "daemon off;"}, // replace the image's CMD
 		Hostname:     "{{.Service.Name}}-{{.Task.Slot}}",
 		Mounts:       []shoal.Mount{{Type: shoal.MountVolume, Source: "cache", Target: "/var/cache/nginx"}},
