@@ -531,7 +531,9 @@ func (b *Bridge) realize(ctx context.Context, h *netlink.Handle, att *Attachment
 
 // ensureVeth returns the attachment's veth pair, host end and eth0,
 // creating it unless both ends exist and are each other's peers; stray
-// halves are deleted first.
+// halves are deleted first. The container's end is created in its
+// namespace, already named eth0, so it never needs a name of its own in
+// the host namespace.
 func (b *Bridge) ensureVeth(h, ch *netlink.Handle, cns netns.NsHandle, att *Attachment) (host, peer netlink.Link, err error) {
 	host, herr := h.LinkByName(att.HostVeth)
 	peer, perr := ch.LinkByName(ContainerIfName)

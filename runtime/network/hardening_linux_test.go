@@ -81,9 +81,12 @@ func TestConcurrentAttach(t *testing.T) {
 	wg.Add(1)
 	go func() { // readers never see a half-made attachment
 		defer wg.Done()
-		for {
+		deadline := time.After(time.Minute)
+		for range 100000 {
 			select {
 			case <-done:
+				return
+			case <-deadline:
 				return
 			default:
 			}

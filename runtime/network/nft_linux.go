@@ -1,13 +1,11 @@
 package network
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
-	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -43,27 +41,6 @@ const portsMap = "ports"
 const ctStatusDNAT = 1 << 5
 
 var loopback = netip.MustParsePrefix("127.0.0.0/8")
-
-// maxElemsPerBatch bounds the map changes sent in one netlink batch: the
-// elements of one message must fit a netlink attribute (64 KiB, about 40
-// bytes each here), and a batch the socket buffers. Bigger changes take
-// several batches.
-const maxElemsPerBatch = 1024
-
-// portKey is a key of the ports map: protocol and host port.
-type portKey struct {
-	proto byte
-	port  uint16
-}
-
-// portTarget is a value of the ports map: the container's address and port.
-type portTarget struct {
-	addr netip.Addr
-	port uint16
-}
-
-// portTable is the content of the ports map.
-type portTable map[portKey]portTarget
 
 // ruleset is everything the bridge's table holds.
 type ruleset struct {
@@ -104,72 +81,41 @@ func programTable(conn *nftables.Conn, rs ruleset, have portTable, declare bool)
 		}
 	}
 
-	// The changes, in key order so batches are reproducible: an entry
-	// whose value changes is deleted and added in the same batch.
-	keys := make([]portKey, 0, len(have)+len(rs.ports))
-	for k := range have {
-		keys = append(keys, k)
-	}
-	for k := range rs.ports {
-		if _, ok := have[k]; !ok {
-			keys = append(keys, k)
-		}
-	}
-	slices.SortFunc(keys, func(a, b portKey) int { return cmp.Or(cmp.Compare(a.proto, b.proto), cmp.Compare(a.port, b.port)) })
 	now := maps.Clone(have)
 	if now == nil {
 		now = portTable{}
 	}
-	var dels, adds []nftables.SetElement
-	var delKeys, addKeys []portKey
-	flush := func() error {
-		if len(dels) > 0 {
-			if err := conn.SetDeleteElements(ports, dels); err != nil {
-				return err
+	batches := planMapBatches(have, rs.ports, maxElemsPerBatch)
+	if len(batches) == 0 && declare {
+		batches = []mapBatch{{}} // the declarations alone
+	}
+	for _, mb := range batches {
+		if len(mb.dels) > 0 {
+			elems := make([]nftables.SetElement, len(mb.dels))
+			for i, k := range mb.dels {
+				elems[i] = nftables.SetElement{Key: elemKey(k)}
+			}
+			if err := conn.SetDeleteElements(ports, elems); err != nil {
+				return now, err
 			}
 		}
-		if len(adds) > 0 {
-			if err := conn.SetAddElements(ports, adds); err != nil {
-				return err
+		if len(mb.adds) > 0 {
+			elems := make([]nftables.SetElement, len(mb.adds))
+			for i, k := range mb.adds {
+				elems[i] = nftables.SetElement{Key: elemKey(k), Val: elemVal(rs.ports[k])}
+			}
+			if err := conn.SetAddElements(ports, elems); err != nil {
+				return now, err
 			}
 		}
 		if err := conn.Flush(); err != nil {
-			return err
+			return now, err
 		}
-		for _, k := range delKeys {
+		for _, k := range mb.dels {
 			delete(now, k)
 		}
-		for _, k := range addKeys {
+		for _, k := range mb.adds {
 			now[k] = rs.ports[k]
-		}
-		dels, adds, delKeys, addKeys = nil, nil, nil, nil
-		return nil
-	}
-	first := true
-	for _, k := range keys {
-		old, had := have[k]
-		want, wanted := rs.ports[k]
-		if had && wanted && old == want {
-			continue
-		}
-		if had {
-			dels = append(dels, nftables.SetElement{Key: elemKey(k)})
-			delKeys = append(delKeys, k)
-		}
-		if wanted {
-			adds = append(adds, nftables.SetElement{Key: elemKey(k), Val: elemVal(want)})
-			addKeys = append(addKeys, k)
-		}
-		if len(dels)+len(adds) >= maxElemsPerBatch {
-			if err := flush(); err != nil {
-				return now, err
-			}
-			first = false
-		}
-	}
-	if (first && declare) || len(dels)+len(adds) > 0 {
-		if err := flush(); err != nil {
-			return now, err
 		}
 	}
 	return now, nil
