@@ -1,8 +1,11 @@
+//go:build linux
+
 package image
 
 import (
 	"archive/tar"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -177,4 +180,63 @@ func TestMountUnknownImage(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotFound)
 	_, err = s.Mount(ctxT(t), "nope:1", "../x")
 	require.ErrorContains(t, err, "container id")
+}
+
+func TestMountManyLayers(t *testing.T) {
+	overlayWorks(t)
+	reg := newRegistry(t, nil)
+	var layers []v1.Layer
+	for i := range 60 {
+		layers = append(layers, layerOf(t, entry{name: fmt.Sprintf("f%02d", i), body: fmt.Sprint(i)}, entry{name: "top", body: fmt.Sprint(i)}))
+	}
+	ref := reg.push(t, "many:1", imageOf(t, v1.Config{}, layers...))
+	s := newStore(t, reg)
+	img, err := s.Pull(ctxT(t), ref, noAuth)
+	require.NoError(t, err)
+	require.Len(t, img.Layers, 60)
+	root, err := s.Mount(ctxT(t), ref, "c1")
+	require.NoError(t, err)
+	mounted, err := isMountpoint(root)
+	require.NoError(t, err)
+	require.True(t, mounted, "60 layers' paths exceed mount(2)'s page of options; the new mount API takes them")
+	assert.Equal(t, "0", readFile(t, filepath.Join(root, "f00")))
+	assert.Equal(t, "59", readFile(t, filepath.Join(root, "f59")))
+	assert.Equal(t, "59", readFile(t, filepath.Join(root, "top")), "the topmost layer wins")
+	require.NoError(t, s.Unmount(ctxT(t), "c1"))
+}
+
+func TestMountCopyKeepsMetadata(t *testing.T) {
+	reg := newRegistry(t, nil)
+	ref := reg.push(t, "meta:1", imageOf(t, v1.Config{},
+		layerOf(t,
+			entry{name: "bin/", typ: tar.TypeDir, mode: 0o750},
+			entry{name: "bin/su", body: "su", mode: 0o4755},
+			entry{name: "bin/link", typ: tar.TypeLink, link: "bin/su"},
+			entry{name: "bin/sym", typ: tar.TypeSymlink, link: "/bin/su"},
+			entry{name: "data", body: "d", uid: 1234, gid: 5678, mode: 0o640},
+		),
+		layerOf(t, entry{name: "more", body: "m"}),
+	))
+	s := newStore(t, reg, func(c *Config) { c.DisableOverlay = true })
+	_, err := s.Pull(ctxT(t), ref, noAuth)
+	require.NoError(t, err)
+	root, err := s.Mount(ctxT(t), ref, "c1")
+	require.NoError(t, err)
+	var su, link, data, bin unix.Stat_t
+	require.NoError(t, unix.Lstat(filepath.Join(root, "bin/su"), &su))
+	require.NoError(t, unix.Lstat(filepath.Join(root, "bin/link"), &link))
+	require.NoError(t, unix.Lstat(filepath.Join(root, "data"), &data))
+	require.NoError(t, unix.Lstat(filepath.Join(root, "bin"), &bin))
+	assert.Equal(t, uint32(0o4755), su.Mode&0o7777)
+	assert.Equal(t, uint32(0o750), bin.Mode&0o7777)
+	assert.Equal(t, su.Ino, link.Ino, "a hard link stays one in the copy")
+	assert.Equal(t, int64(1700000000), data.Mtim.Sec)
+	if os.Geteuid() == 0 {
+		assert.Equal(t, uint32(1234), data.Uid)
+		assert.Equal(t, uint32(5678), data.Gid)
+	}
+	target, err := os.Readlink(filepath.Join(root, "bin/sym"))
+	require.NoError(t, err)
+	assert.Equal(t, "/bin/su", target)
+	require.NoError(t, s.Unmount(ctxT(t), "c1"))
 }

@@ -147,6 +147,9 @@ func New(cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if err := platformError(); err != nil {
+		return nil, err
+	}
 	cfg.Dir = filepath.Clean(cfg.Dir)
 	cfg.InsecureRegistries = slices.Clone(cfg.InsecureRegistries)
 	if cfg.Platform == (Platform{}) {
