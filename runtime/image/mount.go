@@ -226,7 +226,10 @@ func (s *Store) Unmount(ctx context.Context, id string) error {
 }
 
 // removeContainerDir deletes a container's directory, its lease last, so
-// that a crash midway leaves the lease for the next Unmount.
+// that a crash midway leaves the lease for the next Unmount. It deletes
+// nothing while something is mounted below the directory (a volume a
+// runtime left bind-mounted into the root filesystem would be deleted
+// through the mount).
 func removeContainerDir(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -236,11 +239,20 @@ func removeContainerDir(dir string) error {
 		return err
 	}
 	for _, e := range entries {
-		if e.Name() == "lease.json" {
-			continue
-		}
 		if err := unmount(filepath.Join(dir, e.Name())); err != nil {
 			return err
+		}
+	}
+	mounts, err := mountsUnder(dir)
+	if err != nil {
+		return err
+	}
+	if len(mounts) > 0 {
+		return fmt.Errorf("%s is still mounted; nothing is deleted through a mount", mounts[0])
+	}
+	for _, e := range entries {
+		if e.Name() == "lease.json" {
+			continue
 		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			return err

@@ -240,3 +240,28 @@ func TestMountCopyKeepsMetadata(t *testing.T) {
 	assert.Equal(t, "/bin/su", target)
 	require.NoError(t, s.Unmount(ctxT(t), "c1"))
 }
+
+func TestUnmountRefusesToDeleteThroughMounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("bind mounts need root")
+	}
+	reg := newRegistry(t, nil)
+	ref := reg.push(t, "bind:1", testImage(t))
+	s := newStore(t, reg, func(c *Config) { c.DisableOverlay = true })
+	_, err := s.Pull(ctxT(t), ref, noAuth)
+	require.NoError(t, err)
+	root, err := s.Mount(ctxT(t), ref, "c1")
+	require.NoError(t, err)
+	volume := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(volume, "precious"), []byte("p"), 0o644))
+	require.NoError(t, os.Mkdir(filepath.Join(root, "data"), 0o755))
+	require.NoError(t, unix.Mount(volume, filepath.Join(root, "data"), "", unix.MS_BIND, ""))
+	t.Cleanup(func() { unix.Unmount(filepath.Join(root, "data"), unix.MNT_DETACH) })
+
+	err = s.Unmount(ctxT(t), "c1")
+	require.ErrorContains(t, err, "still mounted")
+	assert.Equal(t, "p", readFile(t, filepath.Join(volume, "precious")))
+	require.NoError(t, unix.Unmount(filepath.Join(root, "data"), 0))
+	require.NoError(t, s.Unmount(ctxT(t), "c1"))
+	assert.Equal(t, "p", readFile(t, filepath.Join(volume, "precious")))
+}

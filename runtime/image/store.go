@@ -343,7 +343,7 @@ func (s *Store) loadLeases() (map[string]*lease, error) {
 			// Unmount that crashed after removing the lease.
 			s.log.Warn("removing a container directory without a lease", "id", e.Name(), "err", err)
 			if err := removeContainerDir(s.containerDir(e.Name())); err != nil {
-				return nil, err
+				s.log.Error("cannot remove a container directory without a lease", "id", e.Name(), "err", err)
 			}
 			continue
 		}

@@ -38,6 +38,7 @@ func isMountpoint(string) (bool, error)                   { return false, errNee
 func mountOverlay([]string, string, string, string) error { return errNeedsLinux }
 func overlayUnavailable(error) bool                       { return true }
 func unmount(string) error                                { return nil }
+func mountsUnder(string) ([]string, error)                { return nil, errNeedsLinux }
 func isWhiteoutDevice(string) bool                        { return false }
 func listXattrs(string) ([]string, error)                 { return nil, errNeedsLinux }
 func getXattr(string, string) ([]byte, error)             { return nil, errNeedsLinux }
