@@ -45,7 +45,9 @@ import (
 // content against the config's diff ID, before it is kept: a mismatch fails
 // with ErrDigestMismatch and leaves nothing behind. Registry errors are
 // wrapped with the registry's message, and with ErrUnauthorized or
-// ErrNotFound where they mean that.
+// ErrNotFound where they mean that. A reference with a digest whose image
+// the store has from the same repository is returned without asking the
+// registry.
 func (s *Store) Pull(ctx context.Context, ref string, auth runtime.RegistryAuth) (*Image, error) {
 	r, err := parseReference(ref, s.cfg.InsecureRegistries)
 	if err != nil {
@@ -53,6 +55,9 @@ func (s *Store) Pull(ctx context.Context, ref string, auth runtime.RegistryAuth)
 	}
 	if err := s.open(); err != nil {
 		return nil, err
+	}
+	if img := s.pinnedPresent(r); img != nil {
+		return img, nil
 	}
 	img, err := s.pulls.do(ctx, r.String()+"\x00"+authKey(auth), func(ctx context.Context) (*Image, error) {
 		return s.pull(ctx, r, auth)
@@ -64,6 +69,40 @@ func (s *Store) Pull(ctx context.Context, ref string, auth runtime.RegistryAuth)
 	out.Config = img.Config.clone()
 	out.Layers = slices.Clone(img.Layers)
 	return &out, nil
+}
+
+// pinnedPresent returns the image a reference with a digest names if the
+// store has it from the same repository (recording the reference), or nil: content named by digest
+// cannot have changed, so the registry is not asked again.
+func (s *Store) pinnedPresent(r reference) *Image {
+	if r.digest == "" {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec, _, err := s.findLocked(r.String())
+	if err != nil {
+		return nil
+	}
+	// Only for the repository it came from, as docker does: a digest from
+	// one repository gives no access to another's content.
+	if !slices.ContainsFunc(rec.Refs, func(x string) bool {
+		return strings.HasPrefix(x, r.repoName+":") || strings.HasPrefix(x, r.repoName+"@")
+	}) {
+		return nil
+	}
+	if !slices.Contains(rec.Refs, r.String()) {
+		cp := *rec
+		cp.Refs = slices.Clone(rec.Refs)
+		cp.LastUsed = s.now()
+		if err := s.recordImageLocked(&cp, []string{r.String()}); err != nil {
+			s.log.Warn("recording a reference", "ref", r.String(), "err", err)
+		}
+		rec = s.images[rec.Digest]
+	} else {
+		s.touchLocked(rec.Digest)
+	}
+	return rec.image(r.String())
 }
 
 // authKey identifies credentials without keeping them readable.

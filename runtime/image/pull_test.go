@@ -227,3 +227,32 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+func TestPullPinnedPresentNeedsNoRegistry(t *testing.T) {
+	reg := newRegistry(t, nil)
+	img := testImage(t)
+	ref := reg.push(t, "pin/app:1", img)
+	s := newStore(t, reg)
+	_, err := s.Pull(ctxT(t), ref, noAuth)
+	require.NoError(t, err)
+	reg.reset()
+	pinned := ref + "@" + digestOf(t, img).String()
+	got, err := s.Pull(ctxT(t), pinned, noAuth)
+	require.NoError(t, err)
+	assert.Equal(t, pinned, got.Ref)
+	assert.Equal(t, digestOf(t, img).String(), got.Digest)
+	reg.mu.Lock()
+	assert.Empty(t, reg.counts, "the registry is not asked for content named by digest")
+	reg.mu.Unlock()
+	byPinned, err := s.Get(pinned)
+	require.NoError(t, err)
+	assert.Equal(t, pinned, byPinned.Ref)
+	// The same digest under another repository is that repository's to
+	// give.
+	_, err = s.Pull(ctxT(t), reg.host+"/other/app@"+digestOf(t, img).String(), noAuth)
+	require.ErrorIs(t, err, ErrNotFound)
+	// A tag is always asked for: it may have moved.
+	_, err = s.Pull(ctxT(t), ref, noAuth)
+	require.NoError(t, err)
+	assert.Equal(t, 1, reg.count(http.MethodGet, "/v2/pin/app/manifests/1"))
+}
