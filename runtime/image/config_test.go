@@ -5,6 +5,7 @@ package image
 import (
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -179,4 +180,57 @@ func FuzzLookupUser(f *testing.F) {
 		assert.LessOrEqual(t, u.UID, uint32(maxID))
 		assert.LessOrEqual(t, u.GID, uint32(maxID))
 	})
+}
+
+func FuzzParseImageConfig(f *testing.F) {
+	f.Add([]byte(`{"config":{"Cmd":["a"],"ExposedPorts":{"80":{}},"Healthcheck":{"Test":["NONE"]}},"rootfs":{"type":"layers","diff_ids":["sha256:` + strings.Repeat("a", 64) + `"]}}`))
+	f.Add([]byte(`{"rootfs":{"type":"layers"}}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		cfg, ids, err := parseImageConfig(raw)
+		if err != nil {
+			return
+		}
+		for _, id := range ids {
+			assert.True(t, isDigest(id), id)
+		}
+		for _, p := range cfg.ExposedPorts {
+			assert.Contains(t, p, "/")
+		}
+		assert.True(t, sort.StringsAreSorted(cfg.ExposedPorts))
+		assert.True(t, sort.StringsAreSorted(cfg.Volumes))
+	})
+}
+
+func TestParseImageConfig(t *testing.T) {
+	cases := []struct {
+		name, raw, err string
+	}{
+		{"not json", `{`, "unexpected end"},
+		{"no rootfs type", `{"rootfs":{"diff_ids":[]}}`, `rootfs.type must be "layers"`},
+		{"bad diff id", `{"rootfs":{"type":"layers","diff_ids":["md5:x"]}}`, "is not a sha256 digest"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := parseImageConfig([]byte(tc.raw))
+			assert.ErrorContains(t, err, tc.err)
+		})
+	}
+	cfg, ids, err := parseImageConfig([]byte(`{"config":{"ExposedPorts":{"8080":{},"53/udp":{}},"Healthcheck":{"Test":["CMD","x"],"StartInterval":2000000000}},"rootfs":{"type":"layers","diff_ids":[]}}`))
+	require.NoError(t, err)
+	assert.Empty(t, ids)
+	assert.Equal(t, []string{"53/udp", "8080/tcp"}, cfg.ExposedPorts)
+	assert.Equal(t, 2*time.Second, cfg.Healthcheck.StartInterval)
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for in, want := range map[string]string{
+		`/plain`:            "/plain",
+		`/with\040space`:    "/with space",
+		`/tab\011and\134bs`: "/tab\tand\\bs",
+		`/trailing\04`:      `/trailing\04`,
+		`/bad\999`:          `/bad\999`,
+	} {
+		assert.Equal(t, want, unescapeMountinfo(in), in)
+	}
 }
