@@ -160,7 +160,7 @@ func (s *Store) mountOverlay(rec *imageRecord, dir string) error {
 	for i := len(rec.Layers) - 1; i >= 0; i-- {
 		lowers = append(lowers, s.layerFS(rec.Layers[i]))
 	}
-	return mountOverlay(lowers, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged)
+	return s.mountFn(lowers, filepath.Join(dir, "upper"), filepath.Join(dir, "work"), merged)
 }
 
 // copyRootfs copies rec's layers, lowest first, into dir/rootfs through a

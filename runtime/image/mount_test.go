@@ -265,3 +265,32 @@ func TestUnmountRefusesToDeleteThroughMounts(t *testing.T) {
 	require.NoError(t, s.Unmount(ctxT(t), "c1"))
 	assert.Equal(t, "p", readFile(t, filepath.Join(volume, "precious")))
 }
+
+func TestMountFallsBackToCopy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("overlay mode needs root")
+	}
+	reg := newRegistry(t, nil)
+	ref := reg.push(t, "wh:1", whiteoutImage(t))
+	s := newStore(t, reg)
+	for _, errno := range []error{unix.EINVAL, unix.ENODEV, unix.EPERM} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			s.mountFn = func([]string, string, string, string) error { return errno }
+			_, err := s.Pull(ctxT(t), ref, noAuth)
+			require.NoError(t, err)
+			root, err := s.Mount(ctxT(t), ref, "c1")
+			require.NoError(t, err)
+			assert.Equal(t, filepath.Join(s.containerDir("c1"), "rootfs"), root)
+			assert.Equal(t, wantWhiteoutTree, tree(t, root))
+			s.mu.Lock()
+			assert.Equal(t, modeCopy, s.leases["c1"].Mode)
+			s.mu.Unlock()
+			require.NoError(t, s.Unmount(ctxT(t), "c1"))
+		})
+	}
+	// Another failure is reported, not papered over.
+	s.mountFn = func([]string, string, string, string) error { return unix.ENOSPC }
+	_, err := s.Mount(ctxT(t), ref, "c2")
+	require.ErrorIs(t, err, unix.ENOSPC)
+	require.NoError(t, s.Unmount(ctxT(t), "c2"))
+}

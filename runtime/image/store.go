@@ -85,6 +85,9 @@ type Store struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// mountFn mounts overlayfs (mountOverlay; tests replace it to fail).
+	mountFn func(lowers []string, upper, work, target string) error
+
 	pulls  *flightGroup[*Image]
 	layerF *flightGroup[layerInfo]
 	ids    keyedMutex
@@ -166,6 +169,7 @@ func New(cfg Config) (*Store, error) {
 		s.downloads = DefaultMaxConcurrentDownloads
 	}
 	s.transport = guardTransport(cfg.Transport, cfg.InsecureRegistries)
+	s.mountFn = mountOverlay
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.pulls = newFlightGroup[*Image](s.ctx, &s.wg)
 	s.layerF = newFlightGroup[layerInfo](s.ctx, &s.wg)
