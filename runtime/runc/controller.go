@@ -236,7 +236,7 @@ func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
 		ResolvConf:   files[2],
 		InitPath:     c.rt.initPath,
 		VolumePaths:  volumes,
-		CgroupsPath:  "/" + c.rt.cfg.CgroupParent + "/" + c.task.ID,
+		CgroupsPath:  c.rt.CgroupPath(c.task.ID),
 		Seccomp:      c.rt.seccompProfile(),
 	}
 	if att != nil {

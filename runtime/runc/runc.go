@@ -379,3 +379,28 @@ func (r *Runtime) Discard(ctx context.Context, taskID string) error {
 	}
 	return ctl.Remove(ctx)
 }
+
+// LogPath returns the path of a container's current log file for stream
+// (runtime.StreamStdout or runtime.StreamStderr), whether or not it exists;
+// rotated files are LogPath + ".1", ".2", ...
+func (r *Runtime) LogPath(taskID, stream string) string {
+	return filepath.Join(r.containerDir(taskID), dirLogs, stream+".log")
+}
+
+// CgroupPath returns a container's cgroup relative to the cgroup roots.
+func (r *Runtime) CgroupPath(taskID string) string {
+	return "/" + r.cfg.CgroupParent + "/" + taskID
+}
+
+// VolumePath returns the directory of a named volume on this node.
+func (r *Runtime) VolumePath(name string) string { return r.volumeDir(name) }
+
+// ContainerPid returns the PID on the node of a started container's init
+// process, from the container's records.
+func (r *Runtime) ContainerPid(taskID string) (int, error) {
+	var rec startedRecord
+	if err := readJSON(filepath.Join(r.containerDir(taskID), fileStarted), &rec); err != nil {
+		return 0, fmt.Errorf("runc: task %s: %w", taskID, err)
+	}
+	return rec.Pid, nil
+}
