@@ -182,7 +182,8 @@ func (r *Runtime) Images() *image.Store { return r.images }
 // Bridge returns the node's bridge, nil with Config.DisableNetwork.
 func (r *Runtime) Bridge() *network.Bridge { return r.bridge }
 
-// Close releases the image store if New made it. Containers keep running:
+// Close releases the image store if New made it (ending its garbage
+// collection, which the first Prepare starts). Containers keep running:
 // they belong to their shims (see the package documentation).
 func (r *Runtime) Close() error {
 	if r.ownStore {
@@ -215,6 +216,12 @@ func (r *Runtime) setup(ctx context.Context) error {
 	if r.bridge != nil {
 		if err := r.bridge.Setup(ctx); err != nil {
 			return fmt.Errorf("runc: setting up the bridge: %w", err)
+		}
+	}
+	if r.ownStore {
+		// The store's garbage collection runs until Close.
+		if err := r.images.Start(context.Background()); err != nil {
+			return fmt.Errorf("runc: starting the image store: %w", err)
 		}
 	}
 	r.setUp = true
