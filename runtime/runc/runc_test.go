@@ -3,9 +3,12 @@ package runc_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +23,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(crashHostEnv); spec != "" {
+		crashHostMain(spec)
+	}
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
@@ -261,4 +267,37 @@ func TestInit(t *testing.T) {
 	st, err := c.Wait(testCtx(t))
 	require.NoError(t, err)
 	assert.Equal(t, 128+15, st.Code, st.String())
+}
+
+func TestHostNetwork(t *testing.T) {
+	needRunc(t)
+	reg := newRegistry(t)
+	rt := newRuntime(t, reg, t.TempDir())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	spec := specFor(reg)("-listen", strconv.Itoa(port), "-sleep", "1m")
+	spec.HostNetwork = true
+	spec.Ports = []runtime.PortRequest{{Target: uint16(port)}}
+	c := run(t, rt, "hostnet", spec)
+	eps := c.Endpoints()
+	require.Len(t, eps, 1)
+	assert.True(t, eps[0].Addr.Addr().IsUnspecified(), "the node's address")
+	var conn net.Conn
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if conn, err = net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NoError(t, err)
+	defer conn.Close()
+	line, _ := bufio.NewReader(conn).ReadString('\n')
+	assert.Equal(t, "hello\n", line, "the container listens in the node's network")
+
+	_, err = rt.Controller(runtime.Task{ID: "hostnet2", Spec: runtime.Spec{Image: reg.ref, HostNetwork: true,
+		Ports: []runtime.PortRequest{{Target: 80, HostPort: 8080}}}})
+	require.ErrorIs(t, err, runtime.ErrInvalidTask, "a host port other than the target cannot be honoured")
 }
