@@ -40,6 +40,9 @@ type Bridge struct {
 	// Teardown) to Teardown or Close; hostNSOpen says whether it is.
 	hostNS     netns.NsHandle
 	hostNSOpen bool
+	// owner is this Bridge's lock on its bridge (see ownerDir), held from
+	// Setup to Close or Teardown.
+	owner *ownerLock
 	// pool holds the leased addresses; nil before Setup.
 	pool *pool
 	// ports is what the nftables ports map holds, as far as the Bridge
@@ -199,6 +202,9 @@ func (b *Bridge) Setup(ctx context.Context) error {
 		return err
 	}
 	defer h.Close()
+	if err := b.lockOwner(); err != nil {
+		return err
+	}
 	if err := b.checkOverlap(h); err != nil {
 		return err
 	}
@@ -915,6 +921,7 @@ func (b *Bridge) Teardown(ctx context.Context) error {
 	b.setUp = false
 	b.atts = map[string]*Attachment{}
 	b.mu.Unlock()
+	b.unlockOwner()
 	b.closeHostNS()
 	b.log.Debug("torn down")
 	if len(errs) > 0 {
@@ -935,6 +942,7 @@ func (b *Bridge) Close() error {
 	b.mu.Lock()
 	b.closed, b.setUp = true, false
 	b.mu.Unlock()
+	b.unlockOwner()
 	b.closeHostNS()
 	return nil
 }

@@ -551,3 +551,28 @@ func TestContext(t *testing.T) {
 	assert.NoFileExists(t, b.leases.path("a"))
 	assert.True(t, errors.Is(b.Detach(cctx, "a"), context.Canceled))
 }
+
+// TestBridgeHasOneOwner: a second Bridge with another state directory on
+// the same bridge would hand out the same addresses; it is refused until
+// the first is closed.
+func TestBridgeHasOneOwner(t *testing.T) {
+	lab := newLab(t)
+	cfg := lab.config(t, "shtest9", "10.200.9.0/24")
+	first, err := New(cfg)
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, first.Setup(ctx))
+
+	other := cfg
+	other.StateDir = t.TempDir()
+	second, err := New(other)
+	require.NoError(t, err)
+	err = second.Setup(ctx)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "in use by another runtime")
+	assert.Contains(t, err.Error(), cfg.StateDir)
+
+	require.NoError(t, first.Close())
+	require.NoError(t, second.Setup(ctx), "free once the first is closed")
+	require.NoError(t, second.Teardown(ctx))
+}

@@ -182,14 +182,19 @@ func (r *Runtime) Images() *image.Store { return r.images }
 // Bridge returns the node's bridge, nil with Config.DisableNetwork.
 func (r *Runtime) Bridge() *network.Bridge { return r.bridge }
 
-// Close releases the image store if New made it (ending its garbage
+// Close releases the bridge (leaving it and its attachments in the kernel
+// for the next run) and the image store if New made it (ending its garbage
 // collection, which the first Prepare starts). Containers keep running:
 // they belong to their shims (see the package documentation).
 func (r *Runtime) Close() error {
-	if r.ownStore {
-		return r.images.Close()
+	var errs []error
+	if r.bridge != nil {
+		errs = append(errs, r.bridge.Close())
 	}
-	return nil
+	if r.ownStore {
+		errs = append(errs, r.images.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // containerDir is Dir/containers/<taskID>.

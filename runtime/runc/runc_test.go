@@ -211,7 +211,10 @@ func TestLiveRestore(t *testing.T) {
 	require.NoError(t, rt.Close()) // the host program's first run ends
 	rt2, err := runc.New(cfg)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = rt2.Close() })
+	t.Cleanup(func() {
+		_ = rt2.Bridge().Teardown(context.Background())
+		_ = rt2.Close()
+	})
 	ids, err := rt2.Restorable(testCtx(t))
 	require.NoError(t, err)
 	assert.Equal(t, []string{"long", "short"}, ids)
