@@ -99,7 +99,12 @@
 // directories under StateDir are all derived from the name. Bridges in one
 // host namespace need pools that do not overlap (Setup checks the
 // addresses of the namespace's other interfaces); Bridges with their own
-// HostNetns may even use the same name and pool.
+// HostNetns may even use the same name and pool. One bridge has one owner:
+// from Setup to Close or Teardown a Bridge holds a lock on its bridge (a
+// flock on /run/shoal-network/<bridge>@<namespace>.lock, which the kernel
+// drops when the process dies), and a Bridge with another StateDir is
+// refused by Setup, naming the owner's; one with the same StateDir is the
+// same runtime started again and shares the leases.
 //
 // # Concurrency
 //
