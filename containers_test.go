@@ -340,3 +340,27 @@ func containerPid(t *testing.T, rt *runc.Runtime, taskID string) int {
 	require.NoError(t, err)
 	return pid
 }
+
+// TestContainerPullRefusedIsRejected: an image the registry does not have
+// makes the task REJECTED with the registry's reason, and it is retried
+// under the restart policy.
+func TestContainerPullRefusedIsRejected(t *testing.T) {
+	needContainers(t)
+	cc := startContainerCluster(t, 0, false)
+	ctx := ctxT(t)
+	svc, err := cc.Client().CreateService(ctx, shoal.ServiceSpec{Name: "ghost", Replicas: 1, Task: shoal.TaskSpec{
+		Image: cc.reg.Host + "/no/such:image@sha256:" + strings.Repeat("a", 64)}})
+	require.NoError(t, err)
+	var rejected []*shoal.Task
+	cc.WaitFor("two rejected attempts", func() bool {
+		rejected = nil
+		for _, task := range cc.Tasks(svc.ID) {
+			if task.Status.State == shoal.TaskRejected {
+				rejected = append(rejected, task)
+			}
+		}
+		return len(rejected) >= 2
+	})
+	assert.Contains(t, rejected[0].Status.Err, "pulling")
+	assert.Contains(t, strings.ToLower(rejected[0].Status.Err), "unknown", "the registry's reason: %s", rejected[0].Status.Err)
+}
