@@ -157,7 +157,7 @@ func TestContainerServiceOnRunc(t *testing.T) {
 
 	ctx := ctxT(t)
 	spec := shoal.ServiceSpec{Name: "web", Replicas: 6,
-		Ports: []shoal.PortConfig{{Target: 8080}},
+		Ports:  []shoal.PortConfig{{Target: 8080}},
 		Update: shoal.UpdatePolicy{Parallelism: 1},
 		Task: shoal.TaskSpec{
 			Image: v1,
