@@ -154,6 +154,15 @@ func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
 		return rec, err
 	}
 	img, err := c.rt.images.Pull(ctx, s.Image, s.RegistryAuth)
+	if err != nil && ctx.Err() == nil {
+		// The store may have the image already (pulled before, or loaded
+		// from a layout or a tarball): run that one, as docker does when a
+		// pull fails.
+		if local, lerr := c.rt.images.Get(s.Image); lerr == nil {
+			c.log.Warn("pulling the image failed; running the copy the node has", "image", s.Image, "digest", local.Digest, "err", err)
+			img, err = local, nil
+		}
+	}
 	if err != nil {
 		if pullRefused(err) {
 			return rec, fmt.Errorf("%w: pulling %s: %w", runtime.ErrInvalidTask, s.Image, err)

@@ -37,10 +37,13 @@
 // CMD (see runtime.Spec); the environment is the image's, then PATH,
 // HOSTNAME and HOME where the image sets none, then Spec.Env.
 //
-// A pull that the registry refuses (unauthorized, not found, a digest that
-// does not match, no manifest for the node's platform, an unsafe layer)
-// fails Prepare with an error wrapping runtime.ErrInvalidTask, so the agent
-// reports the task REJECTED with the registry's reason.
+// A pull that fails while the store has the image (pulled before, or
+// loaded with Images().LoadLayout or LoadTarball) runs the node's copy,
+// with a warning in the log, as docker does. Otherwise a pull that the
+// registry refuses (unauthorized, not found, a digest that does not match,
+// no manifest for the node's platform, an unsafe layer) fails Prepare with
+// an error wrapping runtime.ErrInvalidTask, so the agent reports the task
+// REJECTED with the registry's reason.
 //
 // # The shim, and containers that outlive the agent
 //

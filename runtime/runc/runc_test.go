@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -303,4 +305,21 @@ func TestHostNetwork(t *testing.T) {
 	_, err = rt.Controller(runtime.Task{ID: "hostnet2", Spec: runtime.Spec{Image: reg.ref, HostNetwork: true,
 		Ports: []runtime.PortRequest{{Target: 80, HostPort: 8080}}}})
 	require.ErrorIs(t, err, runtime.ErrInvalidTask, "a host port other than the target cannot be honoured")
+}
+
+// TestLoadedImageRunsWithoutRegistry: an image loaded from a docker save
+// tarball runs although no registry has it.
+func TestLoadedImageRunsWithoutRegistry(t *testing.T) {
+	needRunc(t)
+	reg := newRegistry(t)
+	rt := newRuntime(t, reg, t.TempDir())
+	tag, err := name.NewTag("127.0.0.1:1/offline/app:1")
+	require.NoError(t, err)
+	tarPath := filepath.Join(t.TempDir(), "app.tar")
+	require.NoError(t, tarball.WriteToFile(tarPath, tag, conformance.ProgramImage(t, nil)))
+	loaded, err := rt.Images().LoadTarball(testCtx(t), tarPath)
+	require.NoError(t, err)
+	require.Len(t, loaded, 1)
+	c := run(t, rt, "offline", runtime.Spec{Image: "127.0.0.1:1/offline/app:1", Args: []string{"-stdout", "offline"}})
+	assert.Equal(t, "offline\n", output(t, c))
 }
