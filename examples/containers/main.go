@@ -127,6 +127,8 @@ type report struct {
 	Checks []meshCheck
 	// Changes are the task changes seen during the update, in order.
 	Changes []taskChange
+	// Load counts the replies to requests sent during the update.
+	Load loadCount
 }
 
 // meshCheck is one round of requests to the published port of every node.
@@ -145,12 +147,13 @@ type reply struct {
 
 // taskChange is a task's new state during the update.
 type taskChange struct {
-	TaskID  string
-	Slot    uint64
-	Version string // the tag of the task's image
-	Node    string
-	State   shoal.TaskState
-	Desired shoal.TaskState
+	TaskID   string
+	Slot     uint64
+	Version  string // the tag of the task's image
+	Node     string
+	State    shoal.TaskState
+	Desired  shoal.TaskState
+	ExitCode int
 }
 
 // demo holds what the run made, so that cleanup can undo it.
@@ -167,6 +170,8 @@ type demo struct {
 	// balances each one (it balances connections, not requests).
 	http *http.Client
 	rep  *report
+	// cleaned says cleanup ran; a second call does nothing.
+	cleaned bool
 }
 
 // run runs the example, writing what it does to out; logger receives the
@@ -412,6 +417,13 @@ func (d *demo) updateWeb(ctx context.Context, svc *shoal.Service) error {
 	spec := cur.Spec
 	spec.Task.Image = d.images[1]
 	spec.Update = shoal.UpdatePolicy{Parallelism: 1, Delay: time.Second}
+	// Requests keep coming during the update, to every node in turn.
+	var addrs []netip.AddrPort
+	for _, nd := range d.nodes {
+		addrs = append(addrs, netip.AddrPortFrom(nd.ip, d.rep.Published))
+	}
+	load := d.startLoad(addrs)
+	defer load.stop()
 	start := time.Now()
 	up, err := cl.UpdateService(ctx, svc.ID, cur.Version, spec)
 	if err != nil {
@@ -441,14 +453,17 @@ func (d *demo) updateWeb(ctx context.Context, svc *shoal.Service) error {
 		case ev.Task != nil && ev.Action != shoal.Removed:
 			t := ev.Task
 			c := taskChange{TaskID: t.ID, Slot: t.Slot, Version: imageTag(t.Spec.Image), Node: d.names[t.NodeID],
-				State: t.Status.State, Desired: t.DesiredState}
+				State: t.Status.State, Desired: t.DesiredState, ExitCode: t.Status.ExitCode}
 			if prev, ok := seen[t.ID]; ok && prev.State == c.State && prev.Desired == c.Desired {
 				continue
 			}
 			seen[t.ID] = c
 			d.rep.Changes = append(d.rep.Changes, c)
 			state := c.State.String()
-			if c.Desired > shoal.TaskRunning && !c.State.Terminal() {
+			switch {
+			case c.State.Terminal():
+				state += fmt.Sprintf(", exit code %d", c.ExitCode)
+			case c.Desired > shoal.TaskRunning:
 				state += ", desired " + c.Desired.String()
 			}
 			fmt.Fprintf(d.out, "%7.1fs  %-6s %-12s  %-8s  %-7s  %s\n", time.Since(start).Seconds(), t.Name(), short(t.ID),
@@ -456,6 +471,9 @@ func (d *demo) updateWeb(ctx context.Context, svc *shoal.Service) error {
 		}
 	}
 	fmt.Fprintf(d.out, "update completed in %.1fs\n", time.Since(start).Seconds())
+	d.rep.Load = load.stop()
+	fmt.Fprintf(d.out, "meanwhile %d requests to the published port, every node in turn: %d answered by version 1, %d by version 2, %d failed\n",
+		d.rep.Load.Requests(), d.rep.Load.Versions["1"], d.rep.Load.Versions["2"], d.rep.Load.Failed)
 	if _, err := d.waitVersion(ctx, svc.ID, "2"); err != nil {
 		return err
 	}
@@ -507,8 +525,13 @@ func (d *demo) removeWeb(ctx context.Context, svc *shoal.Service) error {
 // cleanup stops the nodes still running, removes the containers a node
 // left (none, when the service was removed first), tears the bridges down,
 // closes the runtimes and the registry and deletes the temporary directory.
-// It may be called again: what is done is not done twice.
+// If something cannot be cleaned up, the directory is kept for a look
+// and the error says so. Only the first call does anything.
 func (d *demo) cleanup() error {
+	if d.cleaned {
+		return nil
+	}
+	d.cleaned = true
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var errs []error
@@ -644,26 +667,101 @@ func (d *demo) checkMesh(ctx context.Context, svc, version string) error {
 func (d *demo) getRetry(ctx context.Context, addr netip.AddrPort) (string, error) {
 	var body string
 	err := waitFor(ctx, "a reply from "+addr.String(), func() (bool, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr.String()+"/", nil)
-		if err != nil {
-			return false, err
-		}
-		resp, err := d.http.Do(req)
-		if err != nil {
-			return false, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return false, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return false, fmt.Errorf("%s: %s", resp.Status, b)
-		}
-		body = strings.TrimSpace(string(b))
-		return true, nil
+		var err error
+		body, err = d.get(ctx, addr)
+		return err == nil, err
 	})
 	return body, err
+}
+
+// get sends one request to addr and returns the reply's body.
+func (d *demo) get(ctx context.Context, addr netip.AddrPort) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr.String()+"/", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// loadCount counts the replies to a load's requests.
+type loadCount struct {
+	// Versions maps a version to the number of replies from it.
+	Versions map[string]int
+	// Failed counts the requests that got no reply, or a reply that was
+	// not the web server's; FirstErr is the first one's error.
+	Failed   int
+	FirstErr error
+}
+
+// Requests returns how many requests were sent.
+func (c loadCount) Requests() int {
+	n := c.Failed
+	for _, v := range c.Versions {
+		n += v
+	}
+	return n
+}
+
+// load sends requests to addrs in turn, one at a time, until stopped.
+type load struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the goroutine sending requests ends
+	once   sync.Once
+	count  loadCount // written by that goroutine until done is closed
+}
+
+func (d *demo) startLoad(addrs []netip.AddrPort) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel, done: make(chan struct{}), count: loadCount{Versions: map[string]int{}}}
+	go func() {
+		defer close(l.done)
+		for i := 0; ; i++ {
+			body, err := d.get(ctx, addrs[i%len(addrs)])
+			if ctx.Err() != nil {
+				return // cut short by stop: not counted
+			}
+			var r reply
+			if err == nil {
+				r, err = parseReply(body)
+			}
+			if err != nil {
+				l.count.Failed++
+				if l.count.FirstErr == nil {
+					l.count.FirstErr = err
+				}
+			} else {
+				l.count.Versions[r.Version]++
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return l
+}
+
+// stop ends the load, waits for its last request and returns the counts.
+// It may be called again.
+func (l *load) stop() loadCount {
+	l.once.Do(func() {
+		l.cancel()
+		<-l.done
+	})
+	return l.count
 }
 
 // parseReply reads "hello from <hostname> (version <version>)".

@@ -89,6 +89,12 @@ func TestContainers(t *testing.T) {
 	assert.Len(t, lines.FindAllString(s, -1), 2*len(nodeNames)*replicas, "one printed line per request")
 
 	checkRollingUpdate(t, rep.Changes)
+	// The mesh drains a stopping task before it stops, and the update
+	// replaces one task at a time: no request during the update fails.
+	assert.Zero(t, rep.Load.Failed, "requests failed during the update, the first with: %v", rep.Load.FirstErr)
+	assert.Positive(t, rep.Load.Versions["1"], "version 1 answered during the update")
+	assert.Positive(t, rep.Load.Versions["2"], "version 2 answered during the update")
+	assert.Regexp(t, `meanwhile \d+ requests to the published port, every node in turn: \d+ answered by version 1, \d+ by version 2, 0 failed\n`, s)
 
 	// Nothing is left behind: the directory (with the nodes' state, the
 	// runtimes' containers, images and netns mounts), the bridges, mounts.
@@ -119,6 +125,12 @@ func checkRollingUpdate(t *testing.T, changes []taskChange) {
 		case "1":
 			if _, ok := stopAt[c.Slot]; !ok && c.Desired > shoal.TaskRunning {
 				stopAt[c.Slot] = i
+			}
+			if c.State.Terminal() {
+				// tini passed SIGTERM on and the server shut down
+				// gracefully: it was not killed after the grace period.
+				assert.Equal(t, shoal.TaskShutdown, c.State, "slot %d's old task", c.Slot)
+				assert.Zero(t, c.ExitCode, "slot %d's old task exited with code %d", c.Slot, c.ExitCode)
 			}
 		case "2":
 			if newTasks[c.Slot] == nil {
