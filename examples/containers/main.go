@@ -367,7 +367,8 @@ func (d *demo) createWeb(ctx context.Context) (*shoal.Service, error) {
 			Image: d.images[0],
 			// tini as PID 1: it forwards the stop signal to the server
 			// and reaps what it leaves.
-			Init:            true,
+			Init: true,
+			// A memory limit, which the container's cgroup enforces.
 			Limits:          shoal.Resources{MemoryBytes: 64 << 20},
 			StopGracePeriod: 5 * time.Second,
 		},
@@ -386,11 +387,11 @@ func (d *demo) createWeb(ctx context.Context) (*shoal.Service, error) {
 	}
 	d.rep.Published = svc.Ports[0].Published
 	fmt.Fprintf(d.out, "web publishes %s: port %d answers on every node\n", svc.Ports[0], d.rep.Published)
-	run, err := d.waitVersion(ctx, svc.ID, "1")
+	tasks, err := d.waitVersion(ctx, svc.ID, "1")
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range run {
+	for _, t := range tasks {
 		d.rep.PerNode[d.names[t.NodeID]]++
 	}
 	if err := d.printTasks(ctx, svc.ID); err != nil {
@@ -584,24 +585,24 @@ func (d *demo) cleanup() error {
 // routing mesh lists them; it returns them.
 func (d *demo) waitVersion(ctx context.Context, svc, version string) ([]*shoal.Task, error) {
 	cl := d.nodes[0].n.Client()
-	var run []*shoal.Task
+	var running []*shoal.Task
 	err := waitFor(ctx, fmt.Sprintf("%d running tasks of version %s in every node's mesh", replicas, version), func() (bool, error) {
 		ts, err := cl.ListTasks(ctx, shoal.TaskFilter{Service: svc})
 		if err != nil {
 			return false, err
 		}
 		live := slices.DeleteFunc(ts, func(t *shoal.Task) bool { return t.DesiredState > shoal.TaskRunning })
-		run = nil
+		running = nil
 		for _, t := range live {
 			if t.Status.State == shoal.TaskRunning && len(t.Endpoints) > 0 && imageTag(t.Spec.Image) == version {
-				run = append(run, t)
+				running = append(running, t)
 			}
 		}
-		if len(run) != replicas || len(live) != replicas {
+		if len(running) != replicas || len(live) != replicas {
 			return false, nil
 		}
-		ids := make([]string, 0, len(run))
-		for _, t := range run {
+		ids := make([]string, 0, len(running))
+		for _, t := range running {
 			ids = append(ids, t.ID)
 		}
 		slices.Sort(ids)
@@ -619,7 +620,7 @@ func (d *demo) waitVersion(ctx context.Context, svc, version string) ([]*shoal.T
 		}
 		return true, nil
 	})
-	return run, err
+	return running, err
 }
 
 // checkMesh sends as many requests as there are tasks to the published
