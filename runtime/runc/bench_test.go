@@ -25,6 +25,7 @@ import (
 
 	"github.com/shoalhq/shoal"
 	"github.com/shoalhq/shoal/runtime"
+	"github.com/shoalhq/shoal/runtime/conformance"
 	"github.com/shoalhq/shoal/runtime/runc"
 	"github.com/shoalhq/shoal/shoaltest"
 )
@@ -668,8 +669,10 @@ func procKiB(file, key string) (uint64, error) {
 // runc: starting the shim program (this test binary; in production the
 // host program) up to the package's init function, which turns it into the
 // shim. The shim is pointed at a directory that does not exist, so it ends
-// at its first step. The baseline, alternating with it, is a fork and exec
-// of /bin/true from this process.
+// at its first step. Two baselines alternate with it: a fork and exec of
+// /bin/true from this process (true-p50-ms), and of the conformance test
+// program, a Go program of the standard library alone, which is what a
+// shim binary with no other dependency would cost to start (go-p50-ms).
 func BenchmarkShimExec(b *testing.B) {
 	self, err := os.Executable()
 	if err != nil {
@@ -679,8 +682,9 @@ func BenchmarkShimExec(b *testing.B) {
 	if err != nil {
 		b.Skip("needs a true program in PATH for the baseline")
 	}
+	small := conformance.Program(b)
 	missing := filepath.Join(b.TempDir(), "missing")
-	var shim, base []time.Duration
+	var shim, base, smallGo []time.Duration
 	for b.Loop() {
 		cmd := exec.Command(self)
 		cmd.Env = []string{"SHOAL_RUNC_SHIM=" + missing}
@@ -696,12 +700,19 @@ func BenchmarkShimExec(b *testing.B) {
 			b.Fatal(err)
 		}
 		base = append(base, time.Since(t0))
+		t0 = time.Now()
+		if err := exec.Command(small).Run(); err != nil {
+			b.Fatal(err)
+		}
+		smallGo = append(smallGo, time.Since(t0))
 	}
-	sp50, bp50 := percentile(shim, .5), percentile(base, .5)
+	sp50, bp50, gp50 := percentile(shim, .5), percentile(base, .5), percentile(smallGo, .5)
 	b.ReportMetric(ms(sp50), "p50-ms")
 	b.ReportMetric(ms(percentile(shim, .99)), "p99-ms")
 	b.ReportMetric(ms(bp50), "true-p50-ms")
+	b.ReportMetric(ms(gp50), "go-p50-ms")
 	b.ReportMetric(float64(sp50)/float64(bp50), "p50-ratio")
+	b.ReportMetric(float64(sp50)/float64(gp50), "go-p50-ratio")
 }
 
 // BenchmarkAgentStart measures the whole path of a task on a shoaltest
