@@ -2,8 +2,6 @@ package shoal_test
 
 import (
 	"bufio"
-	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -40,56 +38,21 @@ func needContainers(t *testing.T) {
 }
 
 // containerCluster is a shoaltest cluster whose nodes run containers under
-// runc, each on a bridge and pool of its own, pulling from an in-process
-// registry.
+// runc (shoaltest.Containers), pulling from an in-process registry.
 type containerCluster struct {
 	*shoaltest.Cluster
-	reg      *conformance.Registry
-	mu       sync.Mutex
-	runtimes map[string]*runc.Runtime // by node name
-	subnets  map[string]netip.Prefix  // each node's pool, by node name
+	reg *conformance.Registry
+	ctr *shoaltest.Containers
 }
 
 func startContainerCluster(t *testing.T, workers int, mesh bool, edit ...func(*shoal.Config)) *containerCluster {
 	t.Helper()
-	cc := &containerCluster{reg: conformance.NewRegistry(t), runtimes: map[string]*runc.Runtime{}, subnets: map[string]netip.Prefix{}}
-	dir := t.TempDir()
-	// Registered before the cluster's own clean-up, so it runs after the
-	// nodes stopped (and removed their containers).
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		cc.mu.Lock()
-		defer cc.mu.Unlock()
-		for _, rt := range cc.runtimes {
-			// Containers a LiveRestore stop left running.
-			ids, _ := rt.Restorable(ctx)
-			for _, id := range ids {
-				_ = rt.Discard(ctx, id)
-			}
-			_ = rt.Bridge().Teardown(ctx)
-			_ = rt.Close()
-		}
-	})
-	seq := 0
+	cc := &containerCluster{reg: conformance.NewRegistry(t), ctr: shoaltest.NewContainers(t)}
+	cc.ctr.Configure = func(_ string, cfg *runc.Config) { cfg.Images.InsecureRegistries = []string{cc.reg.Host} }
 	cc.Cluster = shoaltest.Start(t, shoaltest.Options{
 		Workers: workers, ManagersRunTasks: true, Mesh: mesh,
 		HeartbeatPeriod: time.Second,
-		Runtime: func(name string) runtime.Runtime {
-			cc.mu.Lock()
-			defer cc.mu.Unlock()
-			seq++
-			cfg := runc.DefaultConfig()
-			cfg.Dir = filepath.Join(dir, name)
-			cfg.Images.InsecureRegistries = []string{cc.reg.Host}
-			cfg.Network.Bridge = fmt.Sprintf("shc%d-%d", os.Getpid()%100000, seq)
-			cfg.Network.Subnet = netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 150+os.Getpid()%50, seq))
-			rt, err := runc.New(cfg)
-			require.NoError(t, err)
-			cc.runtimes[name] = rt
-			cc.subnets[name] = cfg.Network.Subnet
-			return rt
-		},
+		Runtime:         cc.ctr.Runtime,
 		Configure: func(_ string, cfg *shoal.Config) {
 			cfg.InsecureRegistries = []string{cc.reg.Host}
 			for _, e := range edit {
@@ -104,9 +67,7 @@ func (cc *containerCluster) runtimeOf(t *testing.T, task *shoal.Task) *runc.Runt
 	t.Helper()
 	n := cc.NodeByID(task.NodeID)
 	require.NotNil(t, n, "node of task %s", task.ID)
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	return cc.runtimes[n.Name]
+	return cc.ctr.Of(n.Name)
 }
 
 // stdoutOf waits until a task's stdout holds want and returns it.
@@ -180,7 +141,7 @@ func TestContainerServiceOnRunc(t *testing.T) {
 	for _, task := range tasks {
 		require.Len(t, task.Endpoints, 1)
 		ep := task.Endpoints[0].Addr
-		assert.True(t, cc.subnets[cc.NodeByID(task.NodeID).Name].Contains(ep.Addr()), "task %s's endpoint %s is its container's address on its node's bridge", task.ID, ep)
+		assert.True(t, cc.ctr.Subnet(cc.NodeByID(task.NodeID).Name).Contains(ep.Addr()), "task %s's endpoint %s is its container's address on its node's bridge", task.ID, ep)
 	}
 	one := tasks[0]
 	out := cc.stdoutOf(t, one, "listening")
@@ -283,7 +244,12 @@ func TestContainerServiceOnRunc(t *testing.T) {
 // (same PIDs) without the managers replacing a task.
 func TestContainersLiveRestore(t *testing.T) {
 	needContainers(t)
-	cc := startContainerCluster(t, 1, false, func(cfg *shoal.Config) { cfg.LiveRestore = true })
+	cc := startContainerCluster(t, 1, false, func(cfg *shoal.Config) {
+		cfg.LiveRestore = true
+		// The worker is away for a few seconds: well within the grace of
+		// three missed heartbeats, so nothing is replaced meanwhile.
+		cfg.HeartbeatPeriod = 3 * time.Second
+	})
 	ref := cc.reg.Push(t, "shoal/web:1", conformance.ProgramImage(t, nil))
 	ctx := ctxT(t)
 	svc, err := cc.Client().CreateService(ctx, shoal.ServiceSpec{Name: "web", Replicas: 4, Task: shoal.TaskSpec{
@@ -299,13 +265,33 @@ func TestContainersLiveRestore(t *testing.T) {
 		}
 	}
 	require.NotEmpty(t, pids, "the worker runs some of the tasks")
+	// A task that ends while its node is stopped.
+	brief, err := cc.Client().CreateService(ctx, shoal.ServiceSpec{Name: "brief", Replicas: 1, Task: shoal.TaskSpec{
+		Image: ref, Args: []string{"-stdout", "up", "-sleep", "1500ms", "-exit", "3"},
+		Constraints: []string{"node.role==worker"}, Restart: shoal.RestartPolicy{Condition: shoal.RestartNever}}})
+	require.NoError(t, err)
+	cc.WaitRunning(brief.ID, 1)
+	briefTask := running(cc.Tasks(brief.ID))[0]
+	cc.stdoutOf(t, briefTask, "up")
 
 	require.NoError(t, w.Stop())
 	for id, pid := range pids {
 		assert.NoError(t, syscall.Kill(pid, 0), "task %s's container runs on while its node is stopped", id)
 	}
+	briefPid := containerPid(t, cc.ctr.Of(w.Name), briefTask.ID)
+	for syscall.Kill(briefPid, 0) == nil {
+		time.Sleep(50 * time.Millisecond) // the brief task ends while no agent runs
+	}
 	require.NoError(t, w.Restart())
 	cc.WaitRunning(svc.ID, 4)
+	cc.WaitFor("the brief task's exit reported", func() bool {
+		for _, task := range cc.Tasks(brief.ID) {
+			if task.ID == briefTask.ID && task.Status.State == shoal.TaskFailed {
+				return task.Status.ExitCode == 3
+			}
+		}
+		return false
+	})
 	for _, task := range running(cc.Tasks(svc.ID)) {
 		if pid, ok := pids[task.ID]; ok {
 			assert.Equal(t, pid, containerPid(t, cc.runtimeOf(t, task), task.ID), "the same container")
