@@ -131,7 +131,7 @@ func (s *Store) lease(image, id string) (*lease, *imageRecord, bool, error) {
 }
 
 func (s *Store) writeLease(l *lease) error {
-	if err := writeJSON(filepath.Join(s.containerDir(l.ID), "lease.json"), l); err != nil {
+	if err := writeHint(filepath.Join(s.containerDir(l.ID), "lease.json"), l); err != nil {
 		return err
 	}
 	s.mu.Lock()

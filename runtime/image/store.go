@@ -525,7 +525,7 @@ func (s *Store) touchLocked(digest string) {
 		return
 	}
 	rec.LastUsed = s.now()
-	if err := writeJSON(filepath.Join(s.imagesDir(), hexOf(digest)+".json"), rec); err != nil {
+	if err := writeHint(filepath.Join(s.imagesDir(), hexOf(digest)+".json"), rec); err != nil {
 		s.log.Warn("writing image record", "image", digest, "err", err)
 	}
 }
@@ -552,7 +552,16 @@ func (s *Store) unpin(ids []string) {
 
 // writeJSON writes v to path atomically: a temporary file in the same
 // directory, synced, renamed over path, and the directory synced.
-func writeJSON(path string, v any) error {
+func writeJSON(path string, v any) error { return writeJSONFile(path, v, true) }
+
+// writeHint is writeJSON without the syncs, for records that only matter
+// while the machine runs (a container's lease: no container survives a
+// reboot) or only guide GC (an image's last use): a rename keeps them
+// whole across a crash of the process, and the start of a container does
+// not wait for the disk.
+func writeHint(path string, v any) error { return writeJSONFile(path, v, false) }
+
+func writeJSONFile(path string, v any, sync bool) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
@@ -564,7 +573,7 @@ func writeJSON(path string, v any) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(append(b, '\n'))
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -576,6 +585,9 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		os.Remove(tmp)
 		return err
+	}
+	if !sync {
+		return nil
 	}
 	return syncDir(dir)
 }

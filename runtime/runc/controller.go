@@ -21,6 +21,7 @@ import (
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/runtime/image"
 	"github.com/shoalhq/shoal/runtime/network"
+	"github.com/shoalhq/shoal/runtime/runc/shim"
 )
 
 // Controller drives one container. Its methods are safe for concurrent use
@@ -74,7 +75,12 @@ type preparedRecord struct {
 	Image       image.ImageConfig `json:"image"`
 }
 
-const filePrepared = "prepared.json"
+// Files of a container directory that the runtime itself writes (the
+// shim package names the others).
+const (
+	fileTask     = "task.json"     // the runtime.Task, without credentials
+	filePrepared = "prepared.json" // what Prepare found
+)
 
 func newController(r *Runtime, t runtime.Task) *Controller {
 	return &Controller{
@@ -98,8 +104,8 @@ func (c *Controller) Dir() string { return c.dir }
 // Pid returns the PID of the container's init process on the node, or 0
 // before Start.
 func (c *Controller) Pid() int {
-	var rec startedRecord
-	if err := readJSON(filepath.Join(c.dir, fileStarted), &rec); err != nil {
+	var rec shim.Started
+	if err := shim.ReadJSON(filepath.Join(c.dir, shim.FileStarted), &rec); err != nil {
 		return 0
 	}
 	return rec.Pid
@@ -145,12 +151,12 @@ func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
 	if err := c.rt.setup(ctx); err != nil {
 		return rec, err
 	}
-	if err := os.MkdirAll(filepath.Join(c.dir, dirBundle), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(c.dir, shim.DirBundle), 0o700); err != nil {
 		return rec, err
 	}
 	stored := c.task
 	stored.Spec.RegistryAuth = runtime.RegistryAuth{} // credentials never reach the disk
-	if err := writeJSONAtomic(filepath.Join(c.dir, fileTask), stored); err != nil {
+	if err := shim.WriteJSONAtomic(filepath.Join(c.dir, fileTask), stored); err != nil {
 		return rec, err
 	}
 	img, err := c.rt.images.Pull(ctx, s.Image, s.RegistryAuth)
@@ -259,10 +265,10 @@ func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
 	if err != nil {
 		return rec, err
 	}
-	if err := writeFileAtomic(filepath.Join(c.dir, dirBundle, "config.json"), b); err != nil {
+	if err := shim.WriteFileAtomic(filepath.Join(c.dir, shim.DirBundle, "config.json"), b); err != nil {
 		return rec, err
 	}
-	if err := writeJSONAtomic(filepath.Join(c.dir, filePrepared), rec); err != nil {
+	if err := shim.WriteJSONAtomic(filepath.Join(c.dir, filePrepared), rec); err != nil {
 		return rec, err
 	}
 	return rec, nil
@@ -298,7 +304,7 @@ func (c *Controller) writeEtcFiles(hostname string, att *network.Attachment) ([3
 		{"hosts", hosts}, {"hostname", hostname + "\n"}, {"resolv.conf", resolv},
 	} {
 		p := filepath.Join(c.dir, f.name)
-		if err := writeFileAtomic(p, []byte(f.content)); err != nil {
+		if err := shim.WriteFileAtomic(p, []byte(f.content)); err != nil {
 			return out, err
 		}
 		if err := os.Chmod(p, 0o644); err != nil {
@@ -379,11 +385,11 @@ func (c *Controller) Start(ctx context.Context) error {
 // startShim launches the shim and waits until it reports that runc started
 // the container (or failed to). It returns the shim's pidfd.
 func (c *Controller) startShim(ctx context.Context) (*os.File, error) {
-	for _, f := range []string{fileStarted, fileStartError, fileExit, fileShimPid} {
+	for _, f := range []string{shim.FileStarted, shim.FileStartError, shim.FileExit, shim.FilePid} {
 		_ = os.Remove(filepath.Join(c.dir, f))
 	}
-	cfg := shimConfig{Runc: c.rt.runc, Root: c.rt.root, ID: c.task.ID, LogMax: c.rt.cfg.LogMaxBytes, LogFiles: c.rt.cfg.LogMaxFiles}
-	if err := writeJSONAtomic(filepath.Join(c.dir, fileShimConfig), cfg); err != nil {
+	cfg := shim.Config{Runc: c.rt.runc, Root: c.rt.root, ID: c.task.ID, LogMax: c.rt.cfg.LogMaxBytes, LogFiles: c.rt.cfg.LogMaxFiles}
+	if err := shim.WriteJSONAtomic(filepath.Join(c.dir, shim.FileConfig), cfg); err != nil {
 		return nil, err
 	}
 	devnull, err := os.Open(os.DevNull)
@@ -391,21 +397,30 @@ func (c *Controller) startShim(ctx context.Context) (*os.File, error) {
 		return nil, err
 	}
 	defer devnull.Close()
-	shimLog, err := os.OpenFile(filepath.Join(c.dir, fileShimLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	shimLog, err := os.OpenFile(filepath.Join(c.dir, shim.FileLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer shimLog.Close()
-	env := []string{shimEnv + "=" + c.dir}
+	env := []string{shim.Env + "=" + c.dir}
 	if p, ok := os.LookupEnv("PATH"); ok {
 		env = append(env, "PATH="+p)
 	}
+	// The shim closes its end of this pipe once the start is decided
+	// (started.json or start-error written), or dies: either way the read
+	// below ends.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer pr.Close()
 	proc, err := os.StartProcess(c.rt.shim, []string{c.rt.shim}, &os.ProcAttr{
 		Dir:   "/",
 		Env:   env,
-		Files: []*os.File{devnull, shimLog, shimLog},
+		Files: []*os.File{devnull, shimLog, shimLog, pw},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
+	pw.Close()
 	if err != nil {
 		return nil, fmt.Errorf("starting the shim %s: %w", c.rt.shim, err)
 	}
@@ -417,39 +432,39 @@ func (c *Controller) startShim(ctx context.Context) (*os.File, error) {
 		return nil, fmt.Errorf("pidfd of the shim: %w", err)
 	}
 	pidfd := newPidfd(fd)
-	// The shim writes started.json or start-error, or exits: poll for
-	// either, briefly at first (a start takes tens of milliseconds).
-	delay := time.Millisecond
-	for {
-		if _, err := os.Stat(filepath.Join(c.dir, fileStarted)); err == nil {
-			return pidfd, nil
-		}
-		if msg, err := os.ReadFile(filepath.Join(c.dir, fileStartError)); err == nil {
-			reap(pidfd)
-			pidfd.Close()
-			return nil, fmt.Errorf("runc could not start the container: %s", strings.TrimSpace(string(msg)))
-		}
+	stop := context.AfterFunc(ctx, func() { _ = pr.SetReadDeadline(time.Now()) })
+	_, _ = io.Copy(io.Discard, pr)
+	stop()
+	if _, err := os.Stat(filepath.Join(c.dir, shim.FileStarted)); err == nil {
+		return pidfd, nil
+	}
+	if msg, err := os.ReadFile(filepath.Join(c.dir, shim.FileStartError)); err == nil {
+		reapWait(pidfd)
+		pidfd.Close()
+		return nil, fmt.Errorf("runc could not start the container: %s", strings.TrimSpace(string(msg)))
+	}
+	if err := ctx.Err(); err != nil {
+		// The shim goes on and the container may start: kill whatever
+		// runc made of it, so nothing runs unknown to the agent.
+		_, _ = c.rt.runcCmd(context.Background(), "kill", c.task.ID, "KILL")
+		pidfd.Close()
+		return nil, err
+	}
+	reapWait(pidfd)
+	pidfd.Close()
+	b, _ := os.ReadFile(filepath.Join(c.dir, shim.FileLog))
+	return nil, fmt.Errorf("the shim exited before the container started: %s", lastLine(string(b)))
+}
+
+// reapWait reaps the shim once it exits (it does right after a failed
+// start), waiting at most a few seconds.
+func reapWait(pidfd *os.File) {
+	for range 500 {
 		if exitedFd(pidfd) {
-			if _, err := os.Stat(filepath.Join(c.dir, fileStarted)); err == nil {
-				return pidfd, nil // started and already exited
-			}
 			reap(pidfd)
-			pidfd.Close()
-			b, _ := os.ReadFile(filepath.Join(c.dir, fileShimLog))
-			return nil, fmt.Errorf("the shim exited before the container started: %s", lastLine(string(b)))
+			return
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			// The shim goes on and the container may start: kill whatever
-			// runc made of it, so nothing runs unknown to the agent.
-			_, _ = c.rt.runcCmd(context.Background(), "kill", c.task.ID, "KILL")
-			pidfd.Close()
-			return nil, ctx.Err()
-		case <-t.C:
-		}
-		delay = min(delay*2, 20*time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -535,8 +550,8 @@ func waitReadable(pidfd *os.File) {
 // was killed) leaves the container unsupervised: it is killed, and the
 // status says why.
 func (c *Controller) readExit() runtime.ExitStatus {
-	var rec exitRecord
-	if err := readJSON(filepath.Join(c.dir, fileExit), &rec); err == nil {
+	var rec shim.Exit
+	if err := shim.ReadJSON(filepath.Join(c.dir, shim.FileExit), &rec); err == nil {
 		st := runtime.ExitStatus{Code: rec.Code, Signal: rec.Signal}
 		st.Message = st.String()
 		return st
@@ -675,7 +690,7 @@ func (c *Controller) Remove(ctx context.Context) error {
 		keep := filepath.Join(c.rt.cfg.Dir, "logs", c.task.ID)
 		if err := os.MkdirAll(filepath.Dir(keep), 0o700); err == nil {
 			_ = os.RemoveAll(keep)
-			_ = os.Rename(filepath.Join(c.dir, dirLogs), keep)
+			_ = os.Rename(filepath.Join(c.dir, shim.DirLogs), keep)
 		}
 	}
 	if err := os.RemoveAll(c.dir); err != nil {
@@ -763,7 +778,7 @@ func (c *Controller) Logs(ctx context.Context, opts runtime.LogOptions) (io.Read
 		closed:  make(chan struct{}),
 	}
 	for _, s := range streams(opts) {
-		p := filepath.Join(c.dir, dirLogs, s+".log")
+		p := filepath.Join(c.dir, shim.DirLogs, s+".log")
 		if err := ensureFile(p); err != nil {
 			r.Close()
 			return nil, fmt.Errorf("runc: logs of task %s: %w", c.task.ID, err)
@@ -843,10 +858,10 @@ func (c *Controller) Exec(ctx context.Context, req runtime.ExecRequest) (int, er
 // returns false when the container never started (nothing to adopt).
 func (c *Controller) restore(ctx context.Context) (bool, error) {
 	var rec preparedRecord
-	if err := readJSON(filepath.Join(c.dir, filePrepared), &rec); err != nil {
+	if err := shim.ReadJSON(filepath.Join(c.dir, filePrepared), &rec); err != nil {
 		return false, nil
 	}
-	if _, err := os.Stat(filepath.Join(c.dir, fileStarted)); err != nil {
+	if _, err := os.Stat(filepath.Join(c.dir, shim.FileStarted)); err != nil {
 		return false, nil
 	}
 	c.mu.Lock()
@@ -868,7 +883,7 @@ func (c *Controller) restore(ctx context.Context) (bool, error) {
 // openShim opens a pidfd of the container's shim if it still runs (the
 // same process: its start time matches the record).
 func openShim(dir string) (*os.File, error) {
-	pid, start, err := readShimPid(dir)
+	pid, start, err := shim.ReadPid(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -877,7 +892,7 @@ func openShim(dir string) (*os.File, error) {
 		return nil, err
 	}
 	f := newPidfd(fd)
-	if st, err := processStartTime(pid); err != nil || st != start {
+	if st, err := shim.ProcessStartTime(pid); err != nil || st != start {
 		f.Close()
 		return nil, fmt.Errorf("the shim (pid %d) is gone", pid)
 	}

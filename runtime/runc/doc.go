@@ -47,10 +47,13 @@
 //
 // # The shim, and containers that outlive the agent
 //
-// Start runs the container under a shim: this program's own executable,
-// started again with SHOAL_RUNC_SHIM set (the package's init function
-// turns such a run into the shim before main runs, so no helper binary has
-// to be installed; Config.ShimPath overrides it). The shim runs in a
+// Start runs the container under a shim (package runtime/runc/shim): by
+// default this program's own executable, started again with
+// SHOAL_RUNC_SHIM set (the shim package's init function turns such a run
+// into the shim before main runs, so nothing has to be installed); the
+// small command runtime/runc/cmd/shoal-runc-shim, set as Config.ShimPath,
+// starts faster and uses less memory per container. Start waits on a pipe
+// the shim closes once runc has started the container or failed to. The shim runs in a
 // session of its own, makes itself a child subreaper, runs `runc run
 // --detach`, so the container's init becomes its child, copies the
 // container's stdout and stderr into size-capped rotated files

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,12 +58,28 @@ func newRuntime(t testing.TB, reg *testRegistry, dir string) *runc.Runtime {
 // second runtime on the same state (a restart of the host program).
 func newRuntimeCfg(t testing.TB, reg *testRegistry, dir string) (*runc.Runtime, runc.Config) {
 	t.Helper()
+	return newRuntimeEdit(t, reg, dir, nil)
+}
+
+// newRuntimeWith is newRuntime with edit applied to the configuration.
+func newRuntimeWith(t testing.TB, reg *testRegistry, dir string, edit func(*runc.Config)) *runc.Runtime {
+	t.Helper()
+	rt, _ := newRuntimeEdit(t, reg, dir, edit)
+	return rt
+}
+
+func newRuntimeEdit(t testing.TB, reg *testRegistry, dir string, edit func(*runc.Config)) (*runc.Runtime, runc.Config) {
+	t.Helper()
 	cfg := runc.DefaultConfig()
 	cfg.Dir = dir
+	cfg.ShimPath = smallShim(t)
 	cfg.Images.InsecureRegistries = []string{reg.host}
 	n := bridgeSeq.Add(1)
 	cfg.Network.Bridge = fmt.Sprintf("shrt%d-%d", os.Getpid()%10000, n)
 	cfg.Network.Subnet = netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 200+os.Getpid()%50, n))
+	if edit != nil {
+		edit(&cfg)
+	}
 	rt, err := runc.New(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() {
@@ -88,3 +106,31 @@ func testCtx(t testing.TB) context.Context {
 }
 
 func dialTimeout(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 10*time.Second) }
+
+var shimBuild struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// smallShim builds cmd/shoal-runc-shim once per test binary: the shim the
+// package recommends for production, and the one most tests use (the
+// conformance suite and the crash test run the default, this binary
+// started again, too).
+func smallShim(t testing.TB) string {
+	t.Helper()
+	shimBuild.Do(func() {
+		dir, err := os.MkdirTemp("", "shoal-runc-shim-")
+		if err != nil {
+			shimBuild.err = err
+			return
+		}
+		shimBuild.path = filepath.Join(dir, "shoal-runc-shim")
+		out, err := exec.Command("go", "build", "-o", shimBuild.path, "github.com/shoalhq/shoal/runtime/runc/cmd/shoal-runc-shim").CombinedOutput()
+		if err != nil {
+			shimBuild.err = fmt.Errorf("building the shim: %w: %s", err, out)
+		}
+	})
+	require.NoError(t, shimBuild.err)
+	return shimBuild.path
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/runtime/image"
 	"github.com/shoalhq/shoal/runtime/network"
+	"github.com/shoalhq/shoal/runtime/runc/shim"
 )
 
 // MinRuncVersion is the oldest runc this runtime drives: 1.1 has every
@@ -372,7 +373,7 @@ func (r *Runtime) Discard(ctx context.Context, taskID string) error {
 		return nil
 	}
 	var t runtime.Task
-	if err := readJSON(filepath.Join(r.containerDir(taskID), fileTask), &t); err != nil {
+	if err := shim.ReadJSON(filepath.Join(r.containerDir(taskID), fileTask), &t); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			// Never prepared far enough to record its task: only the
 			// directory (and maybe runc's record) is left.
@@ -396,7 +397,7 @@ func (r *Runtime) Discard(ctx context.Context, taskID string) error {
 // (runtime.StreamStdout or runtime.StreamStderr), whether or not it exists;
 // rotated files are LogPath + ".1", ".2", ...
 func (r *Runtime) LogPath(taskID, stream string) string {
-	return filepath.Join(r.containerDir(taskID), dirLogs, stream+".log")
+	return filepath.Join(r.containerDir(taskID), shim.DirLogs, stream+".log")
 }
 
 // CgroupPath returns a container's cgroup relative to the cgroup roots.
@@ -410,8 +411,8 @@ func (r *Runtime) VolumePath(name string) string { return r.volumeDir(name) }
 // ContainerPid returns the PID on the node of a started container's init
 // process, from the container's records.
 func (r *Runtime) ContainerPid(taskID string) (int, error) {
-	var rec startedRecord
-	if err := readJSON(filepath.Join(r.containerDir(taskID), fileStarted), &rec); err != nil {
+	var rec shim.Started
+	if err := shim.ReadJSON(filepath.Join(r.containerDir(taskID), shim.FileStarted), &rec); err != nil {
 		return 0, fmt.Errorf("runc: task %s: %w", taskID, err)
 	}
 	return rec.Pid, nil

@@ -54,8 +54,16 @@ func TestNewChecksRunc(t *testing.T) {
 func TestConformance(t *testing.T) {
 	needRunc(t)
 	reg := newRegistry(t)
-	conformance.Run(t, func(t *testing.T) conformance.Harness {
-		return conformance.Harness{Runtime: newRuntime(t, reg, t.TempDir()), Spec: specFor(reg), Dir: "/tmp"}
+	t.Run("SmallShim", func(t *testing.T) {
+		conformance.Run(t, func(t *testing.T) conformance.Harness {
+			return conformance.Harness{Runtime: newRuntime(t, reg, t.TempDir()), Spec: specFor(reg), Dir: "/tmp"}
+		})
+	})
+	t.Run("ReexecShim", func(t *testing.T) {
+		conformance.Run(t, func(t *testing.T) conformance.Harness {
+			rt := newRuntimeWith(t, reg, t.TempDir(), func(cfg *runc.Config) { cfg.ShimPath = "" })
+			return conformance.Harness{Runtime: rt, Spec: specFor(reg), Dir: "/tmp"}
+		})
 	})
 }
 
@@ -322,4 +330,36 @@ func TestLoadedImageRunsWithoutRegistry(t *testing.T) {
 	require.Len(t, loaded, 1)
 	c := run(t, rt, "offline", runtime.Spec{Image: "127.0.0.1:1/offline/app:1", Args: []string{"-stdout", "offline"}})
 	assert.Equal(t, "offline\n", output(t, c))
+}
+
+// TestLogsRotated: a container's output goes to size-capped files, and a
+// reader gets what the kept files hold, oldest first.
+func TestLogsRotated(t *testing.T) {
+	needRunc(t)
+	reg := newRegistry(t)
+	rt := newRuntimeWith(t, reg, t.TempDir(), func(cfg *runc.Config) { cfg.LogMaxBytes, cfg.LogMaxFiles = 64, 3 })
+	line := strings.Repeat("x", 40)
+	c := run(t, rt, "chatty", specFor(reg)("-stdout", line, "-stderr", line, "-cat", "/etc/passwd"))
+	st, err := c.Wait(testCtx(t))
+	require.NoError(t, err)
+	require.True(t, st.Success())
+	for i := 0; i < 3; i++ {
+		p := rt.LogPath("chatty", runtime.StreamStdout)
+		if i > 0 {
+			p += fmt.Sprintf(".%d", i)
+		}
+		if fi, err := os.Stat(p); err == nil {
+			assert.LessOrEqual(t, fi.Size(), int64(64), "%s is capped", p)
+		}
+	}
+	_, err = os.Stat(rt.LogPath("chatty", runtime.StreamStdout) + ".3")
+	assert.True(t, os.IsNotExist(err), "at most LogMaxFiles files")
+	r, err := c.Logs(testCtx(t), runtime.LogOptions{Stream: runtime.StreamStdout})
+	require.NoError(t, err)
+	b, _ := io.ReadAll(r)
+	r.Close()
+	out := line + "\n" + "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
+	assert.Equal(t, out, string(b), "the output, across the rotated files, in order")
+	_, err = os.Stat(rt.LogPath("chatty", runtime.StreamStdout) + ".1")
+	assert.NoError(t, err, "the output was rotated")
 }

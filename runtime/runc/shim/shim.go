@@ -1,4 +1,18 @@
-package runc
+// Package shim is the supervisor of one runc container: the process that
+// runs `runc run --detach`, stays the container's parent (a child
+// subreaper), copies its output into rotated log files, reaps it and
+// records its exit status in the container's directory, while the host
+// program that started it may stop or crash.
+//
+// The package's init function turns a process started with Env set into
+// a shim before main runs, so any program that imports runtime/runc can be
+// its own shim. The command runtime/runc/cmd/shoal-runc-shim is a shim and
+// nothing else: a small binary that starts faster and uses less memory
+// per container than a large host program started again
+// (runc.Config.ShimPath).
+//
+// It needs only the standard library and golang.org/x/sys/unix.
+package shim
 
 import (
 	"bufio"
@@ -19,36 +33,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// shimEnv is the environment variable that turns a run of the host
-// program's own binary into a container's shim: its value is the
-// container's directory. The package's init function checks it, so every
-// program that imports this package can be its own shim, without a helper
-// binary to install.
-const shimEnv = "SHOAL_RUNC_SHIM"
+// Env is the environment variable that turns a process into a
+// container's shim: its value is the container's directory. A shim is
+// started with a pipe as file descriptor 3, which it closes once it wrote
+// FileStarted or FileStartError.
+const Env = "SHOAL_RUNC_SHIM"
 
 func init() {
-	if dir := os.Getenv(shimEnv); dir != "" {
-		os.Exit(shimMain(dir))
+	if dir := os.Getenv(Env); dir != "" {
+		os.Exit(Run(dir))
 	}
 }
 
-// Files of a container's directory.
+// Files of a container's directory that the shim reads or writes.
 const (
-	fileTask       = "task.json"     // the runtime.Task, without credentials
-	fileShimConfig = "shim.json"     // what the shim runs
-	fileShimPid    = "shim.pid"      // "<pid> <start time>" of the shim, written by the shim
-	fileStarted    = "started.json"  // written by the shim once runc started the container
-	fileStartError = "start-error"   // written by the shim when runc failed to start it
-	fileExit       = "exit.json"     // written by the shim once the container exited
-	fileShimLog    = "shim.log"      // the shim's own diagnostics
-	fileRuncLog    = "runc.log"      // runc's log (JSON lines)
-	filePid        = "container.pid" // runc's pid file
-	dirBundle      = "bundle"
-	dirLogs        = "logs"
+	FileConfig     = "shim.json"     // what the shim runs (Config)
+	FilePid        = "shim.pid"      // "<pid> <start time>" of the shim, written by the shim
+	FileStarted    = "started.json"  // Started, written once runc started the container
+	FileStartError = "start-error"   // runc's error, written when it failed to start it
+	FileExit       = "exit.json"     // Exit, written once the container exited
+	FileLog        = "shim.log"      // the shim's own diagnostics
+	FileRuncLog    = "runc.log"      // runc's log (JSON lines)
+	fileRuncPid    = "container.pid" // runc's pid file
+	DirBundle      = "bundle"        // the OCI bundle
+	DirLogs        = "logs"          // stdout.log[.N], stderr.log[.N]
 )
 
-// shimConfig is what a shim is told to run.
-type shimConfig struct {
+// Config is what a shim is told to run.
+type Config struct {
 	Runc     string `json:"runc"`
 	Root     string `json:"root"` // runc --root
 	ID       string `json:"id"`
@@ -56,26 +68,31 @@ type shimConfig struct {
 	LogFiles int    `json:"log_files"` // files kept per stream, the current one included
 }
 
-// startedRecord is written by the shim once the container runs.
-type startedRecord struct {
+// Started is written by the shim once the container runs.
+type Started struct {
 	Pid int `json:"pid"`
 }
 
-// exitRecord is written by the shim once the container exited.
-type exitRecord struct {
+// Exit is written by the shim once the container exited.
+type Exit struct {
 	Code   int    `json:"code"`
 	Signal string `json:"signal,omitempty"`
 	At     int64  `json:"at"` // Unix nanoseconds
 }
 
-// shimMain runs a container under runc and stays its parent: it is a child
-// subreaper, so the container's init is re-parented to it when runc
-// exits; it copies the container's stdout and stderr into rotated files,
-// reaps the container and records its exit status. It runs in a session
-// of its own, so the host program may stop or crash meanwhile.
-func shimMain(dir string) int {
+// Run is the shim's main: it runs the container of directory dir under
+// runc and stays its parent (a child subreaper, so the container's init is
+// re-parented to it when runc exits), copies the container's stdout and
+// stderr into rotated files, reaps the container and records its exit
+// status. It returns the process's exit code. The shim's starter puts it
+// in a session of its own, so the host program may stop or crash
+// meanwhile.
+func Run(dir string) int {
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
-	logf, err := os.OpenFile(filepath.Join(dir, fileShimLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	// The starter's pipe must reach neither runc nor the container: only
+	// this process closes it, to say the start is decided.
+	unix.CloseOnExec(3)
+	logf, err := os.OpenFile(filepath.Join(dir, FileLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return 3
 	}
@@ -84,8 +101,8 @@ func shimMain(dir string) int {
 		fmt.Fprintf(logf, "%s shim: %s\n", time.Now().UTC().Format(time.RFC3339Nano), fmt.Sprintf(format, args...))
 		return 1
 	}
-	var cfg shimConfig
-	if err := readJSON(filepath.Join(dir, fileShimConfig), &cfg); err != nil {
+	var cfg Config
+	if err := ReadJSON(filepath.Join(dir, FileConfig), &cfg); err != nil {
 		return fail("%v", err)
 	}
 	if err := writeShimPid(dir); err != nil {
@@ -102,17 +119,17 @@ func shimMain(dir string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	logDir := filepath.Join(dir, dirLogs)
-	stdout, err := openRotating(filepath.Join(logDir, "stdout.log"), cfg.LogMax, cfg.LogFiles)
+	logDir := filepath.Join(dir, DirLogs)
+	stdout, err := OpenRotating(filepath.Join(logDir, "stdout.log"), cfg.LogMax, cfg.LogFiles)
 	if err != nil {
 		return fail("%v", err)
 	}
-	stderr, err := openRotating(filepath.Join(logDir, "stderr.log"), cfg.LogMax, cfg.LogFiles)
+	stderr, err := OpenRotating(filepath.Join(logDir, "stderr.log"), cfg.LogMax, cfg.LogFiles)
 	if err != nil {
 		return fail("%v", err)
 	}
-	cmd := exec.Command(cfg.Runc, "--root", cfg.Root, "--log", filepath.Join(dir, fileRuncLog), "--log-format", "json",
-		"run", "--detach", "--pid-file", filepath.Join(dir, filePid), "--bundle", filepath.Join(dir, dirBundle), cfg.ID)
+	cmd := exec.Command(cfg.Runc, "--root", cfg.Root, "--log", filepath.Join(dir, FileRuncLog), "--log-format", "json",
+		"run", "--detach", "--pid-file", filepath.Join(dir, fileRuncPid), "--bundle", filepath.Join(dir, DirBundle), cfg.ID)
 	cmd.Stdout, cmd.Stderr = outW, errW
 	runErr := cmd.Run()
 	outW.Close()
@@ -121,7 +138,7 @@ func shimMain(dir string) int {
 		_ = outR.Close()
 		// runc logs its error (and prints it to what was to be the
 		// container's stderr): keep the message for the agent.
-		msg := runcError(filepath.Join(dir, fileRuncLog))
+		msg := runcError(filepath.Join(dir, FileRuncLog))
 		if msg == "" {
 			var b strings.Builder
 			_, _ = io.Copy(&b, io.LimitReader(errR, 4096))
@@ -131,22 +148,24 @@ func shimMain(dir string) int {
 			msg = runErr.Error()
 		}
 		_ = errR.Close()
-		if err := writeFileAtomic(filepath.Join(dir, fileStartError), []byte(msg)); err != nil {
+		if err := WriteFileAtomic(filepath.Join(dir, FileStartError), []byte(msg)); err != nil {
 			return fail("%v", err)
 		}
+		notifyStarter()
 		return 0
 	}
-	pid, err := readPidFile(filepath.Join(dir, filePid))
+	pid, err := readPidFile(filepath.Join(dir, fileRuncPid))
 	if err != nil {
 		return fail("%v", err)
 	}
-	if err := writeJSONAtomic(filepath.Join(dir, fileStarted), startedRecord{Pid: pid}); err != nil {
+	if err := WriteJSONAtomic(filepath.Join(dir, FileStarted), Started{Pid: pid}); err != nil {
 		return fail("%v", err)
 	}
+	notifyStarter()
 	var copies sync.WaitGroup
 	for _, c := range []struct {
 		r *os.File
-		w *rotating
+		w *Rotating
 	}{{outR, stdout}, {errR, stderr}} {
 		copies.Add(1)
 		go func() {
@@ -167,15 +186,18 @@ func shimMain(dir string) int {
 	case <-time.After(5 * time.Second):
 	}
 	rec.At = time.Now().UnixNano()
-	if err := writeJSONAtomic(filepath.Join(dir, fileExit), rec); err != nil {
+	if err := WriteJSONAtomic(filepath.Join(dir, FileExit), rec); err != nil {
 		return fail("%v", err)
 	}
 	return 0
 }
 
+// notifyStarter closes file descriptor 3, the pipe the starter waits on.
+func notifyStarter() { _ = unix.Close(3) }
+
 // reapContainer waits for any child until pid exits (the shim reaps every
 // child it gets, as a subreaper must) and returns how it ended.
-func reapContainer(pid int) exitRecord {
+func reapContainer(pid int) Exit {
 	for {
 		var ws unix.WaitStatus
 		got, err := unix.Wait4(-1, &ws, 0, nil)
@@ -183,16 +205,16 @@ func reapContainer(pid int) exitRecord {
 			continue
 		}
 		if err != nil {
-			return exitRecord{Code: -1, Signal: "unknown"}
+			return Exit{Code: -1, Signal: "unknown"}
 		}
 		if got != pid {
 			continue
 		}
 		switch {
 		case ws.Exited():
-			return exitRecord{Code: ws.ExitStatus()}
+			return Exit{Code: ws.ExitStatus()}
 		case ws.Signaled():
-			return exitRecord{Code: -1, Signal: signalName(ws.Signal())}
+			return Exit{Code: -1, Signal: signalName(ws.Signal())}
 		}
 	}
 }
@@ -208,16 +230,16 @@ func signalName(s syscall.Signal) string {
 // agent can tell the shim from a process that reused its PID.
 func writeShimPid(dir string) error {
 	pid := os.Getpid()
-	st, err := processStartTime(pid)
+	st, err := ProcessStartTime(pid)
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, fileShimPid), []byte(fmt.Sprintf("%d %d\n", pid, st)))
+	return WriteFileAtomic(filepath.Join(dir, FilePid), []byte(fmt.Sprintf("%d %d\n", pid, st)))
 }
 
-// processStartTime returns field 22 of /proc/<pid>/stat: the process's
+// ProcessStartTime returns field 22 of /proc/<pid>/stat: the process's
 // start time in clock ticks since boot.
-func processStartTime(pid int) (uint64, error) {
+func ProcessStartTime(pid int) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
@@ -235,13 +257,13 @@ func processStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(fields[19], 10, 64)
 }
 
-func readShimPid(dir string) (pid int, start uint64, err error) {
-	b, err := os.ReadFile(filepath.Join(dir, fileShimPid))
+func ReadPid(dir string) (pid int, start uint64, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, FilePid))
 	if err != nil {
 		return 0, 0, err
 	}
 	if _, err := fmt.Sscanf(string(b), "%d %d", &pid, &start); err != nil {
-		return 0, 0, fmt.Errorf("%s: %w", fileShimPid, err)
+		return 0, 0, fmt.Errorf("%s: %w", FilePid, err)
 	}
 	return pid, start, nil
 }
@@ -280,7 +302,7 @@ func runcError(path string) string {
 	return last
 }
 
-func readJSON(path string, v any) error {
+func ReadJSON(path string, v any) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -291,31 +313,22 @@ func readJSON(path string, v any) error {
 	return nil
 }
 
-func writeJSONAtomic(path string, v any) error {
+func WriteJSONAtomic(path string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, b)
+	return WriteFileAtomic(path, b)
 }
 
-// writeFileAtomic writes b to a temporary file, syncs it and renames it
-// over path, so a reader sees the old content or the new, never a part.
-func writeFileAtomic(path string, b []byte) error {
+// WriteFileAtomic writes b to a temporary file and renames it over path,
+// so a reader sees the old content or the new, never a part. It does not
+// sync: a container's files matter only while the machine runs (no
+// container survives a reboot), and the page cache outlives a crash of
+// the processes that wrote them.
+func WriteFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)
