@@ -32,7 +32,10 @@
 // and its uncompressed content have been verified and its files synced
 // (syncfs), so a directory in layers/ with a layer.json is always a
 // complete layer; one without is a leftover and removed at open. Records
-// are written to a temporary file, synced and renamed.
+// are written to a temporary file and renamed; image records made by a
+// pull are synced first, while leases and last-use times are not (no
+// container outlives a reboot, and a last use only guides GC), so a
+// container's start does not wait for the disk.
 //
 // # Pulling
 //

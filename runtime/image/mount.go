@@ -120,7 +120,7 @@ func (s *Store) lease(image, id string) (*lease, *imageRecord, bool, error) {
 	if err := os.MkdirAll(s.containerDir(id), 0o700); err != nil {
 		return nil, nil, false, err
 	}
-	if err := writeJSON(filepath.Join(s.containerDir(id), "lease.json"), l); err != nil {
+	if err := writeHint(filepath.Join(s.containerDir(id), "lease.json"), l); err != nil {
 		os.RemoveAll(s.containerDir(id))
 		return nil, nil, false, err
 	}

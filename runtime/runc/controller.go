@@ -176,7 +176,23 @@ func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
 		return rec, fmt.Errorf("pulling %s: %w", s.Image, err)
 	}
 	rec.ImageDigest, rec.Image = img.Digest, img.Config
+	// The network namespace is made while the root filesystem is mounted:
+	// neither needs the other.
+	type attached struct {
+		att *network.Attachment
+		err error
+	}
+	attachCh := make(chan attached, 1)
+	if s.HostNetwork {
+		attachCh <- attached{}
+	} else {
+		go func() {
+			att, err := c.rt.bridge.Attach(ctx, c.task.ID)
+			attachCh <- attached{att, err}
+		}()
+	}
 	rootfs, err := c.rt.images.Mount(ctx, img.Digest, c.task.ID)
+	atr := <-attachCh
 	if err != nil {
 		return rec, fmt.Errorf("mounting the root filesystem: %w", err)
 	}
@@ -203,11 +219,11 @@ func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
 			hostname = hostname[:12]
 		}
 	}
-	var att *network.Attachment
-	if !s.HostNetwork {
-		if att, err = c.rt.bridge.Attach(ctx, c.task.ID); err != nil {
-			return rec, fmt.Errorf("attaching to the node's bridge: %w", err)
-		}
+	att := atr.att
+	if atr.err != nil {
+		return rec, fmt.Errorf("attaching to the node's bridge: %w", atr.err)
+	}
+	if att != nil {
 		rec.Addr = att.Addr.String()
 		var maps []network.PortMapping
 		for _, p := range s.Ports {
@@ -265,7 +281,7 @@ func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
 	if err != nil {
 		return rec, err
 	}
-	if err := shim.WriteFileAtomic(filepath.Join(c.dir, shim.DirBundle, "config.json"), b); err != nil {
+	if err := os.WriteFile(filepath.Join(c.dir, shim.DirBundle, "config.json"), b, 0o600); err != nil {
 		return rec, err
 	}
 	if err := shim.WriteJSONAtomic(filepath.Join(c.dir, filePrepared), rec); err != nil {
@@ -303,11 +319,10 @@ func (c *Controller) writeEtcFiles(hostname string, att *network.Attachment) ([3
 	for i, f := range []struct{ name, content string }{
 		{"hosts", hosts}, {"hostname", hostname + "\n"}, {"resolv.conf", resolv},
 	} {
+		// Written in place: until prepared.json is, the container's
+		// directory is not a prepared container, whatever it holds.
 		p := filepath.Join(c.dir, f.name)
-		if err := shim.WriteFileAtomic(p, []byte(f.content)); err != nil {
-			return out, err
-		}
-		if err := os.Chmod(p, 0o644); err != nil {
+		if err := os.WriteFile(p, []byte(f.content), 0o644); err != nil {
 			return out, err
 		}
 		out[i] = p
