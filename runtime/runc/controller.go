@@ -53,6 +53,7 @@ type Controller struct {
 	cleaned          bool
 	isDetached       bool
 	waiterDone       chan struct{} // closed when the waiter goroutine ends; nil before Start
+	spawn            *spawned      // the shim Prepare started, until Start lets it go or Remove dismisses it
 }
 
 var (
@@ -131,23 +132,41 @@ func (c *Controller) Prepare(ctx context.Context) error {
 	case prepared:
 		return nil
 	}
-	rec, err := c.prepare(ctx)
+	rec, sp, err := c.prepare(ctx)
 	if err != nil {
+		if sp != nil {
+			sp.dismiss()
+		}
 		return fmt.Errorf("runc: prepare task %s: %w", c.task.ID, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.isRemoved {
+		sp.dismiss()
 		return fmt.Errorf("runc: prepare task %s: %w", c.task.ID, runtime.ErrAlreadyRemoved)
 	}
-	c.prepared, c.prep = true, rec
+	c.prepared, c.prep, c.spawn = true, rec, sp
 	c.log.Debug("container prepared", "image", rec.ImageDigest, "rootfs", rec.Rootfs)
 	return nil
 }
 
-func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
+func (c *Controller) prepare(ctx context.Context) (preparedRecord, *spawned, error) {
+	rec, err := c.prepareFiles(ctx)
+	if err != nil {
+		return rec, nil, err
+	}
+	// The shim starts (and initializes) while the rest is prepared.
+	sp, err := c.spawnShim()
+	if err != nil {
+		return rec, nil, err
+	}
+	rec, err = c.prepareContainer(ctx, rec)
+	return rec, sp, err
+}
+
+// prepareFiles creates the container's directory and its task record.
+func (c *Controller) prepareFiles(ctx context.Context) (preparedRecord, error) {
 	var rec preparedRecord
-	s := c.task.Spec
 	if err := c.rt.setup(ctx); err != nil {
 		return rec, err
 	}
@@ -159,6 +178,12 @@ func (c *Controller) prepare(ctx context.Context) (preparedRecord, error) {
 	if err := shim.WriteJSONAtomic(filepath.Join(c.dir, fileTask), stored); err != nil {
 		return rec, err
 	}
+	return rec, nil
+}
+
+// prepareContainer pulls, mounts, attaches and writes the bundle.
+func (c *Controller) prepareContainer(ctx context.Context, rec preparedRecord) (preparedRecord, error) {
+	s := c.task.Spec
 	img, err := c.rt.images.Pull(ctx, s.Image, s.RegistryAuth)
 	if err != nil && ctx.Err() == nil {
 		// The store may have the image already (pulled before, or loaded
@@ -386,7 +411,16 @@ func (c *Controller) Start(ctx context.Context) error {
 	// Held across the start: Shutdown waits for it, so a container is never
 	// left running by a Shutdown that raced its start.
 	defer c.mu.Unlock()
-	pidfd, err := c.startShim(ctx)
+	sp := c.spawn
+	c.spawn = nil
+	if sp == nil {
+		// Prepared by an earlier Start that failed, or restored: a new shim.
+		var err error
+		if sp, err = c.spawnShim(); err != nil {
+			return fmt.Errorf("runc: start task %s: %w", c.task.ID, err)
+		}
+	}
+	pidfd, err := c.startShim(ctx, sp)
 	if err != nil {
 		return fmt.Errorf("runc: start task %s: %w", c.task.ID, err)
 	}
@@ -397,9 +431,16 @@ func (c *Controller) Start(ctx context.Context) error {
 	return nil
 }
 
-// startShim launches the shim and waits until it reports that runc started
-// the container (or failed to). It returns the shim's pidfd.
-func (c *Controller) startShim(ctx context.Context) (*os.File, error) {
+// spawned is a shim started by Prepare, waiting for Start's go.
+type spawned struct {
+	pidfd  *os.File // the shim's pidfd
+	goW    *os.File // a byte lets the shim start the container; closing it without one sends it away
+	notify *os.File // reaches EOF once the shim decided the start, or died
+}
+
+// spawnShim starts the container's shim, which waits for a byte on its go
+// pipe: its start overlaps the rest of Prepare. Called by prepare.
+func (c *Controller) spawnShim() (*spawned, error) {
 	for _, f := range []string{shim.FileStarted, shim.FileStartError, shim.FileExit, shim.FilePid} {
 		_ = os.Remove(filepath.Join(c.dir, f))
 	}
@@ -421,22 +462,27 @@ func (c *Controller) startShim(ctx context.Context) (*os.File, error) {
 	if p, ok := os.LookupEnv("PATH"); ok {
 		env = append(env, "PATH="+p)
 	}
-	// The shim closes its end of this pipe once the start is decided
-	// (started.json or start-error written), or dies: either way the read
-	// below ends.
-	pr, pw, err := os.Pipe()
+	notifyR, notifyW, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	defer pr.Close()
+	goR, goW, err := os.Pipe()
+	if err != nil {
+		notifyR.Close()
+		notifyW.Close()
+		return nil, err
+	}
 	proc, err := os.StartProcess(c.rt.shim, []string{c.rt.shim}, &os.ProcAttr{
 		Dir:   "/",
 		Env:   env,
-		Files: []*os.File{devnull, shimLog, shimLog, pw},
+		Files: []*os.File{devnull, shimLog, shimLog, notifyW, goR},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
-	pw.Close()
+	notifyW.Close()
+	goR.Close()
 	if err != nil {
+		notifyR.Close()
+		goW.Close()
 		return nil, fmt.Errorf("starting the shim %s: %w", c.rt.shim, err)
 	}
 	// The shim is an unreaped child: its PID cannot be reused before the
@@ -444,12 +490,33 @@ func (c *Controller) startShim(ctx context.Context) (*os.File, error) {
 	fd, err := unix.PidfdOpen(proc.Pid, 0)
 	_ = proc.Release()
 	if err != nil {
+		notifyR.Close()
+		goW.Close() // the shim exits without starting anything
 		return nil, fmt.Errorf("pidfd of the shim: %w", err)
 	}
-	pidfd := newPidfd(fd)
-	stop := context.AfterFunc(ctx, func() { _ = pr.SetReadDeadline(time.Now()) })
-	_, _ = io.Copy(io.Discard, pr)
-	stop()
+	return &spawned{pidfd: newPidfd(fd), goW: goW, notify: notifyR}, nil
+}
+
+// dismiss sends a spawned shim away without a start and reaps it.
+func (sp *spawned) dismiss() {
+	sp.goW.Close()
+	sp.notify.Close()
+	reapWait(sp.pidfd)
+	sp.pidfd.Close()
+}
+
+// startShim lets the spawned shim start the container and waits until it
+// reports that runc started it (or failed to). It returns the shim's pidfd.
+func (c *Controller) startShim(ctx context.Context, sp *spawned) (*os.File, error) {
+	_, werr := sp.goW.Write([]byte{1})
+	sp.goW.Close()
+	defer sp.notify.Close()
+	pidfd := sp.pidfd
+	if werr == nil {
+		stop := context.AfterFunc(ctx, func() { _ = sp.notify.SetReadDeadline(time.Now()) })
+		_, _ = io.Copy(io.Discard, sp.notify)
+		stop()
+	}
 	if _, err := os.Stat(filepath.Join(c.dir, shim.FileStarted)); err == nil {
 		return pidfd, nil
 	}
@@ -671,7 +738,12 @@ func (c *Controller) Remove(ctx context.Context) error {
 		return nil
 	}
 	started := c.started
+	sp := c.spawn
+	c.spawn = nil
 	c.mu.Unlock()
+	if sp != nil {
+		sp.dismiss() // prepared, never started
+	}
 	if started && !c.hasExited() {
 		c.kill()
 		select {
@@ -737,7 +809,12 @@ func (c *Controller) Detach() error {
 	c.isDetached = true
 	close(c.detached)
 	waiter := c.waiterDone
+	sp := c.spawn
+	c.spawn = nil
 	c.mu.Unlock()
+	if sp != nil {
+		sp.dismiss() // prepared, never started: nothing to hand over
+	}
 	if waiter != nil {
 		<-waiter
 	}

@@ -52,8 +52,11 @@
 // SHOAL_RUNC_SHIM set (the shim package's init function turns such a run
 // into the shim before main runs, so nothing has to be installed); the
 // small command runtime/runc/cmd/shoal-runc-shim, set as Config.ShimPath,
-// starts faster and uses less memory per container. Start waits on a pipe
-// the shim closes once runc has started the container or failed to. The shim runs in a
+// starts faster and uses less memory per container. Prepare starts the
+// shim early, so that its start overlaps the mount and the network
+// namespace; it waits on a pipe for Start's go (and exits if the pipe
+// closes without one), and Start waits on another pipe, which the shim
+// closes once runc has started the container or failed to. The shim runs in a
 // session of its own, makes itself a child subreaper, runs `runc run
 // --detach`, so the container's init becomes its child, copies the
 // container's stdout and stderr into size-capped rotated files

@@ -35,8 +35,12 @@ import (
 
 // Env is the environment variable that turns a process into a
 // container's shim: its value is the container's directory. A shim is
-// started with a pipe as file descriptor 3, which it closes once it wrote
-// FileStarted or FileStartError.
+// started with two pipes: file descriptor 3, which it closes once it wrote
+// FileStarted or FileStartError, and file descriptor 4, from which it reads
+// one byte before it starts the container. The starter can so start the
+// shim early (while the container is being prepared) and let it go when
+// the bundle is ready; if fd 4 closes without a byte, the shim exits
+// without starting anything.
 const Env = "SHOAL_RUNC_SHIM"
 
 func init() {
@@ -89,9 +93,10 @@ type Exit struct {
 // meanwhile.
 func Run(dir string) int {
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
-	// The starter's pipe must reach neither runc nor the container: only
-	// this process closes it, to say the start is decided.
+	// The starter's pipes must reach neither runc nor the container: only
+	// this process closes them.
 	unix.CloseOnExec(3)
+	unix.CloseOnExec(4)
 	logf, err := os.OpenFile(filepath.Join(dir, FileLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return 3
@@ -128,6 +133,13 @@ func Run(dir string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	// Wait for the starter's go: the bundle is complete once it comes.
+	var goByte [1]byte
+	if n, _ := unix.Read(4, goByte[:]); n != 1 {
+		notifyStarter()
+		return 0 // the starter gave up (the task will not start)
+	}
+	_ = unix.Close(4)
 	cmd := exec.Command(cfg.Runc, "--root", cfg.Root, "--log", filepath.Join(dir, FileRuncLog), "--log-format", "json",
 		"run", "--detach", "--pid-file", filepath.Join(dir, fileRuncPid), "--bundle", filepath.Join(dir, DirBundle), cfg.ID)
 	cmd.Stdout, cmd.Stderr = outW, errW
