@@ -426,6 +426,8 @@ func BenchmarkStartCached(b *testing.B) {
 			b.ReportMetric(float64(sp99)/float64(fp99), "p99-ratio")
 			b.ReportMetric(ms(percentile(prepare, .5)), "prepare-p50-ms")
 			b.ReportMetric(ms(percentile(start, .5)), "start-p50-ms")
+			b.ReportMetric(ms(percentile(prepare, .99)), "prepare-p99-ms")
+			b.ReportMetric(ms(percentile(start, .99)), "start-p99-ms")
 			b.ReportMetric(ms(percentile(floorSetup, .5)), "floor-setup-p50-ms")
 			// The floor with its root filesystem and network namespace made
 			// by hand too: the same work as the subject's, without Shoal.
