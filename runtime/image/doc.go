@@ -33,9 +33,10 @@
 // (syncfs), so a directory in layers/ with a layer.json is always a
 // complete layer; one without is a leftover and removed at open. Records
 // are written to a temporary file and renamed; image records made by a
-// pull are synced first, while leases and last-use times are not (no
-// container outlives a reboot, and a last use only guides GC), so a
-// container's start does not wait for the disk.
+// pull are synced first, while leases are not (no container outlives a
+// reboot), and the last use of an image, which only guides GC, is kept in
+// memory and written by GC and Close: a container's start does not wait
+// for the disk.
 //
 // # Pulling
 //

@@ -34,6 +34,7 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 	var res GCResult
 	var doomed []string
 	s.mu.Lock()
+	s.flushTouchedLocked()
 	now := s.now()
 	leased := s.leasedImagesLocked()
 	var candidates []*imageRecord

@@ -106,6 +106,10 @@ type Store struct {
 	layers  map[string]layerInfo    // complete layers on disk, by diff ID
 	pins    map[string]int          // diff ID → operations in progress needing it
 	leases  map[string]*lease       // by container id
+	// touched are the images whose LastUsed changed since their record
+	// was written: written by GC and Close, so that a container's start
+	// writes no image record.
+	touched map[string]bool
 }
 
 // imageRecord is an image as stored in images/<hex>.json.
@@ -194,6 +198,7 @@ func (s *Store) Close() error {
 	s.wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.flushTouchedLocked()
 	if s.lock != nil {
 		err := s.lock.Close()
 		s.lock = nil
@@ -517,16 +522,31 @@ func (s *Store) recordImageLocked(rec *imageRecord, refs []string) error {
 	return nil
 }
 
-// touchLocked sets an image's last use to now and writes its record. The
-// caller holds mu.
+// touchLocked sets an image's last use to now; the record is written
+// later (flushTouchedLocked), since a last use only guides GC. The caller
+// holds mu.
 func (s *Store) touchLocked(digest string) {
 	rec, ok := s.images[digest]
 	if !ok {
 		return
 	}
 	rec.LastUsed = s.now()
-	if err := writeHint(filepath.Join(s.imagesDir(), hexOf(digest)+".json"), rec); err != nil {
-		s.log.Warn("writing image record", "image", digest, "err", err)
+	if s.touched == nil {
+		s.touched = map[string]bool{}
+	}
+	s.touched[digest] = true
+}
+
+// flushTouchedLocked writes the records of the images touched since they
+// were last written. The caller holds mu.
+func (s *Store) flushTouchedLocked() {
+	for digest := range s.touched {
+		if rec, ok := s.images[digest]; ok {
+			if err := writeHint(filepath.Join(s.imagesDir(), hexOf(digest)+".json"), rec); err != nil {
+				s.log.Warn("writing image record", "image", digest, "err", err)
+			}
+		}
+		delete(s.touched, digest)
 	}
 }
 
