@@ -63,6 +63,14 @@ func TestValidateServiceSpec(t *testing.T) {
 		{"bad restart", mod(func(s *api.ServiceSpec) { s.Task.Restart = &api.RestartPolicy{Condition: 9} }), "ServiceSpec.Task.Restart.Condition"},
 		{"negative restart delay", mod(func(s *api.ServiceSpec) { s.Task.Restart = &api.RestartPolicy{Delay: -1} }), "ServiceSpec.Task.Restart.Delay: must be >= 0"},
 		{"negative update delay", mod(func(s *api.ServiceSpec) { s.Update = &api.UpdateConfig{Delay: -1} }), "ServiceSpec.Update.Delay: must be >= 0"},
+		{"start-first", mod(func(s *api.ServiceSpec) {
+			s.Update = &api.UpdateConfig{Order: api.UpdateOrder_UPDATE_ORDER_START_FIRST}
+			s.Task.Ports = []*api.PortConfig{{TargetPort: 80}}
+		}), ""},
+		{"start-first with a host-mode port", mod(func(s *api.ServiceSpec) {
+			s.Update = &api.UpdateConfig{Order: api.UpdateOrder_UPDATE_ORDER_START_FIRST}
+			s.Task.Ports = []*api.PortConfig{{TargetPort: 80}, {TargetPort: 81, PublishedPort: 8081, Mode: api.PublishMode_PUBLISH_MODE_HOST}}
+		}), "ServiceSpec.Update.Order: start-first runs a slot's old and new task at once, which ServiceSpec.Ports[1]"},
 		{"empty label key", mod(func(s *api.ServiceSpec) { s.Labels = map[string]string{" ": "x"} }), "ServiceSpec.Labels: keys must not be empty"},
 	}
 	for _, tc := range tests {

@@ -58,6 +58,13 @@ func ValidateServiceSpec(s *api.ServiceSpec) error {
 		if u.Order != api.UpdateOrder_UPDATE_ORDER_STOP_FIRST && u.Order != api.UpdateOrder_UPDATE_ORDER_START_FIRST {
 			return invalid("ServiceSpec.Update.Order", "must be stop-first or start-first")
 		}
+		if u.Order == api.UpdateOrder_UPDATE_ORDER_START_FIRST {
+			for i, p := range s.GetTask().GetPorts() {
+				if p.GetMode() == api.PublishMode_PUBLISH_MODE_HOST {
+					return invalid("ServiceSpec.Update.Order", "start-first runs a slot's old and new task at once, which ServiceSpec.Ports[%d] (host mode, one task per node and port) forbids: use stop-first", i)
+				}
+			}
+		}
 	}
 	return nil
 }

@@ -21,9 +21,12 @@
 //     according to the restart policy (condition, delay, max attempts within
 //     a window); a task not restarted keeps its slot.
 //   - updates: when a service's SpecVersion changes, its tasks are replaced
-//     stop-first, Parallelism slots at a time (0 means 1), waiting Delay
-//     after each new task reaches RUNNING; Service.UpdateStatus follows the
-//     update.
+//     Parallelism slots at a time (0 means 1), waiting Delay after each new
+//     task reaches RUNNING; Service.UpdateStatus follows the update.
+//     Stop-first (the default) stops a slot's old task before its new one
+//     starts; start-first starts the new one next to the old, which is told
+//     to stop only once the new one is RUNNING (its agent then drains it
+//     from the routing mesh), so the slot serves throughout.
 //   - the reaper: tasks marked REMOVE are deleted once they stopped (or never
 //     started, or their node is lost); each slot keeps at most the cluster's
 //     TaskHistoryLimit dead tasks (Config.DefaultTaskHistoryLimit when the
@@ -43,9 +46,11 @@
 //
 // # Caveats
 //
-// Updates are stop-first only (UpdateOrder START_FIRST is treated as
-// stop-first) and never roll back; an UpdateStatus of PAUSED (set by
-// another component) stops new slots from being updated. A task that was
+// Updates never roll back; an UpdateStatus of PAUSED (set by another
+// component) stops new slots from being updated. A start-first update of a
+// global service runs the new task on the same node as the old one, so a
+// host-mode published port keeps the new task from being placed until the
+// old one is gone. A task that was
 // shut down without being asked is restarted, but is not counted as an
 // attempt toward MaxAttempts.
 package orchestrator

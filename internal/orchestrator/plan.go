@@ -260,14 +260,69 @@ func (pl *planner) drop(s *slotTasks) {
 	}
 }
 
+// startFirst reports whether the service's updates start a slot's new
+// task before they stop its old one.
+func (pl *planner) startFirst() bool {
+	return pl.svc.GetSpec().GetUpdate().GetOrder() == api.UpdateOrder_UPDATE_ORDER_START_FIRST
+}
+
 // pickOccupant keeps one occupant of a slot and stops any others (a slot
 // never runs two tasks). It prefers a live task, then the most advanced,
 // then the newest.
+//
+// With start-first updates a slot runs two tasks while it is updated: the
+// old one (an outdated spec version) keeps serving until the new one
+// (the current version) is RUNNING, then it is stopped. The new one is the
+// occupant the rest of the plan follows (restarted if it dies, counted in
+// progress while it starts); the old one is left alone meanwhile.
 func (pl *planner) pickOccupant(s *slotTasks) *api.Task {
 	if len(s.occupants) == 0 {
 		return nil
 	}
-	occ := slices.MinFunc(s.occupants, func(a, b *api.Task) int {
+	if pl.startFirst() {
+		var cur, old []*api.Task
+		for _, t := range s.occupants {
+			if t.GetSpecVersion() == pl.svc.GetSpecVersion() {
+				cur = append(cur, t)
+			} else {
+				old = append(old, t)
+			}
+		}
+		if len(cur) > 0 && len(old) > 0 {
+			keep := pl.bestOccupant(cur)
+			for _, t := range cur {
+				if t != keep {
+					pl.stop(t, "duplicate task for its slot")
+				}
+			}
+			prev := pl.bestOccupant(old)
+			for _, t := range old {
+				if t != prev {
+					pl.stop(t, "duplicate task for its slot")
+				}
+			}
+			switch {
+			case isDead(prev):
+				pl.stop(prev, "ended during a start-first update")
+			case keep.GetStatus().GetState() == stateRunning:
+				pl.stop(prev, "replaced by a service update (start-first)")
+			}
+			return keep
+		}
+	}
+	occ := pl.bestOccupant(s.occupants)
+	for _, t := range s.occupants {
+		if t != occ {
+			pl.stop(t, "duplicate task for its slot")
+		}
+	}
+	return occ
+}
+
+// bestOccupant is the task of occupants to keep: a live task, then the most
+// advanced, then the newest.
+func (pl *planner) bestOccupant(occupants []*api.Task) *api.Task {
+	return slices.MinFunc(occupants, func(a, b *api.Task) int {
 		if da, db := isDead(a), isDead(b); da != db {
 			if da {
 				return 1
@@ -279,12 +334,6 @@ func (pl *planner) pickOccupant(s *slotTasks) *api.Task {
 		}
 		return newerFirst(a, b)
 	})
-	for _, t := range s.occupants {
-		if t != occ {
-			pl.stop(t, "duplicate task for its slot")
-		}
-	}
-	return occ
 }
 
 func (pl *planner) restartPolicy() *api.RestartPolicy {
@@ -436,9 +485,10 @@ func (pl *planner) planGlobal(tasks []*api.Task) {
 	}
 }
 
-// planUpdate replaces outdated tasks, stop-first, at most Parallelism slots
-// at a time, waiting Delay after each new task reaches RUNNING, and keeps
-// the service's UpdateStatus.
+// planUpdate replaces outdated tasks, stop-first or start-first (the
+// service's UpdateConfig.Order), at most Parallelism slots at a time,
+// waiting Delay after each new task reaches RUNNING, and keeps the
+// service's UpdateStatus.
 func (pl *planner) planUpdate(tasks []*api.Task) {
 	svc := pl.svc
 	us := svc.GetUpdateStatus()
@@ -464,6 +514,12 @@ func (pl *planner) planUpdate(tasks []*api.Task) {
 		}
 		slices.SortFunc(pl.outdated, func(a, b slotRef) int { return a.key.compare(b.key) })
 		for _, r := range pl.outdated[:min(max(avail, 0), len(pl.outdated))] {
+			if pl.startFirst() && !isDead(r.occ) {
+				// The new task starts next to the old one, which serves
+				// until the new one runs (pickOccupant stops it then).
+				pl.create(r.key.slot, r.key.node)
+				continue
+			}
 			c := pl.stop(r.occ, "replaced by a service update")
 			if isDead(c) {
 				pl.create(r.key.slot, r.key.node) // nothing to wait for

@@ -287,3 +287,77 @@ func TestUpdateOfPendingTasks(t *testing.T) {
 	e.addNode("n1", ready, active, nil)
 	e.eventually(func() bool { return e.updated(id, 3) }, true, "updated once nodes exist")
 }
+
+// TestUpdateStartFirst checks, at every task change, that every slot has a
+// task RUNNING and wanted running throughout a start-first update (an old
+// task is told to stop only once its slot's new one runs), and that at most
+// Parallelism slots have a new task starting.
+func TestUpdateStartFirst(t *testing.T) {
+	for _, par := range []uint64{1, 2} {
+		t.Run(fmt.Sprintf("parallelism=%d", par), func(t *testing.T) {
+			e := newEnv(t)
+			e.addNode("n1", ready, active, nil)
+			e.addNode("n2", ready, active, nil)
+			e.start()
+			spec := replicatedSpec("web", 4)
+			spec.Update = &api.UpdateConfig{Parallelism: par, Order: api.UpdateOrder_UPDATE_ORDER_START_FIRST}
+			id := e.createService(spec)
+			e.eventually(func() bool { return count(e.tasks(id), running) == 4 }, true, "running")
+
+			w := e.store.Watch(state.KindIs(state.KindTask))
+			var (
+				mu         sync.Mutex
+				violations []string
+				tasks      = map[string]*api.Task{}
+				done       = make(chan struct{})
+			)
+			for _, tk := range e.tasks(id) {
+				tasks[tk.Id] = tk
+			}
+			go func() {
+				defer close(done)
+				for ev := range w.C {
+					tk := ev.Task()
+					if tk.ServiceId != id {
+						continue
+					}
+					mu.Lock()
+					tasks[tk.Id] = tk
+					// Serving slots: a task of the slot RUNNING and wanted
+					// running. A slot never has none once it had one.
+					serving := map[uint64]bool{}
+					starting := map[uint64]bool{}
+					for _, x := range tasks {
+						if x.DesiredState == api.TaskState_TASK_STATE_RUNNING && x.Status.State == api.TaskState_TASK_STATE_RUNNING {
+							serving[x.Slot] = true
+						}
+						if x.SpecVersion == 2 && x.DesiredState == api.TaskState_TASK_STATE_RUNNING && x.Status.State < api.TaskState_TASK_STATE_RUNNING {
+							starting[x.Slot] = true
+						}
+					}
+					if len(serving) < 4 {
+						violations = append(violations, fmt.Sprintf("only %d slots serving", len(serving)))
+					}
+					if len(starting) > int(par) {
+						violations = append(violations, fmt.Sprintf("%d slots starting at once", len(starting)))
+					}
+					mu.Unlock()
+				}
+			}()
+			e.updateService(id, func(s *api.ServiceSpec) {
+				s.Task.Command = []string{"v2"}
+				s.Update = &api.UpdateConfig{Parallelism: par, Order: api.UpdateOrder_UPDATE_ORDER_START_FIRST}
+			}, true)
+			e.eventually(func() bool { return e.updated(id, 4) }, true, "update completed")
+			w.Cancel()
+			<-done
+			mu.Lock()
+			defer mu.Unlock()
+			assert.Empty(t, violations, "every slot serves throughout a start-first update")
+			for _, tk := range e.occupants(id) {
+				assert.Equal(t, []string{"v2"}, tk.Spec.Command)
+			}
+			assert.Len(t, e.tasks(id), 8, "the old tasks kept as history")
+		})
+	}
+}
