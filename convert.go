@@ -144,7 +144,55 @@ func toAPITaskSpec(t TaskSpec) (*api.TaskSpec, error) {
 	if a := t.RegistryAuth; a != nil {
 		out.RegistryAuth = &api.RegistryAuth{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}
 	}
+	if h := t.HealthCheck; h != nil {
+		hc, err := toAPIHealthCheck(h)
+		if err != nil {
+			return nil, err
+		}
+		out.HealthCheck = hc
+	}
 	return out, nil
+}
+
+func toAPIHealthCheck(h *HealthCheck) (*api.HealthCheck, error) {
+	out := &api.HealthCheck{
+		Command: slices.Clone(h.Command), Interval: int64(h.Interval), Timeout: int64(h.Timeout),
+		Retries: int64(h.Retries), StartPeriod: int64(h.StartPeriod), StartInterval: int64(h.StartInterval),
+		Disable: h.Disable,
+	}
+	if c := h.HTTP; c != nil {
+		for _, f := range []struct {
+			name string
+			v    int
+		}{{"Min", c.Status.Min}, {"Max", c.Status.Max}} {
+			if f.v < 0 || f.v > 999 {
+				return nil, specError("ServiceSpec.Task.HealthCheck.HTTP.Status."+f.name, "must be an HTTP status code (100-599) or 0, got %d", f.v)
+			}
+		}
+		out.Http = &api.HTTPCheck{Port: uint32(c.Port), Path: c.Path, StatusMin: uint32(c.Status.Min), StatusMax: uint32(c.Status.Max)}
+	}
+	if c := h.TCP; c != nil {
+		out.Tcp = &api.TCPCheck{Port: uint32(c.Port)}
+	}
+	return out, nil
+}
+
+func fromAPIHealthCheck(h *api.HealthCheck) *HealthCheck {
+	if h == nil {
+		return nil
+	}
+	out := &HealthCheck{
+		Command: slices.Clone(h.Command), Interval: time.Duration(h.Interval), Timeout: time.Duration(h.Timeout),
+		Retries: int(h.Retries), StartPeriod: time.Duration(h.StartPeriod), StartInterval: time.Duration(h.StartInterval),
+		Disable: h.Disable,
+	}
+	if c := h.Http; c != nil {
+		out.HTTP = &HTTPCheck{Port: uint16(c.Port), Path: c.Path, Status: StatusRange{Min: int(c.StatusMin), Max: int(c.StatusMax)}}
+	}
+	if c := h.Tcp; c != nil {
+		out.TCP = &TCPCheck{Port: uint16(c.Port)}
+	}
+	return out
 }
 
 func fromAPITaskSpec(t *api.TaskSpec) TaskSpec {
@@ -183,6 +231,7 @@ func fromAPITaskSpec(t *api.TaskSpec) TaskSpec {
 	if a := t.RegistryAuth; a != nil {
 		out.RegistryAuth = &RegistryAuth{a.Username, a.Password, a.IdentityToken, a.RegistryToken}
 	}
+	out.HealthCheck = fromAPIHealthCheck(t.HealthCheck)
 	return out
 }
 
@@ -251,11 +300,13 @@ func fromAPITask(t *api.Task) *Task {
 		SpecVersion:  t.SpecVersion,
 		DesiredState: TaskState(t.DesiredState),
 		Status: TaskStatus{
-			State:     TaskState(st.GetState()),
-			Timestamp: unixTime(st.GetTimestamp()),
-			Message:   st.GetMessage(),
-			Err:       st.GetErr(),
-			ExitCode:  int(st.GetExitCode()),
+			State:        TaskState(st.GetState()),
+			Timestamp:    unixTime(st.GetTimestamp()),
+			Message:      st.GetMessage(),
+			Err:          st.GetErr(),
+			ExitCode:     int(st.GetExitCode()),
+			Health:       HealthState(st.GetHealth()),
+			HealthOutput: st.GetHealthOutput(),
 		},
 		Endpoints: fromAPITaskEndpoints(st.GetEndpoints()),
 	}

@@ -191,6 +191,101 @@ type TaskSpec struct {
 	// ForceUpdate, changed to any other value, redeploys every task even if
 	// nothing else in the spec changed.
 	ForceUpdate uint64
+	// HealthCheck is how the task's node tells whether the task serves. nil
+	// means the image's HEALTHCHECK, if the image has one (and no check for
+	// a task without an image). A task with a check enters the routing mesh
+	// once healthy and leaves it when unhealthy; an unhealthy task is
+	// stopped, marked TaskFailed with the probe's output, and replaced
+	// under Restart.
+	HealthCheck *HealthCheck
+}
+
+// HealthCheck is a task's health check: exactly one test (Command, HTTP or
+// TCP), or Disable alone. The task is starting until a probe succeeds
+// (failures within StartPeriod do not count), healthy after a success, and
+// unhealthy after Retries consecutive failures; a task that recovers
+// within Retries is left alone.
+type HealthCheck struct {
+	// Command runs in the task's environment (inside its container, or as a
+	// program of the node with the task's environment and working
+	// directory); exit code 0 is healthy. Command[0] is the program, as
+	// docker's HEALTHCHECK CMD form: no shell is involved.
+	Command []string
+	// HTTP is a GET against the task's endpoint of one of its target ports.
+	HTTP *HTTPCheck
+	// TCP is a connect to the task's endpoint of one of its target ports.
+	TCP *TCPCheck
+	// Interval is the time between probes once the start period is over;
+	// 0 means 30s (docker's default).
+	Interval time.Duration
+	// Timeout bounds one probe: one that takes longer fails; 0 means 30s.
+	Timeout time.Duration
+	// Retries is how many consecutive failures make the task unhealthy;
+	// 0 means 3.
+	Retries int
+	// StartPeriod is the time after the start during which failures do not
+	// count (a success still makes the task healthy); 0 means none.
+	StartPeriod time.Duration
+	// StartInterval is the time between probes within StartPeriod; 0 means
+	// 5s.
+	StartInterval time.Duration
+	// Disable switches off the image's HEALTHCHECK; no test may be set
+	// with it.
+	Disable bool
+}
+
+// HTTPCheck is an HTTP GET of Path on the task's endpoint of target port
+// Port, which must be a TCP target of the service's Ports (for the process
+// runtime, the node's address and the task's host port).
+type HTTPCheck struct {
+	Port uint16
+	// Path is the request's path; "" means "/".
+	Path string
+	// Status is the range of healthy status codes; the zero value means
+	// 200-399.
+	Status StatusRange
+}
+
+// StatusRange is an inclusive range of HTTP status codes.
+type StatusRange struct {
+	Min, Max int
+}
+
+// TCPCheck is a TCP connect to the task's endpoint of target port Port,
+// which must be a TCP target of the service's Ports; a connection accepted
+// within the timeout is healthy.
+type TCPCheck struct {
+	Port uint16
+}
+
+// HealthState is a task's health as its node's checks see it.
+type HealthState int
+
+// Health states.
+const (
+	// HealthNone: the task has no health check (or has not started).
+	HealthNone HealthState = iota
+	// HealthStarting: no probe has succeeded yet.
+	HealthStarting
+	// HealthHealthy: the last probe succeeded, or fewer than Retries failed
+	// since the last success.
+	HealthHealthy
+	// HealthUnhealthy: Retries consecutive probes failed.
+	HealthUnhealthy
+)
+
+func (h HealthState) String() string {
+	switch h {
+	case HealthNone:
+		return "none"
+	case HealthStarting:
+		return "starting"
+	case HealthHealthy:
+		return "healthy"
+	case HealthUnhealthy:
+		return "unhealthy"
+	}
+	return fmt.Sprintf("HealthState(%d)", int(h))
 }
 
 // Resources are CPU and memory amounts.
@@ -423,6 +518,12 @@ type TaskStatus struct {
 	Message   string
 	Err       string
 	ExitCode  int
+	// Health is the task's health while it runs (HealthNone without a
+	// check); a task that ended keeps the health it had last.
+	Health HealthState
+	// HealthOutput is the last probe's output (at most 4 KiB): a command's
+	// output, an HTTP status, or why the probe failed.
+	HealthOutput string
 }
 
 // Task is one instance of a service, placed on one node.

@@ -269,6 +269,59 @@ func (RestartCondition) EnumDescriptor() ([]byte, []int) {
 	return file_objects_proto_rawDescGZIP(), []int{4}
 }
 
+type HealthState int32
+
+const (
+	// HEALTH_STATE_NONE: the task has no health check.
+	HealthState_HEALTH_STATE_NONE      HealthState = 0
+	HealthState_HEALTH_STATE_STARTING  HealthState = 1
+	HealthState_HEALTH_STATE_HEALTHY   HealthState = 2
+	HealthState_HEALTH_STATE_UNHEALTHY HealthState = 3
+)
+
+// Enum value maps for HealthState.
+var (
+	HealthState_name = map[int32]string{
+		0: "HEALTH_STATE_NONE",
+		1: "HEALTH_STATE_STARTING",
+		2: "HEALTH_STATE_HEALTHY",
+		3: "HEALTH_STATE_UNHEALTHY",
+	}
+	HealthState_value = map[string]int32{
+		"HEALTH_STATE_NONE":      0,
+		"HEALTH_STATE_STARTING":  1,
+		"HEALTH_STATE_HEALTHY":   2,
+		"HEALTH_STATE_UNHEALTHY": 3,
+	}
+)
+
+func (x HealthState) Enum() *HealthState {
+	p := new(HealthState)
+	*p = x
+	return p
+}
+
+func (x HealthState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HealthState) Descriptor() protoreflect.EnumDescriptor {
+	return file_objects_proto_enumTypes[5].Descriptor()
+}
+
+func (HealthState) Type() protoreflect.EnumType {
+	return &file_objects_proto_enumTypes[5]
+}
+
+func (x HealthState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HealthState.Descriptor instead.
+func (HealthState) EnumDescriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{5}
+}
+
 type MountType int32
 
 const (
@@ -302,11 +355,11 @@ func (x MountType) String() string {
 }
 
 func (MountType) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[5].Descriptor()
+	return file_objects_proto_enumTypes[6].Descriptor()
 }
 
 func (MountType) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[5]
+	return &file_objects_proto_enumTypes[6]
 }
 
 func (x MountType) Number() protoreflect.EnumNumber {
@@ -315,7 +368,7 @@ func (x MountType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MountType.Descriptor instead.
 func (MountType) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{5}
+	return file_objects_proto_rawDescGZIP(), []int{6}
 }
 
 type PortProtocol int32
@@ -348,11 +401,11 @@ func (x PortProtocol) String() string {
 }
 
 func (PortProtocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[6].Descriptor()
+	return file_objects_proto_enumTypes[7].Descriptor()
 }
 
 func (PortProtocol) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[6]
+	return &file_objects_proto_enumTypes[7]
 }
 
 func (x PortProtocol) Number() protoreflect.EnumNumber {
@@ -361,7 +414,7 @@ func (x PortProtocol) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PortProtocol.Descriptor instead.
 func (PortProtocol) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{6}
+	return file_objects_proto_rawDescGZIP(), []int{7}
 }
 
 type PublishMode int32
@@ -398,11 +451,11 @@ func (x PublishMode) String() string {
 }
 
 func (PublishMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[7].Descriptor()
+	return file_objects_proto_enumTypes[8].Descriptor()
 }
 
 func (PublishMode) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[7]
+	return &file_objects_proto_enumTypes[8]
 }
 
 func (x PublishMode) Number() protoreflect.EnumNumber {
@@ -411,7 +464,7 @@ func (x PublishMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PublishMode.Descriptor instead.
 func (PublishMode) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{7}
+	return file_objects_proto_rawDescGZIP(), []int{8}
 }
 
 type UpdateOrder int32
@@ -444,11 +497,11 @@ func (x UpdateOrder) String() string {
 }
 
 func (UpdateOrder) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[8].Descriptor()
+	return file_objects_proto_enumTypes[9].Descriptor()
 }
 
 func (UpdateOrder) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[8]
+	return &file_objects_proto_enumTypes[9]
 }
 
 func (x UpdateOrder) Number() protoreflect.EnumNumber {
@@ -457,7 +510,7 @@ func (x UpdateOrder) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateOrder.Descriptor instead.
 func (UpdateOrder) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{8}
+	return file_objects_proto_rawDescGZIP(), []int{9}
 }
 
 type UpdateState int32
@@ -496,11 +549,11 @@ func (x UpdateState) String() string {
 }
 
 func (UpdateState) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[9].Descriptor()
+	return file_objects_proto_enumTypes[10].Descriptor()
 }
 
 func (UpdateState) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[9]
+	return &file_objects_proto_enumTypes[10]
 }
 
 func (x UpdateState) Number() protoreflect.EnumNumber {
@@ -509,7 +562,7 @@ func (x UpdateState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateState.Descriptor instead.
 func (UpdateState) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{9}
+	return file_objects_proto_rawDescGZIP(), []int{10}
 }
 
 // TaskState values are ordered: a task's status only moves forward.
@@ -579,11 +632,11 @@ func (x TaskState) String() string {
 }
 
 func (TaskState) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[10].Descriptor()
+	return file_objects_proto_enumTypes[11].Descriptor()
 }
 
 func (TaskState) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[10]
+	return &file_objects_proto_enumTypes[11]
 }
 
 func (x TaskState) Number() protoreflect.EnumNumber {
@@ -592,7 +645,7 @@ func (x TaskState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskState.Descriptor instead.
 func (TaskState) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{10}
+	return file_objects_proto_rawDescGZIP(), []int{11}
 }
 
 type StoreAction_Kind int32
@@ -631,11 +684,11 @@ func (x StoreAction_Kind) String() string {
 }
 
 func (StoreAction_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_objects_proto_enumTypes[11].Descriptor()
+	return file_objects_proto_enumTypes[12].Descriptor()
 }
 
 func (StoreAction_Kind) Type() protoreflect.EnumType {
-	return &file_objects_proto_enumTypes[11]
+	return &file_objects_proto_enumTypes[12]
 }
 
 func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
@@ -644,7 +697,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32, 0}
+	return file_objects_proto_rawDescGZIP(), []int{35, 0}
 }
 
 type Meta struct {
@@ -1418,7 +1471,10 @@ type TaskSpec struct {
 	HostNetwork     bool              `protobuf:"varint,23,opt,name=host_network,json=hostNetwork,proto3" json:"host_network,omitempty"`
 	// registry_auth are the credentials to pull image with. They reach only
 	// the nodes that run the task; the control API never returns them.
-	RegistryAuth  *RegistryAuth `protobuf:"bytes,24,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
+	RegistryAuth *RegistryAuth `protobuf:"bytes,24,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
+	// health_check is the task's health check; unset means the image's
+	// HEALTHCHECK, if any.
+	HealthCheck   *HealthCheck `protobuf:"bytes,25,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1621,6 +1677,241 @@ func (x *TaskSpec) GetRegistryAuth() *RegistryAuth {
 	return nil
 }
 
+func (x *TaskSpec) GetHealthCheck() *HealthCheck {
+	if x != nil {
+		return x.HealthCheck
+	}
+	return nil
+}
+
+// HealthCheck is a task's health check: exactly one of command, http and
+// tcp, or disable alone. Durations are nanoseconds; zero means the
+// default (shoal.HealthCheck documents them).
+type HealthCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// command is run in the task's environment; exit code 0 is healthy.
+	Command       []string   `protobuf:"bytes,1,rep,name=command,proto3" json:"command,omitempty"`
+	Http          *HTTPCheck `protobuf:"bytes,2,opt,name=http,proto3" json:"http,omitempty"`
+	Tcp           *TCPCheck  `protobuf:"bytes,3,opt,name=tcp,proto3" json:"tcp,omitempty"`
+	Interval      int64      `protobuf:"varint,4,opt,name=interval,proto3" json:"interval,omitempty"`
+	Timeout       int64      `protobuf:"varint,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Retries       int64      `protobuf:"varint,6,opt,name=retries,proto3" json:"retries,omitempty"`
+	StartPeriod   int64      `protobuf:"varint,7,opt,name=start_period,json=startPeriod,proto3" json:"start_period,omitempty"`
+	StartInterval int64      `protobuf:"varint,8,opt,name=start_interval,json=startInterval,proto3" json:"start_interval,omitempty"`
+	// disable switches off the image's HEALTHCHECK.
+	Disable       bool `protobuf:"varint,9,opt,name=disable,proto3" json:"disable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCheck) Reset() {
+	*x = HealthCheck{}
+	mi := &file_objects_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheck) ProtoMessage() {}
+
+func (x *HealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
+func (*HealthCheck) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *HealthCheck) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetHttp() *HTTPCheck {
+	if x != nil {
+		return x.Http
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetTcp() *TCPCheck {
+	if x != nil {
+		return x.Tcp
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetInterval() int64 {
+	if x != nil {
+		return x.Interval
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetTimeout() int64 {
+	if x != nil {
+		return x.Timeout
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetRetries() int64 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetStartPeriod() int64 {
+	if x != nil {
+		return x.StartPeriod
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetStartInterval() int64 {
+	if x != nil {
+		return x.StartInterval
+	}
+	return 0
+}
+
+func (x *HealthCheck) GetDisable() bool {
+	if x != nil {
+		return x.Disable
+	}
+	return false
+}
+
+// HTTPCheck is a GET of path on the task's endpoint of target port port,
+// healthy when the status is in [status_min, status_max] (0, 0: 200-399).
+type HTTPCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Port          uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	StatusMin     uint32                 `protobuf:"varint,3,opt,name=status_min,json=statusMin,proto3" json:"status_min,omitempty"`
+	StatusMax     uint32                 `protobuf:"varint,4,opt,name=status_max,json=statusMax,proto3" json:"status_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPCheck) Reset() {
+	*x = HTTPCheck{}
+	mi := &file_objects_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPCheck) ProtoMessage() {}
+
+func (x *HTTPCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPCheck.ProtoReflect.Descriptor instead.
+func (*HTTPCheck) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *HTTPCheck) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *HTTPCheck) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HTTPCheck) GetStatusMin() uint32 {
+	if x != nil {
+		return x.StatusMin
+	}
+	return 0
+}
+
+func (x *HTTPCheck) GetStatusMax() uint32 {
+	if x != nil {
+		return x.StatusMax
+	}
+	return 0
+}
+
+// TCPCheck is a connect to the task's endpoint of target port port.
+type TCPCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Port          uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TCPCheck) Reset() {
+	*x = TCPCheck{}
+	mi := &file_objects_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TCPCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TCPCheck) ProtoMessage() {}
+
+func (x *TCPCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TCPCheck.ProtoReflect.Descriptor instead.
+func (*TCPCheck) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TCPCheck) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 type Mount struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Type  MountType              `protobuf:"varint,1,opt,name=type,proto3,enum=shoal.api.MountType" json:"type,omitempty"`
@@ -1637,7 +1928,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1940,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[12]
+	mi := &file_objects_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1953,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{12}
+	return file_objects_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Mount) GetType() MountType {
@@ -1712,7 +2003,7 @@ type Ulimit struct {
 
 func (x *Ulimit) Reset() {
 	*x = Ulimit{}
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +2015,7 @@ func (x *Ulimit) String() string {
 func (*Ulimit) ProtoMessage() {}
 
 func (x *Ulimit) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[13]
+	mi := &file_objects_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +2028,7 @@ func (x *Ulimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ulimit.ProtoReflect.Descriptor instead.
 func (*Ulimit) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{13}
+	return file_objects_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Ulimit) GetName() string {
@@ -1775,7 +2066,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +2078,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[14]
+	mi := &file_objects_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +2091,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{14}
+	return file_objects_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegistryAuth) GetUsername() string {
@@ -1845,7 +2136,7 @@ type PortConfig struct {
 
 func (x *PortConfig) Reset() {
 	*x = PortConfig{}
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +2148,7 @@ func (x *PortConfig) String() string {
 func (*PortConfig) ProtoMessage() {}
 
 func (x *PortConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[15]
+	mi := &file_objects_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2161,7 @@ func (x *PortConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortConfig.ProtoReflect.Descriptor instead.
 func (*PortConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{15}
+	return file_objects_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PortConfig) GetTargetPort() uint32 {
@@ -1912,7 +2203,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2215,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[16]
+	mi := &file_objects_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2228,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{16}
+	return file_objects_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Endpoint) GetPorts() []*PortConfig {
@@ -1962,7 +2253,7 @@ type TaskEndpoint struct {
 
 func (x *TaskEndpoint) Reset() {
 	*x = TaskEndpoint{}
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2265,7 @@ func (x *TaskEndpoint) String() string {
 func (*TaskEndpoint) ProtoMessage() {}
 
 func (x *TaskEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[17]
+	mi := &file_objects_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2278,7 @@ func (x *TaskEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEndpoint.ProtoReflect.Descriptor instead.
 func (*TaskEndpoint) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{17}
+	return file_objects_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TaskEndpoint) GetTargetPort() uint32 {
@@ -2029,7 +2320,7 @@ type UpdateConfig struct {
 
 func (x *UpdateConfig) Reset() {
 	*x = UpdateConfig{}
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2332,7 @@ func (x *UpdateConfig) String() string {
 func (*UpdateConfig) ProtoMessage() {}
 
 func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[18]
+	mi := &file_objects_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2345,7 @@ func (x *UpdateConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConfig.ProtoReflect.Descriptor instead.
 func (*UpdateConfig) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{18}
+	return file_objects_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UpdateConfig) GetParallelism() uint64 {
@@ -2087,7 +2378,7 @@ type ReplicatedService struct {
 
 func (x *ReplicatedService) Reset() {
 	*x = ReplicatedService{}
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2390,7 @@ func (x *ReplicatedService) String() string {
 func (*ReplicatedService) ProtoMessage() {}
 
 func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[19]
+	mi := &file_objects_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2403,7 @@ func (x *ReplicatedService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicatedService.ProtoReflect.Descriptor instead.
 func (*ReplicatedService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{19}
+	return file_objects_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReplicatedService) GetReplicas() uint64 {
@@ -2130,7 +2421,7 @@ type GlobalService struct {
 
 func (x *GlobalService) Reset() {
 	*x = GlobalService{}
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2433,7 @@ func (x *GlobalService) String() string {
 func (*GlobalService) ProtoMessage() {}
 
 func (x *GlobalService) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[20]
+	mi := &file_objects_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2446,7 @@ func (x *GlobalService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalService.ProtoReflect.Descriptor instead.
 func (*GlobalService) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{20}
+	return file_objects_proto_rawDescGZIP(), []int{23}
 }
 
 type ServiceSpec struct {
@@ -2175,7 +2466,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2187,7 +2478,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[21]
+	mi := &file_objects_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2200,7 +2491,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{21}
+	return file_objects_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ServiceSpec) GetName() string {
@@ -2284,7 +2575,7 @@ type UpdateStatus struct {
 
 func (x *UpdateStatus) Reset() {
 	*x = UpdateStatus{}
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2587,7 @@ func (x *UpdateStatus) String() string {
 func (*UpdateStatus) ProtoMessage() {}
 
 func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[22]
+	mi := &file_objects_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2600,7 @@ func (x *UpdateStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStatus.ProtoReflect.Descriptor instead.
 func (*UpdateStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{22}
+	return file_objects_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateStatus) GetState() UpdateState {
@@ -2358,7 +2649,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2661,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[23]
+	mi := &file_objects_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2674,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{23}
+	return file_objects_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Service) GetId() string {
@@ -2437,14 +2728,22 @@ type TaskStatus struct {
 	Err       string `protobuf:"bytes,4,opt,name=err,proto3" json:"err,omitempty"`
 	ExitCode  int32  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
 	// endpoints are reported by the agent once the task runs.
-	Endpoints     []*TaskEndpoint `protobuf:"bytes,6,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Endpoints []*TaskEndpoint `protobuf:"bytes,6,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// health is the task's health as its node's checks see it.
+	Health HealthState `protobuf:"varint,7,opt,name=health,proto3,enum=shoal.api.HealthState" json:"health,omitempty"`
+	// health_output is the last probe's output, at most 4 KiB.
+	HealthOutput string `protobuf:"bytes,8,opt,name=health_output,json=healthOutput,proto3" json:"health_output,omitempty"`
+	// health_seq counts the health changes of a running task: a report with
+	// the same state is newer than the stored one only if its health_seq is
+	// greater.
+	HealthSeq     uint64 `protobuf:"varint,9,opt,name=health_seq,json=healthSeq,proto3" json:"health_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2456,7 +2755,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[24]
+	mi := &file_objects_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2469,7 +2768,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{24}
+	return file_objects_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TaskStatus) GetState() TaskState {
@@ -2514,6 +2813,27 @@ func (x *TaskStatus) GetEndpoints() []*TaskEndpoint {
 	return nil
 }
 
+func (x *TaskStatus) GetHealth() HealthState {
+	if x != nil {
+		return x.Health
+	}
+	return HealthState_HEALTH_STATE_NONE
+}
+
+func (x *TaskStatus) GetHealthOutput() string {
+	if x != nil {
+		return x.HealthOutput
+	}
+	return ""
+}
+
+func (x *TaskStatus) GetHealthSeq() uint64 {
+	if x != nil {
+		return x.HealthSeq
+	}
+	return 0
+}
+
 type Task struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -2536,7 +2856,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2548,7 +2868,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[25]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2561,7 +2881,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{25}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Task) GetId() string {
@@ -2660,7 +2980,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2672,7 +2992,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[26]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2685,7 +3005,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{26}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ClusterSpec) GetName() string {
@@ -2733,7 +3053,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2745,7 +3065,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2758,7 +3078,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -2796,7 +3116,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +3128,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +3141,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RootCA) GetCertPem() []byte {
@@ -2875,7 +3195,7 @@ type RootRotation struct {
 
 func (x *RootRotation) Reset() {
 	*x = RootRotation{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2887,7 +3207,7 @@ func (x *RootRotation) String() string {
 func (*RootRotation) ProtoMessage() {}
 
 func (x *RootRotation) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2900,7 +3220,7 @@ func (x *RootRotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootRotation.ProtoReflect.Descriptor instead.
 func (*RootRotation) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RootRotation) GetNewCertPem() []byte {
@@ -2942,7 +3262,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2954,7 +3274,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2967,7 +3287,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Cluster) GetId() string {
@@ -3038,7 +3358,7 @@ type GossipKeys struct {
 
 func (x *GossipKeys) Reset() {
 	*x = GossipKeys{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3050,7 +3370,7 @@ func (x *GossipKeys) String() string {
 func (*GossipKeys) ProtoMessage() {}
 
 func (x *GossipKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3063,7 +3383,7 @@ func (x *GossipKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeys.ProtoReflect.Descriptor instead.
 func (*GossipKeys) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GossipKeys) GetKeys() [][]byte {
@@ -3104,7 +3424,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3116,7 +3436,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3129,7 +3449,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -3226,7 +3546,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3558,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3571,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -3281,7 +3601,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +3613,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +3626,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -3399,7 +3719,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x15max_replicas_per_node\x18\x02 \x01(\x04R\x12maxReplicasPerNode\"~\n" +
 	"\x14ResourceRequirements\x128\n" +
 	"\freservations\x18\x01 \x01(\v2\x14.shoal.api.ResourcesR\freservations\x12,\n" +
-	"\x06limits\x18\x02 \x01(\v2\x14.shoal.api.ResourcesR\x06limits\"\xa1\b\n" +
+	"\x06limits\x18\x02 \x01(\v2\x14.shoal.api.ResourcesR\x06limits\"\xdc\b\n" +
 	"\bTaskSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x03(\tR\acommand\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
@@ -3426,13 +3746,33 @@ const file_objects_proto_rawDesc = "" +
 	"\x04init\x18\x15 \x01(\bR\x04init\x12S\n" +
 	"\x10container_labels\x18\x16 \x03(\v2(.shoal.api.TaskSpec.ContainerLabelsEntryR\x0fcontainerLabels\x12!\n" +
 	"\fhost_network\x18\x17 \x01(\bR\vhostNetwork\x12<\n" +
-	"\rregistry_auth\x18\x18 \x01(\v2\x17.shoal.api.RegistryAuthR\fregistryAuth\x1a:\n" +
+	"\rregistry_auth\x18\x18 \x01(\v2\x17.shoal.api.RegistryAuthR\fregistryAuth\x129\n" +
+	"\fhealth_check\x18\x19 \x01(\v2\x16.shoal.api.HealthCheckR\vhealthCheck\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
 	"\x14ContainerLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9d\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x02\n" +
+	"\vHealthCheck\x12\x18\n" +
+	"\acommand\x18\x01 \x03(\tR\acommand\x12(\n" +
+	"\x04http\x18\x02 \x01(\v2\x14.shoal.api.HTTPCheckR\x04http\x12%\n" +
+	"\x03tcp\x18\x03 \x01(\v2\x13.shoal.api.TCPCheckR\x03tcp\x12\x1a\n" +
+	"\binterval\x18\x04 \x01(\x03R\binterval\x12\x18\n" +
+	"\atimeout\x18\x05 \x01(\x03R\atimeout\x12\x18\n" +
+	"\aretries\x18\x06 \x01(\x03R\aretries\x12!\n" +
+	"\fstart_period\x18\a \x01(\x03R\vstartPeriod\x12%\n" +
+	"\x0estart_interval\x18\b \x01(\x03R\rstartInterval\x12\x18\n" +
+	"\adisable\x18\t \x01(\bR\adisable\"q\n" +
+	"\tHTTPCheck\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1d\n" +
+	"\n" +
+	"status_min\x18\x03 \x01(\rR\tstatusMin\x12\x1d\n" +
+	"\n" +
+	"status_max\x18\x04 \x01(\rR\tstatusMax\"\x1e\n" +
+	"\bTCPCheck\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\"\x9d\x01\n" +
 	"\x05Mount\x12(\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x14.shoal.api.MountTypeR\x04type\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n" +
@@ -3496,7 +3836,7 @@ const file_objects_proto_rawDesc = "" +
 	"\x04spec\x18\x03 \x01(\v2\x16.shoal.api.ServiceSpecR\x04spec\x12!\n" +
 	"\fspec_version\x18\x04 \x01(\x04R\vspecVersion\x12<\n" +
 	"\rupdate_status\x18\x05 \x01(\v2\x17.shoal.api.UpdateStatusR\fupdateStatus\x12/\n" +
-	"\bendpoint\x18\x06 \x01(\v2\x13.shoal.api.EndpointR\bendpoint\"\xd6\x01\n" +
+	"\bendpoint\x18\x06 \x01(\v2\x13.shoal.api.EndpointR\bendpoint\"\xca\x02\n" +
 	"\n" +
 	"TaskStatus\x12*\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x14.shoal.api.TaskStateR\x05state\x12\x1c\n" +
@@ -3504,7 +3844,11 @@ const file_objects_proto_rawDesc = "" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x10\n" +
 	"\x03err\x18\x04 \x01(\tR\x03err\x12\x1b\n" +
 	"\texit_code\x18\x05 \x01(\x05R\bexitCode\x125\n" +
-	"\tendpoints\x18\x06 \x03(\v2\x17.shoal.api.TaskEndpointR\tendpoints\"\xed\x03\n" +
+	"\tendpoints\x18\x06 \x03(\v2\x17.shoal.api.TaskEndpointR\tendpoints\x12.\n" +
+	"\x06health\x18\a \x01(\x0e2\x16.shoal.api.HealthStateR\x06health\x12#\n" +
+	"\rhealth_output\x18\b \x01(\tR\fhealthOutput\x12\x1d\n" +
+	"\n" +
+	"health_seq\x18\t \x01(\x04R\thealthSeq\"\xed\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12\x1d\n" +
@@ -3599,7 +3943,12 @@ const file_objects_proto_rawDesc = "" +
 	"\x10RestartCondition\x12\x19\n" +
 	"\x15RESTART_CONDITION_ANY\x10\x00\x12 \n" +
 	"\x1cRESTART_CONDITION_ON_FAILURE\x10\x01\x12\x1a\n" +
-	"\x16RESTART_CONDITION_NONE\x10\x02*M\n" +
+	"\x16RESTART_CONDITION_NONE\x10\x02*u\n" +
+	"\vHealthState\x12\x15\n" +
+	"\x11HEALTH_STATE_NONE\x10\x00\x12\x19\n" +
+	"\x15HEALTH_STATE_STARTING\x10\x01\x12\x18\n" +
+	"\x14HEALTH_STATE_HEALTHY\x10\x02\x12\x1a\n" +
+	"\x16HEALTH_STATE_UNHEALTHY\x10\x03*M\n" +
 	"\tMountType\x12\x13\n" +
 	"\x0fMOUNT_TYPE_BIND\x10\x00\x12\x15\n" +
 	"\x11MOUNT_TYPE_VOLUME\x10\x01\x12\x14\n" +
@@ -3647,132 +3996,140 @@ func file_objects_proto_rawDescGZIP() []byte {
 	return file_objects_proto_rawDescData
 }
 
-var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 13)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.api.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.api.NodeAvailability
 	(NodeState)(0),               // 2: shoal.api.NodeState
 	(Reachability)(0),            // 3: shoal.api.Reachability
 	(RestartCondition)(0),        // 4: shoal.api.RestartCondition
-	(MountType)(0),               // 5: shoal.api.MountType
-	(PortProtocol)(0),            // 6: shoal.api.PortProtocol
-	(PublishMode)(0),             // 7: shoal.api.PublishMode
-	(UpdateOrder)(0),             // 8: shoal.api.UpdateOrder
-	(UpdateState)(0),             // 9: shoal.api.UpdateState
-	(TaskState)(0),               // 10: shoal.api.TaskState
-	(StoreAction_Kind)(0),        // 11: shoal.api.StoreAction.Kind
-	(*Meta)(nil),                 // 12: shoal.api.Meta
-	(*NodeSpec)(nil),             // 13: shoal.api.NodeSpec
-	(*Platform)(nil),             // 14: shoal.api.Platform
-	(*Resources)(nil),            // 15: shoal.api.Resources
-	(*NodeDescription)(nil),      // 16: shoal.api.NodeDescription
-	(*NodeStatus)(nil),           // 17: shoal.api.NodeStatus
-	(*ManagerStatus)(nil),        // 18: shoal.api.ManagerStatus
-	(*Node)(nil),                 // 19: shoal.api.Node
-	(*RestartPolicy)(nil),        // 20: shoal.api.RestartPolicy
-	(*Placement)(nil),            // 21: shoal.api.Placement
-	(*ResourceRequirements)(nil), // 22: shoal.api.ResourceRequirements
-	(*TaskSpec)(nil),             // 23: shoal.api.TaskSpec
-	(*Mount)(nil),                // 24: shoal.api.Mount
-	(*Ulimit)(nil),               // 25: shoal.api.Ulimit
-	(*RegistryAuth)(nil),         // 26: shoal.api.RegistryAuth
-	(*PortConfig)(nil),           // 27: shoal.api.PortConfig
-	(*Endpoint)(nil),             // 28: shoal.api.Endpoint
-	(*TaskEndpoint)(nil),         // 29: shoal.api.TaskEndpoint
-	(*UpdateConfig)(nil),         // 30: shoal.api.UpdateConfig
-	(*ReplicatedService)(nil),    // 31: shoal.api.ReplicatedService
-	(*GlobalService)(nil),        // 32: shoal.api.GlobalService
-	(*ServiceSpec)(nil),          // 33: shoal.api.ServiceSpec
-	(*UpdateStatus)(nil),         // 34: shoal.api.UpdateStatus
-	(*Service)(nil),              // 35: shoal.api.Service
-	(*TaskStatus)(nil),           // 36: shoal.api.TaskStatus
-	(*Task)(nil),                 // 37: shoal.api.Task
-	(*ClusterSpec)(nil),          // 38: shoal.api.ClusterSpec
-	(*JoinTokens)(nil),           // 39: shoal.api.JoinTokens
-	(*RootCA)(nil),               // 40: shoal.api.RootCA
-	(*RootRotation)(nil),         // 41: shoal.api.RootRotation
-	(*Cluster)(nil),              // 42: shoal.api.Cluster
-	(*GossipKeys)(nil),           // 43: shoal.api.GossipKeys
-	(*StoreAction)(nil),          // 44: shoal.api.StoreAction
-	(*StoreRequest)(nil),         // 45: shoal.api.StoreRequest
-	(*StoreSnapshot)(nil),        // 46: shoal.api.StoreSnapshot
-	nil,                          // 47: shoal.api.NodeSpec.LabelsEntry
-	nil,                          // 48: shoal.api.TaskSpec.SysctlsEntry
-	nil,                          // 49: shoal.api.TaskSpec.ContainerLabelsEntry
-	nil,                          // 50: shoal.api.ServiceSpec.LabelsEntry
-	nil,                          // 51: shoal.api.Task.ServiceLabelsEntry
+	(HealthState)(0),             // 5: shoal.api.HealthState
+	(MountType)(0),               // 6: shoal.api.MountType
+	(PortProtocol)(0),            // 7: shoal.api.PortProtocol
+	(PublishMode)(0),             // 8: shoal.api.PublishMode
+	(UpdateOrder)(0),             // 9: shoal.api.UpdateOrder
+	(UpdateState)(0),             // 10: shoal.api.UpdateState
+	(TaskState)(0),               // 11: shoal.api.TaskState
+	(StoreAction_Kind)(0),        // 12: shoal.api.StoreAction.Kind
+	(*Meta)(nil),                 // 13: shoal.api.Meta
+	(*NodeSpec)(nil),             // 14: shoal.api.NodeSpec
+	(*Platform)(nil),             // 15: shoal.api.Platform
+	(*Resources)(nil),            // 16: shoal.api.Resources
+	(*NodeDescription)(nil),      // 17: shoal.api.NodeDescription
+	(*NodeStatus)(nil),           // 18: shoal.api.NodeStatus
+	(*ManagerStatus)(nil),        // 19: shoal.api.ManagerStatus
+	(*Node)(nil),                 // 20: shoal.api.Node
+	(*RestartPolicy)(nil),        // 21: shoal.api.RestartPolicy
+	(*Placement)(nil),            // 22: shoal.api.Placement
+	(*ResourceRequirements)(nil), // 23: shoal.api.ResourceRequirements
+	(*TaskSpec)(nil),             // 24: shoal.api.TaskSpec
+	(*HealthCheck)(nil),          // 25: shoal.api.HealthCheck
+	(*HTTPCheck)(nil),            // 26: shoal.api.HTTPCheck
+	(*TCPCheck)(nil),             // 27: shoal.api.TCPCheck
+	(*Mount)(nil),                // 28: shoal.api.Mount
+	(*Ulimit)(nil),               // 29: shoal.api.Ulimit
+	(*RegistryAuth)(nil),         // 30: shoal.api.RegistryAuth
+	(*PortConfig)(nil),           // 31: shoal.api.PortConfig
+	(*Endpoint)(nil),             // 32: shoal.api.Endpoint
+	(*TaskEndpoint)(nil),         // 33: shoal.api.TaskEndpoint
+	(*UpdateConfig)(nil),         // 34: shoal.api.UpdateConfig
+	(*ReplicatedService)(nil),    // 35: shoal.api.ReplicatedService
+	(*GlobalService)(nil),        // 36: shoal.api.GlobalService
+	(*ServiceSpec)(nil),          // 37: shoal.api.ServiceSpec
+	(*UpdateStatus)(nil),         // 38: shoal.api.UpdateStatus
+	(*Service)(nil),              // 39: shoal.api.Service
+	(*TaskStatus)(nil),           // 40: shoal.api.TaskStatus
+	(*Task)(nil),                 // 41: shoal.api.Task
+	(*ClusterSpec)(nil),          // 42: shoal.api.ClusterSpec
+	(*JoinTokens)(nil),           // 43: shoal.api.JoinTokens
+	(*RootCA)(nil),               // 44: shoal.api.RootCA
+	(*RootRotation)(nil),         // 45: shoal.api.RootRotation
+	(*Cluster)(nil),              // 46: shoal.api.Cluster
+	(*GossipKeys)(nil),           // 47: shoal.api.GossipKeys
+	(*StoreAction)(nil),          // 48: shoal.api.StoreAction
+	(*StoreRequest)(nil),         // 49: shoal.api.StoreRequest
+	(*StoreSnapshot)(nil),        // 50: shoal.api.StoreSnapshot
+	nil,                          // 51: shoal.api.NodeSpec.LabelsEntry
+	nil,                          // 52: shoal.api.TaskSpec.SysctlsEntry
+	nil,                          // 53: shoal.api.TaskSpec.ContainerLabelsEntry
+	nil,                          // 54: shoal.api.ServiceSpec.LabelsEntry
+	nil,                          // 55: shoal.api.Task.ServiceLabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	47, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
+	51, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
 	0,  // 1: shoal.api.NodeSpec.desired_role:type_name -> shoal.api.NodeRole
 	1,  // 2: shoal.api.NodeSpec.availability:type_name -> shoal.api.NodeAvailability
-	14, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
-	15, // 4: shoal.api.NodeDescription.resources:type_name -> shoal.api.Resources
+	15, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
+	16, // 4: shoal.api.NodeDescription.resources:type_name -> shoal.api.Resources
 	2,  // 5: shoal.api.NodeStatus.state:type_name -> shoal.api.NodeState
 	3,  // 6: shoal.api.ManagerStatus.reachability:type_name -> shoal.api.Reachability
-	12, // 7: shoal.api.Node.meta:type_name -> shoal.api.Meta
-	13, // 8: shoal.api.Node.spec:type_name -> shoal.api.NodeSpec
-	16, // 9: shoal.api.Node.description:type_name -> shoal.api.NodeDescription
-	17, // 10: shoal.api.Node.status:type_name -> shoal.api.NodeStatus
+	13, // 7: shoal.api.Node.meta:type_name -> shoal.api.Meta
+	14, // 8: shoal.api.Node.spec:type_name -> shoal.api.NodeSpec
+	17, // 9: shoal.api.Node.description:type_name -> shoal.api.NodeDescription
+	18, // 10: shoal.api.Node.status:type_name -> shoal.api.NodeStatus
 	0,  // 11: shoal.api.Node.role:type_name -> shoal.api.NodeRole
-	18, // 12: shoal.api.Node.manager_status:type_name -> shoal.api.ManagerStatus
+	19, // 12: shoal.api.Node.manager_status:type_name -> shoal.api.ManagerStatus
 	4,  // 13: shoal.api.RestartPolicy.condition:type_name -> shoal.api.RestartCondition
-	15, // 14: shoal.api.ResourceRequirements.reservations:type_name -> shoal.api.Resources
-	15, // 15: shoal.api.ResourceRequirements.limits:type_name -> shoal.api.Resources
-	22, // 16: shoal.api.TaskSpec.resources:type_name -> shoal.api.ResourceRequirements
-	21, // 17: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
-	20, // 18: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
-	27, // 19: shoal.api.TaskSpec.ports:type_name -> shoal.api.PortConfig
-	24, // 20: shoal.api.TaskSpec.mounts:type_name -> shoal.api.Mount
-	48, // 21: shoal.api.TaskSpec.sysctls:type_name -> shoal.api.TaskSpec.SysctlsEntry
-	25, // 22: shoal.api.TaskSpec.ulimits:type_name -> shoal.api.Ulimit
-	49, // 23: shoal.api.TaskSpec.container_labels:type_name -> shoal.api.TaskSpec.ContainerLabelsEntry
-	26, // 24: shoal.api.TaskSpec.registry_auth:type_name -> shoal.api.RegistryAuth
-	5,  // 25: shoal.api.Mount.type:type_name -> shoal.api.MountType
-	6,  // 26: shoal.api.PortConfig.protocol:type_name -> shoal.api.PortProtocol
-	7,  // 27: shoal.api.PortConfig.mode:type_name -> shoal.api.PublishMode
-	27, // 28: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
-	6,  // 29: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
-	8,  // 30: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
-	50, // 31: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
-	23, // 32: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
-	31, // 33: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
-	32, // 34: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
-	30, // 35: shoal.api.ServiceSpec.update:type_name -> shoal.api.UpdateConfig
-	9,  // 36: shoal.api.UpdateStatus.state:type_name -> shoal.api.UpdateState
-	12, // 37: shoal.api.Service.meta:type_name -> shoal.api.Meta
-	33, // 38: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
-	34, // 39: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
-	28, // 40: shoal.api.Service.endpoint:type_name -> shoal.api.Endpoint
-	10, // 41: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
-	29, // 42: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
-	12, // 43: shoal.api.Task.meta:type_name -> shoal.api.Meta
-	23, // 44: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
-	10, // 45: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
-	36, // 46: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
-	51, // 47: shoal.api.Task.service_labels:type_name -> shoal.api.Task.ServiceLabelsEntry
-	41, // 48: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
-	12, // 49: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
-	38, // 50: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
-	39, // 51: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
-	40, // 52: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
-	43, // 53: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
-	11, // 54: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
-	19, // 55: shoal.api.StoreAction.node:type_name -> shoal.api.Node
-	35, // 56: shoal.api.StoreAction.service:type_name -> shoal.api.Service
-	37, // 57: shoal.api.StoreAction.task:type_name -> shoal.api.Task
-	42, // 58: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
-	44, // 59: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
-	19, // 60: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
-	35, // 61: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
-	37, // 62: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
-	42, // 63: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
-	64, // [64:64] is the sub-list for method output_type
-	64, // [64:64] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	16, // 14: shoal.api.ResourceRequirements.reservations:type_name -> shoal.api.Resources
+	16, // 15: shoal.api.ResourceRequirements.limits:type_name -> shoal.api.Resources
+	23, // 16: shoal.api.TaskSpec.resources:type_name -> shoal.api.ResourceRequirements
+	22, // 17: shoal.api.TaskSpec.placement:type_name -> shoal.api.Placement
+	21, // 18: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
+	31, // 19: shoal.api.TaskSpec.ports:type_name -> shoal.api.PortConfig
+	28, // 20: shoal.api.TaskSpec.mounts:type_name -> shoal.api.Mount
+	52, // 21: shoal.api.TaskSpec.sysctls:type_name -> shoal.api.TaskSpec.SysctlsEntry
+	29, // 22: shoal.api.TaskSpec.ulimits:type_name -> shoal.api.Ulimit
+	53, // 23: shoal.api.TaskSpec.container_labels:type_name -> shoal.api.TaskSpec.ContainerLabelsEntry
+	30, // 24: shoal.api.TaskSpec.registry_auth:type_name -> shoal.api.RegistryAuth
+	25, // 25: shoal.api.TaskSpec.health_check:type_name -> shoal.api.HealthCheck
+	26, // 26: shoal.api.HealthCheck.http:type_name -> shoal.api.HTTPCheck
+	27, // 27: shoal.api.HealthCheck.tcp:type_name -> shoal.api.TCPCheck
+	6,  // 28: shoal.api.Mount.type:type_name -> shoal.api.MountType
+	7,  // 29: shoal.api.PortConfig.protocol:type_name -> shoal.api.PortProtocol
+	8,  // 30: shoal.api.PortConfig.mode:type_name -> shoal.api.PublishMode
+	31, // 31: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
+	7,  // 32: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
+	9,  // 33: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
+	54, // 34: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
+	24, // 35: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
+	35, // 36: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
+	36, // 37: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
+	34, // 38: shoal.api.ServiceSpec.update:type_name -> shoal.api.UpdateConfig
+	10, // 39: shoal.api.UpdateStatus.state:type_name -> shoal.api.UpdateState
+	13, // 40: shoal.api.Service.meta:type_name -> shoal.api.Meta
+	37, // 41: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
+	38, // 42: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
+	32, // 43: shoal.api.Service.endpoint:type_name -> shoal.api.Endpoint
+	11, // 44: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
+	33, // 45: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
+	5,  // 46: shoal.api.TaskStatus.health:type_name -> shoal.api.HealthState
+	13, // 47: shoal.api.Task.meta:type_name -> shoal.api.Meta
+	24, // 48: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
+	11, // 49: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
+	40, // 50: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
+	55, // 51: shoal.api.Task.service_labels:type_name -> shoal.api.Task.ServiceLabelsEntry
+	45, // 52: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
+	13, // 53: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
+	42, // 54: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
+	43, // 55: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
+	44, // 56: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
+	47, // 57: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
+	12, // 58: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
+	20, // 59: shoal.api.StoreAction.node:type_name -> shoal.api.Node
+	39, // 60: shoal.api.StoreAction.service:type_name -> shoal.api.Service
+	41, // 61: shoal.api.StoreAction.task:type_name -> shoal.api.Task
+	46, // 62: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
+	48, // 63: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
+	20, // 64: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
+	39, // 65: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
+	41, // 66: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
+	46, // 67: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
+	68, // [68:68] is the sub-list for method output_type
+	68, // [68:68] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -3780,11 +4137,11 @@ func file_objects_proto_init() {
 	if File_objects_proto != nil {
 		return
 	}
-	file_objects_proto_msgTypes[21].OneofWrappers = []any{
+	file_objects_proto_msgTypes[24].OneofWrappers = []any{
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[32].OneofWrappers = []any{
+	file_objects_proto_msgTypes[35].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -3795,8 +4152,8 @@ func file_objects_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
-			NumEnums:      12,
-			NumMessages:   40,
+			NumEnums:      13,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -136,6 +136,9 @@ func validateTaskSpec(s *api.ServiceSpec) error {
 	if err := validatePorts(t.Ports); err != nil {
 		return err
 	}
+	if err := validateHealthCheck(t.HealthCheck, t.Ports); err != nil {
+		return err
+	}
 	if rp := t.Restart; rp != nil {
 		switch rp.Condition {
 		case api.RestartCondition_RESTART_CONDITION_ANY, api.RestartCondition_RESTART_CONDITION_ON_FAILURE,
@@ -151,6 +154,90 @@ func validateTaskSpec(s *api.ServiceSpec) error {
 		}
 	}
 	return validateAsRuntime(s)
+}
+
+// validateHealthCheck checks a task's health check: exactly one test, or
+// disable alone; HTTP and TCP checks on a TCP target port of ports; no
+// negative duration or retry count.
+func validateHealthCheck(h *api.HealthCheck, ports []*api.PortConfig) error {
+	if h == nil {
+		return nil
+	}
+	const f = "ServiceSpec.Task.HealthCheck"
+	var kinds []string
+	if len(h.Command) > 0 {
+		kinds = append(kinds, "Command")
+	}
+	if h.Http != nil {
+		kinds = append(kinds, "HTTP")
+	}
+	if h.Tcp != nil {
+		kinds = append(kinds, "TCP")
+	}
+	switch {
+	case h.Disable && len(kinds) > 0:
+		return invalid(f+".Disable", "cannot be set with a test (%s): Disable only switches off the image's HEALTHCHECK", strings.Join(kinds, ", "))
+	case len(kinds) > 1:
+		return invalid(f, "must have exactly one test, got %s", strings.Join(kinds, " and "))
+	case len(kinds) == 0 && !h.Disable:
+		return invalid(f, "needs a test (Command, HTTP or TCP), or Disable to switch off the image's HEALTHCHECK")
+	}
+	if len(h.Command) > 0 && h.Command[0] == "" {
+		return invalid(f+".Command[0]", "program must not be empty")
+	}
+	for i, a := range h.Command {
+		if strings.IndexByte(a, 0) >= 0 {
+			return invalid(fmt.Sprintf("%s.Command[%d]", f, i), "must not contain NUL bytes")
+		}
+	}
+	exposed := func(field string, port uint32) error {
+		if port == 0 || port > 0xffff {
+			return invalid(field, "must be 1-65535, got %d", port)
+		}
+		for _, p := range ports {
+			if p.GetTargetPort() == port && p.GetProtocol() == api.PortProtocol_PORT_PROTOCOL_TCP {
+				return nil
+			}
+		}
+		return invalid(field, "%d/tcp is not a target port of the service (ServiceSpec.Ports)", port)
+	}
+	if c := h.Http; c != nil {
+		if err := exposed(f+".HTTP.Port", c.Port); err != nil {
+			return err
+		}
+		if c.Path != "" && !strings.HasPrefix(c.Path, "/") {
+			return invalid(f+".HTTP.Path", "must start with '/' (or be empty for \"/\"), got %q", c.Path)
+		}
+		if strings.ContainsAny(c.Path, " \r\n\x00") {
+			return invalid(f+".HTTP.Path", "must not contain spaces or control characters, got %q", c.Path)
+		}
+		minS, maxS := c.StatusMin, c.StatusMax
+		if minS != 0 || maxS != 0 {
+			if minS < 100 || minS > 599 {
+				return invalid(f+".HTTP.Status.Min", "must be 100-599, got %d", minS)
+			}
+			if maxS < minS || maxS > 599 {
+				return invalid(f+".HTTP.Status.Max", "must be %d-599 (at least Min), got %d", minS, maxS)
+			}
+		}
+	}
+	if c := h.Tcp; c != nil {
+		if err := exposed(f+".TCP.Port", c.Port); err != nil {
+			return err
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    int64
+	}{
+		{"Interval", h.Interval}, {"Timeout", h.Timeout}, {"Retries", h.Retries},
+		{"StartPeriod", h.StartPeriod}, {"StartInterval", h.StartInterval},
+	} {
+		if d.v < 0 {
+			return invalid(f+"."+d.name, "must be >= 0 (0 means the default), got %d", d.v)
+		}
+	}
+	return nil
 }
 
 // The sample task and node a spec is checked on: IDs of the real length, a
