@@ -410,3 +410,49 @@ func TestMeshGossipKeyRotation(t *testing.T) {
 	require.NoError(t, err)
 	waitMeshServes(t, c, svc.ID, port, 4, askTCP)
 }
+
+// A start-first update under continuous load through the mesh: every slot
+// keeps a serving task, and no request fails.
+func TestMeshStartFirstUpdateDropsNothing(t *testing.T) {
+	c, rts := meshCluster(t, shoaltest.Options{Managers: 1, Workers: 2})
+	ctx := ctxT(t)
+	svc, port := startPublished(t, c, "web", 3, shoal.PortConfig{Target: 80}, askTCP)
+	load := startLoad(c, port)
+	defer load.halt()
+
+	s, err := c.Client().GetService(ctx, svc.ID)
+	require.NoError(t, err)
+	spec := s.Spec
+	spec.Task.Env = []string{"VERSION=2"}
+	spec.Update = shoal.UpdatePolicy{Parallelism: 1, Order: shoal.StartFirst}
+	_, err = c.Client().UpdateService(ctx, svc.ID, s.Version, spec)
+	require.NoError(t, err)
+	minServing := 3
+	c.WaitFor("update done", func() bool {
+		n, updated := 0, 0
+		for _, tk := range c.Tasks(svc.ID) {
+			if tk.Status.State == shoal.TaskRunning && tk.DesiredState == shoal.TaskRunning {
+				n++
+				if slices.Contains(tk.Spec.Env, "VERSION=2") {
+					updated++
+				}
+			}
+		}
+		minServing = min(minServing, n)
+		return updated == 3 && n == 3
+	})
+	waitMeshServes(t, c, svc.ID, port, 3, askTCP)
+	load.halt()
+
+	assert.GreaterOrEqual(t, minServing, 3, "a start-first update keeps every slot serving")
+	assert.Positive(t, load.ok.Load())
+	load.mu.Lock()
+	assert.Zero(t, load.fail.Load(), "requests failed during the start-first update: %v", load.errs)
+	load.mu.Unlock()
+	var dead int64
+	for _, r := range rts {
+		dead += r.deadHits()
+	}
+	assert.Zero(t, dead, "requests reached tasks that were stopping")
+	t.Logf("%d requests through the mesh during the start-first update", load.ok.Load())
+}
