@@ -472,3 +472,27 @@ type Restorer interface {
 type Detacher interface {
 	Detach() error
 }
+
+// HealthConfig is the health check a task's image declares (docker's
+// HEALTHCHECK). Zero durations and Retries mean the agent's defaults.
+type HealthConfig struct {
+	// Test is {"CMD", args...}, {"CMD-SHELL", command} or {"NONE"} (no
+	// check).
+	Test          []string
+	Interval      time.Duration
+	Timeout       time.Duration
+	StartPeriod   time.Duration
+	StartInterval time.Duration
+	Retries       int
+}
+
+// ImageHealthchecker is an optional capability of a Controller, found by
+// type assertion, of runtimes that run images: the health check the task's
+// image declares, which the agent runs when the task's spec sets none.
+type ImageHealthchecker interface {
+	// ImageHealthcheck returns the image's HEALTHCHECK once Prepare
+	// succeeded (and for a restored task); nil before, and when the image
+	// declares none. The result is the caller's to keep. Safe for
+	// concurrent use.
+	ImageHealthcheck() *HealthConfig
+}

@@ -51,6 +51,11 @@
 // for the process; it ends when the process exits, and Remove waits for it,
 // so no goroutine outlives Remove.
 //
+// Exec (runtime.Execer, used by health checks) runs another program of the
+// node next to a started task: the task's environment with its port
+// variables, its working directory, Command[0] looked up in its PATH, in a
+// process group of its own that is killed when the call's context ends.
+//
 // ExitStatus.Code is the exit code, or -1 with ExitStatus.Signal set when a
 // signal killed the process.
 //

@@ -9,7 +9,9 @@
 //     matcher (service name, slot, ...); Runtime.SetTaskBehavior scripts one
 //     task ID and wins over the matcher. Behaviors can make Prepare or Start
 //     fail or block, exit right after Start with a code, ignore Shutdown
-//     until Runtime.Release, fail Wait or Remove, and supply log output.
+//     until Runtime.Release, fail Wait or Remove, supply log output, answer
+//     Exec (health check commands: pass, fail, hang until ctx ends), and
+//     report an image HEALTHCHECK.
 //   - Runtime.Exit(taskID, code) and Runtime.ExitWith make a running task
 //     exit on cue.
 //

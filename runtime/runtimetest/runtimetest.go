@@ -46,6 +46,14 @@ type Behavior struct {
 	RemoveErr error
 	// Stdout and Stderr are the task's output, as returned by Logs.
 	Stdout, Stderr string
+	// Exec answers Controller.Exec on a running task (health check
+	// commands): its code and error are returned as they are. It runs in
+	// the caller's goroutine and should honour ctx. nil answers every
+	// command with exit code 0.
+	Exec func(ctx context.Context, req runtime.ExecRequest) (int, error)
+	// ImageHealthcheck is what Controller.ImageHealthcheck reports once the
+	// task is prepared, as if its image declared this HEALTHCHECK.
+	ImageHealthcheck *runtime.HealthConfig
 }
 
 // Code returns a pointer to n, for Behavior.ExitCode.
@@ -404,10 +412,52 @@ type Controller struct {
 }
 
 var (
-	_ runtime.Controller       = (*Controller)(nil)
-	_ runtime.LogStreamer      = (*Controller)(nil)
-	_ runtime.EndpointReporter = (*Controller)(nil)
+	_ runtime.Controller         = (*Controller)(nil)
+	_ runtime.LogStreamer        = (*Controller)(nil)
+	_ runtime.EndpointReporter   = (*Controller)(nil)
+	_ runtime.Execer             = (*Controller)(nil)
+	_ runtime.ImageHealthchecker = (*Controller)(nil)
 )
+
+// Exec runs req as Behavior.Exec says (exit code 0 without one) while the
+// task runs; it is recorded as an "Exec" call. It returns
+// runtime.ErrNotStarted before Start and an error wrapping ErrNotRunning
+// once the task exited or was removed.
+func (c *Controller) Exec(ctx context.Context, req runtime.ExecRequest) (int, error) {
+	b := c.call("Exec")
+	if len(req.Command) == 0 {
+		return 0, c.errorf("exec in", errors.New("ExecRequest.Command: must not be empty"))
+	}
+	c.rt.mu.Lock()
+	started, state := c.wasStarted, c.state
+	c.rt.mu.Unlock()
+	switch {
+	case !started:
+		return 0, c.errorf("exec in", runtime.ErrNotStarted)
+	case state != StateRunning:
+		return 0, c.errorf("exec in", ErrNotRunning)
+	case ctx.Err() != nil:
+		return 0, ctx.Err()
+	case b.Exec == nil:
+		return 0, nil
+	}
+	return b.Exec(ctx, req)
+}
+
+// ImageHealthcheck returns a copy of Behavior.ImageHealthcheck once the
+// task is prepared, nil before.
+func (c *Controller) ImageHealthcheck() *runtime.HealthConfig {
+	c.rt.mu.Lock()
+	prepared := c.state >= StatePrepared
+	c.rt.mu.Unlock()
+	h := c.rt.behavior(c.task).ImageHealthcheck
+	if !prepared || h == nil {
+		return nil
+	}
+	out := *h
+	out.Test = append([]string(nil), h.Test...)
+	return &out
+}
 
 // Endpoints returns, once the task was started, one endpoint per
 // Spec.Ports entry with an unspecified address (the node's, like the
