@@ -179,22 +179,37 @@ func canonicalKey(key string) (string, attrKind, string) {
 		return AttrNodeOS, attrOS, ""
 	case equalFoldASCII(key, AttrNodeArch):
 		return AttrNodeArch, attrArch, ""
-	case len(key) >= len(AttrNodeLabelPrefix) && equalFoldASCII(key[:len(AttrNodeLabelPrefix)], AttrNodeLabelPrefix):
+	case hasLabelPrefix(key):
 		label := key[len(AttrNodeLabelPrefix):]
 		if label == "" {
 			return "", 0, "label key is empty (want node.labels.<key>)"
 		}
-		if strings.IndexFunc(label, unicode.IsSpace) >= 0 {
-			return "", 0, fmt.Sprintf("label key %q must not contain white space", label)
-		}
-		if strings.ContainsAny(label, "=!") {
-			return "", 0, fmt.Sprintf("label key %q must not contain '=' or '!'", label)
+		if rule := labelKeyRule(label); rule != "" {
+			return "", 0, rule
 		}
 		return AttrNodeLabelPrefix + label, attrLabel, ""
 	default:
 		return "", 0, fmt.Sprintf("unknown attribute %q (want node.id, node.hostname, node.role, "+
 			"node.platform.os, node.platform.arch or node.labels.<key>)", key)
 	}
+}
+
+// labelKeyRule returns the rule a non-empty node label key breaks, or "".
+// Constraints and preferences share it.
+func labelKeyRule(label string) string {
+	if strings.IndexFunc(label, unicode.IsSpace) >= 0 {
+		return fmt.Sprintf("label key %q must not contain white space", label)
+	}
+	if strings.ContainsAny(label, "=!") {
+		return fmt.Sprintf("label key %q must not contain '=' or '!'", label)
+	}
+	return ""
+}
+
+// hasLabelPrefix reports whether s starts with AttrNodeLabelPrefix in any
+// ASCII letter case.
+func hasLabelPrefix(s string) bool {
+	return len(s) >= len(AttrNodeLabelPrefix) && equalFoldASCII(s[:len(AttrNodeLabelPrefix)], AttrNodeLabelPrefix)
 }
 
 // equalFoldASCII reports whether s equals the lower-case ASCII string lower,

@@ -102,7 +102,7 @@ func (r *refScheduler) schedule(pending []Task) []string {
 	var keys []string
 	members := map[string][]int{}
 	for i, t := range pending {
-		k := fmt.Sprintf("%s|%d|%v|%d|%v", t.ServiceID, t.SpecVersion, t.Reservations, t.MaxReplicasPerNode, t.Constraints)
+		k := fmt.Sprintf("%s|%d|%v|%d|%v|%v", t.ServiceID, t.SpecVersion, t.Reservations, t.MaxReplicasPerNode, t.Constraints, t.Preferences)
 		if _, ok := members[k]; !ok {
 			keys = append(keys, k)
 		}
@@ -121,7 +121,17 @@ func (r *refScheduler) schedule(pending []Task) []string {
 				if !r.eligible(rn, t) {
 					continue
 				}
-				if best == nil || rn.svc[t.ServiceID] < best.svc[t.ServiceID] ||
+				if best == nil {
+					best = rn
+					continue
+				}
+				if c := r.comparePreferences(t, rn, best); c != 0 {
+					if c < 0 {
+						best = rn
+					}
+					continue
+				}
+				if rn.svc[t.ServiceID] < best.svc[t.ServiceID] ||
 					rn.svc[t.ServiceID] == best.svc[t.ServiceID] && (rn.tasks < best.tasks ||
 						rn.tasks == best.tasks && rn.n.ID < best.n.ID) {
 					best = rn
@@ -134,6 +144,74 @@ func (r *refScheduler) schedule(pending []Task) []string {
 		}
 	}
 	return out
+}
+
+// refLabel is a node's value of a label; the nodes without it share the
+// missing value, which sorts after every real value.
+type refLabel struct {
+	missing bool
+	value   string
+}
+
+func refValue(n *Node, key string) refLabel {
+	v, ok := n.Labels[key]
+	return refLabel{missing: !ok, value: v}
+}
+
+// samePath reports whether two nodes have the same values of the first k
+// preference labels.
+func samePath(a, b *Node, prefs []Preference, k int) bool {
+	for _, p := range prefs[:k] {
+		if refValue(a, p.SpreadLabel) != refValue(b, p.SpreadLabel) {
+			return false
+		}
+	}
+	return true
+}
+
+// groupCount counts the tasks of the service on the described nodes that
+// share n's values of the first k preference labels.
+func (r *refScheduler) groupCount(svc string, n *Node, prefs []Preference, k int) int {
+	total := 0
+	for _, id := range r.order {
+		rn := r.nodes[id]
+		if !rn.removed && samePath(&rn.n, n, prefs, k) {
+			total += rn.svc[svc]
+		}
+	}
+	return total
+}
+
+// comparePreferences orders two eligible nodes by their groups, level by
+// level: the group with fewer tasks of the service first, then the smaller
+// label value, nodes without the label last. 0 means they share every group.
+// Picking the least node this way is the tree walk of the real scheduler
+// stated without a tree: a group without an eligible node never holds the
+// least node.
+func (r *refScheduler) comparePreferences(t *Task, a, b *refNode) int {
+	for k, p := range t.Preferences {
+		ca, cb := r.groupCount(t.ServiceID, &a.n, t.Preferences, k+1), r.groupCount(t.ServiceID, &b.n, t.Preferences, k+1)
+		if ca != cb {
+			if ca < cb {
+				return -1
+			}
+			return 1
+		}
+		va, vb := refValue(&a.n, p.SpreadLabel), refValue(&b.n, p.SpreadLabel)
+		switch {
+		case va == vb:
+			continue
+		case va.missing:
+			return 1
+		case vb.missing:
+			return -1
+		case va.value < vb.value:
+			return -1
+		default:
+			return 1
+		}
+	}
+	return 0
 }
 
 func randomNode(rng *rand.Rand, id string) Node {
@@ -149,7 +227,13 @@ func randomNode(rng *rand.Rand, id string) Node {
 		Resources:    Resources{NanoCPUs: int64(rng.IntN(5)) * 1e9, MemoryBytes: int64(rng.IntN(5)) << 30},
 	}
 	if rng.IntN(3) > 0 {
-		n.Labels = map[string]string{"zone": []string{"a", "b", "c"}[rng.IntN(3)]}
+		n.Labels = map[string]string{"zone": []string{"a", "b", "c", ""}[rng.IntN(4)]}
+	}
+	if rng.IntN(2) > 0 {
+		if n.Labels == nil {
+			n.Labels = map[string]string{}
+		}
+		n.Labels["rack"] = []string{"r1", "r2"}[rng.IntN(2)]
 	}
 	return n
 }
@@ -164,6 +248,12 @@ func randomTemplate(rng *rand.Rand) Task {
 	}
 	if c := cons[rng.IntN(len(cons))]; c != nil {
 		t.Constraints, _ = ParseConstraints(c)
+	}
+	prefs := [][]string{nil, nil, {"spread=node.labels.zone"}, {"spread=node.labels.rack"},
+		{"spread=node.labels.zone", "spread=node.labels.rack"}, {"spread=node.labels.rack", "spread=node.labels.zone"},
+		{"spread=node.labels.none"}}
+	if p := prefs[rng.IntN(len(prefs))]; p != nil {
+		t.Preferences, _ = ParsePreferences(p)
 	}
 	if rng.IntN(2) == 0 {
 		t.Reservations = Resources{NanoCPUs: int64(rng.IntN(3)) * 5e8, MemoryBytes: int64(rng.IntN(3)) << 29}

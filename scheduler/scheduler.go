@@ -34,6 +34,13 @@ type Scheduler struct {
 	groups    []group
 	groupIdx  map[groupKey]int32
 	rejCons   []int
+
+	// Scratch space of a group with preferences, see placeSpread.
+	tree      []prefGroup
+	treeIdx   map[prefKey]int32
+	leafOf    []int32 // per candidate: its leaf in tree
+	treeSlots []int32 // backing array of the leaves' candidate heaps
+	treeKids  []int32 // backing array of the inner groups' subgroup heaps
 }
 
 type nodeInfo struct {
@@ -63,6 +70,7 @@ type groupKey struct {
 type group struct {
 	key    groupKey
 	cons   []Constraint
+	prefs  []Preference
 	ports  []HostPort
 	next   int32 // next group with the same key, -1 at the end
 	count  int32
@@ -77,6 +85,7 @@ func New() *Scheduler {
 		services: make(map[string]map[*nodeInfo]int32),
 		tasks:    make(map[string]taskRecord),
 		groupIdx: make(map[groupKey]int32),
+		treeIdx:  make(map[prefKey]int32),
 	}
 }
 
@@ -319,7 +328,8 @@ func (s *Scheduler) groupTasks(pending []Task, out []Decision) {
 		}
 		key := groupKey{service: t.ServiceID, version: t.SpecVersion, res: t.Reservations, maxRep: t.MaxReplicasPerNode,
 			ports: portsKey(t.HostPorts)}
-		if last >= 0 && s.groups[last].key == key && constraintsEqual(s.groups[last].cons, t.Constraints) {
+		if last >= 0 && s.groups[last].key == key && constraintsEqual(s.groups[last].cons, t.Constraints) &&
+			preferencesEqual(s.groups[last].prefs, t.Preferences) {
 			s.groups[last].count++
 			s.taskGroup[i] = last
 			continue
@@ -327,7 +337,7 @@ func (s *Scheduler) groupTasks(pending []Task, out []Decision) {
 		head, ok := s.groupIdx[key]
 		found := int32(-1)
 		for gi := head; ok && gi >= 0; gi = s.groups[gi].next {
-			if constraintsEqual(s.groups[gi].cons, t.Constraints) {
+			if constraintsEqual(s.groups[gi].cons, t.Constraints) && preferencesEqual(s.groups[gi].prefs, t.Preferences) {
 				found = gi
 				break
 			}
@@ -338,7 +348,7 @@ func (s *Scheduler) groupTasks(pending []Task, out []Decision) {
 				next = head
 			}
 			found = int32(len(s.groups))
-			s.groups = append(s.groups, group{key: key, cons: t.Constraints, ports: t.HostPorts, next: next})
+			s.groups = append(s.groups, group{key: key, cons: t.Constraints, prefs: t.Preferences, ports: t.HostPorts, next: next})
 			s.groupIdx[key] = found
 		}
 		s.groups[found].count++
@@ -442,6 +452,14 @@ func (s *Scheduler) placeGroup(g *group, pending []Task, idx []int32, out []Deci
 		}
 		cons[i] = cc
 	}
+	for _, p := range g.prefs {
+		if err := p.Validate(); err != nil {
+			for _, ti := range idx {
+				out[ti].Reason = taskError(pending[ti].ID, err.Error()).Error()
+			}
+			return
+		}
+	}
 	key := g.key
 	m := s.serviceMap(key.service)
 	s.svc = grow(s.svc, len(s.list)) // all zero: see the reset below
@@ -477,10 +495,40 @@ func (s *Scheduler) placeGroup(g *group, pending []Task, idx []int32, out []Deci
 		}
 		h = append(h, int32(slot))
 	}
+	var unplaced bool
+	if len(g.prefs) > 0 {
+		unplaced = s.placeSpread(g, pending, idx, out, h, &rej, m)
+	} else {
+		unplaced = s.placeNodes(g, pending, idx, out, h, &rej, m)
+	}
+	if unplaced {
+		reason := rej.explain(cons, key, g.ports, len(s.list))
+		for _, ti := range idx {
+			if out[ti].NodeID == "" && out[ti].Reason == "" {
+				out[ti].Reason = reason
+			}
+		}
+	}
+
+	s.heap = h[:0]
+	for ni := range m {
+		if ni.slot >= 0 {
+			s.svc[ni.slot] = 0
+		}
+	}
+	if len(m) == 0 {
+		delete(s.services, key.service)
+	}
+}
+
+// placeNodes spreads the tasks of group g (the pending indices idx) over the
+// candidate slots h with a heap ordered by less. It reports whether a task
+// was left without a node for want of candidates.
+func (s *Scheduler) placeNodes(g *group, pending []Task, idx []int32, out []Decision, h []int32, rej *rejections, m map[*nodeInfo]int32) bool {
+	key := g.key
 	for i := len(h)/2 - 1; i >= 0; i-- {
 		s.down(h, i)
 	}
-
 	unplaced := false
 	for _, ti := range idx {
 		t := &pending[ti]
@@ -506,24 +554,7 @@ func (s *Scheduler) placeGroup(g *group, pending []Task, idx []int32, out []Deci
 		}
 		s.down(h, 0)
 	}
-	if unplaced {
-		reason := rej.explain(cons, key, g.ports, len(s.list))
-		for _, ti := range idx {
-			if out[ti].NodeID == "" && out[ti].Reason == "" {
-				out[ti].Reason = reason
-			}
-		}
-	}
-
-	s.heap = h[:0]
-	for ni := range m {
-		if ni.slot >= 0 {
-			s.svc[ni.slot] = 0
-		}
-	}
-	if len(m) == 0 {
-		delete(s.services, key.service)
-	}
+	return unplaced
 }
 
 func failedConstraint(cons []compiled, n *Node) int {

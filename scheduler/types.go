@@ -99,6 +99,10 @@ type Task struct {
 	ServiceID   string
 	SpecVersion uint64 // tasks of one service and version are placed as one group
 	Constraints []Constraint
+	// Preferences spread the tasks of the service over the values of node
+	// labels, outermost first (see Preference). Tasks with different
+	// preferences are placed in different groups.
+	Preferences []Preference
 	// Reservations is taken from the node's capacity while the task is on it.
 	Reservations Resources
 	// MaxReplicasPerNode limits the tasks of this service (any spec version)
