@@ -210,8 +210,8 @@ func TestPreferenceFiltersStillApply(t *testing.T) {
 
 	t.Run("not ready, paused and drained nodes", func(t *testing.T) {
 		nodes := zoneNodes(map[string]int{"a": 2, "b": 1, "c": 1})
-		nodes[0].State = NodeDown                  // a0
-		nodes[1].Availability = AvailabilityPause  // a1: zone a has no candidate
+		nodes[0].State = NodeDown                 // a0
+		nodes[1].Availability = AvailabilityPause // a1: zone a has no candidate
 		s := newWithNodes(t, nodes...)
 		ds := s.Schedule(tasks(Task{ServiceID: "web", Preferences: prefs}, 4))
 		assert.Equal(t, map[string]int{"b0": 2, "c0": 2}, placements(ds))
