@@ -21,11 +21,36 @@
 // # Spread
 //
 // Pending tasks with the same service, spec version, constraints,
-// reservations and replica limit form a group placed in one pass: the nodes
-// are filtered once, then each task goes to the candidate with the fewest
-// tasks of the service, then the fewest tasks in total, then the smallest
-// node ID. A node that fills up leaves the candidates. A pass therefore costs
-// O(N + k log N) for a group of k tasks on N nodes.
+// preferences, reservations, replica limit and host ports form a group
+// placed in one pass: the nodes are filtered once, then each task goes to
+// the candidate with the fewest tasks of the service, then the fewest tasks
+// in total, then the smallest node ID. A node that fills up leaves the
+// candidates. A pass therefore costs O(N + k log N) for a group of k tasks on
+// N nodes.
+//
+// # Preferences
+//
+// A task's Preferences (see ParsePreference), written as Docker's
+// --placement-pref spread=node.labels.<key>, spread the tasks over the
+// values of node labels before the spread over nodes. The nodes with the
+// same value of the first preference's label form a group, and the nodes
+// without the label one more group; the next preference splits each group
+// the same way, and so on. Each task goes, level by level, to the group with
+// the fewest tasks of the service, then the smaller label value, the group
+// without the label last; within the last level's group it goes to a node
+// as above. A group counts the tasks of the service on all its described
+// nodes, including those recorded before the pass and those that take no
+// more; it is skipped when none of its nodes passes the filters. Groups
+// weigh the same whatever their number of nodes, as in Docker: with zones of
+// 1, 2 and 5 nodes, 9 tasks land 3, 3 and 3. An empty label value is a value
+// of its own, not a missing label.
+//
+// A group with L levels of preferences costs O(N·L) more to build its tree
+// of groups, and each task O(L log G + log N) for G groups a level: at 1,000
+// nodes and 10,000 tasks, one level of preferences adds a few per cent to
+// the pass (BenchmarkSchedule, 1kNodes_10kTasks_spread). Filters and the
+// explanation of a task that fits nowhere are the same with and without
+// preferences.
 //
 // # Unplaced tasks
 //

@@ -134,3 +134,48 @@ func ExampleScheduler_AddTask() {
 	// web.2 -> n2
 	// web.3 pending: no suitable node (2 nodes at max replicas (1) for this service)
 }
+
+func ExampleParsePreference() {
+	p, err := scheduler.ParsePreference("spread=node.labels.zone")
+	fmt.Println(p.SpreadLabel, err)
+	_, err = scheduler.ParsePreference("spread=node.hostname")
+	fmt.Println(err)
+	_, err = scheduler.ParsePreference("binpack=node.labels.zone")
+	fmt.Println(err)
+	// Output:
+	// zone <nil>
+	// preference "spread=node.hostname": descriptor "node.hostname" must be node.labels.<key>
+	// preference "binpack=node.labels.zone": strategy "binpack" is not supported (want spread=node.labels.<key>)
+}
+
+// Preferences spread a service over the values of a node label, whatever
+// the number of nodes with each value; the nodes without the label form one
+// more group.
+func ExampleTask_preferences() {
+	s := scheduler.New()
+	zones := map[string]string{"n1": "a", "n2": "b", "n3": "b", "n4": "b"} // n5 and n6 have no zone
+	for _, id := range []string{"n1", "n2", "n3", "n4", "n5", "n6"} {
+		n := scheduler.Node{ID: id, State: scheduler.NodeReady}
+		if z, ok := zones[id]; ok {
+			n.Labels = map[string]string{"zone": z}
+		}
+		if err := s.UpsertNode(n); err != nil {
+			panic(err)
+		}
+	}
+	prefs, err := scheduler.ParsePreferences([]string{"spread=node.labels.zone"})
+	if err != nil {
+		panic(err)
+	}
+	var pending []scheduler.Task
+	for i := range 6 {
+		pending = append(pending, scheduler.Task{ID: fmt.Sprintf("web.%d", i+1), ServiceID: "web", Preferences: prefs})
+	}
+	count := map[string]int{}
+	for _, d := range s.Schedule(pending) {
+		count[zones[d.NodeID]]++
+	}
+	fmt.Printf("zone a: %d, zone b: %d, no zone: %d\n", count["a"], count["b"], count[""])
+	// Output:
+	// zone a: 2, zone b: 2, no zone: 2
+}

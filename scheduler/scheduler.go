@@ -276,19 +276,22 @@ func (s *Scheduler) drop(taskID string, rec taskRecord) {
 // Schedule places pending tasks and returns one Decision per task, in the
 // order of pending.
 //
-// Tasks with the same service, spec version, constraints, reservations,
-// max-replicas limit and host ports form a group, placed in one pass: the
-// nodes are filtered once (ready, active, constraints, free CPU and memory,
-// max replicas per node, host ports free) and the group's tasks go one by
-// one to the candidate with the fewest tasks of the service, then the fewest
-// tasks in total, then the smallest node ID. Groups are placed in the order their first task appears.
+// Tasks with the same service, spec version, constraints, preferences,
+// reservations, max-replicas limit and host ports form a group, placed in
+// one pass: the nodes are filtered once (ready, active, constraints, free
+// CPU and memory, max replicas per node, host ports free) and the group's
+// tasks go one by one to the candidate with the fewest tasks of the
+// service, then the fewest tasks in total, then the smallest node ID. With
+// preferences, each task first goes, level by level, to the label value
+// group with the fewest tasks of the service that has a candidate (see the
+// package doc). Groups are placed in the order their first task appears.
 //
 // Every placement is recorded as if by AddTask; the driver calls RemoveTask
 // when it cannot commit one. A pending task whose ID is recorded is first
 // forgotten, since a pending task occupies no node. A task that fits nowhere
 // gets NodeID "" and a Reason counting, per filter, the nodes that rejected
-// it (each node under the first filter it fails). Invalid tasks and
-// constraints get a Reason naming the rule they break. The result depends
+// it (each node under the first filter it fails). Invalid tasks,
+// constraints and preferences get a Reason naming the rule they break. The result depends
 // only on the Scheduler's state and pending, never on map order or time.
 func (s *Scheduler) Schedule(pending []Task) []Decision {
 	out := make([]Decision, len(pending))

@@ -208,7 +208,7 @@ func TestPreferenceFiltersStillApply(t *testing.T) {
 		assert.Equal(t, map[string]int{"a0": 3, "b0": 2, "b1": 1}, placements(ds))
 	})
 
-	t.Run("not ready, paused and drained nodes", func(t *testing.T) {
+	t.Run("not ready and paused nodes", func(t *testing.T) {
 		nodes := zoneNodes(map[string]int{"a": 2, "b": 1, "c": 1})
 		nodes[0].State = NodeDown                 // a0
 		nodes[1].Availability = AvailabilityPause // a1: zone a has no candidate
