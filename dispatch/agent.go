@@ -576,7 +576,7 @@ func (a *Agent) reconcile(set []*api.Task) {
 		r := a.tasks[t.GetId()]
 		a.tasksMu.Unlock()
 		if r != nil {
-			r.rereport(t.GetStatus().GetState())
+			r.rereport(t.GetStatus())
 		}
 	}
 }
@@ -686,7 +686,7 @@ func (q *reportQueue) wake() {
 
 func (q *reportQueue) put(taskID string, st *api.TaskStatus) {
 	q.mu.Lock()
-	if prev, ok := q.pending[taskID]; ok && prev.status.GetState() > st.GetState() {
+	if prev, ok := q.pending[taskID]; ok && statusNewer(prev.status, st) {
 		q.mu.Unlock()
 		return
 	}

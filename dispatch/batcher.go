@@ -63,7 +63,7 @@ func (b *statusBatcher) add(updates []queuedStatus) *flushResult {
 		return r
 	}
 	for _, u := range updates {
-		if prev, ok := b.pending[u.taskID]; ok && prev.status.GetState() > u.status.GetState() {
+		if prev, ok := b.pending[u.taskID]; ok && statusNewer(prev.status, u.status) {
 			continue
 		}
 		b.pending[u.taskID] = u
@@ -144,8 +144,10 @@ func (b *statusBatcher) write(ctx context.Context, batch map[string]queuedStatus
 					if t.GetNodeId() != q.nodeID {
 						return state.ErrSkip // moved off the node since it was reported
 					}
-					if q.status.GetState() <= t.GetStatus().GetState() {
-						return state.ErrSkip // late or duplicate: task state only moves forward
+					if !statusNewer(q.status, t.GetStatus()) {
+						// Late or duplicate: task state only moves forward, and
+						// a health change is newer only by its health_seq.
+						return state.ErrSkip
 					}
 					t.Status = proto.Clone(q.status).(*api.TaskStatus)
 					written++

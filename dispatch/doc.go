@@ -67,6 +67,27 @@
 // the drain also lasts until every node confirmed the withdrawal, at most
 // AgentConfig.DrainTimeout. Agent.Stop cuts a drain short.
 //
+// # Health checks
+//
+// A running task with a health check (its spec's, else its image's
+// HEALTHCHECK through runtime.ImageHealthchecker, unless the spec disables
+// it) has one goroutine that probes it, on AgentConfig.Clock, and ends with
+// the task: a command through the controller's runtime.Execer (exit code 0
+// is healthy), an HTTP GET or a TCP connect to the runtime's endpoint of
+// the checked target port (an unspecified address is the node's loopback).
+// Each probe is bounded by the check's timeout and its output by
+// HealthOutputLimit. The task is starting until a probe succeeds (failures
+// within the start period do not count; probes are the start interval
+// apart then), healthy after a success, and unhealthy after Retries
+// consecutive failures; the defaults are docker's (DefaultHealthInterval
+// and the others). A health change is reported as the RUNNING status again
+// with the new health and a greater health_seq, which orders reports of
+// the same state on both sides. A task with a check publishes its
+// endpoints only once healthy; an unhealthy task is withdrawn from the
+// mesh, drained as above, stopped, and reported FAILED with the probe's
+// output as its error, so the orchestrator replaces it under its restart
+// policy. Failures fewer than Retries in a row leave the task alone.
+//
 // Agent.Stop leaves gracefully: with a session open it calls Leave, shuts
 // every task down, sends the tasks' final statuses (SHUTDOWN for those it
 // stopped) and waits for the dispatcher to acknowledge them, all bounded by

@@ -234,6 +234,15 @@ func tcpProbe(addr netip.AddrPort) healthProbe {
 	}
 }
 
+// statusNewer reports whether status a is a later report than b: a more
+// advanced state, or the same state with a later health change.
+func statusNewer(a, b *api.TaskStatus) bool {
+	if a.GetState() != b.GetState() {
+		return a.GetState() > b.GetState()
+	}
+	return a.GetHealthSeq() > b.GetHealthSeq()
+}
+
 // healthEvent is the outcome of one step of a check: the health after it,
 // whether that changed, the probe's output, and the consecutive failures
 // that count.

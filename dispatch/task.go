@@ -20,10 +20,13 @@ type taskRunner struct {
 	a  *Agent
 	id string
 
-	mu       sync.Mutex
-	task     *api.Task       // latest from the manager
-	reported api.TaskState   // most advanced state known to be reported
-	last     *api.TaskStatus // the status reported last by this runner
+	mu        sync.Mutex
+	task      *api.Task       // latest from the manager
+	reported  api.TaskState   // most advanced state known to be reported
+	last      *api.TaskStatus // the status reported last by this runner
+	health    api.HealthState // the task's health, carried by every report
+	healthOut string          // the output of the probe that set health
+	healthSeq uint64          // counts health changes (api.TaskStatus.health_seq)
 
 	stopOnce   sync.Once
 	stopReq    chan struct{} // closed when the task must stop (desired ≥ SHUTDOWN, or removed)
@@ -39,6 +42,7 @@ func newTaskRunner(a *Agent, t *api.Task) *taskRunner {
 		id:        t.GetId(),
 		task:      t,
 		reported:  t.GetStatus().GetState(),
+		healthSeq: t.GetStatus().GetHealthSeq(),
 		stopReq:   make(chan struct{}),
 		removeReq: make(chan struct{}),
 	}
@@ -99,12 +103,15 @@ func (r *taskRunner) reportWith(state api.TaskState, msg, errStr string, exitCod
 		return
 	}
 	st := &api.TaskStatus{
-		State:     state,
-		Timestamp: r.a.cfg.Clock.Now().UnixNano(),
-		Message:   msg,
-		Err:       errStr,
-		ExitCode:  exitCode,
-		Endpoints: eps,
+		State:        state,
+		Timestamp:    r.a.cfg.Clock.Now().UnixNano(),
+		Message:      msg,
+		Err:          errStr,
+		ExitCode:     exitCode,
+		Endpoints:    eps,
+		Health:       r.health,
+		HealthOutput: r.healthOut,
+		HealthSeq:    r.healthSeq,
 	}
 	r.reported = state
 	r.last = st
@@ -113,13 +120,37 @@ func (r *taskRunner) reportWith(state api.TaskState, msg, errStr string, exitCod
 	r.a.reports.put(r.id, st)
 }
 
-// rereport queues the last status again if the manager's copy (in state
-// stored) lags behind it.
-func (r *taskRunner) rereport(stored api.TaskState) {
+// reportHealth records a health change of the running task and queues its
+// RUNNING status again with the new health: not a transition, so the state
+// stays and health_seq orders the reports. Once the task's final status is
+// reported the change is only recorded.
+func (r *taskRunner) reportHealth(h api.HealthState, output string) {
+	r.mu.Lock()
+	r.health, r.healthOut = h, output
+	r.healthSeq++
+	base := r.last
+	if base == nil && r.task.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING {
+		base = r.task.GetStatus() // re-adopted: the manager's copy is the last report
+	}
+	if r.reported != api.TaskState_TASK_STATE_RUNNING || base == nil {
+		r.mu.Unlock()
+		return
+	}
+	st := proto.Clone(base).(*api.TaskStatus)
+	st.Health, st.HealthOutput, st.HealthSeq = h, output, r.healthSeq
+	r.last = st
+	r.mu.Unlock()
+	r.a.log.Debug("task health", "task", r.id, "health", h, "output", output)
+	r.a.reports.put(r.id, st)
+}
+
+// rereport queues the last status again if the manager's copy (stored)
+// lags behind it.
+func (r *taskRunner) rereport(stored *api.TaskStatus) {
 	r.mu.Lock()
 	last := r.last
 	r.mu.Unlock()
-	if last != nil && last.GetState() > stored {
+	if last != nil && statusNewer(last, stored) {
 		r.a.reports.put(r.id, proto.Clone(last).(*api.TaskStatus))
 	}
 }
@@ -213,8 +244,33 @@ func (r *taskRunner) run() {
 // runtime) until it ends or must stop, and reports how it ended.
 func (r *taskRunner) running(ctl runtime.Controller, msg string) {
 	reps := runtimeEndpoints(ctl)
+	r.mu.Lock()
+	hcSpec := r.task.GetSpec().GetHealthCheck()
+	r.mu.Unlock()
+	hc := resolveHealthCheck(hcSpec, ctl, reps)
+	var unhealthy chan healthEvent
+	stopHealth := func() {}
+	if hc != nil {
+		r.mu.Lock()
+		r.health, r.healthOut = api.HealthState_HEALTH_STATE_STARTING, ""
+		r.mu.Unlock()
+	}
 	r.reportWith(api.TaskState_TASK_STATE_RUNNING, msg, "", 0, taskEndpoints(reps))
-	r.publish(reps)
+	if hc == nil {
+		r.publish(reps)
+	} else {
+		// The task enters the mesh once healthy; an unhealthy one is
+		// stopped below.
+		unhealthy = make(chan healthEvent, 1)
+		hctx, hcancel := context.WithCancel(r.a.taskCtx)
+		hdone := make(chan struct{})
+		go func() {
+			defer close(hdone)
+			runHealthCheck(hctx, r.a.cfg.Clock, hc, func(ev healthEvent) { r.onHealth(ev, reps, unhealthy) })
+		}()
+		stopHealth = func() { hcancel(); <-hdone }
+	}
+	defer stopHealth()
 
 	wctx, wcancel := context.WithCancel(r.a.taskCtx)
 	defer wcancel()
@@ -225,10 +281,24 @@ func (r *taskRunner) running(ctl runtime.Controller, msg string) {
 	}()
 	var res waitResult
 	stopped := false
-	why := "shut down" // the prefix of the SHUTDOWN status message
+	var sick *healthEvent // the event that made the task unhealthy
+	why := "shut down"    // the prefix of the SHUTDOWN status message
 	select {
 	case res = <-waitCh:
+	case ev := <-unhealthy:
+		// Unhealthy: out of the mesh, then stopped; it failed.
+		sick = &ev
+		stopHealth()
+		if exit, exited := r.drain(waitCh); exited {
+			res = exit
+			break
+		}
+		if err := ctl.Shutdown(r.a.taskCtx); err != nil {
+			r.a.log.Warn("task shutdown failed", "task", r.id, "err", err)
+		}
+		res = <-waitCh
 	case <-r.stopReq:
+		stopHealth() // before the drain: a check must not publish the task again
 		stopped = true
 		if exit, exited := r.drain(waitCh); exited {
 			res = exit // it ended by itself while it drained
@@ -244,6 +314,7 @@ func (r *taskRunner) running(ctl runtime.Controller, msg string) {
 		// flushes its reports and leaves. Its endpoints are withdrawn, but
 		// the node is going away: there is no drain delay. With LiveRestore
 		// a task that can be detached is left running instead.
+		stopHealth()
 		r.a.endpoints.remove(r.id)
 		if d, ok := ctl.(runtime.Detacher); ok && r.a.liveRestore() {
 			wcancel()
@@ -263,12 +334,25 @@ func (r *taskRunner) running(ctl runtime.Controller, msg string) {
 		res = <-waitCh
 	}
 	// A task that ended by itself is withdrawn at once.
+	stopHealth()
 	r.a.endpoints.remove(r.id)
 	switch {
 	case res.err != nil && r.a.taskCtx.Err() != nil:
 		// Stop's context ended while the task was shutting down: there is
 		// no final status to report, and no time left to report it.
 		return
+	case sick != nil:
+		msg := fmt.Sprintf("task unhealthy: %d consecutive health checks failed", sick.failures)
+		errStr := sick.output
+		if errStr == "" {
+			errStr = "health check failed"
+		}
+		code := int32(0)
+		if res.err == nil {
+			msg += "; stopped: " + res.st.String()
+			code = int32(res.st.Code)
+		}
+		r.report(api.TaskState_TASK_STATE_FAILED, msg, errStr, code)
 	case stopped && res.err == nil:
 		r.report(api.TaskState_TASK_STATE_SHUTDOWN, why+": "+res.st.String(), "", int32(res.st.Code))
 	case stopped:
@@ -285,6 +369,29 @@ func (r *taskRunner) running(ctl runtime.Controller, msg string) {
 		r.report(api.TaskState_TASK_STATE_FAILED, "task failed: "+res.st.String(), errStr, int32(res.st.Code))
 	}
 	r.waitEnd()
+}
+
+// onHealth takes an event of the task's health check (from the checker's
+// goroutine): a change of health is reported; a healthy task publishes its
+// endpoints (eps, from the runtime); an unhealthy one is handed to running
+// on unhealthy, which stops it.
+func (r *taskRunner) onHealth(ev healthEvent, eps []runtime.Endpoint, unhealthy chan<- healthEvent) {
+	if !ev.changed {
+		return
+	}
+	r.mu.Lock()
+	same := r.health == ev.health
+	r.mu.Unlock()
+	switch ev.health {
+	case api.HealthState_HEALTH_STATE_HEALTHY:
+		r.publish(eps)
+	case api.HealthState_HEALTH_STATE_UNHEALTHY:
+		r.a.log.Info("task unhealthy", "task", r.id, "failures", ev.failures, "output", ev.output)
+		unhealthy <- ev // buffered: the check's last event
+	}
+	if !same {
+		r.reportHealth(ev.health, ev.output)
+	}
 }
 
 // restore asks a Restorer runtime for the task's controller, kept from an
