@@ -9,11 +9,14 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoalhq/shoal"
 	"github.com/shoalhq/shoal/runtime"
+	"github.com/shoalhq/shoal/runtime/conformance"
 	"github.com/shoalhq/shoal/runtime/process"
 	"github.com/shoalhq/shoal/shoaltest"
 )
@@ -233,4 +236,80 @@ func TestHealthCheckRefused(t *testing.T) {
 	got, err := c.Client().GetService(ctx, svc.ID)
 	require.NoError(t, err)
 	assert.Equal(t, want, got.Spec.Task.HealthCheck)
+}
+
+// An image's HEALTHCHECK is run inside the container (runc exec) unless the
+// spec sets a check of its own or disables it.
+func TestContainerImageHealthcheck(t *testing.T) {
+	needContainers(t)
+	cc := startContainerCluster(t, 0, false)
+	img := conformance.ProgramImage(t, nil)
+	cf, err := img.ConfigFile()
+	require.NoError(t, err)
+	cf = cf.DeepCopy()
+	cf.Config.Healthcheck = &v1.HealthConfig{Test: []string{"CMD", "/testprog", "-cat", "/work/ready"},
+		Interval: 100 * time.Millisecond, Timeout: 10 * time.Second, Retries: 2}
+	img, err = mutate.ConfigFile(img, cf)
+	require.NoError(t, err)
+	ref := cc.reg.Push(t, "shoal/checked:1", img)
+	ctx := ctxT(t)
+
+	create := func(name string, hc *shoal.HealthCheck) *shoal.Service {
+		t.Helper()
+		svc, err := cc.Client().CreateService(ctx, shoal.ServiceSpec{Name: name, Replicas: 1, Task: shoal.TaskSpec{
+			Image: ref, Args: []string{"-write", "/work/ready", "-sleep", "10m"}, StopGracePeriod: time.Second,
+			HealthCheck: hc,
+		}})
+		require.NoError(t, err)
+		return svc
+	}
+	image := create("image", nil)
+	disabled := create("disabled", &shoal.HealthCheck{Disable: true})
+	own := create("own", &shoal.HealthCheck{Command: []string{"/testprog", "-stdout", "not today", "-exit", "3"},
+		Interval: 100 * time.Millisecond, Timeout: 10 * time.Second, Retries: 2})
+
+	cc.WaitFor("the image's check passes", func() bool {
+		ts := running(cc.Tasks(image.ID))
+		return len(ts) == 1 && ts[0].Status.Health == shoal.HealthHealthy
+	})
+	assert.Equal(t, "written", running(cc.Tasks(image.ID))[0].Status.HealthOutput, "run inside the container")
+
+	cc.WaitFor("the spec's own check fails the task", func() bool {
+		for _, tk := range cc.Tasks(own.ID) {
+			if tk.Status.State == shoal.TaskFailed && tk.Status.Health == shoal.HealthUnhealthy {
+				assert.Equal(t, "not today\n(exit code 3)", tk.Status.Err)
+				return true
+			}
+		}
+		return false
+	})
+
+	ts := running(cc.Tasks(disabled.ID))
+	require.Len(t, ts, 1)
+	assert.Equal(t, shoal.HealthNone, ts[0].Status.Health, "Disable switches the image's check off")
+}
+
+// A service whose tasks enter the routing mesh only once GET /healthz on
+// their port 8080 answers 2xx or 3xx, probed every 5s (every second in the
+// first 30s after a start, whose failures do not count); three failures in
+// a row replace the task.
+func ExampleHealthCheck() {
+	spec := shoal.ServiceSpec{
+		Name:     "web",
+		Replicas: 3,
+		Ports:    []shoal.PortConfig{{Target: 8080, Published: 80}},
+		Task: shoal.TaskSpec{
+			Image: "registry.example/web:2",
+			HealthCheck: &shoal.HealthCheck{
+				HTTP:          &shoal.HTTPCheck{Port: 8080, Path: "/healthz"},
+				Interval:      5 * time.Second,
+				Timeout:       2 * time.Second,
+				Retries:       3,
+				StartPeriod:   30 * time.Second,
+				StartInterval: time.Second,
+			},
+		},
+	}
+	fmt.Println(spec.Task.HealthCheck.HTTP.Port, spec.Task.HealthCheck.Retries)
+	// Output: 8080 3
 }
