@@ -4,19 +4,20 @@ import "fmt"
 
 // prefGroup is one group of the decision tree of a task group with
 // preferences: the described nodes that share the values of the labels of
-// the preferences down to its level. The root (index 0) holds every
-// described node; the leaves, one level per preference below it, hold the
-// candidate slots.
+// the preferences down to its level. Only the nodes that are candidates or
+// run tasks of the service enter the tree, since the others change no count
+// and take no task. The root is index 0; the leaves, one level per
+// preference below it, hold the candidate slots.
 type prefGroup struct {
-	value   string // label value at this level
-	missing bool   // the group of the nodes without the label
-	leaf    bool   // at the level of the last preference
-	live    bool   // has a candidate below it
-	parent  int32  // -1 for the root
-	count   int32  // tasks of the service on the described nodes below it
-	size    int32  // candidates (leaf) or live subgroups (inner group)
-	kids    []int32
-	cands   []int32
+	value   string  // label value at this level
+	missing bool    // the group of the nodes without the label
+	leaf    bool    // at the level of the last preference
+	live    bool    // has a candidate below it
+	parent  int32   // -1 for the root
+	count   int32   // tasks of the service on the described nodes below it
+	size    int32   // candidates (leaf) or live subgroups (inner group)
+	kids    []int32 // inner group: live subgroups, a heap ordered by groupLess
+	cands   []int32 // leaf: candidate slots, a heap ordered by Scheduler.less
 }
 
 // prefKey finds a subgroup while the tree is built.
