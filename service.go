@@ -521,8 +521,11 @@ type TaskStatus struct {
 	// Health is the task's health while it runs (HealthNone without a
 	// check); a task that ended keeps the health it had last.
 	Health HealthState
-	// HealthOutput is the last probe's output (at most 4 KiB): a command's
-	// output, an HTTP status, or why the probe failed.
+	// HealthOutput is the output of the probe that set Health (at most 4
+	// KiB): a command's output and exit code, an HTTP status and body, or
+	// why the probe failed. The node reports health changes only, not
+	// every probe, so that probes cost the cluster's log nothing while the
+	// health holds; an unhealthy task's Err carries the same output.
 	HealthOutput string
 }
 

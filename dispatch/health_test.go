@@ -402,3 +402,50 @@ func TestLimitedBuffer(t *testing.T) {
 	assert.Equal(t, 3, n, "writes past the limit are discarded, not refused")
 	assert.Equal(t, strings.Repeat("a", HealthOutputLimit-1)+"b", b.String())
 }
+
+// BenchmarkHealthProbe is the agent's cost of one probe of a command check
+// on the fake runtime (its goroutine, timeout timer and output buffer) and
+// of one TCP connect probe to a loopback listener.
+func BenchmarkHealthProbe(b *testing.B) {
+	b.Run("command", func(b *testing.B) {
+		rt := runtimetest.New()
+		rt.SetBehavior(func(runtime.Task) runtimetest.Behavior {
+			return runtimetest.Behavior{Exec: func(_ context.Context, req runtime.ExecRequest) (int, error) {
+				_, _ = req.Stdout.Write([]byte("ok"))
+				return 0, nil
+			}}
+		})
+		ctl, err := rt.Controller(runtime.Task{ID: "t1", Spec: runtime.Spec{Command: []string{"app"}}})
+		require.NoError(b, err)
+		require.NoError(b, ctl.Prepare(context.Background()))
+		require.NoError(b, ctl.Start(context.Background()))
+		hc := &healthCheck{probe: commandProbe(ctl, []string{"check"}), timeout: time.Minute}
+		b.ReportAllocs()
+		for b.Loop() {
+			if ok, _ := runProbe(context.Background(), RealClock(), hc); !ok {
+				b.Fatal("probe failed")
+			}
+		}
+	})
+	b.Run("tcp", func(b *testing.B) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(b, err)
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				_ = c.Close()
+			}
+		}()
+		hc := &healthCheck{probe: tcpProbe(netip.MustParseAddrPort(ln.Addr().String())), timeout: time.Minute}
+		b.ReportAllocs()
+		for b.Loop() {
+			if ok, out := runProbe(context.Background(), RealClock(), hc); !ok {
+				b.Fatal(out)
+			}
+		}
+	})
+}
