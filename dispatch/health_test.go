@@ -449,3 +449,37 @@ func BenchmarkHealthProbe(b *testing.B) {
 		}
 	})
 }
+
+// FuzzImageHealthCheck: any HEALTHCHECK an image declares (its config is
+// the image author's input) gives no check or a check with every timing
+// positive and a command that is a suffix of the test or a shell command.
+func FuzzImageHealthCheck(f *testing.F) {
+	f.Add("CMD", "check", "-q", int64(0), 0)
+	f.Add("CMD-SHELL", "curl -f localhost || exit 1", "", int64(time.Second), 3)
+	f.Add("NONE", "", "", int64(-1), -1)
+	f.Add("", "x", "y", int64(5), 1)
+	rt := runtimetest.New()
+	ctl, err := rt.Controller(runtime.Task{ID: "t1", Spec: runtime.Spec{Command: []string{"app"}}})
+	require.NoError(f, err)
+	f.Fuzz(func(t *testing.T, kind, a, b string, d int64, retries int) {
+		test := []string{kind}
+		if a != "" {
+			test = append(test, a)
+		}
+		if b != "" {
+			test = append(test, b)
+		}
+		hc := imageHealthCheck(&runtime.HealthConfig{Test: test, Interval: time.Duration(d), Timeout: time.Duration(d),
+			StartPeriod: time.Duration(d), StartInterval: time.Duration(d), Retries: retries}, ctl)
+		if hc == nil {
+			return
+		}
+		assert.Contains(t, []string{"CMD", "CMD-SHELL"}, kind)
+		assert.Positive(t, hc.interval)
+		assert.Positive(t, hc.timeout)
+		assert.Positive(t, hc.startInterval)
+		assert.GreaterOrEqual(t, hc.startPeriod, time.Duration(0))
+		assert.Positive(t, hc.retries)
+		assert.NotNil(t, hc.probe)
+	})
+}
