@@ -435,7 +435,7 @@ func copyStatus(s *api.TaskStatus) *api.TaskStatus {
 	// replace the slice, or append (clipped, so appending copies), but must
 	// not modify its elements.
 	return &api.TaskStatus{State: s.State, Timestamp: s.Timestamp, Message: s.Message, Err: s.Err, ExitCode: s.ExitCode,
-		Endpoints: slices.Clip(s.Endpoints)}
+		Endpoints: slices.Clip(s.Endpoints), Health: s.Health, HealthOutput: s.HealthOutput, HealthSeq: s.HealthSeq}
 }
 
 // ErrSkip, returned by a ModifyTask callback, leaves the task as it is.
