@@ -1333,8 +1333,11 @@ type Placement struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Constraints        []string               `protobuf:"bytes,1,rep,name=constraints,proto3" json:"constraints,omitempty"`
 	MaxReplicasPerNode uint64                 `protobuf:"varint,2,opt,name=max_replicas_per_node,json=maxReplicasPerNode,proto3" json:"max_replicas_per_node,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// preferences spread the service's tasks over the values of node labels,
+	// outermost first: "spread=node.labels.<key>".
+	Preferences   []string `protobuf:"bytes,3,rep,name=preferences,proto3" json:"preferences,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Placement) Reset() {
@@ -1379,6 +1382,13 @@ func (x *Placement) GetMaxReplicasPerNode() uint64 {
 		return x.MaxReplicasPerNode
 	}
 	return 0
+}
+
+func (x *Placement) GetPreferences() []string {
+	if x != nil {
+		return x.Preferences
+	}
+	return nil
 }
 
 type ResourceRequirements struct {
@@ -3713,10 +3723,11 @@ const file_objects_proto_rawDesc = "" +
 	"\tcondition\x18\x01 \x01(\x0e2\x1b.shoal.api.RestartConditionR\tcondition\x12\x14\n" +
 	"\x05delay\x18\x02 \x01(\x03R\x05delay\x12!\n" +
 	"\fmax_attempts\x18\x03 \x01(\x04R\vmaxAttempts\x12\x16\n" +
-	"\x06window\x18\x04 \x01(\x03R\x06window\"`\n" +
+	"\x06window\x18\x04 \x01(\x03R\x06window\"\x82\x01\n" +
 	"\tPlacement\x12 \n" +
 	"\vconstraints\x18\x01 \x03(\tR\vconstraints\x121\n" +
-	"\x15max_replicas_per_node\x18\x02 \x01(\x04R\x12maxReplicasPerNode\"~\n" +
+	"\x15max_replicas_per_node\x18\x02 \x01(\x04R\x12maxReplicasPerNode\x12 \n" +
+	"\vpreferences\x18\x03 \x03(\tR\vpreferences\"~\n" +
 	"\x14ResourceRequirements\x128\n" +
 	"\freservations\x18\x01 \x01(\v2\x14.shoal.api.ResourcesR\freservations\x12,\n" +
 	"\x06limits\x18\x02 \x01(\v2\x14.shoal.api.ResourcesR\x06limits\"\xdc\b\n" +
