@@ -86,7 +86,9 @@
 // endpoints only once healthy; an unhealthy task is withdrawn from the
 // mesh, drained as above, stopped, and reported FAILED with the probe's
 // output as its error, so the orchestrator replaces it under its restart
-// policy. Failures fewer than Retries in a row leave the task alone.
+// policy. Failures fewer than Retries in a row leave the task alone. A
+// task re-adopted after a restart of the agent (LiveRestore) that was
+// healthy stays healthy and in the mesh, and its probes go on.
 //
 // Agent.Stop leaves gracefully: with a session open it calls Leave, shuts
 // every task down, sends the tasks' final statuses (SHUTDOWN for those it

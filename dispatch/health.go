@@ -254,16 +254,18 @@ type healthEvent struct {
 }
 
 // runHealthCheck runs hc on clk until ctx ends or the task turns unhealthy
-// (the last event). The task is starting until a probe succeeds; failures
-// within the start period (from the call) do not count; a success makes it
-// healthy and resets the failures; retries consecutive failures make it
-// unhealthy. Probes are startInterval apart while the task starts within
-// the start period, interval apart otherwise; each is bounded by timeout.
-// on is called from this goroutine once at the start (starting) and after
-// every probe, once the next probe is scheduled; it must not block long.
-func runHealthCheck(ctx context.Context, clk Clock, hc *healthCheck, on func(healthEvent)) {
+// (the last event). The task's health is initial at first: starting, or
+// healthy for a task that was healthy when an earlier agent left it. A
+// starting task turns healthy with the first success; its failures within
+// the start period (from the call) do not count. A success resets the
+// failures; retries consecutive failures make the task unhealthy. Probes
+// are startInterval apart while the task starts within the start period,
+// interval apart otherwise; each is bounded by timeout. on is called from
+// this goroutine once at the start (initial) and after every probe, once
+// the next probe is scheduled; it must not block long.
+func runHealthCheck(ctx context.Context, clk Clock, hc *healthCheck, initial api.HealthState, on func(healthEvent)) {
 	start := clk.Now()
-	health := api.HealthState_HEALTH_STATE_STARTING
+	health := initial
 	inStart := func() bool {
 		return health == api.HealthState_HEALTH_STATE_STARTING && clk.Now().Sub(start) < hc.startPeriod
 	}

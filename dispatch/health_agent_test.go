@@ -66,6 +66,15 @@ func (s *execScript) set(ok bool, out string) {
 	s.mu.Unlock()
 }
 
+// count returns how many probes ran since the last call, and resets it.
+func (s *execScript) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.runs
+	s.runs = 0
+	return n
+}
+
 func (s *execScript) exec(_ context.Context, req runtime.ExecRequest) (int, error) {
 	s.mu.Lock()
 	ok, out := s.ok, s.out
@@ -89,9 +98,10 @@ type healthAgent struct {
 	clk    *healthClock
 	script *execScript
 	log    *eventLog
+	cfg    AgentConfig
 }
 
-func startHealthAgent(t *testing.T, mut func(*api.Task)) *healthAgent {
+func startHealthAgent(t *testing.T, mut func(*api.Task), edit ...func(*AgentConfig)) *healthAgent {
 	t.Helper()
 	h := &healthAgent{t: t, st: newStore(t), rt: runtimetest.New(), clk: newHealthClock(), script: newExecScript(), log: &eventLog{}}
 	createNode(t, h.st, "n1", api.NodeState_NODE_STATE_UNKNOWN)
@@ -108,6 +118,10 @@ func startHealthAgent(t *testing.T, mut func(*api.Task)) *healthAgent {
 	cfg := agentConfig("n1", newManagerList(s.addr).get, h.rt)
 	cfg.OnEndpoints = h.log.onEndpoints
 	cfg.Clock = h.clk
+	for _, e := range edit {
+		e(&cfg)
+	}
+	h.cfg = cfg
 	h.a = startAgent(t, cfg)
 	requireFakeState(t, h.rt, "web", runtimetest.StateRunning)
 	return h
@@ -265,4 +279,35 @@ func TestStatusNewer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) { assert.Equal(t, tc.want, statusNewer(tc.a, tc.b)) })
 	}
+}
+
+func TestAgentHealthAcrossLiveRestore(t *testing.T) {
+	// A task healthy when its agent stopped (LiveRestore: left running)
+	// stays in the mesh when the next agent re-adopts it, without waiting
+	// for a probe, and its checks go on.
+	h := startHealthAgent(t, nil, func(c *AgentConfig) { c.LiveRestore = true })
+	h.probe(true, "ok")
+	h.requireHealth(api.HealthState_HEALTH_STATE_HEALTHY)
+	seq := h.status().GetHealthSeq()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, h.a.Stop(ctx))
+	state, _ := h.rt.State("web")
+	require.Equal(t, runtimetest.StateRunning, state, "left running")
+	h.script.count() // the first agent's probes
+
+	h.clk = newHealthClock()
+	cfg := h.cfg
+	cfg.Clock = h.clk
+	a2 := startAgent(t, cfg)
+	require.Eventually(t, func() bool { return len(a2.Endpoints()) == 1 }, waitFor, tick,
+		"a re-adopted healthy task is in the mesh before any probe")
+	assert.Zero(t, h.script.count(), "no probe ran on the new agent yet")
+	h.a = a2
+	h.probe(true, "still ok")
+	h.probe(false, "bad")
+	assert.Len(t, a2.Endpoints(), 1)
+	assert.Equal(t, api.HealthState_HEALTH_STATE_HEALTHY, h.status().GetHealth())
+	assert.Equal(t, seq, h.status().GetHealthSeq(), "no health change")
+	assert.Zero(t, h.rt.CallCount("web", "Shutdown"))
 }

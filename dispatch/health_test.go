@@ -73,7 +73,7 @@ func startChecker(t *testing.T, hc healthCheck) *checkerRun {
 	r.cancel = cancel
 	go func() {
 		defer close(r.done)
-		runHealthCheck(ctx, r.clk, &hc, func(ev healthEvent) { r.events <- ev })
+		runHealthCheck(ctx, r.clk, &hc, hStarting, func(ev healthEvent) { r.events <- ev })
 	}()
 	t.Cleanup(r.stop)
 	ev := r.next()

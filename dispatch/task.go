@@ -188,7 +188,7 @@ func (r *taskRunner) run() {
 		// tasks across restarts may still have it; otherwise it is lost.
 		if c, ok := r.restore(t); ok {
 			ctl = c
-			r.running(ctl, "re-adopted after a restart of the worker")
+			r.running(ctl, "re-adopted after a restart of the worker", true)
 			return
 		}
 		if r.stopRequested() {
@@ -237,12 +237,12 @@ func (r *taskRunner) run() {
 		r.waitEnd()
 		return
 	}
-	r.running(ctl, "started")
+	r.running(ctl, "started", false)
 }
 
 // running follows a started task (started by run, or re-adopted from the
 // runtime) until it ends or must stop, and reports how it ended.
-func (r *taskRunner) running(ctl runtime.Controller, msg string) {
+func (r *taskRunner) running(ctl runtime.Controller, msg string, adopted bool) {
 	reps := runtimeEndpoints(ctl)
 	r.mu.Lock()
 	hcSpec := r.task.GetSpec().GetHealthCheck()
@@ -250,9 +250,16 @@ func (r *taskRunner) running(ctl runtime.Controller, msg string) {
 	hc := resolveHealthCheck(hcSpec, ctl, reps)
 	var unhealthy chan healthEvent
 	stopHealth := func() {}
+	initial := api.HealthState_HEALTH_STATE_STARTING
 	if hc != nil {
 		r.mu.Lock()
-		r.health, r.healthOut = api.HealthState_HEALTH_STATE_STARTING, ""
+		if st := r.task.GetStatus(); adopted && st.GetState() == api.TaskState_TASK_STATE_RUNNING &&
+			st.GetHealth() == api.HealthState_HEALTH_STATE_HEALTHY {
+			// Healthy when the previous agent left it: it stays in the mesh
+			// through the restart, and probes go on from there.
+			initial, r.healthOut = api.HealthState_HEALTH_STATE_HEALTHY, st.GetHealthOutput()
+		}
+		r.health = initial
 		r.mu.Unlock()
 	}
 	r.reportWith(api.TaskState_TASK_STATE_RUNNING, msg, "", 0, taskEndpoints(reps))
@@ -266,7 +273,7 @@ func (r *taskRunner) running(ctl runtime.Controller, msg string) {
 		hdone := make(chan struct{})
 		go func() {
 			defer close(hdone)
-			runHealthCheck(hctx, r.a.cfg.Clock, hc, func(ev healthEvent) { r.onHealth(ev, reps, unhealthy) })
+			runHealthCheck(hctx, r.a.cfg.Clock, hc, initial, func(ev healthEvent) { r.onHealth(ev, reps, unhealthy) })
 		}()
 		stopHealth = func() { hcancel(); <-hdone }
 	}
