@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -310,4 +311,48 @@ func TestAgentHealthAcrossLiveRestore(t *testing.T) {
 	assert.Equal(t, api.HealthState_HEALTH_STATE_HEALTHY, h.status().GetHealth())
 	assert.Equal(t, seq, h.status().GetHealthSeq(), "no health change")
 	assert.Zero(t, h.rt.CallCount("web", "Shutdown"))
+}
+
+func TestAgentHealthHTTPCheck(t *testing.T) {
+	// An HTTP check GETs its path on the task's endpoint of the checked
+	// port (a host-mode port whose fake endpoint is the test's server) and
+	// judges the status by the check's range.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	status := http.StatusNoContent
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		code := status
+		mu.Unlock()
+		if r.URL.Path != "/healthz" {
+			code = http.StatusNotFound
+		}
+		w.WriteHeader(code)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
+	h := startHealthAgent(t, func(x *api.Task) {
+		x.Spec.Ports = append(x.Spec.Ports, &api.PortConfig{TargetPort: 81, PublishedPort: uint32(port), Mode: host})
+		x.Spec.HealthCheck = &api.HealthCheck{Http: &api.HTTPCheck{Port: 81, Path: "/healthz", StatusMin: 200, StatusMax: 204},
+			Interval: int64(testHealthInterval), Timeout: int64(testHealthTimeout), Retries: 1}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.True(t, h.clk.loop.WaitTimers(ctx, 1))
+	h.clk.loop.Advance(testHealthInterval)
+	h.requireHealth(api.HealthState_HEALTH_STATE_HEALTHY)
+	url := "http://127.0.0.1:" + strconv.Itoa(int(port)) + "/healthz"
+	assert.Equal(t, "GET "+url+": 204 No Content", h.status().GetHealthOutput())
+	require.Eventually(t, func() bool { return len(h.a.Endpoints()) == 1 }, waitFor, tick)
+
+	mu.Lock()
+	status = http.StatusPartialContent // 206: outside 200-204
+	mu.Unlock()
+	require.True(t, h.clk.loop.WaitTimers(ctx, 1))
+	h.clk.loop.Advance(testHealthInterval)
+	require.Eventually(t, func() bool { return h.status().GetState() == api.TaskState_TASK_STATE_FAILED }, waitFor, tick)
+	assert.Equal(t, "GET "+url+": 206 Partial Content (healthy: 200-204)", h.status().GetErr())
+	assert.Empty(t, h.a.Endpoints())
 }
