@@ -123,7 +123,8 @@ func toAPITaskSpec(t TaskSpec) (*api.TaskSpec, error) {
 			Reservations: &api.Resources{NanoCpus: t.Reservations.NanoCPUs, MemoryBytes: t.Reservations.MemoryBytes, Pids: t.Reservations.Pids},
 			Limits:       &api.Resources{NanoCpus: t.Limits.NanoCPUs, MemoryBytes: t.Limits.MemoryBytes, Pids: t.Limits.Pids},
 		},
-		Placement: &api.Placement{Constraints: append([]string(nil), t.Constraints...), MaxReplicasPerNode: uint64(t.MaxReplicasPerNode)},
+		Placement: &api.Placement{Constraints: append([]string(nil), t.Constraints...), MaxReplicasPerNode: uint64(t.MaxReplicasPerNode),
+			Preferences: append([]string(nil), t.Preferences...)},
 		Restart: &api.RestartPolicy{Condition: api.RestartCondition(r.Condition), Delay: int64(r.Delay),
 			MaxAttempts: uint64(r.MaxAttempts), Window: int64(r.Window)},
 		ForceUpdate: t.ForceUpdate,
@@ -209,6 +210,7 @@ func fromAPITaskSpec(t *api.TaskSpec) TaskSpec {
 		Reservations:       Resources{NanoCPUs: res.GetNanoCpus(), MemoryBytes: res.GetMemoryBytes(), Pids: res.GetPids()},
 		Limits:             Resources{NanoCPUs: lim.GetNanoCpus(), MemoryBytes: lim.GetMemoryBytes(), Pids: lim.GetPids()},
 		Constraints:        append([]string(nil), t.GetPlacement().GetConstraints()...),
+		Preferences:        append([]string(nil), t.GetPlacement().GetPreferences()...),
 		MaxReplicasPerNode: int(t.GetPlacement().GetMaxReplicasPerNode()),
 		Restart: RestartPolicy{
 			Condition:   RestartCondition(t.GetRestart().GetCondition()),

@@ -184,6 +184,12 @@ type TaskSpec struct {
 	// Constraints restrict placement, e.g. "node.labels.zone==a",
 	// "node.role!=manager", "node.hostname==web-1", "node.platform.os==linux".
 	Constraints []string
+	// Preferences spread the tasks evenly over the values of node labels,
+	// outermost first ("spread=node.labels.zone", then
+	// "spread=node.labels.rack" within each zone), as docker's
+	// --placement-pref: each value gets an equal share whatever its number
+	// of nodes, and nodes without the label form one more group.
+	Preferences []string
 	// MaxReplicasPerNode caps the tasks of this service on one node (0: no cap).
 	MaxReplicasPerNode int
 	// Restart says when a task that ended is replaced.

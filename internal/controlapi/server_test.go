@@ -60,6 +60,12 @@ func TestValidateServiceSpec(t *testing.T) {
 		{"good constraint", mod(func(s *api.ServiceSpec) {
 			s.Task.Placement = &api.Placement{Constraints: []string{"node.labels.zone==a", "node.role!=manager"}}
 		}), ""},
+		{"bad preference", mod(func(s *api.ServiceSpec) {
+			s.Task.Placement = &api.Placement{Preferences: []string{"spread=node.labels.zone", "spread=zone"}}
+		}), "ServiceSpec.Task.Preferences"},
+		{"good preferences", mod(func(s *api.ServiceSpec) {
+			s.Task.Placement = &api.Placement{Preferences: []string{"spread=node.labels.zone", "spread=node.labels.rack"}}
+		}), ""},
 		{"bad restart", mod(func(s *api.ServiceSpec) { s.Task.Restart = &api.RestartPolicy{Condition: 9} }), "ServiceSpec.Task.Restart.Condition"},
 		{"negative restart delay", mod(func(s *api.ServiceSpec) { s.Task.Restart = &api.RestartPolicy{Delay: -1} }), "ServiceSpec.Task.Restart.Delay: must be >= 0"},
 		{"negative update delay", mod(func(s *api.ServiceSpec) { s.Update = &api.UpdateConfig{Delay: -1} }), "ServiceSpec.Update.Delay: must be >= 0"},

@@ -133,6 +133,9 @@ func validateTaskSpec(s *api.ServiceSpec) error {
 	if _, err := scheduler.ParseConstraints(t.GetPlacement().GetConstraints()); err != nil {
 		return invalid("ServiceSpec.Task.Constraints", "%v", err)
 	}
+	if _, err := scheduler.ParsePreferences(t.GetPlacement().GetPreferences()); err != nil {
+		return invalid("ServiceSpec.Task.Preferences", "%v", err)
+	}
 	if err := validatePorts(t.Ports); err != nil {
 		return err
 	}

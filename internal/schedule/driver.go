@@ -51,6 +51,7 @@ type Driver struct {
 	dirty   bool                              // something to place since the last pass (new pending tasks, a failed commit)
 	lastGen uint64                            // scheduler generation after the last pass
 	cons    map[string][]scheduler.Constraint // parsed placement constraints by their text
+	prefs   map[string][]scheduler.Preference // parsed placement preferences by their text
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -75,7 +76,7 @@ func New(store *state.Store, cfg Config) (*Driver, error) {
 		cfg.RetryInterval = time.Second
 	}
 	return &Driver{cfg: cfg, store: store, sched: scheduler.New(), pending: map[string]*api.Task{}, msgs: map[string]string{},
-		cons: map[string][]scheduler.Constraint{}, done: make(chan struct{})}, nil
+		cons: map[string][]scheduler.Constraint{}, prefs: map[string][]scheduler.Preference{}, done: make(chan struct{})}, nil
 }
 
 // Start begins watching the store and scheduling.
@@ -300,12 +301,24 @@ func (d *Driver) toSched(t *api.Task) (scheduler.Task, error) {
 	if t.NodeId != "" && !occupies(t) {
 		cons = append(append([]scheduler.Constraint(nil), cons...), scheduler.Constraint{Key: "node.id", Op: scheduler.OpEq, Value: t.NodeId})
 	}
+	var prefs []scheduler.Preference
+	if raw := spec.GetPlacement().GetPreferences(); len(raw) > 0 && err == nil {
+		key := strings.Join(raw, "\x00")
+		var ok bool
+		if prefs, ok = d.prefs[key]; !ok {
+			prefs, err = scheduler.ParsePreferences(raw)
+			if err == nil {
+				d.prefs[key] = prefs
+			}
+		}
+	}
 	res := spec.GetResources().GetReservations()
 	return scheduler.Task{
 		ID:                 t.Id,
 		ServiceID:          t.ServiceId,
 		SpecVersion:        t.SpecVersion,
 		Constraints:        cons,
+		Preferences:        prefs,
 		Reservations:       scheduler.Resources{NanoCPUs: res.GetNanoCpus(), MemoryBytes: res.GetMemoryBytes()},
 		MaxReplicasPerNode: spec.GetPlacement().GetMaxReplicasPerNode(),
 		HostPorts:          hostPorts(spec),
