@@ -275,6 +275,8 @@ func fromAPIService(s *api.Service) *Service {
 			CompletedAt: unixTime(s.GetUpdateStatus().GetCompletedAt()),
 			Message:     s.GetUpdateStatus().GetMessage(),
 		},
+		Progress: ServiceProgress{Desired: int(s.GetProgress().GetDesired()), Running: int(s.GetProgress().GetRunning()),
+			Updated: int(s.GetProgress().GetUpdated())},
 	}
 	switch m := spec.GetMode().(type) {
 	case *api.ServiceSpec_Replicated:

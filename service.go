@@ -481,7 +481,22 @@ type Service struct {
 	// Warnings are set only on what CreateService and UpdateService return,
 	// e.g. that the image could not be pinned to a digest.
 	Warnings []string
+	// Progress counts the service's tasks when GetService or ListServices
+	// answered (zero elsewhere).
+	Progress ServiceProgress
 }
+
+// ServiceProgress is what docker service ls shows as REPLICAS 3/5.
+type ServiceProgress struct {
+	// Desired is the replicas, or the tasks a global service wants running.
+	Desired int
+	// Running counts the tasks running and wanted running; Updated those of
+	// them that run the service's current spec.
+	Running, Updated int
+}
+
+// String returns "running/desired", as docker prints it.
+func (p ServiceProgress) String() string { return fmt.Sprintf("%d/%d", p.Running, p.Desired) }
 
 // TaskState is a task's place in its life. States only move forward.
 type TaskState int

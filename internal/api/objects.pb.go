@@ -697,7 +697,7 @@ func (x StoreAction_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StoreAction_Kind.Descriptor instead.
 func (StoreAction_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35, 0}
+	return file_objects_proto_rawDescGZIP(), []int{36, 0}
 }
 
 type Meta struct {
@@ -2652,7 +2652,10 @@ type Service struct {
 	UpdateStatus *UpdateStatus `protobuf:"bytes,5,opt,name=update_status,json=updateStatus,proto3" json:"update_status,omitempty"`
 	// endpoint holds the allocated published ports, written in the same
 	// transaction as the spec.
-	Endpoint      *Endpoint `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Endpoint *Endpoint `protobuf:"bytes,6,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// progress is filled by the control API in its answers, from the
+	// service's tasks at that moment; the store never holds it.
+	Progress      *ServiceProgress `protobuf:"bytes,7,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2729,6 +2732,79 @@ func (x *Service) GetEndpoint() *Endpoint {
 	return nil
 }
 
+func (x *Service) GetProgress() *ServiceProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+// ServiceProgress counts a service's tasks for UIs and CLIs (docker's
+// REPLICAS 3/5).
+type ServiceProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// desired is the number of tasks the service wants running: its
+	// replicas, or for a global service its tasks wanted running.
+	Desired uint64 `protobuf:"varint,1,opt,name=desired,proto3" json:"desired,omitempty"`
+	// running counts the tasks running and wanted running.
+	Running uint64 `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`
+	// updated counts the running ones of the current spec version.
+	Updated       uint64 `protobuf:"varint,3,opt,name=updated,proto3" json:"updated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceProgress) Reset() {
+	*x = ServiceProgress{}
+	mi := &file_objects_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceProgress) ProtoMessage() {}
+
+func (x *ServiceProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_objects_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceProgress.ProtoReflect.Descriptor instead.
+func (*ServiceProgress) Descriptor() ([]byte, []int) {
+	return file_objects_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ServiceProgress) GetDesired() uint64 {
+	if x != nil {
+		return x.Desired
+	}
+	return 0
+}
+
+func (x *ServiceProgress) GetRunning() uint64 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+func (x *ServiceProgress) GetUpdated() uint64 {
+	if x != nil {
+		return x.Updated
+	}
+	return 0
+}
+
 type TaskStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	State TaskState              `protobuf:"varint,1,opt,name=state,proto3,enum=shoal.api.TaskState" json:"state,omitempty"`
@@ -2753,7 +2829,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2765,7 +2841,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[27]
+	mi := &file_objects_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2778,7 +2854,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{27}
+	return file_objects_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TaskStatus) GetState() TaskState {
@@ -2866,7 +2942,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2878,7 +2954,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[28]
+	mi := &file_objects_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2891,7 +2967,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{28}
+	return file_objects_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Task) GetId() string {
@@ -2990,7 +3066,7 @@ type ClusterSpec struct {
 
 func (x *ClusterSpec) Reset() {
 	*x = ClusterSpec{}
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3002,7 +3078,7 @@ func (x *ClusterSpec) String() string {
 func (*ClusterSpec) ProtoMessage() {}
 
 func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[29]
+	mi := &file_objects_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3015,7 +3091,7 @@ func (x *ClusterSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterSpec.ProtoReflect.Descriptor instead.
 func (*ClusterSpec) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{29}
+	return file_objects_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ClusterSpec) GetName() string {
@@ -3063,7 +3139,7 @@ type JoinTokens struct {
 
 func (x *JoinTokens) Reset() {
 	*x = JoinTokens{}
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3075,7 +3151,7 @@ func (x *JoinTokens) String() string {
 func (*JoinTokens) ProtoMessage() {}
 
 func (x *JoinTokens) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[30]
+	mi := &file_objects_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3088,7 +3164,7 @@ func (x *JoinTokens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokens.ProtoReflect.Descriptor instead.
 func (*JoinTokens) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{30}
+	return file_objects_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JoinTokens) GetWorker() string {
@@ -3126,7 +3202,7 @@ type RootCA struct {
 
 func (x *RootCA) Reset() {
 	*x = RootCA{}
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3138,7 +3214,7 @@ func (x *RootCA) String() string {
 func (*RootCA) ProtoMessage() {}
 
 func (x *RootCA) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[31]
+	mi := &file_objects_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3151,7 +3227,7 @@ func (x *RootCA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootCA.ProtoReflect.Descriptor instead.
 func (*RootCA) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{31}
+	return file_objects_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RootCA) GetCertPem() []byte {
@@ -3205,7 +3281,7 @@ type RootRotation struct {
 
 func (x *RootRotation) Reset() {
 	*x = RootRotation{}
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3217,7 +3293,7 @@ func (x *RootRotation) String() string {
 func (*RootRotation) ProtoMessage() {}
 
 func (x *RootRotation) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[32]
+	mi := &file_objects_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3230,7 +3306,7 @@ func (x *RootRotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootRotation.ProtoReflect.Descriptor instead.
 func (*RootRotation) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{32}
+	return file_objects_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RootRotation) GetNewCertPem() []byte {
@@ -3272,7 +3348,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3284,7 +3360,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[33]
+	mi := &file_objects_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3297,7 +3373,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{33}
+	return file_objects_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Cluster) GetId() string {
@@ -3368,7 +3444,7 @@ type GossipKeys struct {
 
 func (x *GossipKeys) Reset() {
 	*x = GossipKeys{}
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3380,7 +3456,7 @@ func (x *GossipKeys) String() string {
 func (*GossipKeys) ProtoMessage() {}
 
 func (x *GossipKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[34]
+	mi := &file_objects_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3393,7 +3469,7 @@ func (x *GossipKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeys.ProtoReflect.Descriptor instead.
 func (*GossipKeys) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{34}
+	return file_objects_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GossipKeys) GetKeys() [][]byte {
@@ -3434,7 +3510,7 @@ type StoreAction struct {
 
 func (x *StoreAction) Reset() {
 	*x = StoreAction{}
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3446,7 +3522,7 @@ func (x *StoreAction) String() string {
 func (*StoreAction) ProtoMessage() {}
 
 func (x *StoreAction) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[35]
+	mi := &file_objects_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3459,7 +3535,7 @@ func (x *StoreAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreAction.ProtoReflect.Descriptor instead.
 func (*StoreAction) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{35}
+	return file_objects_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StoreAction) GetKind() StoreAction_Kind {
@@ -3556,7 +3632,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3568,7 +3644,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[36]
+	mi := &file_objects_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3581,7 +3657,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{36}
+	return file_objects_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StoreRequest) GetActions() []*StoreAction {
@@ -3611,7 +3687,7 @@ type StoreSnapshot struct {
 
 func (x *StoreSnapshot) Reset() {
 	*x = StoreSnapshot{}
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3623,7 +3699,7 @@ func (x *StoreSnapshot) String() string {
 func (*StoreSnapshot) ProtoMessage() {}
 
 func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_objects_proto_msgTypes[37]
+	mi := &file_objects_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3636,7 +3712,7 @@ func (x *StoreSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreSnapshot.ProtoReflect.Descriptor instead.
 func (*StoreSnapshot) Descriptor() ([]byte, []int) {
-	return file_objects_proto_rawDescGZIP(), []int{37}
+	return file_objects_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StoreSnapshot) GetNodes() []*Node {
@@ -3840,14 +3916,19 @@ const file_objects_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x02 \x01(\x03R\tstartedAt\x12!\n" +
 	"\fcompleted_at\x18\x03 \x01(\x03R\vcompletedAt\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xfc\x01\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xb4\x02\n" +
 	"\aService\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\x04meta\x18\x02 \x01(\v2\x0f.shoal.api.MetaR\x04meta\x12*\n" +
 	"\x04spec\x18\x03 \x01(\v2\x16.shoal.api.ServiceSpecR\x04spec\x12!\n" +
 	"\fspec_version\x18\x04 \x01(\x04R\vspecVersion\x12<\n" +
 	"\rupdate_status\x18\x05 \x01(\v2\x17.shoal.api.UpdateStatusR\fupdateStatus\x12/\n" +
-	"\bendpoint\x18\x06 \x01(\v2\x13.shoal.api.EndpointR\bendpoint\"\xca\x02\n" +
+	"\bendpoint\x18\x06 \x01(\v2\x13.shoal.api.EndpointR\bendpoint\x126\n" +
+	"\bprogress\x18\a \x01(\v2\x1a.shoal.api.ServiceProgressR\bprogress\"_\n" +
+	"\x0fServiceProgress\x12\x18\n" +
+	"\adesired\x18\x01 \x01(\x04R\adesired\x12\x18\n" +
+	"\arunning\x18\x02 \x01(\x04R\arunning\x12\x18\n" +
+	"\aupdated\x18\x03 \x01(\x04R\aupdated\"\xca\x02\n" +
 	"\n" +
 	"TaskStatus\x12*\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x14.shoal.api.TaskStateR\x05state\x12\x1c\n" +
@@ -4008,7 +4089,7 @@ func file_objects_proto_rawDescGZIP() []byte {
 }
 
 var file_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 13)
-var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_objects_proto_goTypes = []any{
 	(NodeRole)(0),                // 0: shoal.api.NodeRole
 	(NodeAvailability)(0),        // 1: shoal.api.NodeAvailability
@@ -4050,25 +4131,26 @@ var file_objects_proto_goTypes = []any{
 	(*ServiceSpec)(nil),          // 37: shoal.api.ServiceSpec
 	(*UpdateStatus)(nil),         // 38: shoal.api.UpdateStatus
 	(*Service)(nil),              // 39: shoal.api.Service
-	(*TaskStatus)(nil),           // 40: shoal.api.TaskStatus
-	(*Task)(nil),                 // 41: shoal.api.Task
-	(*ClusterSpec)(nil),          // 42: shoal.api.ClusterSpec
-	(*JoinTokens)(nil),           // 43: shoal.api.JoinTokens
-	(*RootCA)(nil),               // 44: shoal.api.RootCA
-	(*RootRotation)(nil),         // 45: shoal.api.RootRotation
-	(*Cluster)(nil),              // 46: shoal.api.Cluster
-	(*GossipKeys)(nil),           // 47: shoal.api.GossipKeys
-	(*StoreAction)(nil),          // 48: shoal.api.StoreAction
-	(*StoreRequest)(nil),         // 49: shoal.api.StoreRequest
-	(*StoreSnapshot)(nil),        // 50: shoal.api.StoreSnapshot
-	nil,                          // 51: shoal.api.NodeSpec.LabelsEntry
-	nil,                          // 52: shoal.api.TaskSpec.SysctlsEntry
-	nil,                          // 53: shoal.api.TaskSpec.ContainerLabelsEntry
-	nil,                          // 54: shoal.api.ServiceSpec.LabelsEntry
-	nil,                          // 55: shoal.api.Task.ServiceLabelsEntry
+	(*ServiceProgress)(nil),      // 40: shoal.api.ServiceProgress
+	(*TaskStatus)(nil),           // 41: shoal.api.TaskStatus
+	(*Task)(nil),                 // 42: shoal.api.Task
+	(*ClusterSpec)(nil),          // 43: shoal.api.ClusterSpec
+	(*JoinTokens)(nil),           // 44: shoal.api.JoinTokens
+	(*RootCA)(nil),               // 45: shoal.api.RootCA
+	(*RootRotation)(nil),         // 46: shoal.api.RootRotation
+	(*Cluster)(nil),              // 47: shoal.api.Cluster
+	(*GossipKeys)(nil),           // 48: shoal.api.GossipKeys
+	(*StoreAction)(nil),          // 49: shoal.api.StoreAction
+	(*StoreRequest)(nil),         // 50: shoal.api.StoreRequest
+	(*StoreSnapshot)(nil),        // 51: shoal.api.StoreSnapshot
+	nil,                          // 52: shoal.api.NodeSpec.LabelsEntry
+	nil,                          // 53: shoal.api.TaskSpec.SysctlsEntry
+	nil,                          // 54: shoal.api.TaskSpec.ContainerLabelsEntry
+	nil,                          // 55: shoal.api.ServiceSpec.LabelsEntry
+	nil,                          // 56: shoal.api.Task.ServiceLabelsEntry
 }
 var file_objects_proto_depIdxs = []int32{
-	51, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
+	52, // 0: shoal.api.NodeSpec.labels:type_name -> shoal.api.NodeSpec.LabelsEntry
 	0,  // 1: shoal.api.NodeSpec.desired_role:type_name -> shoal.api.NodeRole
 	1,  // 2: shoal.api.NodeSpec.availability:type_name -> shoal.api.NodeAvailability
 	15, // 3: shoal.api.NodeDescription.platform:type_name -> shoal.api.Platform
@@ -4089,9 +4171,9 @@ var file_objects_proto_depIdxs = []int32{
 	21, // 18: shoal.api.TaskSpec.restart:type_name -> shoal.api.RestartPolicy
 	31, // 19: shoal.api.TaskSpec.ports:type_name -> shoal.api.PortConfig
 	28, // 20: shoal.api.TaskSpec.mounts:type_name -> shoal.api.Mount
-	52, // 21: shoal.api.TaskSpec.sysctls:type_name -> shoal.api.TaskSpec.SysctlsEntry
+	53, // 21: shoal.api.TaskSpec.sysctls:type_name -> shoal.api.TaskSpec.SysctlsEntry
 	29, // 22: shoal.api.TaskSpec.ulimits:type_name -> shoal.api.Ulimit
-	53, // 23: shoal.api.TaskSpec.container_labels:type_name -> shoal.api.TaskSpec.ContainerLabelsEntry
+	54, // 23: shoal.api.TaskSpec.container_labels:type_name -> shoal.api.TaskSpec.ContainerLabelsEntry
 	30, // 24: shoal.api.TaskSpec.registry_auth:type_name -> shoal.api.RegistryAuth
 	25, // 25: shoal.api.TaskSpec.health_check:type_name -> shoal.api.HealthCheck
 	26, // 26: shoal.api.HealthCheck.http:type_name -> shoal.api.HTTPCheck
@@ -4102,7 +4184,7 @@ var file_objects_proto_depIdxs = []int32{
 	31, // 31: shoal.api.Endpoint.ports:type_name -> shoal.api.PortConfig
 	7,  // 32: shoal.api.TaskEndpoint.protocol:type_name -> shoal.api.PortProtocol
 	9,  // 33: shoal.api.UpdateConfig.order:type_name -> shoal.api.UpdateOrder
-	54, // 34: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
+	55, // 34: shoal.api.ServiceSpec.labels:type_name -> shoal.api.ServiceSpec.LabelsEntry
 	24, // 35: shoal.api.ServiceSpec.task:type_name -> shoal.api.TaskSpec
 	35, // 36: shoal.api.ServiceSpec.replicated:type_name -> shoal.api.ReplicatedService
 	36, // 37: shoal.api.ServiceSpec.global:type_name -> shoal.api.GlobalService
@@ -4112,35 +4194,36 @@ var file_objects_proto_depIdxs = []int32{
 	37, // 41: shoal.api.Service.spec:type_name -> shoal.api.ServiceSpec
 	38, // 42: shoal.api.Service.update_status:type_name -> shoal.api.UpdateStatus
 	32, // 43: shoal.api.Service.endpoint:type_name -> shoal.api.Endpoint
-	11, // 44: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
-	33, // 45: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
-	5,  // 46: shoal.api.TaskStatus.health:type_name -> shoal.api.HealthState
-	13, // 47: shoal.api.Task.meta:type_name -> shoal.api.Meta
-	24, // 48: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
-	11, // 49: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
-	40, // 50: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
-	55, // 51: shoal.api.Task.service_labels:type_name -> shoal.api.Task.ServiceLabelsEntry
-	45, // 52: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
-	13, // 53: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
-	42, // 54: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
-	43, // 55: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
-	44, // 56: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
-	47, // 57: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
-	12, // 58: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
-	20, // 59: shoal.api.StoreAction.node:type_name -> shoal.api.Node
-	39, // 60: shoal.api.StoreAction.service:type_name -> shoal.api.Service
-	41, // 61: shoal.api.StoreAction.task:type_name -> shoal.api.Task
-	46, // 62: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
-	48, // 63: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
-	20, // 64: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
-	39, // 65: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
-	41, // 66: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
-	46, // 67: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
-	68, // [68:68] is the sub-list for method output_type
-	68, // [68:68] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	40, // 44: shoal.api.Service.progress:type_name -> shoal.api.ServiceProgress
+	11, // 45: shoal.api.TaskStatus.state:type_name -> shoal.api.TaskState
+	33, // 46: shoal.api.TaskStatus.endpoints:type_name -> shoal.api.TaskEndpoint
+	5,  // 47: shoal.api.TaskStatus.health:type_name -> shoal.api.HealthState
+	13, // 48: shoal.api.Task.meta:type_name -> shoal.api.Meta
+	24, // 49: shoal.api.Task.spec:type_name -> shoal.api.TaskSpec
+	11, // 50: shoal.api.Task.desired_state:type_name -> shoal.api.TaskState
+	41, // 51: shoal.api.Task.status:type_name -> shoal.api.TaskStatus
+	56, // 52: shoal.api.Task.service_labels:type_name -> shoal.api.Task.ServiceLabelsEntry
+	46, // 53: shoal.api.RootCA.rotation:type_name -> shoal.api.RootRotation
+	13, // 54: shoal.api.Cluster.meta:type_name -> shoal.api.Meta
+	43, // 55: shoal.api.Cluster.spec:type_name -> shoal.api.ClusterSpec
+	44, // 56: shoal.api.Cluster.join_tokens:type_name -> shoal.api.JoinTokens
+	45, // 57: shoal.api.Cluster.root_ca:type_name -> shoal.api.RootCA
+	48, // 58: shoal.api.Cluster.gossip:type_name -> shoal.api.GossipKeys
+	12, // 59: shoal.api.StoreAction.kind:type_name -> shoal.api.StoreAction.Kind
+	20, // 60: shoal.api.StoreAction.node:type_name -> shoal.api.Node
+	39, // 61: shoal.api.StoreAction.service:type_name -> shoal.api.Service
+	42, // 62: shoal.api.StoreAction.task:type_name -> shoal.api.Task
+	47, // 63: shoal.api.StoreAction.cluster:type_name -> shoal.api.Cluster
+	49, // 64: shoal.api.StoreRequest.actions:type_name -> shoal.api.StoreAction
+	20, // 65: shoal.api.StoreSnapshot.nodes:type_name -> shoal.api.Node
+	39, // 66: shoal.api.StoreSnapshot.services:type_name -> shoal.api.Service
+	42, // 67: shoal.api.StoreSnapshot.tasks:type_name -> shoal.api.Task
+	47, // 68: shoal.api.StoreSnapshot.clusters:type_name -> shoal.api.Cluster
+	69, // [69:69] is the sub-list for method output_type
+	69, // [69:69] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_objects_proto_init() }
@@ -4152,7 +4235,7 @@ func file_objects_proto_init() {
 		(*ServiceSpec_Replicated)(nil),
 		(*ServiceSpec_Global)(nil),
 	}
-	file_objects_proto_msgTypes[35].OneofWrappers = []any{
+	file_objects_proto_msgTypes[36].OneofWrappers = []any{
 		(*StoreAction_Node)(nil),
 		(*StoreAction_Service)(nil),
 		(*StoreAction_Task)(nil),
@@ -4164,7 +4247,7 @@ func file_objects_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_objects_proto_rawDesc), len(file_objects_proto_rawDesc)),
 			NumEnums:      13,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -92,7 +92,7 @@ func (s *Server) GetService(ctx context.Context, req *api.GetRequest) (*api.Serv
 		return nil, err
 	}
 	var svc *api.Service
-	s.read(func(tx state.ReadTx) { svc = lookupService(tx, req.GetId()) })
+	s.read(func(tx state.ReadTx) { svc = withProgress(tx, lookupService(tx, req.GetId())) })
 	if svc == nil {
 		return nil, notFound("service", req.GetId())
 	}
@@ -117,7 +117,13 @@ func (s *Server) ListServices(ctx context.Context, req *api.ListServicesRequest)
 	}
 	var out []*api.Service
 	var err error
-	s.read(func(tx state.ReadTx) { out, err = tx.FindServices(by) })
+	s.read(func(tx state.ReadTx) {
+		if out, err = tx.FindServices(by); err == nil {
+			for i, svc := range out {
+				out[i] = withProgress(tx, svc)
+			}
+		}
+	})
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
