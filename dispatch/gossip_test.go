@@ -92,12 +92,25 @@ func TestSessionCarriesGossipKeysAndPeers(t *testing.T) {
 	// n5 reconnects with a description without a gossip address (an old
 	// agent): it stops being a peer. n1's session lists n2 now.
 	openSession(t, c, "n5")
-	stream1, err := c.Session(ctx, &api.SessionRequest{NodeId: "n1",
-		Description: &api.NodeDescription{Hostname: "n1-host", GossipAddr: "10.0.0.1:7946"}})
-	require.NoError(t, err)
-	msg1, err := stream1.Recv()
-	require.NoError(t, err)
-	assert.Equal(t, []string{"10.0.0.2:7946", "10.0.0.3:7946"}, msg1.GetGossipPeers(),
+	// n5's new description is written by its session; a session opened
+	// after that write lists the peers without n5.
+	require.Eventually(t, func() bool { return getNode(st, "n5").GetDescription().GetGossipAddr() == "" },
+		5*time.Second, 5*time.Millisecond, "n5's description stored")
+	want := []string{"10.0.0.2:7946", "10.0.0.3:7946"}
+	require.Eventually(t, func() bool {
+		sctx, scancel := context.WithCancel(ctx)
+		defer scancel()
+		stream1, err := c.Session(sctx, &api.SessionRequest{NodeId: "n1",
+			Description: &api.NodeDescription{Hostname: "n1-host", GossipAddr: "10.0.0.1:7946"}})
+		if err != nil {
+			return false
+		}
+		msg1, err := stream1.Recv()
+		if err != nil {
+			return false
+		}
+		return slices.Equal(msg1.GetGossipPeers(), want)
+	}, 5*time.Second, 10*time.Millisecond,
 		"READY n2 (after n1) first, then DOWN n3; n5 has no gossip address any more")
 }
 
