@@ -20,6 +20,7 @@ import (
 
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/runtime/image"
+	"github.com/shoalhq/shoal/runtime/internal/logread"
 	"github.com/shoalhq/shoal/runtime/network"
 	"github.com/shoalhq/shoal/runtime/runc/shim"
 )
@@ -105,11 +106,8 @@ func (c *Controller) Dir() string { return c.dir }
 // Pid returns the PID of the container's init process on the node, or 0
 // before Start.
 func (c *Controller) Pid() int {
-	var rec shim.Started
-	if err := shim.ReadJSON(filepath.Join(c.dir, shim.FileStarted), &rec); err != nil {
-		return 0
-	}
-	return rec.Pid
+	pid, _ := c.rt.ContainerPid(c.task.ID)
+	return pid
 }
 
 // Prepare pulls the image (errors a registry gives for an image that cannot
@@ -861,29 +859,23 @@ func (c *Controller) Logs(ctx context.Context, opts runtime.LogOptions) (io.Read
 	case !prepared:
 		return nil, fmt.Errorf("runc: logs of task %s: %w", c.task.ID, runtime.ErrNotPrepared)
 	}
-	r := &logReader{
-		ctx:     ctx,
-		follow:  opts.Follow,
-		poll:    c.rt.cfg.LogPollInterval,
-		exited:  c.exited,
-		removed: c.removed,
-		closed:  make(chan struct{}),
-	}
+	var srcs []logread.Source
 	for _, s := range streams(opts) {
 		p := filepath.Join(c.dir, shim.DirLogs, s+".log")
-		if err := ensureFile(p); err != nil {
-			r.Close()
-			return nil, fmt.Errorf("runc: logs of task %s: %w", c.task.ID, err)
+		var ls *logStream
+		err := ensureFile(p)
+		if err == nil {
+			ls, err = openLogStream(p, c.rt.cfg.LogMaxFiles)
 		}
-		ls, err := openLogStream(p, c.rt.cfg.LogMaxFiles)
 		if err != nil {
-			r.Close()
+			for _, src := range srcs {
+				_ = src.Close()
+			}
 			return nil, fmt.Errorf("runc: logs of task %s: %w", c.task.ID, err)
 		}
-		r.srcs = append(r.srcs, ls)
-		r.partial = append(r.partial, nil)
+		srcs = append(srcs, ls)
 	}
-	return r, nil
+	return logread.New(ctx, srcs, opts.Follow, c.rt.cfg.LogPollInterval, c.exited, c.removed), nil
 }
 
 // ensureFile creates an empty log file if the shim has not yet.

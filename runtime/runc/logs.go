@@ -2,12 +2,9 @@ package runc
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"io"
 	"os"
-	"sync"
-	"time"
 
 	"github.com/shoalhq/shoal/runtime"
 	"github.com/shoalhq/shoal/runtime/runc/shim"
@@ -59,8 +56,8 @@ func (s *logStream) openNext() error {
 	return nil
 }
 
-// read reads what is available now; io.EOF means nothing for the moment.
-func (s *logStream) read(p []byte) (int, error) {
+// Read reads what is available now; io.EOF means nothing for the moment.
+func (s *logStream) Read(p []byte) (int, error) {
 	for {
 		n, err := s.br.Read(p)
 		if n > 0 || !errors.Is(err, io.EOF) {
@@ -76,9 +73,9 @@ func (s *logStream) read(p []byte) (int, error) {
 	}
 }
 
-// readLine reads one whole line if there is one; at EOF it returns what
+// ReadLine reads one whole line if there is one; at EOF it returns what
 // there is of an unterminated line, with io.EOF.
-func (s *logStream) readLine() ([]byte, error) {
+func (s *logStream) ReadLine() ([]byte, error) {
 	var partial []byte
 	for {
 		line, err := s.br.ReadBytes('\n')
@@ -114,124 +111,14 @@ func (s *logStream) advance() (bool, error) {
 	return true, s.openNext()
 }
 
-func (s *logStream) close() error { return s.f.Close() }
+func (s *logStream) Close() error { return s.f.Close() }
 
-// logReader is the reader LogStreamer.Logs returns: one stream, or both
-// merged line by line (see runtime.LogOptions).
-type logReader struct {
-	ctx     context.Context
-	follow  bool
-	poll    time.Duration
-	exited  <-chan struct{}
-	removed <-chan struct{}
-	srcs    []*logStream
-	partial [][]byte // merged mode: an unterminated line per source
-	next    int
-	pending []byte
-
-	closeOnce sync.Once
-	closed    chan struct{}
-	mu        sync.Mutex // serialises Read and guards the fields above
-}
-
-// maxPartialLine bounds how much of an unterminated line a merged reader
-// holds back waiting for its newline.
-const maxPartialLine = 64 << 10
-
-func (r *logReader) Read(p []byte) (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(p) == 0 {
-		return 0, nil
+// streams returns the streams opts selects.
+func streams(opts runtime.LogOptions) []string {
+	if opts.Stream != "" {
+		return []string{opts.Stream}
 	}
-	for {
-		if isClosed(r.closed) {
-			return 0, os.ErrClosed
-		}
-		if len(r.pending) > 0 {
-			n := copy(p, r.pending)
-			r.pending = r.pending[n:]
-			return n, nil
-		}
-		// Look at "done" before reading, so that everything written before
-		// the task exited is read before io.EOF.
-		done := !r.follow || isClosed(r.exited) || isClosed(r.removed)
-		n, err := r.fill(p, done)
-		if n > 0 || err != nil {
-			return n, err
-		}
-		if len(r.pending) > 0 {
-			continue
-		}
-		if done {
-			return 0, io.EOF
-		}
-		if err := r.ctx.Err(); err != nil {
-			return 0, err
-		}
-		t := time.NewTimer(r.poll)
-		select {
-		case <-r.ctx.Done():
-			t.Stop()
-			return 0, r.ctx.Err()
-		case <-r.closed:
-			t.Stop()
-			return 0, os.ErrClosed
-		case <-r.exited:
-		case <-r.removed:
-		case <-t.C:
-		}
-		t.Stop()
-	}
-}
-
-func (r *logReader) fill(p []byte, done bool) (int, error) {
-	if len(r.srcs) == 1 {
-		n, err := r.srcs[0].read(p)
-		if errors.Is(err, io.EOF) {
-			err = nil
-		}
-		return n, err
-	}
-	for range len(r.srcs) {
-		i := r.next
-		s := r.srcs[i]
-		r.next = (r.next + 1) % len(r.srcs)
-		line, err := s.readLine()
-		switch {
-		case err == nil:
-			if len(r.partial[i]) > 0 {
-				line = append(r.partial[i], line...)
-				r.partial[i] = nil
-			}
-			r.pending = line
-			return 0, nil
-		case errors.Is(err, io.EOF):
-			r.partial[i] = append(r.partial[i], line...)
-			if len(r.partial[i]) > 0 && (done || len(r.partial[i]) >= maxPartialLine) {
-				r.pending, r.partial[i] = r.partial[i], nil
-				return 0, nil
-			}
-		default:
-			return 0, err
-		}
-	}
-	return 0, nil
-}
-
-// Close releases the files and makes a pending or later Read return
-// os.ErrClosed. Safe to call more than once and concurrently with Read.
-func (r *logReader) Close() error {
-	var err error
-	r.closeOnce.Do(func() {
-		close(r.closed)
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		for _, s := range r.srcs {
-			err = errors.Join(err, s.close())
-		}
-	})
-	return err
+	return []string{runtime.StreamStdout, runtime.StreamStderr}
 }
 
 func isClosed(ch <-chan struct{}) bool {
@@ -241,14 +128,4 @@ func isClosed(ch <-chan struct{}) bool {
 	default:
 		return false
 	}
-}
-
-var _ io.ReadCloser = (*logReader)(nil)
-
-// streams returns the streams opts selects.
-func streams(opts runtime.LogOptions) []string {
-	if opts.Stream != "" {
-		return []string{opts.Stream}
-	}
-	return []string{runtime.StreamStdout, runtime.StreamStderr}
 }
