@@ -280,136 +280,17 @@ func DefaultConfig(stateDir, listenAddr string) Config {
 	}
 }
 
-// withDefaults returns a copy of c with defaults filled in.
-func (c Config) withDefaults() Config {
-	d := DefaultConfig(c.StateDir, c.ListenAddr)
-	set := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	set(&c.HeartbeatPeriod, d.HeartbeatPeriod)
-	set(&c.CertValidity, d.CertValidity)
-	set(&c.RestartDelay, d.RestartDelay)
-	set(&c.Raft.TickInterval, d.Raft.TickInterval)
-	set(&c.Mesh.DrainDelay, d.Mesh.DrainDelay)
-	set(&c.Mesh.DrainTimeout, d.Mesh.DrainTimeout)
-	set(&c.Mesh.KeyRotationGrace, d.Mesh.KeyRotationGrace)
-	if c.TaskHistoryLimit == 0 {
-		c.TaskHistoryLimit = d.TaskHistoryLimit
-	}
-	if c.Raft.ElectionTicks == 0 {
-		c.Raft.ElectionTicks = d.Raft.ElectionTicks
-	}
-	if c.Raft.SnapshotInterval == 0 {
-		c.Raft.SnapshotInterval = d.Raft.SnapshotInterval
-	}
-	if c.Logger == nil {
-		c.Logger = d.Logger
-	}
-	if c.Labels != nil {
-		labels := make(map[string]string, len(c.Labels))
-		for k, v := range c.Labels {
-			labels[k] = v
-		}
-		c.Labels = labels
-	}
-	return c
-}
-
-func configError(field, rule string, args ...any) error {
-	return fmt.Errorf("Config.%s: %s: %w", field, fmt.Sprintf(rule, args...), ErrInvalidSpec)
+// nodeConfigWithDefaults is nodeConfig with DefaultConfig's values where c
+// has none.
+func (c Config) nodeConfigWithDefaults() node.Config {
+	return c.nodeConfig().WithDefaults(DefaultConfig(c.StateDir, c.ListenAddr).nodeConfig())
 }
 
 // Validate checks the configuration. Errors name the field and the rule.
-func (c Config) Validate() error {
-	if c.StateDir == "" {
-		return configError("StateDir", "is required")
-	}
-	if c.Listener == nil && c.ListenAddr == "" {
-		return configError("ListenAddr", "is required when Listener is not set")
-	}
-	if c.Listener == nil {
-		if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
-			return configError("ListenAddr", "%q must be host:port", c.ListenAddr)
-		}
-	}
-	if c.AdvertiseAddr != "" {
-		if _, _, err := net.SplitHostPort(c.AdvertiseAddr); err != nil {
-			return configError("AdvertiseAddr", "%q must be host:port", c.AdvertiseAddr)
-		}
-	}
-	if _, ok := c.Runtime.(runtime.Restorer); c.LiveRestore && !ok {
-		return configError("LiveRestore", "needs a Runtime that can restore tasks (a runtime.Restorer such as runtime/runc); %T cannot", c.Runtime)
-	}
-	if e := c.ExternalCA; e != nil {
-		if e.URL == "" {
-			return configError("ExternalCA.URL", "is required")
-		}
-		if _, err := pki.ParseRootCA(e.RootCert, nil); err != nil {
-			return configError("ExternalCA.RootCert", "must be the PEM root certificate of the external CA: %v", err)
-		}
-	}
-	if c.CertValidity < 0 || (c.CertValidity > 0 && c.CertValidity < pki.MinCertValidity) {
-		return configError("CertValidity", "must be at least %v", pki.MinCertValidity)
-	}
-	if c.HeartbeatPeriod < 0 || (c.HeartbeatPeriod > 0 && c.HeartbeatPeriod < 10*time.Millisecond) {
-		return configError("HeartbeatPeriod", "must be at least 10ms")
-	}
-	if c.RestartDelay < 0 {
-		return configError("RestartDelay", "must be >= 0")
-	}
-	if c.TaskHistoryLimit < 0 {
-		return configError("TaskHistoryLimit", "must be >= 0")
-	}
-	if c.Resources.NanoCPUs < 0 {
-		return configError("Resources.NanoCPUs", "must be >= 0")
-	}
-	if c.Resources.MemoryBytes < 0 {
-		return configError("Resources.MemoryBytes", "must be >= 0")
-	}
-	if c.Raft.TickInterval < 0 {
-		return configError("Raft.TickInterval", "must be >= 0")
-	}
-	if c.Raft.ElectionTicks < 0 {
-		return configError("Raft.ElectionTicks", "must be >= 0")
-	}
-	for k := range c.Labels {
-		if k == "" {
-			return configError("Labels", "keys must not be empty")
-		}
-	}
-	return c.Mesh.validate()
-}
+func (c Config) Validate() error { return c.nodeConfig().Validate() }
 
-func (c MeshConfig) validate() error {
-	if c.Disabled {
-		return nil
-	}
-	for _, f := range []struct{ name, v string }{{"Mesh.GossipAddr", c.GossipAddr}, {"Mesh.GossipAdvertiseAddr", c.GossipAdvertiseAddr}} {
-		if f.v == "" {
-			continue
-		}
-		if _, _, err := net.SplitHostPort(f.v); err != nil {
-			return configError(f.name, "%q must be host:port", f.v)
-		}
-	}
-	if c.Balancer < BalancerUserspace || c.Balancer > BalancerNone {
-		return configError("Mesh.Balancer", "must be BalancerUserspace, BalancerNFTables, BalancerIPVS or BalancerNone, got %d", int(c.Balancer))
-	}
-	if c.DrainDelay < 0 {
-		return configError("Mesh.DrainDelay", "must be >= 0")
-	}
-	if c.DrainTimeout < 0 {
-		return configError("Mesh.DrainTimeout", "must be >= 0")
-	}
-	if c.KeyRotationGrace < 0 {
-		return configError("Mesh.KeyRotationGrace", "must be >= 0")
-	}
-	return nil
-}
-
-// nodeConfig is c (validated, with defaults) for internal/node.
+// nodeConfig is c for internal/node (validated and with its defaults
+// where the node needs them; Validate converts the host's own values).
 func (c Config) nodeConfig() node.Config {
 	nc := node.Config{
 		StateDir: c.StateDir, ListenAddr: c.ListenAddr, AdvertiseAddr: c.AdvertiseAddr,

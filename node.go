@@ -226,7 +226,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	n, err := node.New(cfg.withDefaults().nodeConfig())
+	n, err := node.New(cfg.nodeConfigWithDefaults())
 	if err != nil {
 		return nil, err
 	}
