@@ -202,12 +202,9 @@ func namespacedSysctl(key string, hostNetwork bool) bool {
 	return strings.HasPrefix(key, "net.") && !hostNetwork
 }
 
-// validateContainer checks the container fields of s. Errors wrap
-// ErrInvalidTask.
+// validateContainer checks the container fields of s, a spec with an
+// Image. Errors wrap ErrInvalidTask.
 func (s Spec) validateContainer() error {
-	if s.Image == "" {
-		return nil
-	}
 	if strings.ContainsAny(s.Image, " \t\r\n\x00") {
 		return invalid("Spec.Image", "must be an image reference without spaces")
 	}

@@ -114,7 +114,7 @@ func environment(s runtime.Spec, img imageConfig, hostname, home string) []strin
 	return out
 }
 
-// rlimitNames maps runtime.Ulimit names to the OCI spec's.
+// rlimitType maps a runtime.Ulimit name to the OCI spec's rlimit type.
 func rlimitType(name string) string { return "RLIMIT_" + strings.ToUpper(name) }
 
 // maskedPaths and readonlyPaths are docker's: kernel interfaces a container
